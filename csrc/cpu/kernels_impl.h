@@ -1,0 +1,689 @@
+// The CPU kernels, written once against at::vec and compiled once per instruction set: each
+// kernels_<isa>.cpp includes this file with its own CPU_CAPABILITY (see setup.py), which selects the
+// at::vec implementation and names the namespace, so the copies never collide.
+//
+// Two layouts share one online log-sum-exp scan (lse_scan):
+//  * rows  (S == 1): a vector holds kLanes consecutive classes of one row; lanes are merged at the end.
+//  * lanes (S > 1):  a vector holds kLanes positions d of the N-D layout for one class; each lane is
+//                    its own row, and classes are kLanes... apart by the stride S.
+// Either way each logit is read from memory once in the forward pass: the scan takes a block of
+// kChunkSteps vectors, finds its max, then sums exp(x - max) over the same block while it is in L1.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+
+#include "cpu/kernel_table.h"
+#include "cpu/vec_math.h"
+#include "rowmath.h"
+
+#ifndef CPU_CAPABILITY
+#error "compile kernels_impl.h with -DCPU_CAPABILITY=<DEFAULT|AVX2|AVX512> (see setup.py)"
+#endif
+
+namespace fused_ce::cpu {
+namespace CPU_CAPABILITY {
+
+template <typename scalar_t>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// Loads and stores between memory of scalar_t and vectors of the accumulation type.
+template <typename scalar_t>
+struct Io {
+  using acc_t = typename AccOf<scalar_t>::type;
+  using V = Vec<acc_t>;
+  static constexpr int64_t kLanes = V::size();
+  static constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
+
+  static V load(const scalar_t* p) {
+    if constexpr (kSame) {
+      return V::loadu(p);
+    } else {
+      V out;
+      at::vec::load_to_float(p, out);
+      return out;
+    }
+  }
+  static V load_partial(const scalar_t* p, int64_t n) {
+    if constexpr (kSame) {
+      return V::loadu(p, n);
+    } else {
+      scalar_t buf[kLanes] = {};
+      std::copy(p, p + n, buf);
+      return load(buf);
+    }
+  }
+  static void store(scalar_t* p, V v, int64_t n = kLanes) {
+    if constexpr (kSame) {
+      v.store(p, n);
+    } else {
+      at::vec::convert_from_float<scalar_t>(v, v).store(p, n);
+    }
+  }
+};
+
+// Vectors per block of the online max: 128 vectors are 4 KiB of fp32 rows under AVX2, well inside L1.
+constexpr int64_t kChunkSteps = 128;
+// Elements a parallel task should cover at least, so small rows are batched together.
+constexpr int64_t kGrainElements = 1 << 15;
+
+inline int64_t read_target(const void* target, bool is_byte, int64_t i) {
+  return is_byte ? static_cast<int64_t>(static_cast<const uint8_t*>(target)[i])
+                 : static_cast<const int64_t*>(target)[i];
+}
+
+template <typename scalar_t, typename acc_t = typename AccOf<scalar_t>::type>
+inline acc_t weight_at(const scalar_t* w, int64_t c) {
+  return w ? static_cast<acc_t>(w[c]) : acc_t(1);
+}
+
+// Vector view of one unit of work: a row (lanes = consecutive classes) or a block of N-D positions
+// (lanes = positions, one class per step).
+template <typename scalar_t>
+struct RowsLayout {
+  using IO = Io<scalar_t>;
+  using V = typename IO::V;
+  int64_t steps;  // full vectors in the row; classes from steps * kLanes on are the scalar tail
+  V load(const scalar_t* base, int64_t p) const { return IO::load(base + p * IO::kLanes); }
+  V weight(const scalar_t* w, int64_t p) const { return IO::load(w + p * IO::kLanes); }
+  void store(scalar_t* base, int64_t p, V v) const { IO::store(base + p * IO::kLanes, v); }
+};
+
+template <typename scalar_t>
+struct LanesLayout {
+  using IO = Io<scalar_t>;
+  using V = typename IO::V;
+  using acc_t = typename IO::acc_t;
+  int64_t steps;  // C
+  int64_t S;      // stride between classes
+  int64_t lanes;  // live lanes (the last block of positions may be partial)
+  V load(const scalar_t* base, int64_t p) const {
+    return lanes == IO::kLanes ? IO::load(base + p * S) : IO::load_partial(base + p * S, lanes);
+  }
+  V weight(const scalar_t* w, int64_t p) const { return V(static_cast<acc_t>(w[p])); }
+  void store(scalar_t* base, int64_t p, V v) const { IO::store(base + p * S, v, lanes); }
+};
+
+// Online log-sum-exp over the layout's steps; `extra(p, x)` sees every loaded vector once (for the
+// smoothing and soft-target sums), so the whole forward is a single pass over memory.
+template <typename Layout, typename scalar_t, typename Extra>
+LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, Extra&& extra) {
+  using V = typename Io<scalar_t>::V;
+  using acc_t = typename Io<scalar_t>::acc_t;
+  LseState<V> st{V(-std::numeric_limits<acc_t>::infinity()), V(acc_t(0))};
+  for (int64_t p0 = 0; p0 < L.steps; p0 += kChunkSteps) {
+    const int64_t p1 = std::min(L.steps, p0 + kChunkSteps);
+    V block_max = st.max;
+    for (int64_t p = p0; p < p1; ++p) {
+      block_max = math_nan_max(block_max, L.load(x, p));
+    }
+    st = lse_rescale(st, block_max);
+    const V shift = lse_shift(block_max);
+    V sum = st.sum;
+    for (int64_t p = p0; p < p1; ++p) {
+      const V xv = L.load(x, p);
+      sum = sum + math_exp(xv - shift);
+      extra(p, xv);
+    }
+    st.sum = sum;
+  }
+  return st;
+}
+
+template <typename acc_t, typename V>
+LseState<acc_t> merge_lanes(const LseState<V>& st) {
+  acc_t mx[V::size()], sm[V::size()];
+  st.max.store(mx);
+  st.sum.store(sm);
+  LseState<acc_t> out = lse_empty<acc_t>();
+  for (int64_t l = 0; l < V::size(); ++l) {
+    out = lse_merge(out, LseState<acc_t>{mx[l], sm[l]});
+  }
+  return out;
+}
+
+template <typename V>
+typename V::value_type lane_sum(V v) {
+  using T = typename V::value_type;
+  return at::vec::vec_reduce_all<T>([](V a, V b) { return a + b; }, v);
+}
+
+// Per lane: the first logit where finite, else 0 (see sum_reference).
+template <typename V>
+V lanes_reference(V first) {
+  using T = typename V::value_type;
+  return V::blendv(V(T(0)), first, (first - first) == V(T(0)));
+}
+
+template <typename acc_t>
+struct LaneArrays {
+  static constexpr int64_t kMax = Vec<acc_t>::size();
+  acc_t v[kMax];
+  template <typename V>
+  explicit LaneArrays(V x) { x.store(v); }
+  acc_t operator[](int64_t l) const { return v[l]; }
+};
+
+template <typename scalar_t>
+int64_t grain_units(int64_t elements_per_unit) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, elements_per_unit));
+}
+
+// Loops over the units of a (N, C, S) problem: rows when S == 1, blocks of kLanes positions otherwise.
+// body(n, s0, lanes) with lanes == 0 meaning "a row".
+template <typename scalar_t, typename Body>
+void for_each_unit(const LogitsView& v, Body&& body) {
+  constexpr int64_t kLanes = Io<scalar_t>::kLanes;
+  if (v.S == 1) {
+    at::parallel_for(0, v.N, grain_units<scalar_t>(v.C), [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) body(n, int64_t(0), int64_t(0));
+    });
+    return;
+  }
+  const int64_t blocks = (v.S + kLanes - 1) / kLanes;
+  at::parallel_for(0, v.N * blocks, grain_units<scalar_t>(v.C * kLanes), [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t n = u / blocks;
+      const int64_t s0 = (u % blocks) * kLanes;
+      body(n, s0, std::min(kLanes, v.S - s0));
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cross-entropy, class-index targets
+// ------------------------------------------------------------------------------------------------
+template <typename scalar_t, bool kSmooth, bool kWeighted>
+void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
+  using IO = Io<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using V = typename IO::V;
+  constexpr int64_t kLanes = IO::kLanes;
+  const auto* logits = static_cast<const scalar_t*>(a.logits.data);
+  const auto* w = static_cast<const scalar_t*>(a.weight);
+  auto* lse_out = static_cast<acc_t*>(lse_out_v);
+  auto* loss_out = static_cast<acc_t*>(loss_out_v);
+  const int64_t C = a.logits.C, S = a.logits.S;
+  const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
+
+  for_each_unit<scalar_t>(a.logits, [&](int64_t n, int64_t s0, int64_t lanes) {
+    const scalar_t* x = logits + n * a.logits.stride_n + s0;
+    if (lanes == 0) {  // one row
+      const int64_t t = read_target(a.target, a.target_is_byte, n);
+      if (t == a.ignore_index) {
+        lse_out[n] = acc_t(0);
+        loss_out[n] = acc_t(0);
+        return;
+      }
+      const acc_t ref = kSmooth ? sum_reference(static_cast<acc_t>(x[0])) : acc_t(0);
+      const V vref(ref);
+      V swx(acc_t(0));
+      const RowsLayout<scalar_t> L{C / kLanes};
+      LseState<acc_t> st = merge_lanes<acc_t>(lse_scan(L, x, [&](int64_t p, V xv) {
+        if constexpr (kSmooth) swx = swx + (kWeighted ? L.weight(w, p) * (xv - vref) : xv - vref);
+      }));
+      acc_t swx_s = kSmooth ? lane_sum(swx) : acc_t(0);
+      for (int64_t c = L.steps * kLanes; c < C; ++c) {
+        const acc_t xc = static_cast<acc_t>(x[c]);
+        st = lse_push(st, xc);
+        if (kSmooth) swx_s += weight_at(w, c) * (xc - ref);
+      }
+      const acc_t lse = lse_value(st);
+      lse_out[n] = lse;
+      loss_out[n] = ce_hard_row_loss(lse, static_cast<acc_t>(x[t]), weight_at(w, t), swx_s, ref, sp);
+      return;
+    }
+    // a block of N-D positions
+    int64_t t[kLanes];
+    bool any = false;
+    for (int64_t l = 0; l < lanes; ++l) {
+      t[l] = read_target(a.target, a.target_is_byte, n * S + s0 + l);
+      any |= t[l] != a.ignore_index;
+    }
+    const LanesLayout<scalar_t> L{C, S, lanes};
+    V vref(acc_t(0)), swx(acc_t(0));
+    LseState<V> st{V(acc_t(0)), V(acc_t(1))};
+    if (any) {
+      if (kSmooth) vref = lanes_reference(L.load(x, 0));
+      st = lse_scan(L, x, [&](int64_t p, V xv) {
+        if constexpr (kSmooth) swx = swx + (kWeighted ? L.weight(w, p) * (xv - vref) : xv - vref);
+      });
+    }
+    const LaneArrays<acc_t> lse(lse_value(st)), ref(vref), sx(swx);
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t i = n * S + s0 + l;
+      if (t[l] == a.ignore_index) {
+        lse_out[i] = acc_t(0);
+        loss_out[i] = acc_t(0);
+        continue;
+      }
+      lse_out[i] = lse[l];
+      loss_out[i] = ce_hard_row_loss(lse[l], static_cast<acc_t>(x[t[l] * S + l]), weight_at(w, t[l]), sx[l], ref[l], sp);
+    }
+  });
+}
+
+template <typename scalar_t, bool kSmooth, bool kWeighted>
+void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, void* grad_v) {
+  using IO = Io<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using V = typename IO::V;
+  constexpr int64_t kLanes = IO::kLanes;
+  const auto* logits = static_cast<const scalar_t*>(a.logits.data);
+  const auto* w = static_cast<const scalar_t*>(a.weight);
+  const auto* lse_in = static_cast<const acc_t*>(lse_in_v);
+  auto* grad = static_cast<scalar_t*>(grad_v);  // contiguous (N, C, S)
+  const int64_t C = a.logits.C, S = a.logits.S;
+  const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
+  auto row_g = [&](int64_t i) {
+    return static_cast<acc_t>((g.per_row ? g.per_row[i] : 1.0) * g.scale);
+  };
+  // Without smoothing the class term is zero, so the weight vector need not be loaded.
+  constexpr bool kLoadWeight = kSmooth && kWeighted;
+
+  for_each_unit<scalar_t>(a.logits, [&](int64_t n, int64_t s0, int64_t lanes) {
+    const scalar_t* x = logits + n * a.logits.stride_n + s0;
+    scalar_t* out = grad + n * C * S + s0;
+    if (lanes == 0) {
+      const int64_t t = read_target(a.target, a.target_is_byte, n);
+      const RowsLayout<scalar_t> L{C / kLanes};
+      if (t == a.ignore_index) {
+        std::fill(out, out + C, scalar_t(0));
+        return;
+      }
+      const acc_t lse = lse_in[n];
+      const auto k = ce_hard_grad_coefs(row_g(n), weight_at(w, t), sp);
+      const V vlse(lse), vprob(k.prob), vklass(k.klass), one(acc_t(1));
+      for (int64_t p = 0; p < L.steps; ++p) {
+        const V wv = kLoadWeight ? L.weight(w, p) : one;
+        L.store(out, p, ce_hard_grad_off_target(L.load(x, p), vlse, wv, vprob, vklass));
+      }
+      for (int64_t c = L.steps * kLanes; c < C; ++c) {
+        out[c] = static_cast<scalar_t>(ce_hard_grad_off_target(
+            static_cast<acc_t>(x[c]), lse, weight_at(w, c), k.prob, k.klass));
+      }
+      out[t] = static_cast<scalar_t>(ce_hard_grad_on_target(static_cast<acc_t>(x[t]), lse, weight_at(w, t), k));
+      return;
+    }
+    int64_t t[kLanes];
+    acc_t lse_l[kLanes] = {}, prob_l[kLanes] = {}, klass_l[kLanes] = {}, live_l[kLanes] = {};
+    CeHardGradCoefs<acc_t> k[kLanes];
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t i = n * S + s0 + l;
+      t[l] = read_target(a.target, a.target_is_byte, i);
+      if (t[l] == a.ignore_index) continue;
+      k[l] = ce_hard_grad_coefs(row_g(i), weight_at(w, t[l]), sp);
+      lse_l[l] = lse_in[i];
+      prob_l[l] = k[l].prob;
+      klass_l[l] = k[l].klass;
+      live_l[l] = acc_t(1);
+    }
+    const LanesLayout<scalar_t> L{C, S, lanes};
+    const V vlse = V::loadu(lse_l), vprob = V::loadu(prob_l), vklass = V::loadu(klass_l);
+    const auto live = V::loadu(live_l) == V(acc_t(1));
+    const V zero(acc_t(0)), one(acc_t(1));
+    for (int64_t c = 0; c < C; ++c) {
+      const V wv = kLoadWeight ? L.weight(w, c) : one;
+      const V d = ce_hard_grad_off_target(L.load(x, c), vlse, wv, vprob, vklass);
+      L.store(out, c, V::blendv(zero, d, live));  // ignored positions get exactly 0
+    }
+    for (int64_t l = 0; l < lanes; ++l) {
+      if (t[l] == a.ignore_index) continue;
+      out[t[l] * S + l] = static_cast<scalar_t>(ce_hard_grad_on_target(
+          static_cast<acc_t>(x[t[l] * S + l]), lse_l[l], weight_at(w, t[l]), k[l]));
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cross-entropy, class-probability targets (logits and target contiguous, same layout)
+// ------------------------------------------------------------------------------------------------
+template <typename scalar_t, bool kWeighted>
+void ce_soft_forward_t(const CeSoftArgs& a, void* lse_out_v, void* loss_out_v) {
+  using IO = Io<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using V = typename IO::V;
+  constexpr int64_t kLanes = IO::kLanes;
+  const auto* logits = static_cast<const scalar_t*>(a.logits.data);
+  const auto* target = static_cast<const scalar_t*>(a.target);
+  const auto* w = static_cast<const scalar_t*>(a.weight);
+  auto* lse_out = static_cast<acc_t*>(lse_out_v);
+  auto* loss_out = static_cast<acc_t*>(loss_out_v);
+  const int64_t C = a.logits.C, S = a.logits.S;
+  const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
+
+  for_each_unit<scalar_t>(a.logits, [&](int64_t n, int64_t s0, int64_t lanes) {
+    const int64_t offset = n * C * S + s0;
+    const scalar_t* x = logits + offset;
+    const scalar_t* tt = target + offset;
+    V swt(acc_t(0)), swtx(acc_t(0));
+    auto accumulate = [&](const auto& L, V vref) {
+      return [&, vref](int64_t p, V xv) {
+        V wt = smoothed_target(L.load(tt, p), sp);
+        if constexpr (kWeighted) wt = wt * L.weight(w, p);
+        swt = swt + wt;
+        swtx = swtx + wt * (xv - vref);
+      };
+    };
+    if (lanes == 0) {
+      const acc_t ref = sum_reference(static_cast<acc_t>(x[0]));
+      const RowsLayout<scalar_t> L{C / kLanes};
+      LseState<acc_t> st = merge_lanes<acc_t>(lse_scan(L, x, accumulate(L, V(ref))));
+      acc_t swt_s = lane_sum(swt), swtx_s = lane_sum(swtx);
+      for (int64_t c = L.steps * kLanes; c < C; ++c) {
+        const acc_t xc = static_cast<acc_t>(x[c]);
+        const acc_t wt = weight_at(w, c) * smoothed_target(static_cast<acc_t>(tt[c]), sp);
+        st = lse_push(st, xc);
+        swt_s += wt;
+        swtx_s += wt * (xc - ref);
+      }
+      const acc_t lse = lse_value(st);
+      lse_out[n] = lse;
+      loss_out[n] = ce_soft_row_loss(lse, swt_s, swtx_s, ref);
+      return;
+    }
+    const LanesLayout<scalar_t> L{C, S, lanes};
+    const V vref = lanes_reference(L.load(x, 0));
+    const LaneArrays<acc_t> lse(lse_value(lse_scan(L, x, accumulate(L, vref)))), ref(vref), st(swt), stx(swtx);
+    for (int64_t l = 0; l < lanes; ++l) {
+      lse_out[n * S + s0 + l] = lse[l];
+      loss_out[n * S + s0 + l] = ce_soft_row_loss(lse[l], st[l], stx[l], ref[l]);
+    }
+  });
+}
+
+// Gradient for the logits (kTargetGrad false) or for the target (true).
+template <typename scalar_t, bool kWeighted, bool kTargetGrad>
+void ce_soft_backward_t(const CeSoftArgs& a, const void* lse_in_v, RowGrad g, void* grad_v) {
+  using IO = Io<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using V = typename IO::V;
+  constexpr int64_t kLanes = IO::kLanes;
+  const auto* logits = static_cast<const scalar_t*>(a.logits.data);
+  const auto* target = static_cast<const scalar_t*>(a.target);
+  const auto* w = static_cast<const scalar_t*>(a.weight);
+  const auto* lse_in = static_cast<const acc_t*>(lse_in_v);
+  auto* grad = static_cast<scalar_t*>(grad_v);
+  const int64_t C = a.logits.C, S = a.logits.S;
+  const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
+  auto row_g = [&](int64_t i) {
+    return static_cast<acc_t>((g.per_row ? g.per_row[i] : 1.0) * g.scale);
+  };
+
+  // One unit: lanes of per-row values (lse, g) in vectors, applied along the layout's steps.
+  auto run = [&](const auto& L, const scalar_t* x, const scalar_t* tt, scalar_t* out, V vlse, V vg) {
+    if constexpr (kTargetGrad) {
+      const V g_keep = vg * V(acc_t(1) - sp.eps);
+      for (int64_t p = 0; p < L.steps; ++p) {
+        const V wv = kWeighted ? L.weight(w, p) : V(acc_t(1));
+        L.store(out, p, ce_soft_target_grad(L.load(x, p), vlse, wv, g_keep));
+      }
+    } else {
+      V swt(acc_t(0));
+      for (int64_t p = 0; p < L.steps; ++p) {
+        const V t = smoothed_target(L.load(tt, p), sp);
+        swt = swt + (kWeighted ? t * L.weight(w, p) : t);
+      }
+      return swt;  // the caller finishes the sum (rows) and then calls apply
+    }
+    return V(acc_t(0));
+  };
+  auto apply = [&](const auto& L, const scalar_t* x, const scalar_t* tt, scalar_t* out, V vlse, V vg, V g_swt) {
+    for (int64_t p = 0; p < L.steps; ++p) {
+      V wt = smoothed_target(L.load(tt, p), sp);
+      if constexpr (kWeighted) wt = wt * L.weight(w, p);
+      L.store(out, p, ce_soft_grad(L.load(x, p), vlse, wt, g_swt, vg));
+    }
+  };
+
+  for_each_unit<scalar_t>(a.logits, [&](int64_t n, int64_t s0, int64_t lanes) {
+    const int64_t offset = n * C * S + s0;
+    const scalar_t* x = logits + offset;
+    const scalar_t* tt = target + offset;
+    scalar_t* out = grad + offset;
+    if (lanes == 0) {
+      const acc_t lse = lse_in[n], gn = row_g(n);
+      const RowsLayout<scalar_t> L{C / kLanes};
+      const int64_t tail = L.steps * kLanes;
+      if constexpr (kTargetGrad) {
+        run(L, x, tt, out, V(lse), V(gn));
+        for (int64_t c = tail; c < C; ++c) {
+          out[c] = static_cast<scalar_t>(ce_soft_target_grad(
+              static_cast<acc_t>(x[c]), lse, weight_at(w, c), gn * (acc_t(1) - sp.eps)));
+        }
+      } else {
+        acc_t swt = lane_sum(run(L, x, tt, out, V(lse), V(gn)));
+        for (int64_t c = tail; c < C; ++c) swt += weight_at(w, c) * smoothed_target(static_cast<acc_t>(tt[c]), sp);
+        apply(L, x, tt, out, V(lse), V(gn), V(gn * swt));
+        for (int64_t c = tail; c < C; ++c) {
+          const acc_t wt = weight_at(w, c) * smoothed_target(static_cast<acc_t>(tt[c]), sp);
+          out[c] = static_cast<scalar_t>(ce_soft_grad(static_cast<acc_t>(x[c]), lse, wt, gn * swt, gn));
+        }
+      }
+      return;
+    }
+    acc_t lse_l[kLanes] = {}, g_l[kLanes] = {};
+    for (int64_t l = 0; l < lanes; ++l) {
+      lse_l[l] = lse_in[n * S + s0 + l];
+      g_l[l] = row_g(n * S + s0 + l);
+    }
+    const LanesLayout<scalar_t> L{C, S, lanes};
+    const V vlse = V::loadu(lse_l), vg = V::loadu(g_l);
+    const V swt = run(L, x, tt, out, vlse, vg);
+    if constexpr (!kTargetGrad) apply(L, x, tt, out, vlse, vg, vg * swt);
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// Binary cross-entropy with logits, elementwise over the flat input
+// ------------------------------------------------------------------------------------------------
+// A broadcast operand over one run of consecutive elements: contiguous values, or one value.
+template <typename scalar_t>
+struct Operand {
+  using IO = Io<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using V = typename IO::V;
+  const scalar_t* ptr;  // non-null: contiguous over the run
+  acc_t value;          // otherwise
+  V load(int64_t j) const { return ptr ? IO::load(ptr + j) : V(value); }
+  acc_t at(int64_t j) const { return ptr ? static_cast<acc_t>(ptr[j]) : value; }
+};
+
+// How many elements from i on keep the operand contiguous (or constant), and the operand for them.
+template <typename scalar_t>
+int64_t operand_run(const Broadcast& b, int64_t i, int64_t limit, Operand<scalar_t>& op) {
+  using acc_t = typename Io<scalar_t>::acc_t;
+  const auto* data = static_cast<const scalar_t*>(b.data);
+  if (!data) {
+    op = {nullptr, acc_t(1)};
+    return limit;
+  }
+  const int64_t q = i / b.div;
+  const int64_t idx = q % b.mod;
+  if (b.div == 1 && b.mod > 1) {  // contiguous until the index wraps
+    op = {data + idx, acc_t(0)};
+    return std::min(limit, b.mod - idx);
+  }
+  op = {nullptr, static_cast<acc_t>(data[idx])};  // constant until the next block of div elements
+  return b.div == 1 ? limit : std::min(limit, (q + 1) * b.div - i);
+}
+
+// Calls f(i, len, w, pw) over [i0, i1) split into runs where both operands are simple.
+template <typename scalar_t, typename F>
+void for_each_run(const BceArgs& a, int64_t i0, int64_t i1, F&& f) {
+  for (int64_t i = i0; i < i1;) {
+    Operand<scalar_t> w, pw;
+    int64_t len = operand_run(a.weight, i, i1 - i, w);
+    len = operand_run(a.pos_weight, i, len, pw);
+    f(i, len, w, pw);
+    i += len;
+  }
+}
+
+template <typename scalar_t, typename F>
+void for_each_bce_chunk(const BceArgs& a, F&& f) {
+  const int64_t chunks = (a.numel + kBceChunk - 1) / kBceChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) f(k, k * kBceChunk, std::min(a.numel, (k + 1) * kBceChunk));
+  });
+}
+
+template <typename scalar_t>
+void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
+  using IO = Io<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using V = typename IO::V;
+  constexpr int64_t kLanes = IO::kLanes;
+  const auto* x = static_cast<const scalar_t*>(a.input);
+  const auto* y = static_cast<const scalar_t*>(a.target);
+  for_each_bce_chunk<scalar_t>(a, [&](int64_t k, int64_t i0, int64_t i1) {
+    V vsum(acc_t(0));
+    acc_t sum = 0;
+    for_each_run<scalar_t>(a, i0, i1, [&](int64_t i, int64_t len, const Operand<scalar_t>& w, const Operand<scalar_t>& pw) {
+      int64_t j = 0;
+      for (; j + kLanes <= len; j += kLanes) {
+        const V l = bce_loss(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j));
+        if (elementwise) {
+          IO::store(static_cast<scalar_t*>(out_v) + i + j, l);
+        } else {
+          vsum = vsum + l;
+        }
+      }
+      for (; j < len; ++j) {
+        const acc_t l = bce_loss(static_cast<acc_t>(x[i + j]), static_cast<acc_t>(y[i + j]), w.at(j), pw.at(j));
+        if (elementwise) {
+          static_cast<scalar_t*>(out_v)[i + j] = static_cast<scalar_t>(l);
+        } else {
+          sum += l;
+        }
+      }
+    });
+    if (!elementwise) static_cast<double*>(out_v)[k] = static_cast<double>(lane_sum(vsum)) + static_cast<double>(sum);
+  });
+}
+
+template <typename scalar_t, bool kTargetGrad>
+void bce_backward_t(const BceArgs& a, const void* grad_v, double scale, void* out_v) {
+  using IO = Io<scalar_t>;
+  using acc_t = typename IO::acc_t;
+  using V = typename IO::V;
+  constexpr int64_t kLanes = IO::kLanes;
+  const auto* x = static_cast<const scalar_t*>(a.input);
+  const auto* y = static_cast<const scalar_t*>(a.target);
+  const auto* g = static_cast<const scalar_t*>(grad_v);
+  auto* out = static_cast<scalar_t*>(out_v);
+  const acc_t s = static_cast<acc_t>(scale);
+  auto elem = [&](auto xv, auto yv, auto wv, auto pwv) {
+    if constexpr (kTargetGrad) {
+      return bce_grad_target(xv, wv, pwv);
+    } else {
+      return bce_grad_input(xv, yv, wv, pwv);
+    }
+  };
+  for_each_bce_chunk<scalar_t>(a, [&](int64_t, int64_t i0, int64_t i1) {
+    for_each_run<scalar_t>(a, i0, i1, [&](int64_t i, int64_t len, const Operand<scalar_t>& w, const Operand<scalar_t>& pw) {
+      int64_t j = 0;
+      for (; j + kLanes <= len; j += kLanes) {
+        const V gv = g ? IO::load(g + i + j) * V(s) : V(s);
+        IO::store(out + i + j, elem(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j)) * gv);
+      }
+      for (; j < len; ++j) {
+        const acc_t gs = g ? static_cast<acc_t>(g[i + j]) * s : s;
+        out[i + j] = static_cast<scalar_t>(
+            elem(static_cast<acc_t>(x[i + j]), static_cast<acc_t>(y[i + j]), w.at(j), pw.at(j)) * gs);
+      }
+    });
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// dtype and option dispatch into the templates above
+// ------------------------------------------------------------------------------------------------
+template <typename F>
+void dispatch_dtype(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::ScalarType::Float: return f(float{});
+    case at::ScalarType::Double: return f(double{});
+    case at::ScalarType::BFloat16: return f(c10::BFloat16{});
+    case at::ScalarType::Half: return f(c10::Half{});
+    default: TORCH_CHECK(false, "fused_ce: unsupported dtype ", dtype);
+  }
+}
+
+inline void ce_hard_forward(const CeHardArgs& a, void* lse, void* loss) {
+  const bool smooth = a.label_smoothing > 0, weighted = a.weight != nullptr;
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (smooth && weighted) return ce_hard_forward_t<scalar_t, true, true>(a, lse, loss);
+    if (smooth) return ce_hard_forward_t<scalar_t, true, false>(a, lse, loss);
+    return ce_hard_forward_t<scalar_t, false, false>(a, lse, loss);  // weights only matter via w[y]
+  });
+}
+
+inline void ce_hard_backward(const CeHardArgs& a, const void* lse, RowGrad g, void* grad) {
+  const bool smooth = a.label_smoothing > 0, weighted = a.weight != nullptr;
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (smooth && weighted) return ce_hard_backward_t<scalar_t, true, true>(a, lse, g, grad);
+    if (smooth) return ce_hard_backward_t<scalar_t, true, false>(a, lse, g, grad);
+    return ce_hard_backward_t<scalar_t, false, false>(a, lse, g, grad);
+  });
+}
+
+inline void ce_soft_forward(const CeSoftArgs& a, void* lse, void* loss) {
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (a.weight) return ce_soft_forward_t<scalar_t, true>(a, lse, loss);
+    return ce_soft_forward_t<scalar_t, false>(a, lse, loss);
+  });
+}
+
+inline void ce_soft_backward(const CeSoftArgs& a, const void* lse, RowGrad g, void* grad) {
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (a.weight) return ce_soft_backward_t<scalar_t, true, false>(a, lse, g, grad);
+    return ce_soft_backward_t<scalar_t, false, false>(a, lse, g, grad);
+  });
+}
+
+inline void ce_soft_target_backward(const CeSoftArgs& a, const void* lse, RowGrad g, void* grad) {
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (a.weight) return ce_soft_backward_t<scalar_t, true, true>(a, lse, g, grad);
+    return ce_soft_backward_t<scalar_t, false, true>(a, lse, g, grad);
+  });
+}
+
+inline void bce_forward(const BceArgs& a, bool elementwise, void* out) {
+  dispatch_dtype(a.dtype, [&](auto tag) { bce_forward_t<decltype(tag)>(a, elementwise, out); });
+}
+
+inline void bce_backward(const BceArgs& a, const void* grad, double scale, void* out) {
+  dispatch_dtype(a.dtype, [&](auto tag) { bce_backward_t<decltype(tag), false>(a, grad, scale, out); });
+}
+
+inline void bce_target_backward(const BceArgs& a, const void* grad, double scale, void* out) {
+  dispatch_dtype(a.dtype, [&](auto tag) { bce_backward_t<decltype(tag), true>(a, grad, scale, out); });
+}
+
+inline const KernelTable& table() {
+  static const KernelTable t{
+      ce_hard_forward, ce_hard_backward, ce_soft_forward, ce_soft_backward, ce_soft_target_backward,
+      bce_forward,     bce_backward,     bce_target_backward};
+  return t;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace fused_ce::cpu

@@ -1,0 +1,148 @@
+// Backend-neutral glue shared by the CPU and CUDA impls: argument checks, the (N, C, S) view of the
+// logits, output shapes, and broadcast descriptors. User-facing validation with PyTorch's exception
+// types and messages happens in Python before the ops are called; the checks here keep direct callers
+// of torch.ops.fused_ce from reaching a kernel with inputs it cannot handle.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <vector>
+
+#include "kernel_args.h"
+#include "rowmath.h"
+
+namespace fused_ce {
+
+inline at::ScalarType lse_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_reduction(int64_t reduction) {
+  TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum,
+              "fused_ce: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16,
+              "fused_ce: ", name, " must be float32, float64, float16 or bfloat16, got ", s);
+}
+
+struct CeGeometry {
+  int64_t N, C, S;
+};
+
+// logits (N, C, d1..dk) as N rows of C classes at S = d1*..*dk positions each.
+inline CeGeometry ce_geometry(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() >= 2, "fused_ce: logits must have shape (N, C, d1, ..., dk), got ", logits.sizes());
+  int64_t S = 1;
+  for (int64_t d = 2; d < logits.dim(); ++d) S *= logits.size(d);
+  return {logits.size(0), logits.size(1), S};
+}
+
+// Shape of the per-row values (loss with reduction='none', lse): (N, d1..dk).
+inline std::vector<int64_t> ce_row_shape(const at::Tensor& logits) {
+  std::vector<int64_t> shape{logits.size(0)};
+  for (int64_t d = 2; d < logits.dim(); ++d) shape.push_back(logits.size(d));
+  return shape;
+}
+
+// Kernels take rows with contiguous classes at any row stride (so slices of a larger tensor are read
+// in place), and the N-D layout contiguous. Anything else is copied once.
+inline at::Tensor ce_kernel_logits(const at::Tensor& logits) {
+  if (logits.dim() == 2 && (logits.stride(1) == 1 || logits.size(1) == 1)) return logits;
+  return logits.contiguous();
+}
+
+inline LogitsView ce_view(const at::Tensor& kernel_logits, const CeGeometry& g) {
+  const int64_t stride_n = g.S == 1 && kernel_logits.dim() == 2 ? kernel_logits.stride(0) : g.C * g.S;
+  return {kernel_logits.data_ptr(), g.N, g.C, g.S, stride_n};
+}
+
+inline void check_weight(const c10::optional<at::Tensor>& weight, const at::Tensor& logits, int64_t C) {
+  if (!weight.has_value()) return;
+  TORCH_CHECK(weight->dim() == 1 && weight->numel() == C,
+              "weight tensor should be defined either for all ", C,
+              " classes or no classes but got weight tensor of shape: ", weight->sizes());
+  TORCH_CHECK(weight->scalar_type() == logits.scalar_type(), "expected scalar type ",
+              logits.scalar_type(), " but found ", weight->scalar_type());
+  TORCH_CHECK(weight->device() == logits.device(), "fused_ce: weight must be on ", logits.device(),
+              ", got ", weight->device());
+}
+
+inline void check_ce_hard(const at::Tensor& logits, const at::Tensor& target,
+                          const c10::optional<at::Tensor>& weight) {
+  check_floating(logits, "logits");
+  const auto g = ce_geometry(logits);
+  TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte,
+              "expected target dtype to be Long or Byte, but got ", target.scalar_type());
+  TORCH_CHECK(target.sizes() == at::IntArrayRef(ce_row_shape(logits)), "Expected target size ",
+              at::IntArrayRef(ce_row_shape(logits)), ", got ", target.sizes());
+  TORCH_CHECK(target.device() == logits.device(), "fused_ce: target must be on ", logits.device());
+  check_weight(weight, logits, g.C);
+}
+
+inline void check_ce_soft(const at::Tensor& logits, const at::Tensor& target,
+                          const c10::optional<at::Tensor>& weight) {
+  check_floating(logits, "logits");
+  const auto g = ce_geometry(logits);
+  TORCH_CHECK(target.sizes() == logits.sizes() && target.scalar_type() == logits.scalar_type(),
+              "fused_ce: probability targets must have the logits' shape and dtype, got ", target.sizes(),
+              " ", target.scalar_type(), " for logits ", logits.sizes(), " ", logits.scalar_type());
+  TORCH_CHECK(target.device() == logits.device(), "fused_ce: target must be on ", logits.device());
+  check_weight(weight, logits, g.C);
+}
+
+inline void check_lse(const at::Tensor& lse, const at::Tensor& logits) {
+  TORCH_CHECK(lse.scalar_type() == lse_dtype(logits.scalar_type()) &&
+                  lse.sizes() == at::IntArrayRef(ce_row_shape(logits)),
+              "fused_ce: lse must be the forward's second output");
+}
+
+inline void check_bce(const at::Tensor& input, const at::Tensor& target) {
+  check_floating(input, "input");
+  TORCH_CHECK(target.sizes() == input.sizes(), "Target size (", target.sizes(),
+              ") must be the same as input size (", input.sizes(), ")");
+  TORCH_CHECK(target.scalar_type() == input.scalar_type(),
+              "fused_ce: target must have the input's dtype, got ", target.scalar_type());
+  TORCH_CHECK(target.device() == input.device(), "fused_ce: target must be on ", input.device());
+}
+
+// Describes `operand` broadcast to `shape` as data[(i / div) % mod] over the flat index i. Operands
+// whose expanded non-broadcast dims form one compact block (scalars, per-class vectors, per-row
+// columns, full tensors) are read in place; any other broadcast is materialized once into `keep`.
+inline Broadcast describe_broadcast(const c10::optional<at::Tensor>& operand, const at::Tensor& input,
+                                    at::Tensor& keep) {
+  if (!operand.has_value()) return {nullptr, 1, 1};
+  keep = operand->to(input.scalar_type());
+  TORCH_CHECK(keep.device() == input.device(), "fused_ce: weights must be on ", input.device());
+  const auto shape = input.sizes();
+  at::Tensor e = keep.expand(shape);
+  const int64_t dims = static_cast<int64_t>(shape.size());
+  int64_t first = -1, last = -1;  // the block [first, last] of real (non-broadcast) dims
+  for (int64_t d = 0; d < dims; ++d) {
+    if (shape[d] != 1 && e.stride(d) != 0) {
+      if (first < 0) first = d;
+      last = d;
+    }
+  }
+  if (first < 0) return {e.data_ptr(), 1, 1};
+  bool compact = true;
+  int64_t expected = 1;
+  for (int64_t d = last; d >= first; --d) {
+    if (shape[d] == 1) continue;
+    compact = compact && e.stride(d) == expected;
+    expected *= shape[d];
+  }
+  if (compact) {
+    int64_t div = 1;
+    for (int64_t d = last + 1; d < dims; ++d) div *= shape[d];
+    return {e.data_ptr(), div, expected};
+  }
+  keep = e.contiguous();
+  return {keep.data_ptr(), 1, std::max<int64_t>(keep.numel(), 1)};
+}
+
+}  // namespace fused_ce

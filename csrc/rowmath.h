@@ -1,0 +1,217 @@
+// Per-row math of fused_ce, written once for the CPU and the CUDA kernels.
+//
+// Every function here is an inline host/device function on the accumulation type (float for
+// fp32/fp16/bf16 inputs, double for fp64), so the CUDA kernels run exactly the formulas that the CPU
+// tests check. Kernels only decide how rows are split and loaded; what a row's loss and gradient are
+// is decided here.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FUSED_CE_HD __host__ __device__ __forceinline__
+#else
+#define FUSED_CE_HD inline
+#endif
+
+namespace fused_ce {
+
+// Same numbering as at::Reduction, so Python passes torch's enum value through unchanged.
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+// Scalar math for float and double; the CPU kernels declare the same names for at::vec vectors before
+// including this header, so the templates below serve scalars (CUDA, CPU tails) and vectors alike.
+FUSED_CE_HD float math_exp(float x) { return expf(x); }
+FUSED_CE_HD double math_exp(double x) { return exp(x); }
+FUSED_CE_HD float math_log(float x) { return logf(x); }
+FUSED_CE_HD double math_log(double x) { return log(x); }
+FUSED_CE_HD float math_log1p(float x) { return log1pf(x); }
+FUSED_CE_HD double math_log1p(double x) { return log1p(x); }
+FUSED_CE_HD float math_abs(float x) { return fabsf(x); }
+FUSED_CE_HD double math_abs(double x) { return fabs(x); }
+// max(x, 0)
+FUSED_CE_HD float math_relu(float x) { return x > 0.f ? x : 0.f; }
+FUSED_CE_HD double math_relu(double x) { return x > 0. ? x : 0.; }
+// max that returns NaN when either side is NaN, so a NaN logit poisons its row as in PyTorch.
+FUSED_CE_HD float math_nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+FUSED_CE_HD double math_nan_max(double a, double b) { return (a > b || a != a) ? a : b; }
+// The exp shift for a running max: 0 while everything seen is -inf, so exp(-inf - shift) is 0, not NaN.
+FUSED_CE_HD float lse_shift(float m) { return m == -INFINITY ? 0.f : m; }
+FUSED_CE_HD double lse_shift(double m) { return m == -INFINITY ? 0. : m; }
+
+template <typename acc_t>
+FUSED_CE_HD acc_t neg_inf() {
+  return -static_cast<acc_t>(INFINITY);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online log-sum-exp: a running max and the sum of exp(x - max), mergeable in any fixed order.
+// T is a scalar, or a vector whose lanes are independent states.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct LseState {
+  T max;
+  T sum;  // sum of exp(x - lse_shift(max)); 0 while every value seen is -inf
+};
+
+template <typename acc_t>
+FUSED_CE_HD LseState<acc_t> lse_empty() {
+  return {neg_inf<acc_t>(), acc_t(0)};
+}
+
+// The same state expressed against a larger (or NaN) max.
+template <typename T>
+FUSED_CE_HD LseState<T> lse_rescale(LseState<T> s, T new_max) {
+  return {new_max, s.sum * math_exp(s.max - lse_shift(new_max))};
+}
+
+template <typename T>
+FUSED_CE_HD LseState<T> lse_merge(LseState<T> a, LseState<T> b) {
+  const T m = math_nan_max(a.max, b.max);
+  const LseState<T> a2 = lse_rescale(a, m);
+  const LseState<T> b2 = lse_rescale(b, m);
+  return {m, a2.sum + b2.sum};
+}
+
+template <typename acc_t>
+FUSED_CE_HD LseState<acc_t> lse_push(LseState<acc_t> s, acc_t x) {
+  return lse_merge(s, LseState<acc_t>{x, acc_t(1)});
+}
+
+// log(sum(exp(x))): -inf for an all -inf row, NaN when a NaN (or a +inf) was seen.
+template <typename T>
+FUSED_CE_HD T lse_value(LseState<T> s) {
+  return lse_shift(s.max) + math_log(s.sum);
+}
+
+// Reference value for the running sums of x: sum(w * (x - ref)) stays well conditioned for logits far
+// from zero. Any finite value of the row works; a non-finite one falls back to 0.
+template <typename acc_t>
+FUSED_CE_HD acc_t sum_reference(acc_t first_logit) {
+  return (first_logit - first_logit == acc_t(0)) ? first_logit : acc_t(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy with class-index targets, label smoothing eps and class weights w (w == 1 unweighted):
+//   loss_i = (1-eps) * w[y] * (lse - x[y]) + (eps/C) * sum_c w[c] * (lse - x[c])
+// and for the gradient, with p = softmax(x) and g the upstream gradient of row i,
+//   dx[c] = g * ( p[c] * ((1-eps) w[y] + (eps/C) W)  -  [c == y] (1-eps) w[y]  -  (eps/C) w[c] ),
+// W = sum_c w[c]. Ignored rows have loss 0 and gradient 0.
+// ---------------------------------------------------------------------------------------------
+template <typename acc_t>
+struct SmoothingParams {
+  acc_t eps;            // label smoothing; values below 0 act as 0, as in PyTorch
+  acc_t eps_per_class;  // eps / C
+  acc_t weight_sum;     // W: sum of class weights, C when unweighted
+  bool enabled;         // eps > 0; when false the smoothing sums are never formed (-inf * 0 would be NaN)
+};
+
+template <typename acc_t>
+FUSED_CE_HD SmoothingParams<acc_t> make_smoothing(double eps, int64_t num_classes, acc_t weight_sum) {
+  const acc_t e = eps > 0 ? static_cast<acc_t>(eps) : acc_t(0);
+  return {e, num_classes > 0 ? e / static_cast<acc_t>(num_classes) : acc_t(0), weight_sum, eps > 0};
+}
+
+// sum_wx_ref = sum_c w[c] * (x[c] - ref), see sum_reference.
+template <typename acc_t>
+FUSED_CE_HD acc_t ce_hard_row_loss(
+    acc_t lse, acc_t x_target, acc_t w_target, acc_t sum_wx_ref, acc_t ref,
+    const SmoothingParams<acc_t>& sp) {
+  acc_t loss = (acc_t(1) - sp.eps) * w_target * (lse - x_target);
+  if (sp.enabled) {
+    loss += sp.eps_per_class * (sp.weight_sum * (lse - ref) - sum_wx_ref);
+  }
+  return loss;
+}
+
+template <typename acc_t>
+struct CeHardGradCoefs {
+  acc_t prob;    // multiplies p[c]
+  acc_t target;  // subtracted at c == y
+  acc_t klass;   // times w[c], subtracted everywhere (smoothing only)
+};
+
+template <typename acc_t>
+FUSED_CE_HD CeHardGradCoefs<acc_t> ce_hard_grad_coefs(
+    acc_t g, acc_t w_target, const SmoothingParams<acc_t>& sp) {
+  const acc_t on_target = (acc_t(1) - sp.eps) * w_target;
+  const acc_t prob = sp.enabled ? on_target + sp.eps_per_class * sp.weight_sum : on_target;
+  return {g * prob, g * on_target, sp.enabled ? g * sp.eps_per_class : acc_t(0)};
+}
+
+// dx[c] for c != y; T may be a vector of classes (or of rows) sharing the coefficients.
+template <typename T>
+FUSED_CE_HD T ce_hard_grad_off_target(T x, T lse, T w_c, T coef_prob, T coef_klass) {
+  return math_exp(x - lse) * coef_prob - coef_klass * w_c;
+}
+
+template <typename acc_t>
+FUSED_CE_HD acc_t ce_hard_grad_on_target(acc_t x, acc_t lse, acc_t w_c, const CeHardGradCoefs<acc_t>& k) {
+  return ce_hard_grad_off_target(x, lse, w_c, k.prob, k.klass) - k.target;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy with class-probability targets t; smoothing makes t' = (1-eps) t + eps/C:
+//   loss_i = sum_c w[c] t'[c] (lse - x[c]) = lse * sum(w t') - sum(w t' x)
+//   dx[c]  = g * (p[c] * sum(w t') - w[c] t'[c])
+//   dt[c]  = g * (1-eps) * w[c] * (lse - x[c])
+// ---------------------------------------------------------------------------------------------
+template <typename T, typename acc_t>
+FUSED_CE_HD T smoothed_target(T t, const SmoothingParams<acc_t>& sp) {
+  return sp.enabled ? t * T(acc_t(1) - sp.eps) + T(sp.eps_per_class) : t;
+}
+
+// sum_wt = sum w t', sum_wtx_ref = sum w t' (x - ref)
+template <typename acc_t>
+FUSED_CE_HD acc_t ce_soft_row_loss(acc_t lse, acc_t sum_wt, acc_t sum_wtx_ref, acc_t ref) {
+  return sum_wt * (lse - ref) - sum_wtx_ref;
+}
+
+// g_sum_wt = g * sum(w t'), wt_c = w[c] t'[c]
+template <typename T>
+FUSED_CE_HD T ce_soft_grad(T x, T lse, T wt_c, T g_sum_wt, T g) {
+  return math_exp(x - lse) * g_sum_wt - g * wt_c;
+}
+
+// g_keep = g * (1 - eps)
+template <typename T>
+FUSED_CE_HD T ce_soft_target_grad(T x, T lse, T w_c, T g_keep) {
+  return g_keep * w_c * (lse - x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binary cross-entropy with logits, pos_weight pw and weight w (PyTorch's formulation):
+//   loss = w * ((1 - y) x + (1 + (pw - 1) y) softplus(-x)),  softplus(-x) = max(-x, 0) + log1p(exp(-|x|))
+//   dx   = w * ((1 + (pw - 1) y) sigmoid(x) - pw y)
+//   dy   = w * ((pw - 1) softplus(-x) - x)
+// Without pos_weight pw == 1. Computed in this form so that |x| = 100 stays finite.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+FUSED_CE_HD T softplus_neg(T x) {
+  return math_relu(T(0) - x) + math_log1p(math_exp(T(0) - math_abs(x)));
+}
+
+template <typename T>
+FUSED_CE_HD T sigmoid(T x) {
+  return T(1) / (T(1) + math_exp(T(0) - x));
+}
+
+template <typename T>
+FUSED_CE_HD T bce_loss(T x, T y, T w, T pw) {
+  const T log_weight = T(1) + (pw - T(1)) * y;
+  return w * ((T(1) - y) * x + log_weight * softplus_neg(x));
+}
+
+template <typename T>
+FUSED_CE_HD T bce_grad_input(T x, T y, T w, T pw) {
+  const T log_weight = T(1) + (pw - T(1)) * y;
+  return w * (log_weight * sigmoid(x) - pw * y);
+}
+
+template <typename T>
+FUSED_CE_HD T bce_grad_target(T x, T w, T pw) {
+  return w * ((pw - T(1)) * softplus_neg(x) - x);
+}
+
+}  // namespace fused_ce

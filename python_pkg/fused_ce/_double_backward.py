@@ -1,0 +1,80 @@
+"""Gradients written with differentiable torch operations, used only while autograd records the
+backward pass itself (create_graph=True), so that double backward works.
+
+They follow the same formulas as csrc/rowmath.h (whose kernels serve every other backward) and, unlike
+the kernels, materialize N x C intermediates: double backward of a loss is rare and small.
+"""
+import torch
+import torch.nn.functional as F
+
+NONE, MEAN = 0, 1
+
+
+def _acc(t):
+    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def _class_view(v, dims):
+    """(C,) -> (1, C, 1, ..., 1) to broadcast against (N, C, d1..dk)."""
+    return v.view((1, -1) + (1,) * (dims - 2))
+
+
+def _row_grad(grad_loss, rows_shape, reduction, denominator):
+    g = _acc(grad_loss)
+    if reduction == NONE:
+        return g.expand(rows_shape)
+    return (g / denominator if reduction == MEAN else g).expand(rows_shape)
+
+
+def cross_entropy_grad(grad_loss, logits, target, weight, ignore_index, label_smoothing, reduction):
+    x = _acc(logits)
+    num_classes, dims = x.shape[1], x.dim()
+    eps = max(float(label_smoothing), 0.0)
+    w = _acc(weight) if weight is not None else x.new_ones(num_classes)
+    ignored = target == ignore_index
+    keep = (~ignored).to(x.dtype)
+    safe_target = target.masked_fill(ignored, 0).long()
+    w_y = w[safe_target] * keep
+    g = _row_grad(grad_loss, w_y.shape, reduction, w_y.sum()).unsqueeze(1)
+    p = torch.softmax(x, dim=1)
+    one_hot = F.one_hot(safe_target, num_classes).movedim(-1, 1).to(x.dtype)
+    on_target = ((1.0 - eps) * w_y).unsqueeze(1)
+    grad = p * on_target - on_target * one_hot
+    if eps > 0:
+        smooth = eps / num_classes
+        grad = grad + smooth * keep.unsqueeze(1) * (p * w.sum() - _class_view(w, dims))
+    return (g * grad).to(logits.dtype)
+
+
+def cross_entropy_soft_grads(grad_loss, logits, target, weight, label_smoothing, reduction,
+                             need_logits, need_target):
+    x = _acc(logits)
+    num_classes, dims = x.shape[1], x.dim()
+    eps = max(float(label_smoothing), 0.0)
+    w = _class_view(_acc(weight), dims) if weight is not None else 1.0
+    t = _acc(target)
+    if eps > 0:
+        t = t * (1.0 - eps) + eps / num_classes
+    rows = (x.shape[0],) + tuple(x.shape[2:])
+    g = _row_grad(grad_loss, rows, reduction, float(max(x.numel() // max(num_classes, 1), 0))).unsqueeze(1)
+    log_p = torch.log_softmax(x, dim=1)
+    g_logits = g_target = None
+    if need_logits:
+        wt = t * w
+        g_logits = (g * (log_p.exp() * wt.sum(1, keepdim=True) - wt)).to(logits.dtype)
+    if need_target:
+        g_target = (g * (1.0 - eps) * w * (-log_p)).to(target.dtype)
+    return g_logits, g_target
+
+
+def bce_grads(grad_loss, input, target, weight, pos_weight, reduction, need_input, need_target):
+    x, y = _acc(input), _acc(target)
+    w = _acc(weight) if weight is not None else 1.0
+    pw = _acc(pos_weight) if pos_weight is not None else 1.0
+    g = _row_grad(grad_loss, x.shape, reduction, float(x.numel()))
+    g_input = g_target = None
+    if need_input:
+        g_input = (g * w * ((1.0 + (pw - 1.0) * y) * torch.sigmoid(x) - pw * y)).to(input.dtype)
+    if need_target:
+        g_target = (g * w * ((pw - 1.0) * F.softplus(-x) - x)).to(target.dtype)
+    return g_input, g_target

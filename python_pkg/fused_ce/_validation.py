@@ -1,0 +1,149 @@
+"""Argument checks and canonicalization for the public API, raising PyTorch's exception types and
+messages, so that code which catches torch's errors behaves the same with fused_ce."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.nn import _reduction
+
+from ._ops import MEAN, NONE, SUM  # noqa: F401
+
+_DTYPE_NAMES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+    torch.bool: "Bool",
+}
+
+
+def dtype_name(dtype):
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def reduction_enum(reduction, size_average=None, reduce=None):
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    return _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
+
+
+def autocast_fp32(*tensors):
+    """Autocast runs these losses in float32, as it does torch's (fp32 policy on CPU and CUDA)."""
+    out = []
+    for t in tensors:
+        if (t is not None and t.dtype in (torch.float16, torch.bfloat16)
+                and torch.is_autocast_enabled(t.device.type)):
+            t = t.float()
+        out.append(t)
+    return out
+
+
+def _no_grad_weight(op_name, name, t):
+    if t is not None and t.requires_grad:
+        raise RuntimeError(
+            f"The function '{op_name}' is not differentiable with respect to argument '{name}'. "
+            "This input cannot have requires_grad True.")
+
+
+@dataclass
+class CrossEntropyCall:
+    soft: bool
+    logits: torch.Tensor  # (N, C, d1..dk)
+    target: torch.Tensor
+    weight: Optional[torch.Tensor]
+    ignore_index: int
+    label_smoothing: float
+    reduction: int
+    unbatched: bool
+
+
+def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
+    if label_smoothing > 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    _no_grad_weight("nll_loss_forward", "weight", weight)
+    input, weight = autocast_fp32(input, weight)
+    if input.dim() == 0:
+        raise IndexError("Dimension specified as 1 but tensor has no dimensions")
+    if not input.is_floating_point():
+        raise NotImplementedError(f'"log_softmax" not implemented for \'{dtype_name(input.dtype)}\'')
+    num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
+    if weight is not None:
+        if weight.dim() != 1 or weight.numel() != num_classes:
+            raise RuntimeError(
+                f"weight tensor should be defined either for all {num_classes} classes or no classes but got "
+                f"weight tensor of shape: {list(weight.shape)}")
+    unbatched = input.dim() == 1
+    soft = input.shape == target.shape
+    if soft:
+        if not target.is_floating_point():
+            raise RuntimeError(
+                f"Expected floating point type for target with class probabilities, got {dtype_name(target.dtype)}")
+        if ignore_index >= 0:
+            raise RuntimeError("ignore_index is not supported for floating point target")
+        (target,) = autocast_fp32(target)
+        dtype = torch.result_type(input, target)
+        input, target = input.to(dtype), target.to(dtype)
+    else:
+        if target.dtype not in (torch.int64, torch.uint8):
+            raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
+        if unbatched:
+            if target.dim() != 0:
+                raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        else:
+            if target.dim() >= 1 and target.shape[0] != input.shape[0]:
+                raise ValueError(
+                    f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target.shape[0]}).")
+            if input.dim() == 2 and target.dim() != 1:
+                raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+            expected = [input.shape[0]] + list(input.shape[2:])
+            if list(target.shape) != expected:
+                raise RuntimeError(f"Expected target size {expected}, got {list(target.shape)}")
+    if weight is not None and weight.dtype != input.dtype:
+        raise RuntimeError(f"expected scalar type {dtype_name(input.dtype)} but found {dtype_name(weight.dtype)}")
+    if unbatched:
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    return CrossEntropyCall(soft, input, target, weight, int(ignore_index), max(float(label_smoothing), 0.0),
+                            reduction, unbatched)
+
+
+def _check_broadcast(operand, shape, operand_first):
+    """PyTorch's messages for an operand that does not broadcast to `shape`, or would grow it."""
+    ndim = max(len(shape), operand.dim())
+    for i in range(1, ndim + 1):
+        a = shape[-i] if i <= len(shape) else 1
+        b = operand.shape[-i] if i <= operand.dim() else 1
+        if a != b and a != 1 and b != 1:
+            if operand_first:
+                a, b = b, a
+            raise RuntimeError(
+                f"The size of tensor a ({a}) must match the size of tensor b ({b}) at non-singleton dimension {ndim - i}")
+    out = torch.broadcast_shapes(tuple(shape), tuple(operand.shape))
+    if tuple(out) != tuple(shape):
+        raise RuntimeError(f"output with shape {list(shape)} doesn't match the broadcast shape {list(out)}")
+
+
+@dataclass
+class BceCall:
+    input: torch.Tensor
+    target: torch.Tensor
+    weight: Optional[torch.Tensor]
+    pos_weight: Optional[torch.Tensor]
+    reduction: int
+
+
+def prepare_bce(input, target, weight, pos_weight, reduction):
+    if target.shape != input.shape:
+        raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
+    _no_grad_weight("binary_cross_entropy_with_logits", "weight", weight)
+    _no_grad_weight("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
+    input, target, weight, pos_weight = autocast_fp32(input, target, weight, pos_weight)
+    if target.dtype == torch.bool:
+        raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
+                           "Use the `^` or `logical_xor()` operator instead.")
+    dtype = torch.result_type(input, target)
+    if not target.is_floating_point() or not dtype.is_floating_point:
+        raise RuntimeError(f"result type {dtype_name(dtype)} can't be cast to the desired output type "
+                           f"{dtype_name(target.dtype)}")
+    if weight is not None:
+        _check_broadcast(weight, input.shape, operand_first=False)
+    if pos_weight is not None:
+        _check_broadcast(pos_weight, input.shape, operand_first=True)
+    return BceCall(input.to(dtype), target.to(dtype), weight, pos_weight, reduction)
