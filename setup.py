@@ -6,6 +6,7 @@ whether or not a GPU is visible (so a GPU-less CI machine compiles every CUDA li
   TORCH_CUDA_ARCH_LIST  CUDA archs, e.g. "9.0" (default "8.0;9.0+PTX")
   MAX_JOBS              parallel compile jobs (read by torch's ninja builder)
   DEBUG=1               -O0 -g
+  FUSED_CE_BUILD_BASE   build folder (default "build"), so CPU-only and CUDA builds can live side by side
 """
 import glob
 import os
@@ -138,5 +139,8 @@ setup(
     package_dir={"": "python_pkg"},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": CpuIsaBuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={
+        "bdist_wheel": {"py_limited_api": "cp39"},
+        "build": {"build_base": os.environ.get("FUSED_CE_BUILD_BASE", "build")},
+    },
 )

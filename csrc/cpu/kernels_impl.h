@@ -72,7 +72,28 @@ struct Io {
       at::vec::convert_from_float<scalar_t>(v, v).store(p, n);
     }
   }
+  // Two vectors at once: for bf16/fp16 one conversion fills a whole reduced-precision vector.
+  static void store2(scalar_t* p, V a, V b) {
+    if constexpr (kSame) {
+      a.store(p);
+      b.store(p + kLanes);
+    } else {
+      at::vec::convert_from_float<scalar_t>(a, b).store(p);
+    }
+  }
 };
+
+// Writes f(p) for p in [0, steps) vectors starting at out, two vectors per store where possible.
+template <typename scalar_t, typename F>
+void store_steps(scalar_t* out, int64_t steps, F&& f) {
+  using IO = Io<scalar_t>;
+  int64_t p = 0;
+  for (; p + 2 <= steps; p += 2) {
+    const auto a = f(p);
+    IO::store2(out + p * IO::kLanes, a, f(p + 1));
+  }
+  if (p < steps) IO::store(out + p * IO::kLanes, f(p));
+}
 
 // Vectors per block of the online max: 128 vectors are 4 KiB of fp32 rows under AVX2, well inside L1.
 constexpr int64_t kChunkSteps = 128;
@@ -306,10 +327,10 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
       const acc_t lse = lse_in[n];
       const auto k = ce_hard_grad_coefs(row_g(n), weight_at(w, t), sp);
       const V vlse(lse), vprob(k.prob), vklass(k.klass), one(acc_t(1));
-      for (int64_t p = 0; p < L.steps; ++p) {
+      store_steps(out, L.steps, [&](int64_t p) {
         const V wv = kLoadWeight ? L.weight(w, p) : one;
-        L.store(out, p, ce_hard_grad_off_target(L.load(x, p), vlse, wv, vprob, vklass));
-      }
+        return ce_hard_grad_off_target(L.load(x, p), vlse, wv, vprob, vklass);
+      });
       for (int64_t c = L.steps * kLanes; c < C; ++c) {
         out[c] = static_cast<scalar_t>(ce_hard_grad_off_target(
             static_cast<acc_t>(x[c]), lse, weight_at(w, c), k.prob, k.klass));
@@ -552,15 +573,17 @@ void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
     V vsum(acc_t(0));
     acc_t sum = 0;
     for_each_run<scalar_t>(a, i0, i1, [&](int64_t i, int64_t len, const Operand<scalar_t>& w, const Operand<scalar_t>& pw) {
-      int64_t j = 0;
-      for (; j + kLanes <= len; j += kLanes) {
-        const V l = bce_loss(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j));
-        if (elementwise) {
-          IO::store(static_cast<scalar_t*>(out_v) + i + j, l);
-        } else {
-          vsum = vsum + l;
-        }
+      const int64_t vecs = len / kLanes;
+      auto loss = [&](int64_t v) {
+        const int64_t j = v * kLanes;
+        return bce_loss(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j));
+      };
+      if (elementwise) {
+        store_steps(static_cast<scalar_t*>(out_v) + i, vecs, loss);
+      } else {
+        for (int64_t v = 0; v < vecs; ++v) vsum = vsum + loss(v);
       }
+      int64_t j = vecs * kLanes;
       for (; j < len; ++j) {
         const acc_t l = bce_loss(static_cast<acc_t>(x[i + j]), static_cast<acc_t>(y[i + j]), w.at(j), pw.at(j));
         if (elementwise) {
@@ -594,11 +617,13 @@ void bce_backward_t(const BceArgs& a, const void* grad_v, double scale, void* ou
   };
   for_each_bce_chunk<scalar_t>(a, [&](int64_t, int64_t i0, int64_t i1) {
     for_each_run<scalar_t>(a, i0, i1, [&](int64_t i, int64_t len, const Operand<scalar_t>& w, const Operand<scalar_t>& pw) {
-      int64_t j = 0;
-      for (; j + kLanes <= len; j += kLanes) {
+      const int64_t vecs = len / kLanes;
+      store_steps(out + i, vecs, [&](int64_t v) {
+        const int64_t j = v * kLanes;
         const V gv = g ? IO::load(g + i + j) * V(s) : V(s);
-        IO::store(out + i + j, elem(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j)) * gv);
-      }
+        return elem(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j)) * gv;
+      });
+      int64_t j = vecs * kLanes;
       for (; j < len; ++j) {
         const acc_t gs = g ? static_cast<acc_t>(g[i + j]) * s : s;
         out[i + j] = static_cast<scalar_t>(
