@@ -35,9 +35,12 @@ struct alignas(16) Pack {
   T v[kVecOf<T>];
 };
 
+// Moved through a uint4, so each is one 128-bit access whatever T's copy semantics.
 template <typename T, typename A>
 __device__ __forceinline__ void load_pack(const T* p, A (&out)[kVecOf<T>]) {
-  const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p);
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  Pack<T> pk;
+  memcpy(&pk, &raw, sizeof(raw));
 #pragma unroll
   for (int j = 0; j < kVecOf<T>; ++j) out[j] = static_cast<A>(pk.v[j]);
 }
@@ -47,7 +50,11 @@ __device__ __forceinline__ void store_pack(T* p, const A (&in)[kVecOf<T>]) {
   Pack<T> pk;
 #pragma unroll
   for (int j = 0; j < kVecOf<T>; ++j) pk.v[j] = static_cast<T>(in[j]);
-  *reinterpret_cast<Pack<T>*>(p) = pk;
+  uint4 raw;
+  memcpy(&raw, &pk, sizeof(raw));
+  // The intrinsic pins a single st.global.v4 (a plain store was split into scalar ones); .cg keeps
+  // the written-once gradient out of L1.
+  __stcg(reinterpret_cast<uint4*>(p), raw);
 }
 
 // Elements before the first 16-byte boundary at or after p; -1 when p is not even aligned to T.
