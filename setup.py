@@ -9,6 +9,7 @@ whether or not a GPU is visible (so a GPU-less CI machine compiles every CUDA li
   FUSED_CE_BUILD_BASE   build folder (default "build"), so CPU-only and CUDA builds can live side by side
 """
 import glob
+import inspect
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,13 @@ def _want_cuda():
     return toolkit and torch_cuda
 
 
+def _torch_cxx_std():
+    """The C++ standard that torch's extension builder passes (c++17 in older torch, c++20 from the torch
+    that needs it). Sources built through BuildExtension get it from torch; the ISA objects below are
+    compiled directly and need it spelled out."""
+    return "-std=c++20" if "'c++20'" in inspect.getsource(cpp_extension) else "-std=c++17"
+
+
 def _pip_cuda_include_dirs():
     """CUDA headers shipped as pip wheels (nvidia/cu13/include) next to a CUDA build of torch."""
     site = os.path.dirname(os.path.dirname(torch.__file__))
@@ -86,7 +94,7 @@ class CpuIsaBuildExtension(cpp_extension.BuildExtension):
                     [_isa_source(isa)],
                     output_dir=os.path.join(self.build_temp, "isa"),
                     include_dirs=ext.include_dirs + cpp_extension.include_paths(),
-                    extra_postargs=cflags + CPU_ISA_FLAGS[isa]
+                    extra_postargs=cflags + [_torch_cxx_std()] + CPU_ISA_FLAGS[isa]
                     + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"],
                 )
 
@@ -101,7 +109,8 @@ def get_extensions():
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     # -fopenmp: at::parallel_for is inline and runs serially unless the extension itself is built with
     # OpenMP (torch's CPU build uses OpenMP; its runtime is already loaded with torch).
-    cxx_flags = opt + ["-std=c++17", "-fvisibility=hidden", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    # No -std here: torch's builder adds the standard its headers need.
+    cxx_flags = opt + ["-fvisibility=hidden", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
     isa_sources = {_isa_source(isa) for isa in CPU_ISA_FLAGS}
     sources = [
         s
@@ -117,7 +126,7 @@ def get_extensions():
         sources += _rel(glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
         include_dirs += _pip_cuda_include_dirs()
         extra["cxx"] = extra["cxx"] + ["-DFUSED_CE_WITH_CUDA"]
-        extra["nvcc"] = opt + ["-std=c++17", "-DFUSED_CE_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = opt + ["-DFUSED_CE_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
         ext_cls = cpp_extension.CUDAExtension
     else:
         print("fused_ce: building the CPU kernels only (no CUDA toolkit or CPU-only torch, or USE_CUDA=0)")

@@ -1,4 +1,4 @@
-// Plain descriptions of one kernel call, filled by the op glue (op_common.h, ops_cpu.cpp, ops_cuda.cu)
+// Plain descriptions of one kernel call, filled by the op glue (op_common.h, ops_cpu.cpp, cuda/ops_cuda.cpp)
 // and read by the kernels. They carry raw pointers and sizes only, so kernel files (compiled once per
 // CPU instruction set, or by nvcc) include as little as possible.
 #pragma once

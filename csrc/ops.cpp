@@ -1,5 +1,5 @@
 // The op schemas of fused_ce, defined once for every backend. CPU impls are in cpu/ops_cpu.cpp and
-// CUDA impls in cuda/ops_cuda.cu; fake (meta) kernels and autograd are registered from Python
+// CUDA impls in cuda/ops_cuda.cpp; fake (meta) kernels and autograd are registered from Python
 // (python_pkg/fused_ce/_ops.py). `reduction` is at::Reduction's value: 0 none, 1 mean, 2 sum.
 #include <Python.h>
 #include <torch/library.h>
