@@ -9,7 +9,6 @@ whether or not a GPU is visible (so a GPU-less CI machine compiles every CUDA li
   FUSED_CE_BUILD_BASE   build folder (default "build"), so CPU-only and CUDA builds can live side by side
 """
 import glob
-import inspect
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -52,11 +51,9 @@ def _want_cuda():
     return toolkit and torch_cuda
 
 
-def _torch_cxx_std():
-    """The C++ standard that torch's extension builder passes (c++17 in older torch, c++20 from the torch
-    that needs it). Sources built through BuildExtension get it from torch; the ISA objects below are
-    compiled directly and need it spelled out."""
-    return "-std=c++20" if "'c++20'" in inspect.getsource(cpp_extension) else "-std=c++17"
+# The ISA objects are compiled outside torch's builder, which otherwise picks the C++ standard. Newer
+# torch headers need C++20, and older ones compile under it too.
+ISA_CXX_STD = "-std=c++20"
 
 
 def _pip_cuda_include_dirs():
@@ -94,7 +91,7 @@ class CpuIsaBuildExtension(cpp_extension.BuildExtension):
                     [_isa_source(isa)],
                     output_dir=os.path.join(self.build_temp, "isa"),
                     include_dirs=ext.include_dirs + cpp_extension.include_paths(),
-                    extra_postargs=cflags + [_torch_cxx_std()] + CPU_ISA_FLAGS[isa]
+                    extra_postargs=cflags + [ISA_CXX_STD] + CPU_ISA_FLAGS[isa]
                     + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"],
                 )
 
