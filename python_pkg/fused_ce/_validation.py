@@ -127,6 +127,12 @@ class BceCall:
     weight: Optional[torch.Tensor]
     pos_weight: Optional[torch.Tensor]
     reduction: int
+    out_dtype: torch.dtype  # torch returns the target's dtype, even below the promoted one
+
+
+def bce_output(loss, c):
+    """The loss in torch's output dtype (computed in the promoted, possibly higher, precision)."""
+    return loss if loss.dtype == c.out_dtype else loss.to(c.out_dtype)
 
 
 def prepare_bce(input, target, weight, pos_weight, reduction):
@@ -135,6 +141,9 @@ def prepare_bce(input, target, weight, pos_weight, reduction):
     _no_grad_weight("binary_cross_entropy_with_logits", "weight", weight)
     _no_grad_weight("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
     input, target, weight, pos_weight = autocast_fp32(input, target, weight, pos_weight)
+    if not input.is_floating_point():
+        raise NotImplementedError(
+            f'"log_sigmoid_{input.device.type}" not implemented for \'{dtype_name(input.dtype)}\'')
     if target.dtype == torch.bool:
         raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
                            "Use the `^` or `logical_xor()` operator instead.")
@@ -146,4 +155,4 @@ def prepare_bce(input, target, weight, pos_weight, reduction):
         _check_broadcast(weight, input.shape, operand_first=False)
     if pos_weight is not None:
         _check_broadcast(pos_weight, input.shape, operand_first=True)
-    return BceCall(input.to(dtype), target.to(dtype), weight, pos_weight, reduction)
+    return BceCall(input.to(dtype), target.to(dtype), weight, pos_weight, reduction, target.dtype)

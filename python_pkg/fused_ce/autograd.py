@@ -61,7 +61,7 @@ class BCEWithLogitsFunction(torch.autograd.Function):
         ctx.save_for_backward(c.input, c.target, c.weight, c.pos_weight)
         ctx.reduction = c.reduction
         ctx.dtypes = (input.dtype, target.dtype)
-        return ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction)
+        return _validation.bce_output(ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
 
     @staticmethod
     def backward(ctx, grad_loss):
