@@ -61,17 +61,23 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
     _no_grad_weight("nll_loss_forward", "weight", weight)
     input, weight = autocast_fp32(input, weight)
     if input.dim() == 0:
+        if target.dim() == 0 and not target.is_floating_point():  # torch takes it for a probability target
+            raise RuntimeError(
+                f"Expected floating point type for target with class probabilities, got {dtype_name(target.dtype)}")
         raise IndexError("Dimension specified as 1 but tensor has no dimensions")
     if not input.is_floating_point():
-        raise NotImplementedError(f'"log_softmax" not implemented for \'{dtype_name(input.dtype)}\'')
+        kernel = "log_softmax"
+        if input.device.type == "cpu":  # the name of the CPU kernel that torch's message quotes
+            kernel = "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
+        raise NotImplementedError(f'"{kernel}" not implemented for \'{dtype_name(input.dtype)}\'')
     num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
+    unbatched = input.dim() == 1
+    soft = input.shape == target.shape
     if weight is not None:
         if weight.dim() != 1 or weight.numel() != num_classes:
             raise RuntimeError(
-                f"weight tensor should be defined either for all {num_classes} classes or no classes but got "
-                f"weight tensor of shape: {list(weight.shape)}")
-    unbatched = input.dim() == 1
-    soft = input.shape == target.shape
+                f"{'cross_entropy: ' if soft else ''}weight tensor should be defined either for all {num_classes} "
+                f"classes or no classes but got weight tensor of shape: {list(weight.shape)}")
     if soft:
         if not target.is_floating_point():
             raise RuntimeError(
@@ -79,13 +85,22 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
         (target,) = autocast_fp32(target)
+        # torch computes -(log_softmax(input) * target * weight).sum(): all three promote together
         dtype = torch.result_type(input, target)
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+            weight = weight.to(dtype)
         input, target = input.to(dtype), target.to(dtype)
     else:
         if target.dtype not in (torch.int64, torch.uint8):
             raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
         if unbatched:
-            if target.dim() != 0:
+            if target.dim() == 1:  # torch accepts a (1,) target for a (C,) input, and returns a 0-dim loss
+                if target.shape[0] != 1:
+                    raise ValueError(
+                        f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
+                target = target[0]
+            elif target.dim() != 0:
                 raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
         else:
             if target.dim() >= 1 and target.shape[0] != input.shape[0]:
