@@ -86,7 +86,7 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
             raise RuntimeError("ignore_index is not supported for floating point target")
         (target,) = autocast_fp32(target)
         # torch computes -(log_softmax(input) * target * weight).sum(): all three promote together
-        dtype = torch.result_type(input, target)
+        dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
         if weight is not None:
             dtype = torch.promote_types(dtype, weight.dtype)
             weight = weight.to(dtype)
@@ -162,7 +162,7 @@ def prepare_bce(input, target, weight, pos_weight, reduction):
     if target.dtype == torch.bool:
         raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
                            "Use the `^` or `logical_xor()` operator instead.")
-    dtype = torch.result_type(input, target)
+    dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
     if not target.is_floating_point() or not dtype.is_floating_point:
         raise RuntimeError(f"result type {dtype_name(dtype)} can't be cast to the desired output type "
                            f"{dtype_name(target.dtype)}")
