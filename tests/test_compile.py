@@ -1,5 +1,7 @@
-"""torch.compile(fullgraph=True) of a training step (linear -> loss -> backward) with each loss matches
-eager fused_ce and torch; fullgraph=True makes any graph break an error."""
+"""torch.compile(fullgraph=True) of a training step (linear -> loss, then backward through the
+AOTAutograd-compiled backward graph) with each loss matches eager fused_ce and torch; fullgraph=True
+makes any graph break an error. (Dynamo does not trace autograd.grad/backward calls themselves, so
+backward runs on the compiled forward's output, as in a compiled model's training step.)"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,12 +23,13 @@ def _data(device, kind):
     return x, y
 
 
+ROW_WEIGHT = torch.rand(N, 1, generator=torch.Generator().manual_seed(1))
 LOSSES = {
     "hard": (lambda m, o, y: m.cross_entropy(o, y, label_smoothing=0.1, weight=torch.linspace(0.5, 1.5, C, device=o.device))),
     "hard_none": (lambda m, o, y: (m.cross_entropy(o, y, reduction="none") * torch.arange(N, device=o.device)).sum()),
     "soft": (lambda m, o, y: m.cross_entropy(o, y, label_smoothing=0.2, reduction="sum")),
     "bce": (lambda m, o, y: m.binary_cross_entropy_with_logits(o, y, pos_weight=torch.full((C,), 2.0, device=o.device),
-                                                               weight=torch.rand(N, 1, generator=torch.Generator().manual_seed(1)).to(o.device))),
+                                                               weight=ROW_WEIGHT.to(o.device))),
     "bce_none": (lambda m, o, y: m.binary_cross_entropy_with_logits(o, y, reduction="none").mean(0).sum()),
 }
 
@@ -34,23 +37,23 @@ LOSSES = {
 def _step(module, loss_name):
     loss_fn = LOSSES[loss_name]
 
-    def step(linear_weight, x, y):
-        logits = x @ linear_weight.t()
-        loss = loss_fn(module, logits, y)
-        (grad,) = torch.autograd.grad(loss, linear_weight)
-        return loss, grad
-    return step
+    def forward(linear_weight, x, y):
+        return loss_fn(module, x @ linear_weight.t(), y)
+    return forward
+
+
+def _with_grad(forward, w, x, y):
+    loss = forward(w, x, y)
+    (grad,) = torch.autograd.grad(loss, w)
+    return loss, grad
 
 
 def _train_step_module(loss_module):
     lin = torch.nn.Linear(IN, C)
 
-    def step(x, y):
-        lin.zero_grad()
-        loss = loss_module(lin(x), y)
-        loss.backward()
-        return loss
-    return lin, step
+    def forward(x, y):
+        return loss_module(lin(x), y)
+    return lin, forward
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -63,11 +66,11 @@ def test_compiled_step_matches_eager(loss_name, backend, device):
     torch._dynamo.reset()
     x, y = _data(device, "soft" if loss_name.startswith(("soft", "bce")) else "hard")
     w = torch.randn(C, IN, device=device, requires_grad=True)
-    eager_loss, eager_grad = _step(fused_ce, loss_name)(w, x, y)
-    torch_loss, torch_grad = _step(F, loss_name)(w, x, y)
+    eager_loss, eager_grad = _with_grad(_step(fused_ce, loss_name), w, x, y)
+    torch_loss, torch_grad = _with_grad(_step(F, loss_name), w, x, y)
     compiled = torch.compile(_step(fused_ce, loss_name), fullgraph=True, backend=backend)
     for _ in range(2):  # second call reuses the compiled graph
-        loss, grad = compiled(w, x, y)
+        loss, grad = _with_grad(compiled, w, x, y)
         torch.testing.assert_close(loss, eager_loss)
         torch.testing.assert_close(grad, eager_grad)
     torch.testing.assert_close(loss, torch_loss, rtol=2e-5, atol=2e-6)
@@ -83,12 +86,15 @@ def test_compiled_module_training_step_with_backward(kind, device):
     loss_cls = fused_ce.CrossEntropyLoss(label_smoothing=0.1) if kind == "hard" else \
         fused_ce.BCEWithLogitsLoss(pos_weight=torch.full((C,), 1.5, device=device))
     torch.manual_seed(0)
-    lin, step = _train_step_module(loss_cls.to(device))
+    lin, forward = _train_step_module(loss_cls.to(device))
     lin.to(device)
-    eager = step(x, y)
+    eager = forward(x, y)
+    eager.backward()
     eager_grads = [p.grad.clone() for p in lin.parameters()]
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    lin.zero_grad()
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
     loss = compiled(x, y)
+    loss.backward()
     torch.testing.assert_close(loss, eager)
     for p, g in zip(lin.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g)

@@ -33,9 +33,10 @@ import torch, torch.nn.functional as F, fused_ce
 torch.manual_seed(0)
 def check(ours, ref, args, grads, tol, **kw):
     a = [t.detach().requires_grad_(i in grads) for i, t in enumerate(args)]
-    r = [t.detach().float().requires_grad_(i in grads) for i, t in enumerate(args)] if tol else \
+    r = [(t.detach().float() if t.is_floating_point() else t).requires_grad_(i in grads) for i, t in enumerate(args)] if tol else \
         [t.detach().requires_grad_(i in grads) for i, t in enumerate(args)]
-    o, e = ours(*a, **kw), ref(*r, **kw)
+    rkw = {k: v.float() if tol and isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    o, e = ours(*a, **kw), ref(*r, **rkw)
     go = torch.rand_like(e) + 0.5
     torch.testing.assert_close(o.to(e.dtype), e, **(tol or {}))
     for g, ge in zip(torch.autograd.grad(o, [a[i] for i in grads], go.to(o.dtype)),

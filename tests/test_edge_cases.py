@@ -97,8 +97,9 @@ def _compare_except_ignored_rows(x, y, ignore_index=-100, **kwargs):
     (g,) = torch.autograd.grad(out, xo, go)
     (gr,) = torch.autograd.grad(ref, xr, go)
     ignored = y == ignore_index
-    torch.testing.assert_close(g[~ignored], gr[~ignored], equal_nan=True)
-    assert (g[ignored] == 0).all()
+    g_rows, gr_rows = g.movedim(1, -1), gr.movedim(1, -1)  # (N, d.., C): indexable by the row mask
+    torch.testing.assert_close(g_rows[~ignored], gr_rows[~ignored], equal_nan=True)
+    assert (g_rows[ignored] == 0).all()
     return out, g
 
 

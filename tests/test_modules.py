@@ -34,7 +34,7 @@ def _pair(kind, kwargs):
 def _inputs(kind, device):
     x = torch.randn(4, 5, device=device, requires_grad=True)
     if kind == "ce":
-        return x, torch.tensor([0, 1, -1, 4], device=device)
+        return x, torch.tensor([0, 1, 1, 4], device=device)
     return x, torch.rand(4, 5, device=device)
 
 
