@@ -128,18 +128,20 @@ def test_soft_targets_weight_dtype_promotes(input_dtype, weight_dtype, reduction
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("ignored", [False, True])
 def test_unbatched_input_with_size_1_target(ignored, reduction, device):
-    """A (C,) input with a (1,) class-index target: torch's forward accepts it and returns a 0-dim loss
-    (its backward then fails with "size mismatch (got input: [7], target: [1])"; fused_ce's gradient is
-    the one of the equivalent 0-dim target)."""
+    """A (C,) input with a (1,) class-index target: torch's forward accepts it without smoothing and
+    returns a 0-dim loss (with smoothing it raises a broadcast error, and its backward fails with "size
+    mismatch (got input: [7], target: [1])"). fused_ce treats it as the equivalent 0-dim target."""
     x = make_logits((7,), torch.float64, device)
     y = torch.tensor([-100 if ignored else 3], device=device)
-    kwargs = dict(reduction=reduction, label_smoothing=0.1)
-    out, _ = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), kwargs=kwargs)
+    out, _ = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), kwargs=dict(reduction=reduction))
     assert out.dim() == 0
+    kwargs = dict(reduction=reduction, label_smoothing=0.1)
     xo = x.detach().requires_grad_()
-    (g,) = torch.autograd.grad(fused_ce.cross_entropy(xo, y, **kwargs), xo)
-    out0, (g0,) = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y[0]), grad_args=(0,),
-                                     kwargs=kwargs, grad_output=torch.tensor(1.0, device=device))
+    out = fused_ce.cross_entropy(xo, y, **kwargs)
+    (g,) = torch.autograd.grad(out, xo)
+    out0, (g0,) = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, torch.tensor(y.item(), device=device)),
+                                     grad_args=(0,), kwargs=kwargs, grad_output=torch.tensor(1.0, device=device))
+    torch.testing.assert_close(out, out0, equal_nan=True)
     torch.testing.assert_close(g, g0, equal_nan=True)
 
 
