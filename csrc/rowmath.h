@@ -209,9 +209,11 @@ FUSED_CE_HD T bce_grad_input(T x, T y, T w, T pw) {
   return w * (log_weight * sigmoid(x) - pw * y);
 }
 
+// (pw - 1) softplus(-x) - x, split by the sign of x so that no inf - inf or 0 * inf appears at x = +-inf
+// (torch gives +inf at x = -inf and -inf at x = +inf), and pw == 1 gives exactly -x as torch does.
 template <typename T>
 FUSED_CE_HD T bce_grad_target(T x, T w, T pw) {
-  return w * ((pw - T(1)) * softplus_neg(x) - x);
+  return w * ((pw - T(1)) * math_log1p(math_exp(T(0) - math_abs(x))) - math_relu(x) + pw * math_relu(T(0) - x));
 }
 
 }  // namespace fused_ce

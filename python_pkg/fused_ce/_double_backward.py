@@ -76,5 +76,7 @@ def bce_grads(grad_loss, input, target, weight, pos_weight, reduction, need_inpu
     if need_input:
         g_input = (g * w * ((1.0 + (pw - 1.0) * y) * torch.sigmoid(x) - pw * y)).to(input.dtype)
     if need_target:
-        g_target = (g * w * ((pw - 1.0) * F.softplus(-x) - x)).to(target.dtype)
+        # (pw - 1) softplus(-x) - x, written as in rowmath.h's bce_grad_target (finite-safe at x = +-inf)
+        g_target = (g * w * ((pw - 1.0) * torch.log1p(torch.exp(-x.abs())) - x.clamp_min(0)
+                             + pw * (-x).clamp_min(0))).to(target.dtype)
     return g_input, g_target

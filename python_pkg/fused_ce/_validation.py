@@ -61,17 +61,23 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
     _no_grad_weight("nll_loss_forward", "weight", weight)
     input, weight = autocast_fp32(input, weight)
     if input.dim() == 0:
+        if target.dim() == 0 and not target.is_floating_point():  # torch takes it for a probability target
+            raise RuntimeError(
+                f"Expected floating point type for target with class probabilities, got {dtype_name(target.dtype)}")
         raise IndexError("Dimension specified as 1 but tensor has no dimensions")
     if not input.is_floating_point():
-        raise NotImplementedError(f'"log_softmax" not implemented for \'{dtype_name(input.dtype)}\'')
+        kernel = "log_softmax"
+        if input.device.type == "cpu":  # the name of the CPU kernel that torch's message quotes
+            kernel = "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
+        raise NotImplementedError(f'"{kernel}" not implemented for \'{dtype_name(input.dtype)}\'')
     num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
+    unbatched = input.dim() == 1
+    soft = input.shape == target.shape
     if weight is not None:
         if weight.dim() != 1 or weight.numel() != num_classes:
             raise RuntimeError(
-                f"weight tensor should be defined either for all {num_classes} classes or no classes but got "
-                f"weight tensor of shape: {list(weight.shape)}")
-    unbatched = input.dim() == 1
-    soft = input.shape == target.shape
+                f"{'cross_entropy: ' if soft else ''}weight tensor should be defined either for all {num_classes} "
+                f"classes or no classes but got weight tensor of shape: {list(weight.shape)}")
     if soft:
         if not target.is_floating_point():
             raise RuntimeError(
@@ -79,13 +85,22 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
         (target,) = autocast_fp32(target)
-        dtype = torch.result_type(input, target)
+        # torch computes -(log_softmax(input) * target * weight).sum(): all three promote together
+        dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+            weight = weight.to(dtype)
         input, target = input.to(dtype), target.to(dtype)
     else:
         if target.dtype not in (torch.int64, torch.uint8):
             raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
         if unbatched:
-            if target.dim() != 0:
+            if target.dim() == 1:  # torch accepts a (1,) target for a (C,) input, and returns a 0-dim loss
+                if target.shape[0] != 1:
+                    raise ValueError(
+                        f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
+                target = target[0]
+            elif target.dim() != 0:
                 raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
         else:
             if target.dim() >= 1 and target.shape[0] != input.shape[0]:
@@ -127,6 +142,12 @@ class BceCall:
     weight: Optional[torch.Tensor]
     pos_weight: Optional[torch.Tensor]
     reduction: int
+    out_dtype: torch.dtype  # torch returns the target's dtype, even below the promoted one
+
+
+def bce_output(loss, c):
+    """The loss in torch's output dtype (computed in the promoted, possibly higher, precision)."""
+    return loss if loss.dtype == c.out_dtype else loss.to(c.out_dtype)
 
 
 def prepare_bce(input, target, weight, pos_weight, reduction):
@@ -135,10 +156,13 @@ def prepare_bce(input, target, weight, pos_weight, reduction):
     _no_grad_weight("binary_cross_entropy_with_logits", "weight", weight)
     _no_grad_weight("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
     input, target, weight, pos_weight = autocast_fp32(input, target, weight, pos_weight)
+    if not input.is_floating_point():
+        raise NotImplementedError(
+            f'"log_sigmoid_{input.device.type}" not implemented for \'{dtype_name(input.dtype)}\'')
     if target.dtype == torch.bool:
         raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
                            "Use the `^` or `logical_xor()` operator instead.")
-    dtype = torch.result_type(input, target)
+    dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
     if not target.is_floating_point() or not dtype.is_floating_point:
         raise RuntimeError(f"result type {dtype_name(dtype)} can't be cast to the desired output type "
                            f"{dtype_name(target.dtype)}")
@@ -146,4 +170,4 @@ def prepare_bce(input, target, weight, pos_weight, reduction):
         _check_broadcast(weight, input.shape, operand_first=False)
     if pos_weight is not None:
         _check_broadcast(pos_weight, input.shape, operand_first=True)
-    return BceCall(input.to(dtype), target.to(dtype), weight, pos_weight, reduction)
+    return BceCall(input.to(dtype), target.to(dtype), weight, pos_weight, reduction, target.dtype)

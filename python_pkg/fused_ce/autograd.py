@@ -3,6 +3,8 @@
 The functional API and the modules go through the registered ops (whose autograd is registered in
 _ops.py), which torch.compile traces best; these classes share the same validation and backward code.
 """
+import dataclasses
+
 import torch
 
 from . import _ops, _validation
@@ -22,8 +24,12 @@ class CrossEntropyFunction(torch.autograd.Function):
         else:
             loss, lse = ops.cross_entropy_fwd(c.logits, c.target, c.weight, c.ignore_index, c.label_smoothing,
                                               c.reduction)
-        ctx.save_for_backward(c.logits, c.target, c.weight, lse)
-        ctx.call = c
+        # The arguments themselves are saved (not their canonical views or casts, made under no_grad
+        # here), so that a double backward differentiates through the canonicalization below.
+        ctx.save_for_backward(input, target, c.weight, lse)
+        ctx.call = dataclasses.replace(c, logits=None, target=None, weight=None)
+        ctx.logits_shape, ctx.logits_dtype = c.logits.shape, c.logits.dtype
+        ctx.kernel_target_shape, ctx.kernel_target_dtype = c.target.shape, c.target.dtype
         ctx.input_dtype, ctx.target_dtype = input.dtype, target.dtype
         ctx.input_shape, ctx.target_shape = input.shape, target.shape
         if c.unbatched and red == NONE:
@@ -32,8 +38,10 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        logits, target, weight, lse = ctx.saved_tensors
+        input, target, weight, lse = ctx.saved_tensors
         c = ctx.call
+        logits = input.reshape(ctx.logits_shape).to(ctx.logits_dtype)
+        target = target.reshape(ctx.kernel_target_shape).to(ctx.kernel_target_dtype)
         if c.unbatched and c.reduction == NONE:
             grad_loss = grad_loss.unsqueeze(0)
         g_input = g_target = None
@@ -58,14 +66,16 @@ class BCEWithLogitsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, target, weight=None, reduction="mean", pos_weight=None):
         c = _validation.prepare_bce(input, target, weight, pos_weight, _validation.reduction_enum(reduction))
-        ctx.save_for_backward(c.input, c.target, c.weight, c.pos_weight)
+        ctx.save_for_backward(input, target, c.weight, c.pos_weight)  # the arguments: see CrossEntropyFunction
         ctx.reduction = c.reduction
         ctx.dtypes = (input.dtype, target.dtype)
-        return ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction)
+        ctx.kernel_dtype = c.input.dtype
+        return _validation.bce_output(ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
 
     @staticmethod
     def backward(ctx, grad_loss):
         x, y, weight, pos_weight = ctx.saved_tensors
+        x, y = x.to(ctx.kernel_dtype), y.to(ctx.kernel_dtype)
         g_input, g_target = _ops.bce_backward(
             grad_loss, x, y, weight, pos_weight, ctx.reduction,
             need_input=ctx.needs_input_grad[0], need_target=ctx.needs_input_grad[1])

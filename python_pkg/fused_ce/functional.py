@@ -22,7 +22,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     """Drop-in for torch.nn.functional.binary_cross_entropy_with_logits, computed by fused kernels."""
     red = _validation.reduction_enum(reduction, size_average, reduce)
     c = _validation.prepare_bce(input, target, weight, pos_weight, red)
-    return ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction)
+    return _validation.bce_output(ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
 
 
 __all__ = ["cross_entropy", "binary_cross_entropy_with_logits"]

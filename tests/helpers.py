@@ -1,0 +1,105 @@
+"""Shared helpers of the fused_ce tests: devices, per-dtype tolerances, and the comparison of a fused
+loss (values and gradients) with torch's own loss.
+
+Low-precision results (bf16, fp16) are compared with torch run on the same low-precision values upcast
+to fp32: torch's own bf16/fp16 CPU losses round intermediates and are less accurate than fused_ce,
+which accumulates in fp32. fp32 and fp64 results are compared with torch directly, tightly.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+def devices():
+    """'cpu' always; 'cuda' only where a GPU is visible (never queried at import by the kernels)."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+DEVICES = devices()
+
+
+@dataclass(frozen=True)
+class Tol:
+    rtol: float
+    atol: float  # relative to the largest finite magnitude of the expected tensor (at least 1)
+
+
+TOLS = {
+    torch.float64: Tol(1e-9, 1e-11),
+    torch.float32: Tol(2e-5, 2e-6),
+    torch.bfloat16: Tol(1.6e-2, 4e-3),
+    torch.float16: Tol(2e-3, 5e-4),
+}
+FLOAT_DTYPES = list(TOLS)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def reference_dtype(dtype):
+    """The dtype torch's reference runs in for results of `dtype`."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def assert_close(actual, expected, dtype=None, tol=None, msg=""):
+    """torch.testing.assert_close with the tolerance of `dtype` (default: actual's dtype), the absolute
+    part scaled by the expected tensor's magnitude; NaN must match NaN, and inf must match inf."""
+    tol = tol or TOLS[dtype or actual.dtype]
+    assert actual.shape == expected.shape, f"{msg}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    expected = expected.detach()
+    finite = expected[torch.isfinite(expected)]
+    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+    torch.testing.assert_close(
+        actual.detach().to(expected.dtype), expected, rtol=tol.rtol, atol=tol.atol * scale,
+        equal_nan=True, msg=lambda m: f"{msg}\n{m}" if msg else m)
+
+
+def _as_reference(t, dtype):
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype in LOW_PRECISION:
+        return t.detach().float()
+    return t.detach() if isinstance(t, torch.Tensor) else t
+
+
+def random_grad_output(out, seed=1234):
+    """A non-uniform upstream gradient (in [0.5, 1.5)) of out's shape, so the backward cannot assume 1."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(out.shape, generator=gen, dtype=torch.float64) + 0.5).to(out.device)
+
+
+def compare_with_torch(ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs=None, grad_output=None,
+                       expected_dtype=None, tol=None):
+    """Runs ours_fn(*args, **kwargs) and torch_fn(*args, **kwargs) and asserts that values and the
+    gradients w.r.t. args[i] for i in grad_args agree. `args` may be non-contiguous views (they are
+    passed as they are, to exercise the kernels' strided paths); gradients are taken w.r.t. them.
+
+    dtype: the tolerance's dtype (default args[0].dtype). grad_output: None for a random non-uniform
+    upstream gradient, or a tensor. Returns (ours_out, ours_grads) for further checks.
+    """
+    kwargs = kwargs or {}
+    dtype = dtype or args[0].dtype
+    ours_args = [a.detach().requires_grad_(i in grad_args) if isinstance(a, torch.Tensor) else a
+                 for i, a in enumerate(args)]
+    ref_args = [_as_reference(a, dtype) for a in args]
+    ref_args = [a.requires_grad_(True) if i in grad_args else a for i, a in enumerate(ref_args)]
+    ref_kwargs = {k: _as_reference(v, dtype) for k, v in kwargs.items()}
+
+    out = ours_fn(*ours_args, **kwargs)
+    ref = torch_fn(*ref_args, **ref_kwargs)
+    if expected_dtype is None:
+        expected_dtype = dtype if dtype in LOW_PRECISION else ref.dtype
+    assert out.dtype == expected_dtype, f"output dtype {out.dtype}, torch gives {expected_dtype}"
+    assert out.device == ref.device
+    assert_close(out, ref, dtype, tol, "loss value")
+
+    grads = []
+    if grad_args:
+        go = random_grad_output(ref) if grad_output is None else grad_output
+        leaves = [ours_args[i] for i in grad_args]
+        ref_leaves = [ref_args[i] for i in grad_args]
+        grads = torch.autograd.grad(out, leaves, go.to(out.dtype), allow_unused=True)
+        ref_grads = torch.autograd.grad(ref, ref_leaves, go.to(ref.dtype), allow_unused=True)
+        for i, g, rg, leaf in zip(grad_args, grads, ref_grads, leaves):
+            assert (g is None) == (rg is None), f"gradient of argument {i}: {g} vs torch {rg}"
+            if g is None:
+                continue
+            assert g.dtype == leaf.dtype and g.shape == leaf.shape, f"gradient of argument {i}: {g.dtype} {g.shape}"
+            assert_close(g, rg, dtype, tol, f"gradient w.r.t. argument {i}")
+    return out, grads

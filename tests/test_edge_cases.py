@@ -1,0 +1,252 @@
+"""Edge cases of cross-entropy (REFERENCE §1 and §3): ignored and empty batches, infinities and NaN in
+the logits, huge offsets, fp16 N-D layouts, zero class weights, negative label smoothing."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fused_ce
+from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch
+
+CE = fused_ce.cross_entropy
+INF = float("inf")
+
+
+def _both(x, y, **kwargs):
+    return compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs=kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(4, 5), (2, 5, 3)])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_targets_ignored(weighted, label_smoothing, shape, dtype, device):
+    """mean -> NaN, sum -> 0, none -> zeros; the gradient is 0 and never NaN."""
+    x = torch.randn(shape, dtype=dtype, device=device)
+    y = torch.full((shape[0],) + shape[2:], -100, device=device)
+    w = torch.rand(shape[1], dtype=dtype, device=device) + 0.1 if weighted else None
+    for reduction in ("mean", "sum", "none"):
+        out, (grad,) = _both(x, y, weight=w, reduction=reduction, label_smoothing=label_smoothing)
+        if reduction == "mean":
+            assert out.isnan()
+        else:
+            assert (out == 0).all()
+        assert (grad == 0).all(), "gradient of an all-ignored batch must be 0, not NaN"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("shape", [(0, 5), (0, 5, 3), (2, 5, 0)])
+def test_empty_batch(shape, soft, reduction, device):
+    """mean -> NaN, sum -> 0, none -> empty, as torch (for soft targets too)."""
+    x = torch.randn(shape, device=device)
+    y = torch.rand(shape, device=device) if soft else torch.zeros((shape[0],) + shape[2:], dtype=torch.long,
+                                                                     device=device)
+    out, _ = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,) if reduction != "none" else (),
+                                kwargs=dict(reduction=reduction))
+    if reduction == "mean":
+        assert out.isnan()
+    elif reduction == "sum":
+        assert out.item() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_unbatched_ignored_target(reduction, device):
+    """A (C,) input whose target is ignored: NaN for mean (0/0) on CPU, as torch."""
+    x = torch.randn(5, device=device)
+    out, (grad,) = _both(x, torch.tensor(-100, device=device), reduction=reduction)
+    assert out.isnan() if reduction == "mean" else out.item() == 0
+    assert not grad.isnan().any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(3, 6), (3, 6, 2)])
+def test_minus_inf_logits(shape, dtype, device):
+    """-inf on a non-target logit is fine; on the target it gives inf; with smoothing any -inf gives inf."""
+    x = torch.randn(shape, dtype=dtype, device=device)
+    y = torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
+    x[0, 3] = -INF  # row 0: off-target
+    x[1, 0] = -INF  # row 1: on the target
+    x[2, 1:] = -INF  # row 2: every class but the target
+    for reduction in ("none", "sum"):
+        out, _ = _both(x, y, reduction=reduction)
+        if reduction == "none":
+            assert torch.isfinite(out[0]).all() and (out[1] == INF).all() and torch.isfinite(out[2]).all()
+        out, _ = _both(x, y, reduction=reduction, label_smoothing=0.1)
+        if reduction == "none":
+            assert (out[0] == INF).all() and (out[1] == INF).all()
+    soft = torch.softmax(torch.randn(shape, dtype=torch.float64), 1).to(dtype).to(device)
+    compare_with_torch(CE, F.cross_entropy, (x, soft), grad_args=(0, 1), kwargs=dict(reduction="none"))
+
+
+def _compare_except_ignored_rows(x, y, ignore_index=-100, **kwargs):
+    """Values as torch; gradients as torch on the rows that count, and exactly 0 on ignored rows.
+
+    Deliberate difference: torch's gradient of an ignored row is NaN when that row's logits hold a NaN
+    or are all -inf (log_softmax's backward multiplies 0 by NaN); fused_ce writes 0 for every ignored
+    row (REFERENCE §3, Liger PR #1338), so one bad ignored row cannot poison the parameters."""
+    xo = x.detach().requires_grad_()
+    xr = x.detach().clone().requires_grad_()
+    out = CE(xo, y, ignore_index=ignore_index, **kwargs)
+    ref = F.cross_entropy(xr, y, ignore_index=ignore_index, **kwargs)
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    go = torch.rand_like(ref) + 0.5
+    (g,) = torch.autograd.grad(out, xo, go)
+    (gr,) = torch.autograd.grad(ref, xr, go)
+    ignored = y == ignore_index
+    g_rows, gr_rows = g.movedim(1, -1), gr.movedim(1, -1)  # (N, d.., C): indexable by the row mask
+    torch.testing.assert_close(g_rows[~ignored], gr_rows[~ignored], equal_nan=True)
+    assert (g_rows[ignored] == 0).all()
+    return out, g
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C", [5, 67])
+def test_rows_mostly_and_entirely_minus_inf(C, dtype, device):
+    """flash-attention#1930: rows that are mostly or entirely -inf (an all -inf row is NaN in torch)."""
+    x = torch.randn(4, C, dtype=dtype, device=device)
+    x[0, 1:] = -INF  # only the target finite
+    x[1, :-1] = -INF  # only the last class finite, target 0 -> inf
+    x[2, :] = -INF  # entire row
+    y = torch.tensor([0, C - 1, 2, 1], device=device)
+    for kwargs in (dict(reduction="none"), dict(reduction="none", label_smoothing=0.1), dict(reduction="sum")):
+        _both(x, y, **kwargs)
+    out, g = _compare_except_ignored_rows(x, y, ignore_index=2, reduction="none")
+    assert out[2] == 0
+    y2 = torch.tensor([0, C - 1, -100, 1], device=device)  # the all -inf row ignored: everything finite
+    out, grad = _compare_except_ignored_rows(x, y2, reduction="sum")
+    assert torch.isfinite(out) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(4, 9), (4, 37), (2, 9, 3)])
+@pytest.mark.parametrize("soft", [False, True])
+def test_nan_logit_poisons_its_row_only(soft, shape, dtype, device):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    x[1, 4] = float("nan")
+    y = torch.softmax(torch.randn(shape), 1).to(dtype).to(device) if soft else \
+        torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
+    out, grads = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
+                                    kwargs=dict(reduction="none"))
+    assert out[1].isnan().any() and not out[0].isnan().any() and not out[2:].isnan().any()
+    assert grads[0][1].isnan().any() and not grads[0][0].isnan().any()
+    compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs=dict(reduction="mean"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("offset", [1e4, -1e4, 3e4])
+@pytest.mark.parametrize("soft", [False, True])
+def test_huge_logit_offsets(soft, offset, dtype, device):
+    """Logits around +-1e4: no overflow in exp or in the smoothing sums; checked against fp64 torch."""
+    base = torch.randn(6, 50, dtype=torch.float64) * 3
+    x = (base + offset).to(dtype).to(device)
+    y = torch.softmax(torch.randn(6, 50, dtype=torch.float64), 1).to(dtype).to(device) if soft else \
+        torch.randint(0, 50, (6,), device=device)
+    for label_smoothing in (0.0, 0.3):
+        out = CE(x, y, label_smoothing=label_smoothing, reduction="none")
+        ref = F.cross_entropy(x.double(), y.double() if soft else y, label_smoothing=label_smoothing,
+                              reduction="none")
+        assert torch.isfinite(out).all()
+        # the loss is a difference of ~offset-sized numbers: error ~ eps(dtype) * |offset|
+        eps = {torch.float32: 2e-7, torch.float64: 1e-15, torch.bfloat16: 8e-3}[dtype]
+        torch.testing.assert_close(out.double(), ref, rtol=eps * 10, atol=eps * abs(offset) * 4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_fp16_nd_layout_reduces_in_fp32(soft, reduction, device):
+    """pytorch#85791: fp16 N-D inputs overflowed where the same data in 2-D did not. Logits of ~1e4
+    (exp overflows fp16; sum-exp of 300 classes overflows without a max shift)."""
+    x2d = (torch.randn(8 * 6, 300) * 3 + 1.0e4).half().to(device)
+    xnd = x2d.view(8, 6, 300).permute(0, 2, 1).contiguous()  # (N, C, d) holding the same rows
+    if soft:
+        t2d = torch.softmax(torch.randn(48, 300), 1).half().to(device)
+        tnd = t2d.view(8, 6, 300).permute(0, 2, 1).contiguous()
+    else:
+        t2d = torch.randint(0, 300, (48,), device=device)
+        tnd = t2d.view(8, 6)
+    out2d = CE(x2d, t2d, reduction=reduction, label_smoothing=0.1)
+    outnd = CE(xnd, tnd, reduction=reduction, label_smoothing=0.1)
+    assert torch.isfinite(outnd).all()
+    torch.testing.assert_close(outnd.reshape(-1).float(), out2d.reshape(-1).float(), rtol=2e-3, atol=1e-3)
+    ref = F.cross_entropy(xnd.float(), tnd.float() if soft else tnd, reduction=reduction, label_smoothing=0.1)
+    torch.testing.assert_close(outnd.float(), ref, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_zero_weight_classes(soft, dtype, device):
+    """Classes of weight 0 contribute nothing; if every target has weight 0 the mean is NaN as torch."""
+    x = torch.randn(6, 5, dtype=dtype, device=device)
+    w = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5], dtype=dtype, device=device)
+    y = torch.softmax(torch.randn(6, 5), 1).to(dtype).to(device) if soft else \
+        torch.tensor([0, 1, 2, 3, 4, 0], device=device)
+    for reduction in ("mean", "sum", "none"):
+        for label_smoothing in (0.0, 0.2):
+            compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
+                               kwargs=dict(weight=w, reduction=reduction, label_smoothing=label_smoothing))
+    if not soft:
+        out, (grad,) = _both(x, torch.tensor([0, 2, 0, 2, 2, 0], device=device), weight=w)
+        assert out.isnan()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("soft", [False, True])
+def test_negative_label_smoothing_acts_as_zero(soft, device):
+    x = torch.randn(5, 7, dtype=torch.float64, device=device)
+    y = torch.softmax(torch.randn(5, 7, dtype=torch.float64), 1).to(device) if soft else \
+        torch.randint(0, 7, (5,), device=device)
+    out, (grad,) = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs=dict(label_smoothing=-0.5))
+    out0, (grad0,) = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,))
+    torch.testing.assert_close(out, out0)
+    torch.testing.assert_close(grad, grad0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_single_class(dtype, device):
+    """C == 1: the loss is 0 (or the smoothing term), the gradient 0."""
+    x = torch.randn(4, 1, dtype=dtype, device=device)
+    y = torch.zeros(4, dtype=torch.long, device=device)
+    for label_smoothing in (0.0, 0.5):
+        _both(x, y, label_smoothing=label_smoothing, reduction="none")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 6), (4, 6, 3)])
+def test_ignored_rows_write_zero_and_never_read_sentinel(shape, device):
+    """Liger PR #1338: ignored rows hold garbage logits (NaN, inf) yet their loss and gradient are 0."""
+    x = torch.randn(shape, device=device)
+    x[1] = float("nan")
+    x[3] = INF
+    y = torch.tensor([2, -100, 5, -100], device=device)
+    if len(shape) == 3:
+        y = y[:, None].expand(4, 3).contiguous()
+    w = torch.rand(6, device=device) + 0.1
+    for kwargs in (dict(reduction="none", label_smoothing=0.1, weight=w), dict(reduction="mean"),
+                   dict(reduction="sum", label_smoothing=0.3)):
+        out, grad = _compare_except_ignored_rows(x, y, **kwargs)
+        assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+        if kwargs["reduction"] == "none":
+            assert (out[1] == 0).all() and (out[3] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_results_are_deterministic(device):
+    """Fixed-order reductions (pytorch#17350): the same call twice gives bit-identical results."""
+    x = torch.randn(3000, 257, device=device, requires_grad=True)
+    y = torch.randint(0, 257, (3000,), device=device)
+    first = CE(x, y, label_smoothing=0.1)
+    (g1,) = torch.autograd.grad(first, x)
+    for _ in range(3):
+        again = CE(x, y, label_smoothing=0.1)
+        (g2,) = torch.autograd.grad(again, x)
+        assert torch.equal(first, again) and torch.equal(g1, g2)
