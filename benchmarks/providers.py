@@ -1,0 +1,75 @@
+"""The functions under test. Each provider turns a case into a callable loss(x, target) -> scalar tensor, or
+raises Unavailable with the reason it is skipped (the reason is reported next to the results)."""
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+import fused_ce
+
+ALL = ("fused_ce", "torch", "torch_compile", "liger")
+COMPILED = {"torch_compile"}  # their first call compiles; memory is measured after it
+
+
+class Unavailable(Exception):
+    pass
+
+
+def _eager(case):
+    return F.cross_entropy if case.loss == "ce" else F.binary_cross_entropy_with_logits
+
+
+def _fused(case):
+    return fused_ce.cross_entropy if case.loss == "ce" else fused_ce.binary_cross_entropy_with_logits
+
+
+def _bind(fn, kwargs):
+    def loss(x, target):
+        return fn(x, target, **kwargs)
+    return loss
+
+
+def _compiled(case, kwargs):
+    # Shapes are fixed per case, so a static graph is the fair comparison. The caller resets dynamo between
+    # input groups: compiled graphs hang off the shared code object of `loss`, and the recompile limit would
+    # otherwise send later shapes back to eager without a word.
+    return torch.compile(_bind(_eager(case), kwargs), dynamic=False)
+
+
+def _liger(case, kwargs, device):
+    if device != "cuda":
+        raise Unavailable("Liger-Kernel is Triton, GPU only")
+    if case.loss != "ce":
+        raise Unavailable("Liger-Kernel has no BCE-with-logits")
+    if case.feature == "soft":
+        raise Unavailable("Liger-Kernel takes class-index targets only")
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+    except Exception as e:  # noqa: BLE001 - any import failure means the provider is absent
+        raise Unavailable(f"liger_kernel not importable ({type(e).__name__}: {e})") from None
+    params = inspect.signature(LigerCrossEntropyLoss.__init__).parameters
+    unsupported = [k for k in kwargs if k not in params]
+    if unsupported:
+        raise Unavailable(f"this Liger-Kernel version has no {', '.join(unsupported)} argument")
+    module = LigerCrossEntropyLoss(**kwargs)
+    # Liger computes the gradient in forward and writes it into the logits in place; timing it on the same
+    # tensor every repeat is what its own benchmarks do.
+    return module
+
+
+def build(provider, case, inputs, device):
+    """The loss callable of `provider` for this case; compilation, if any, happens at its first call."""
+    if provider == "fused_ce":
+        return _bind(_fused(case), inputs.kwargs)
+    if provider == "torch":
+        return _bind(_eager(case), inputs.kwargs)
+    if provider == "torch_compile":
+        return _compiled(case, inputs.kwargs)
+    if provider == "liger":
+        return _liger(case, inputs.kwargs, device)
+    raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(ALL)}")
+
+
+def describe_error(e):
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"

@@ -1,0 +1,202 @@
+"""Turns measured results into the markdown table, the long-format CSV, the PNG plots and the summary line."""
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cases import BYTES_MODEL, Case, min_bytes  # noqa: E402
+
+CSV_COLUMNS = ("provider", "loss", "mode", "dtype", "N", "C", "options", "metric", "unit", "p50", "p20", "p80",
+               "check", "note", "device", "device_name", "torch_version", "fused_ce_version", "cuda_version",
+               "timestamp")
+OURS = "fused_ce"
+MB = 1 << 20
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    check: str = "not run"
+    times: dict = field(default_factory=dict)   # provider -> (p20, p50, p80) seconds
+    memory: dict = field(default_factory=dict)  # provider -> peak extra bytes
+    notes: dict = field(default_factory=dict)   # provider -> why it has no time or memory
+
+    @property
+    def ok(self):
+        return self.check == "ok"
+
+    def speedup(self, other):
+        """time_other / time_fused_ce at the median, or None."""
+        if OURS in self.times and other in self.times:
+            return self.times[other][1] / self.times[OURS][1]
+        return None
+
+    def bandwidth(self, provider):
+        """(p20, p50, p80) bytes/s of the minimum traffic; the p20 bandwidth comes from the p80 time."""
+        t = self.times.get(provider)
+        if t is None:
+            return None
+        b = min_bytes(self.case)
+        return b / t[2], b / t[1], b / t[0]
+
+
+def _fmt(x, digits=3):
+    if x is None:
+        return "–"
+    if x == 0:
+        return "0"
+    mag = abs(x)
+    return f"{x:.{max(0, digits - len(str(int(mag))))}f}" if mag >= 1 else f"{x:.{digits}g}"
+
+
+def csv_rows(results, meta, providers):
+    env = {k: meta[k] for k in ("device", "device_name", "torch_version", "fused_ce_version", "cuda_version",
+                                 "timestamp")}
+    rows = [dict(env, provider="copy", loss="-", mode="copy", dtype="fp32", N="", C="", options="",
+                 metric="copy_bandwidth", unit="GB/s", p50=meta["copy_bandwidth"] / 1e9, p20="", p80="",
+                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MB} MB, read+write bytes, median")]
+    for r in results:
+        c = r.case
+        base = dict(env, loss=c.loss, mode=c.mode, dtype=c.dtype, N=c.N, C=c.C, options=c.options, check=r.check)
+        for p in providers:
+            note = r.notes.get(p, "")
+            t = r.times.get(p)
+            rows.append(dict(base, provider=p, metric="time", unit="ms", note=note,
+                             **(dict(p20=t[0] * 1e3, p50=t[1] * 1e3, p80=t[2] * 1e3) if t else
+                                dict(p20="", p50="", p80=""))))
+            if p in r.memory:
+                rows.append(dict(base, provider=p, metric="peak_extra_memory", unit="MB", note=meta["memory_note"],
+                                 p50=r.memory[p] / MB, p20="", p80=""))
+            bw = r.bandwidth(p)
+            if bw:
+                rows.append(dict(base, provider=p, metric="bandwidth", unit="GB/s", note=BYTES_MODEL,
+                                 p20=bw[0] / 1e9, p50=bw[1] / 1e9, p80=bw[2] / 1e9))
+                rows.append(dict(base, provider=p, metric="copy_bandwidth_fraction", unit="%", note="",
+                                 **{k: 100 * v / meta["copy_bandwidth"] for k, v in zip(("p20", "p50", "p80"), bw)}))
+            if p != OURS and r.speedup(p) is not None:
+                rows.append(dict(base, provider=OURS, metric=f"speedup_vs_{p}", unit="x",
+                                 note=f"time_{p} / time_{OURS} at p50", p50=r.speedup(p), p20="", p80=""))
+    return rows
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def markdown(results, meta, providers):
+    others = [p for p in providers if p != OURS]
+    short = {"torch": "eager", "torch_compile": "compile", "liger": "liger", OURS: "fused"}
+    head = (["case", "check"] + [f"{p} ms p50 [p20–p80]" for p in providers]
+            + [f"× vs {short[p]}" for p in others]
+            + ["fused GB/s", "% copy BW", "peak extra MB (" + " / ".join(short[p] for p in providers) + ")"])
+    lines = [
+        f"Device: {meta['device_name']} ({meta['device']}), torch {meta['torch_version']}, "
+        f"fused_ce {meta['fused_ce_version']}, threads {meta['threads']}. "
+        f"Measured copy bandwidth: {meta['copy_bandwidth'] / 1e9:.1f} GB/s (read+write).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    footnotes = []
+    for r in results:
+        cells = [r.case.label, "ok" if r.ok else f"**{r.check}**"]
+        for p in providers:
+            t = r.times.get(p)
+            if t:
+                cells.append(f"{_fmt(t[1] * 1e3)} [{_fmt(t[0] * 1e3)}–{_fmt(t[2] * 1e3)}]")
+            else:
+                footnotes.append(f"{r.case.label}, {p}: {r.notes.get(p, 'not measured')}")
+                cells.append(f"skipped[{len(footnotes)}]")
+        cells += [(_fmt(r.speedup(p), 2) + "×") if r.speedup(p) else "–" for p in others]
+        bw = r.bandwidth(OURS)
+        cells.append(_fmt(bw[1] / 1e9) if bw else "–")
+        cells.append(_fmt(100 * bw[1] / meta["copy_bandwidth"]) if bw else "–")
+        cells.append(" / ".join(_fmt(r.memory[p] / MB) if p in r.memory else "–" for p in providers))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"GB/s and % copy BW use the {BYTES_MODEL}.", meta["memory_note"] + "."]
+    if footnotes:
+        lines += [""] + [f"[{i}] {text}" for i, text in enumerate(footnotes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def plots(results, out_dir, providers):
+    """Time vs C and peak memory vs C, one line per provider, for every series with at least two C values."""
+    groups = {}
+    for r in results:
+        c = r.case
+        if c.series:
+            groups.setdefault((c.series, c.loss, c.mode, c.dtype, c.options), []).append(r)
+    paths = []
+    for (series, loss, mode, dtype, options), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.case.C)
+        cs = [r.case.C for r in rs]
+        if len(set(cs)) < 2:
+            continue
+        title = f"{loss} {mode} {dtype}" + ("" if options == "none" else f" {options}") + f" ({series})"
+        for metric, ylabel, get in (
+                ("time", "time per call, ms (p50, bars p20–p80)",
+                 lambda r, p: tuple(v * 1e3 for v in r.times[p]) if p in r.times else None),
+                ("memory", "peak extra memory, MB",
+                 lambda r, p: (r.memory[p] / MB,) * 3 if p in r.memory else None)):
+            fig, ax = plt.subplots(figsize=(7.5, 4.8))
+            drawn = False
+            for p in providers:
+                pts = [(r.case.C, get(r, p)) for r in rs if get(r, p) is not None]
+                if not pts:
+                    continue
+                x = [c for c, _ in pts]
+                lo, mid, hi = zip(*(v for _, v in pts))
+                yerr = [[m - a for a, m in zip(lo, mid)], [b - m for b, m in zip(hi, mid)]]
+                ax.errorbar(x, mid, yerr=yerr if metric == "time" else None, marker="o", capsize=3, label=p)
+                drawn = True
+            if not drawn:
+                plt.close(fig)
+                continue
+            if max(cs) / min(cs) >= 10:
+                ax.set_xscale("log")
+            ax.set_xticks(cs)
+            ax.set_xticklabels([f"{r.case.C}\nN={r.case.N}" for r in rs])
+            ax.minorticks_off()
+            ax.set_xlabel("C, number of classes (N rows below)")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+            ax.set_title(title)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            path = os.path.join(out_dir, f"{metric}_vs_C_{_slug(f'{loss}_{mode}_{dtype}_{options}_{series}')}.png")
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def summary(results, providers):
+    parts = []
+    for p in providers:
+        if p == OURS:
+            continue
+        ratios = [(r.speedup(p), r.case.label) for r in results if r.speedup(p) is not None]
+        name = {"torch": "torch eager"}.get(p, p)
+        if ratios:
+            worst, best = min(ratios), max(ratios)
+            parts.append(f"fused_ce vs {name}: worst {worst[0]:.2f}x ({worst[1]}), best {best[0]:.2f}x ({best[1]})")
+        else:
+            parts.append(f"fused_ce vs {name}: no measurement")
+    bad = [r for r in results if not r.ok]
+    parts.append(f"correctness: all {len(results)} cases ok" if not bad else
+                 f"correctness: {len(bad)} of {len(results)} cases FAILED ({'; '.join(r.case.label for r in bad)})")
+    return "SUMMARY: " + "; ".join(parts)

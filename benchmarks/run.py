@@ -1,0 +1,174 @@
+"""Benchmark of fused_ce against eager torch, torch.compile and (on GPU) Liger-Kernel.
+
+    python benchmarks/run.py                      # the embedded sweep for the device
+    python benchmarks/run.py --quick --out /tmp/b # tiny shapes, seconds
+    python benchmarks/run.py --shapes 4096x32000,16384x1000 --dtypes fp32,bf16 --modes forward,full
+
+Writes results.csv, results.md and PNG plots into --out, prints the table and a SUMMARY line, and exits
+non-zero when fused_ce disagrees with torch on any case. See benchmarks/README.md.
+"""
+import argparse
+import datetime
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import fused_ce
+
+import cases as cases_mod
+import correctness
+import providers as providers_mod
+import report
+import timing
+
+CPU_COPY_BYTES = 256 << 20
+CUDA_COPY_BYTES = 1 << 30
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtypes", help=f"comma list of {', '.join(cases_mod.DTYPES)} (default fp32)")
+    ap.add_argument("--shapes", help="comma list of NxC, e.g. 4096x32000,16384x1000")
+    ap.add_argument("--losses", help="comma list of ce, bce (default ce)")
+    ap.add_argument("--features", help="comma list of none, weight, smoothing[=eps], ignore[=share], soft, "
+                                       "pos_weight (bce) (default none)")
+    ap.add_argument("--modes", help="comma list of forward, backward, full (default full)")
+    ap.add_argument("--providers", default=",".join(providers_mod.ALL),
+                    help="comma list of fused_ce, torch, torch_compile, liger (default all)")
+    ap.add_argument("--repeats", type=int, help="timed repeats per case (default: per case, 5 or more)")
+    ap.add_argument("--warmup", type=int, help="untimed calls before timing (default 1 on CPU, 5 on CUDA)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes and 3 repeats: a smoke run")
+    ap.add_argument("--out", default="bench_out", help="output folder (default ./bench_out)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def environment(device):
+    cuda = device == "cuda"
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
+        "torch_version": torch.__version__,
+        "fused_ce_version": getattr(fused_ce, "__version__", "unknown"),
+        "cuda_version": torch.version.cuda or "",
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+        "memory_note": ("peak extra memory: torch.cuda.max_memory_allocated minus the allocation before the "
+                        "measured call" if cuda else
+                        "peak extra memory: RSS high-water mark over two calls minus RSS after the inputs exist "
+                        "(after compilation for torch_compile), one fresh process per provider and case"),
+    }
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def run_group(group, providers, device, args, meter, bar):
+    """All cases sharing one set of inputs: check once, build each provider once, time every mode."""
+    first = group[0]
+    results = [report.CaseResult(c) for c in group]
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    inputs = cases_mod.make_inputs(first, device, args.seed)
+    check = correctness.check(first, inputs, device)
+    warmup = args.warmup if args.warmup is not None else (5 if device == "cuda" else 1)
+    warmup = max(warmup, 1)
+    for r in results:
+        r.check = check
+    for p in providers:
+        try:
+            fn = providers_mod.build(p, first, inputs, device)
+        except providers_mod.Unavailable as e:
+            for r in results:
+                r.notes[p] = f"skipped: {e}"
+            continue
+        for r in results:
+            c = r.case
+            bar.set_postfix_str(f"{c.label} {p}")
+            try:
+                # A failure (a compile error, an unsupported option) shows up in the warm-up.
+                r.times[p] = timing.quantiles(timing.time_mode(fn, inputs, c.mode, c.repeats, warmup, device))
+            except Exception as e:  # noqa: BLE001 - record the error, keep benchmarking the others
+                r.notes[p] = f"failed: {providers_mod.describe_error(e)}"
+                continue
+            if args.no_memory:
+                continue
+            try:
+                if device == "cuda":
+                    r.memory[p] = timing.measure_cuda(fn, inputs, c.mode)
+                else:
+                    r.memory[p] = meter.measure(p, c, args.seed)
+            except Exception as e:  # noqa: BLE001
+                r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
+        del fn
+    del inputs
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda but torch.cuda.is_available() is False")
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    for p in providers:
+        if p not in providers_mod.ALL:
+            sys.exit(f"unknown provider {p!r}; choose from {', '.join(providers_mod.ALL)}")
+    if providers_mod.ALL[0] not in providers:
+        providers.insert(0, providers_mod.ALL[0])
+    try:
+        cases, notes = cases_mod.build_cases(device, args.quick, args.losses, args.dtypes, args.shapes,
+                                             args.features, args.modes, args.repeats)
+    except ValueError as e:
+        sys.exit(str(e))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+
+    start = time.perf_counter()
+    meta = environment(device)
+    meta["copy_bytes"] = CUDA_COPY_BYTES if device == "cuda" else CPU_COPY_BYTES
+    meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
+    meter = timing.CpuMemoryMeter() if device == "cpu" and not args.no_memory else None
+
+    groups = {}
+    for c in cases:
+        groups.setdefault(c.input_key, []).append(c)
+    results = []
+    with tqdm(total=len(cases), file=sys.stderr, desc="bench", unit="case", dynamic_ncols=True) as bar:
+        for group in groups.values():
+            results += run_group(group, providers, device, args, meter, bar)
+            bar.update(len(group))
+    if meter:
+        meter.close()
+
+    table = report.markdown(results, meta, providers)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table)
+    report.write_csv(os.path.join(args.out, "results.csv"), report.csv_rows(results, meta, providers))
+    pngs = report.plots(results, args.out, providers)
+    print(table)
+    print(f"wrote {os.path.join(args.out, 'results.csv')}, results.md and {len(pngs)} plot(s) "
+          f"in {time.perf_counter() - start:.0f} s")
+    print(report.summary(results, providers))
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Timers and memory measurement.
+
+Time: CUDA events on GPU; time.perf_counter wall clock after warm-up on CPU. `forward` times the loss call,
+`backward` times torch.autograd.grad alone on a loss computed fresh (untimed) each repeat, `full` times both.
+
+Peak extra memory: on GPU, torch.cuda.max_memory_allocated minus the allocation after the inputs exist; on
+CPU, the RSS high-water mark (VmHWM) minus the RSS after the inputs exist, over two calls, in a fresh process
+per (provider, case) forked from a server that has torch and fused_ce imported already. For `backward`, the
+forward's saved tensors are part of the baseline; for torch.compile, so is the compilation.
+"""
+import concurrent.futures
+import ctypes
+import ctypes.util
+import gc
+import multiprocessing
+import time
+
+import numpy as np
+import torch
+
+import cases as cases_mod
+import providers
+
+
+MIN_WARMUP_S = 0.2
+
+
+def quantiles(samples):
+    """(p20, p50, p80) of a list of numbers."""
+    p20, p50, p80 = np.percentile(np.asarray(samples, dtype=np.float64), [20, 50, 80])
+    return float(p20), float(p50), float(p80)
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step(fn, inputs, mode, pre_loss=None):
+    """One call in `mode`; `pre_loss` is the already computed loss for mode backward."""
+    if mode == "forward":
+        return fn(inputs.x, inputs.target)
+    loss = pre_loss if mode == "backward" else fn(inputs.x, inputs.target)
+    return torch.autograd.grad(loss, inputs.x)
+
+
+def run_once(fn, inputs, mode):
+    """An untimed call (warm-up, compilation)."""
+    pre = fn(inputs.x, inputs.target) if mode == "backward" else None
+    _step(fn, inputs, mode, pre)
+
+
+def time_mode(fn, inputs, mode, repeats, warmup, device):
+    """Seconds per call, one sample per repeat. Warm-up runs `warmup` calls and, for fast calls, goes on for
+    MIN_WARMUP_S: the first calls after switching functions pay for cold caches and sleeping threads."""
+    t0 = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - t0 < MIN_WARMUP_S:
+        run_once(fn, inputs, mode)
+        _sync(device)
+        done += 1
+    samples = []
+    if device == "cuda":
+        events = []
+        for _ in range(repeats):
+            pre = fn(inputs.x, inputs.target) if mode == "backward" else None
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = _step(fn, inputs, mode, pre)
+            end.record()
+            events.append((start, end))
+            del out, pre
+        torch.cuda.synchronize()
+        samples = [s.elapsed_time(e) / 1e3 for s, e in events]
+    else:
+        for _ in range(repeats):
+            pre = fn(inputs.x, inputs.target) if mode == "backward" else None
+            t0 = time.perf_counter()
+            out = _step(fn, inputs, mode, pre)
+            samples.append(time.perf_counter() - t0)
+            del out, pre
+    return samples
+
+
+def copy_bandwidth(device, nbytes, repeats=7):
+    """Measured copy bandwidth in bytes/s, counting read + write (median over repeats)."""
+    src = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            samples.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / float(np.median(samples))
+
+
+# ---- memory ----------------------------------------------------------------------------------------------
+
+def _rss_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_rss_peak():
+    """Make VmHWM equal to the current RSS (Linux >= 4.0). False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _fixed_mmap_threshold():
+    """glibc raises its mmap threshold after large frees, so a buffer freed in the warm-up can be reused from
+    the heap and hide from the peak; a fixed threshold returns every large buffer to the OS on free."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _measure_cpu_child(provider, case_dict, seed):
+    """Runs in a fresh process: peak RSS above the RSS after the inputs exist, over the measured calls."""
+    _fixed_mmap_threshold()
+    case = cases_mod.Case(**case_dict)
+    inputs = cases_mod.make_inputs(case, "cpu", seed)
+    fn = providers.build(provider, case, inputs, "cpu")
+    if provider in providers.COMPILED:
+        # Compilation is a one-time cost: its memory goes into the baseline, not into the per-call peak.
+        run_once(fn, inputs, case.mode)
+        gc.collect()
+    pre = fn(inputs.x, inputs.target) if case.mode == "backward" else None
+    # Buffers a provider keeps for reuse across calls stay in the peak: the baseline is taken before any
+    # call (or after compilation) and the high-water mark spans two calls.
+    baseline = _rss_bytes("VmRSS")
+    if not _reset_rss_peak():
+        raise RuntimeError("cannot reset the RSS high-water mark (/proc/self/clear_refs)")
+    out = _step(fn, inputs, case.mode, pre)
+    del out, pre
+    if case.mode != "backward":
+        out = _step(fn, inputs, case.mode)
+        del out
+    return _rss_bytes("VmHWM") - baseline
+
+
+class CpuMemoryMeter:
+    """Forks one fresh process per measurement from a forkserver that has the heavy imports done."""
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("forkserver")
+        # "__main__" too: otherwise every child re-imports the main script (and matplotlib with it).
+        ctx.set_forkserver_preload(["__main__", "torch", "fused_ce", "cases", "providers", "timing"])
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1)
+
+    def measure(self, provider, case, seed):
+        return self._pool.submit(_measure_cpu_child, provider, case.to_dict(), seed).result()
+
+    def close(self):
+        self._pool.shutdown()
+
+
+def measure_cuda(fn, inputs, mode):
+    """Peak allocated bytes above what is allocated before the measured call (inputs, saved tensors)."""
+    run_once(fn, inputs, mode)
+    pre = fn(inputs.x, inputs.target) if mode == "backward" else None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    out = _step(fn, inputs, mode, pre)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - baseline
+    del out, pre
+    return peak
