@@ -145,4 +145,23 @@ inline Broadcast describe_broadcast(const c10::optional<at::Tensor>& operand, co
   return {keep.data_ptr(), 1, std::max<int64_t>(keep.numel(), 1)};
 }
 
+// A BCE call's inputs made contiguous, weights described as broadcasts, and the tensors that keep the
+// described memory alive for as long as the kernel arguments are used.
+struct BceCall {
+  at::Tensor input, target, weight_keep, pos_weight_keep;
+  BceArgs args;
+};
+
+inline BceCall bce_call(const at::Tensor& input, const at::Tensor& target,
+                        const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& pos_weight) {
+  check_bce(input, target);
+  BceCall c;
+  c.input = input.contiguous();
+  c.target = target.contiguous();
+  const Broadcast w = describe_broadcast(weight, c.input, c.weight_keep);
+  const Broadcast pw = describe_broadcast(pos_weight, c.input, c.pos_weight_keep);
+  c.args = {input.scalar_type(), c.input.data_ptr(), c.target.data_ptr(), input.numel(), w, pw};
+  return c;
+}
+
 }  // namespace fused_ce

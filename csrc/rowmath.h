@@ -17,6 +17,16 @@
 
 namespace fused_ce {
 
+// The accumulation type: float for fp32/fp16/bf16 inputs, double for fp64.
+template <typename scalar_t>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
 // Same numbering as at::Reduction, so Python passes torch's enum value through unchanged.
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 

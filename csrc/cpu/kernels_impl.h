@@ -30,15 +30,6 @@
 namespace fused_ce::cpu {
 namespace CPU_CAPABILITY {
 
-template <typename scalar_t>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
 // Loads and stores between memory of scalar_t and vectors of the accumulation type.
 template <typename scalar_t>
 struct Io {

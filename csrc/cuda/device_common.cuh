@@ -16,14 +16,6 @@
 namespace fused_ce::cuda {
 
 template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <typename T>
 using acc_of = typename AccOf<T>::type;
 
 // Elements of T in one 16-byte vector.

@@ -255,23 +255,6 @@ at::Tensor cross_entropy_soft_target_bwd(const at::Tensor& grad, const at::Tenso
   return soft_backward(true, grad, logits, at::Tensor(), weight, lse, smoothing, reduction);
 }
 
-struct BceCall {
-  at::Tensor input, target, weight_keep, pos_weight_keep;
-  BceArgs args;
-};
-
-BceCall bce_call(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                 const c10::optional<at::Tensor>& pos_weight) {
-  check_bce(input, target);
-  BceCall c;
-  c.input = input.contiguous();
-  c.target = target.contiguous();
-  const Broadcast w = describe_broadcast(weight, c.input, c.weight_keep);
-  const Broadcast pw = describe_broadcast(pos_weight, c.input, c.pos_weight_keep);
-  c.args = {input.scalar_type(), c.input.data_ptr(), c.target.data_ptr(), input.numel(), w, pw};
-  return c;
-}
-
 at::Tensor bce_with_logits_fwd(const at::Tensor& input, const at::Tensor& target,
                                const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& pos_weight,
                                int64_t reduction) {

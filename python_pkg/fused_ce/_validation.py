@@ -160,8 +160,10 @@ def prepare_bce(input, target, weight, pos_weight, reduction):
         raise NotImplementedError(
             f'"log_sigmoid_{input.device.type}" not implemented for \'{dtype_name(input.dtype)}\'')
     if target.dtype == torch.bool:
-        raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
-                           "Use the `^` or `logical_xor()` operator instead.")
+        # torch fails in its own subtraction here, with an exception type that changed between releases
+        # (RuntimeError, then NotImplementedError): let that same subtraction raise.
+        empty = target.new_empty(0)
+        torch.sub(empty, empty)
     dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
     if not target.is_floating_point() or not dtype.is_floating_point:
         raise RuntimeError(f"result type {dtype_name(dtype)} can't be cast to the desired output type "
