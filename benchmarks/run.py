@@ -77,8 +77,9 @@ def _cpu_name():
     return "cpu"
 
 
-def run_group(group, providers, device, args, meter, bar):
-    """All cases sharing one set of inputs: check once, build each provider once, time every mode."""
+def run_group(group, providers, device, args, bar):
+    """All cases sharing one set of inputs: check once, build each provider once, time every mode (and on
+    CUDA measure its memory)."""
     first = group[0]
     results = [report.CaseResult(c) for c in group]
     if device == "cuda":
@@ -106,18 +107,32 @@ def run_group(group, providers, device, args, meter, bar):
             except Exception as e:  # noqa: BLE001 - record the error, keep benchmarking the others
                 r.notes[p] = f"failed: {providers_mod.describe_error(e)}"
                 continue
-            if args.no_memory:
-                continue
-            try:
-                if device == "cuda":
+            if device == "cuda" and not args.no_memory:
+                try:
                     r.memory[p] = timing.measure_cuda(fn, inputs, c.mode)
-                else:
-                    r.memory[p] = meter.measure(p, c, args.seed)
-            except Exception as e:  # noqa: BLE001
-                r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
+                except Exception as e:  # noqa: BLE001
+                    r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
         del fn
     del inputs
     return results
+
+
+def measure_cpu_memory(results, seed):
+    """CPU peak memory, one fresh process per (provider, case), after all timing: starting and tearing down
+    those processes takes CPU time that would otherwise land in the timings on a machine with few cores."""
+    meter = timing.CpuMemoryMeter()
+    jobs = [(r, p) for r in results for p in r.times]
+    try:
+        with tqdm(total=len(jobs), file=sys.stderr, desc="memory", unit="run", dynamic_ncols=True) as bar:
+            for r, p in jobs:
+                bar.set_postfix_str(f"{r.case.label} {p}")
+                try:
+                    r.memory[p] = meter.measure(p, r.case, seed)
+                except Exception as e:  # noqa: BLE001
+                    r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
+                bar.update(1)
+    finally:
+        meter.close()
 
 
 def main(argv=None):
@@ -145,7 +160,6 @@ def main(argv=None):
     meta = environment(device)
     meta["copy_bytes"] = CUDA_COPY_BYTES if device == "cuda" else CPU_COPY_BYTES
     meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
-    meter = timing.CpuMemoryMeter() if device == "cpu" and not args.no_memory else None
 
     groups = {}
     for c in cases:
@@ -153,10 +167,10 @@ def main(argv=None):
     results = []
     with tqdm(total=len(cases), file=sys.stderr, desc="bench", unit="case", dynamic_ncols=True) as bar:
         for group in groups.values():
-            results += run_group(group, providers, device, args, meter, bar)
+            results += run_group(group, providers, device, args, bar)
             bar.update(len(group))
-    if meter:
-        meter.close()
+    if device == "cpu" and not args.no_memory:
+        measure_cpu_memory(results, args.seed)
 
     table = report.markdown(results, meta, providers)
     with open(os.path.join(args.out, "results.md"), "w") as f:

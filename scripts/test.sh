@@ -4,7 +4,7 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k bce
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=$("$root/scripts/setup_env.sh" cuda pytest hypothesis scikit-learn matplotlib tqdm)
+venv=$("$root/scripts/setup_env.sh" cuda pytest hypothesis expecttest scikit-learn matplotlib tqdm)
 cd "$root"
 set +e
 "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
