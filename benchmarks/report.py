@@ -15,7 +15,7 @@ CSV_COLUMNS = ("provider", "loss", "mode", "dtype", "N", "C", "options", "metric
                "check", "note", "device", "device_name", "torch_version", "fused_ce_version", "cuda_version",
                "timestamp")
 OURS = "fused_ce"
-MB = 1 << 20
+MiB = 1 << 20
 
 
 @dataclass
@@ -59,7 +59,7 @@ def csv_rows(results, meta, providers):
                                  "timestamp")}
     rows = [dict(env, provider="copy", loss="-", mode="copy", dtype="fp32", N="", C="", options="",
                  metric="copy_bandwidth", unit="GB/s", p50=meta["copy_bandwidth"] / 1e9, p20="", p80="",
-                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MB} MB, read+write bytes, median")]
+                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, median")]
     for r in results:
         c = r.case
         base = dict(env, loss=c.loss, mode=c.mode, dtype=c.dtype, N=c.N, C=c.C, options=c.options, check=r.check)
@@ -70,8 +70,8 @@ def csv_rows(results, meta, providers):
                              **(dict(p20=t[0] * 1e3, p50=t[1] * 1e3, p80=t[2] * 1e3) if t else
                                 dict(p20="", p50="", p80=""))))
             if p in r.memory:
-                rows.append(dict(base, provider=p, metric="peak_extra_memory", unit="MB", note=meta["memory_note"],
-                                 p50=r.memory[p] / MB, p20="", p80=""))
+                rows.append(dict(base, provider=p, metric="peak_extra_memory", unit="MiB", note=meta["memory_note"],
+                                 p50=r.memory[p] / MiB, p20="", p80=""))
             bw = r.bandwidth(p)
             if bw:
                 rows.append(dict(base, provider=p, metric="bandwidth", unit="GB/s", note=BYTES_MODEL,
@@ -97,7 +97,7 @@ def markdown(results, meta, providers):
     short = {"torch": "eager", "torch_compile": "compile", "liger": "liger", OURS: "fused"}
     head = (["case", "check"] + [f"{p} ms p50 [p20–p80]" for p in providers]
             + [f"× vs {short[p]}" for p in others]
-            + ["fused GB/s", "% copy BW", "peak extra MB (" + " / ".join(short[p] for p in providers) + ")"])
+            + ["fused GB/s", "% copy BW", "peak extra MiB (" + " / ".join(short[p] for p in providers) + ")"])
     lines = [
         f"Device: {meta['device_name']} ({meta['device']}), torch {meta['torch_version']}, "
         f"fused_ce {meta['fused_ce_version']}, threads {meta['threads']}. "
@@ -120,7 +120,7 @@ def markdown(results, meta, providers):
         bw = r.bandwidth(OURS)
         cells.append(_fmt(bw[1] / 1e9) if bw else "–")
         cells.append(_fmt(100 * bw[1] / meta["copy_bandwidth"]) if bw else "–")
-        cells.append(" / ".join(_fmt(r.memory[p] / MB) if p in r.memory else "–" for p in providers))
+        cells.append(" / ".join(_fmt(r.memory[p] / MiB) if p in r.memory else "–" for p in providers))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"GB/s and % copy BW use the {BYTES_MODEL}.", meta["memory_note"] + "."]
     if footnotes:
@@ -149,8 +149,8 @@ def plots(results, out_dir, providers):
         for metric, ylabel, get in (
                 ("time", "time per call, ms (p50, bars p20–p80)",
                  lambda r, p: tuple(v * 1e3 for v in r.times[p]) if p in r.times else None),
-                ("memory", "peak extra memory, MB",
-                 lambda r, p: (r.memory[p] / MB,) * 3 if p in r.memory else None)):
+                ("memory", "peak extra memory, MiB",
+                 lambda r, p: (r.memory[p] / MiB,) * 3 if p in r.memory else None)):
             fig, ax = plt.subplots(figsize=(7.5, 4.8))
             drawn = False
             for p in providers:
