@@ -21,6 +21,7 @@
 
 #include "cpu/kernel_table.h"
 #include "cpu/vec_math.h"
+#include "dtype_dispatch.h"
 #include "rowmath.h"
 
 #ifndef CPU_CAPABILITY
@@ -674,17 +675,6 @@ void bce_backward_t(const BceArgs& a, const void* grad_v, double scale, void* ou
 // ------------------------------------------------------------------------------------------------
 // dtype and option dispatch into the templates above
 // ------------------------------------------------------------------------------------------------
-template <typename F>
-void dispatch_dtype(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::ScalarType::Float: return f(float{});
-    case at::ScalarType::Double: return f(double{});
-    case at::ScalarType::BFloat16: return f(c10::BFloat16{});
-    case at::ScalarType::Half: return f(c10::Half{});
-    default: TORCH_CHECK(false, "fused_ce: unsupported dtype ", dtype);
-  }
-}
-
 inline void ce_hard_forward(const CeHardArgs& a, void* lse, void* loss) {
   const bool smooth = a.label_smoothing > 0, weighted = a.weight != nullptr;
   dispatch_dtype(a.dtype, [&](auto tag) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "cuda/launchers.h"
+#include "dtype_dispatch.h"
 #include "rowmath.h"
 
 namespace fused_ce::cuda {
@@ -158,17 +159,6 @@ inline unsigned int grid_for(int64_t threads) {
   const int64_t blocks = ceil_div(threads, kBlock);
   TORCH_CHECK(blocks < (int64_t(1) << 31), "fused_ce: problem too large for one CUDA grid");
   return static_cast<unsigned int>(blocks);
-}
-
-template <typename F>
-void dispatch_dtype(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::ScalarType::Float: return f(float{});
-    case at::ScalarType::Double: return f(double{});
-    case at::ScalarType::BFloat16: return f(c10::BFloat16{});
-    case at::ScalarType::Half: return f(c10::Half{});
-    default: TORCH_CHECK(false, "fused_ce: unsupported dtype ", dtype);
-  }
 }
 
 }  // namespace fused_ce::cuda
