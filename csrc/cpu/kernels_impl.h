@@ -171,6 +171,9 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
     const V shift = lse_shift(block_max);
     V sum = st.sum;
     for (int64_t p = p0; p < p1; ++p) {
+      // Prefetching again here is deliberate. Measured without it: bf16 (32, 1000, 2048) forward+backward
+      // 88 -> 207 ms. Likely cause: in the lanes layout a block's lines lie S elements apart, often a
+      // multiple of 4 KiB, so they compete for one L1 set and are gone by the second pass.
       const V xv = L.load(x, p);
       sum = sum + math_exp(xv - shift);
       extra(p, xv);
