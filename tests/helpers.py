@@ -51,6 +51,15 @@ def assert_close(actual, expected, dtype=None, tol=None, msg=""):
         equal_nan=True, msg=lambda m: f"{msg}\n{m}" if msg else m)
 
 
+def assert_loss_of_no_rows(out, reduction):
+    """The loss over an empty batch or only ignored rows, as torch: mean is 0/0 = NaN, sum is 0, and
+    'none' holds zeros (or nothing)."""
+    if reduction == "mean":
+        assert out.isnan(), f"mean over no rows must be NaN, got {out}"
+    else:
+        assert (out == 0).all(), f"{reduction} over no rows must be 0, got {out}"
+
+
 def _as_reference(t, in_fp64):
     """t detached; bf16/fp16 tensors upcast to fp32, or every floating tensor to fp64 when in_fp64."""
     if not isinstance(t, torch.Tensor):
@@ -97,34 +106,37 @@ def compare_with_torch(ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs
             if g is not None:
                 assert g.dtype == leaf.dtype and g.shape == leaf.shape, \
                     f"gradient of argument {i}: {g.dtype} {tuple(g.shape)}"
+    ref, ref_grads = _torch_result(torch_fn, args, kwargs, grad_args, go, in_fp64=False)
+    if expected_dtype is None:
+        expected_dtype = dtype if dtype in LOW_PRECISION else ref.dtype
+    assert out.dtype == expected_dtype, f"output dtype {out.dtype}, torch gives {expected_dtype}"
+    assert out.device == ref.device
     try:
-        _check_against(torch_fn, args, kwargs, grad_args, out, grads, go, dtype, False, expected_dtype, tol)
+        _assert_same_values(out, grads, ref, ref_grads, grad_args, dtype, tol)
     except AssertionError:
         if dtype != torch.float32:
             raise
+        ref, ref_grads = _torch_result(torch_fn, args, kwargs, grad_args, go, in_fp64=True)
         try:
-            _check_against(torch_fn, args, kwargs, grad_args, out, grads, go, dtype, True,
-                           expected_dtype or torch.float32, tol)
+            _assert_same_values(out, grads, ref, ref_grads, grad_args, dtype, tol)
         except AssertionError as e64:
             raise AssertionError(f"differs from torch's fp32 and fp64 results; against fp64:\n{e64}") from None
     return out, grads
 
 
-def _check_against(torch_fn, args, kwargs, grad_args, out, grads, go, dtype, in_fp64, expected_dtype, tol):
-    """Runs torch_fn on args (upcast, see _as_reference) and compares out and grads (ours) with it."""
+def _torch_result(torch_fn, args, kwargs, grad_args, go, in_fp64):
+    """torch_fn's value and gradients w.r.t. args[i] for i in grad_args, on args upcast by _as_reference."""
     ref_args = [_as_reference(a, in_fp64) for a in args]
     ref_args = [a.requires_grad_(True) if i in grad_args else a for i, a in enumerate(ref_args)]
     ref_kwargs = {k: _as_reference(v, in_fp64) for k, v in kwargs.items()}
     ref = torch_fn(*ref_args, **ref_kwargs)
-    if expected_dtype is None:
-        expected_dtype = dtype if dtype in LOW_PRECISION else ref.dtype
-    assert out.dtype == expected_dtype, f"output dtype {out.dtype}, torch gives {expected_dtype}"
-    assert out.device == ref.device
-    assert_close(out, ref, dtype, tol, "loss value")
     if not grad_args:
-        return
-    ref_leaves = [ref_args[i] for i in grad_args]
-    ref_grads = torch.autograd.grad(ref, ref_leaves, go.to(ref.dtype), allow_unused=True)
+        return ref, []
+    return ref, torch.autograd.grad(ref, [ref_args[i] for i in grad_args], go.to(ref.dtype), allow_unused=True)
+
+
+def _assert_same_values(out, grads, ref, ref_grads, grad_args, dtype, tol):
+    assert_close(out, ref, dtype, tol, "loss value")
     for i, g, rg in zip(grad_args, grads, ref_grads):
         assert (g is None) == (rg is None), f"gradient of argument {i}: {g} vs torch {rg}"
         if g is not None:
