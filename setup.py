@@ -7,6 +7,12 @@ whether or not a GPU is visible (so a GPU-less CI machine compiles every CUDA li
   MAX_JOBS              parallel compile jobs (read by torch's ninja builder)
   DEBUG=1               -O0 -g
   FUSED_CE_BUILD_BASE   build folder (default "build"), so CPU-only and CUDA builds can live side by side
+  FUSED_CE_EMULATED_CUDA=1     also build fused_ce._C_emulated_cuda: the CUDA glue and kernels of csrc/cuda
+                        compiled by the host compiler against the CUDA emulator (csrc/cuda_emulation), so they
+                        run on CPU tensors (fused_ce.testing.emulated_cuda()); needs no CUDA toolkit
+  FUSED_CE_EMULATED_CUDA=asan  build only that extension, with AddressSanitizer and UndefinedBehaviorSanitizer
+                        (load it with FUSED_CE_EMULATED_CUDA_LIBRARY and libasan preloaded, see
+                        scripts/test_emulated_asan.sh)
 """
 import glob
 import os
@@ -79,10 +85,12 @@ def _isa_source(isa):
 
 
 class CpuIsaBuildExtension(cpp_extension.BuildExtension):
-    """torch's BuildExtension, plus the per-ISA kernel objects compiled first with their own flags."""
+    """torch's BuildExtension, plus the per-ISA kernel objects of fused_ce._C compiled first with their own flags."""
 
     def build_extensions(self):
         for ext in self.extensions:
+            if ext.name != MAIN_EXTENSION:
+                continue
             cflags = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
             jobs = max(1, int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
 
@@ -101,7 +109,39 @@ class CpuIsaBuildExtension(cpp_extension.BuildExtension):
         super().build_extensions()
 
 
+MAIN_EXTENSION = "fused_ce._C"
+EMULATED_EXTENSION = "fused_ce._C_emulated_cuda"
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
+def _emulated_mode():
+    mode = os.environ.get("FUSED_CE_EMULATED_CUDA", "0").strip()
+    if mode not in ("0", "1", "asan"):
+        sys.exit(f"FUSED_CE_EMULATED_CUDA must be 0, 1 or asan, got {mode!r}")
+    return mode
+
+
+def emulated_cuda_extension(sanitize):
+    """csrc/cuda compiled unchanged by the host compiler against the emulator (csrc/cuda_emulation): its stand-in
+    CUDA headers come first on the include path, and every kernel runs on the CPU."""
+    sources = _rel(glob.glob(os.path.join(CSRC, "cuda_emulation", "*.cpp")))
+    opt = ["-O1", "-g"] + SANITIZER_FLAGS if sanitize else (["-O0", "-g"] if DEBUG else ["-O2"])
+    return cpp_extension.CppExtension(
+        EMULATED_EXTENSION,
+        sources,
+        include_dirs=[os.path.join(CSRC, "cuda_emulation", "include"), CSRC],
+        # #pragma unroll is nvcc's; the host compiler would warn at every one.
+        extra_compile_args={"cxx": opt + ["-fvisibility=hidden", "-DFUSED_CE_EMULATED_CUDA", "-Wno-unknown-pragmas"]},
+        extra_link_args=SANITIZER_FLAGS if sanitize else [],
+        py_limited_api=True,
+    )
+
+
 def get_extensions():
+    emulated = _emulated_mode()
+    if emulated == "asan":
+        print("fused_ce: building only the emulated CUDA extension, with AddressSanitizer and UBSan")
+        return [emulated_cuda_extension(sanitize=True)]
     use_cuda = _want_cuda()
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     # -fopenmp: at::parallel_for is inline and runs serially unless the extension itself is built with
@@ -128,9 +168,9 @@ def get_extensions():
     else:
         print("fused_ce: building the CPU kernels only (no CUDA toolkit or CPU-only torch, or USE_CUDA=0)")
     print(f"fused_ce: MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}")
-    return [
+    extensions = [
         ext_cls(
-            "fused_ce._C",
+            MAIN_EXTENSION,
             sources,
             include_dirs=include_dirs,
             extra_compile_args=extra,
@@ -138,6 +178,10 @@ def get_extensions():
             py_limited_api=True,
         )
     ]
+    if emulated == "1":
+        print("fused_ce: also building the emulated CUDA extension (FUSED_CE_EMULATED_CUDA=1)")
+        extensions.append(emulated_cuda_extension(sanitize=False))
+    return extensions
 
 
 setup(

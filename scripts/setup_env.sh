@@ -4,7 +4,8 @@
 # installed beside torch (the test or benchmark dependencies). Prints the venv path last.
 #   cuda: torch 2.14.1 (CUDA 13.0 build). Compiles the CUDA kernels too, also on a machine without a GPU.
 #   cpu:  torch 2.13.0 (CPU-only wheel, small and fast to install); builds the CPU kernels only.
-# Environment: FUSED_CE_VENV (venv path), CUDA_HOME, TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS.
+# Environment: FUSED_CE_VENV (venv path), CUDA_HOME, TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS,
+# FUSED_CE_EMULATED_CUDA (1: also build the emulated CUDA extension; see setup.py).
 set -euo pipefail
 flavor=${1:?usage: setup_env.sh cuda|cpu [PACKAGE...]}
 shift

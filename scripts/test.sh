@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The test command: builds fused_ce with its CUDA kernels (torch 2.14.1, CUDA 13.0) into .venv-cuda and
-# runs the whole test suite. CUDA tests run where a GPU is visible and skip cleanly elsewhere.
-# Extra arguments go to pytest, e.g. scripts/test.sh -k bce
+# The test command: builds fused_ce with its CUDA kernels (torch 2.14.1, CUDA 13.0) and the emulated CUDA
+# extension (the same CUDA kernels run on the CPU) into .venv-cuda, runs the whole test suite, then the
+# tiling-path tests once more through an AddressSanitizer + UBSan build of the emulated extension. CUDA tests
+# run where a GPU is visible and skip cleanly elsewhere; emulated_cuda cases run everywhere.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k bce (FUSED_CE_SKIP_ASAN=1 skips the sanitizer run).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=$("$root/scripts/setup_env.sh" cuda pytest hypothesis expecttest scikit-learn matplotlib tqdm)
+venv=$(FUSED_CE_EMULATED_CUDA=1 "$root/scripts/setup_env.sh" cuda pytest hypothesis expecttest scikit-learn matplotlib tqdm)
 cd "$root"
 set +e
 "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
@@ -14,4 +16,9 @@ if [ $rc -eq 5 ]; then
   echo "scripts/test.sh: pytest collected no tests; the suite must not be empty" >&2
   exit 1
 fi
-exit $rc
+if [ $rc -ne 0 ]; then
+  exit $rc
+fi
+if [ "${FUSED_CE_SKIP_ASAN:-0}" != 1 ]; then
+  bash "$root/scripts/test_emulated_asan.sh" "$venv"
+fi

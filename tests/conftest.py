@@ -9,13 +9,28 @@ import pytest
 import torch
 
 import fused_ce
-from helpers import DEVICES
+import fused_ce.testing
+from helpers import TENSOR_DEVICES
 
 
 def pytest_report_header(config):
     where = fused_ce.__file__
-    cuda = "cuda cases collected" if "cuda" in DEVICES else "no GPU: cuda cases not collected"
-    return f"fused_ce {fused_ce.__version__} from {where}; torch {torch.__version__}; devices {DEVICES} ({cuda})"
+    cuda = "cuda cases collected" if "cuda" in TENSOR_DEVICES else "no GPU: cuda cases not collected"
+    emulated = "emulated_cuda cases collected" if fused_ce.testing.emulated_cuda_available() else \
+        "no emulated CUDA extension (build with FUSED_CE_EMULATED_CUDA=1): emulated_cuda cases not collected"
+    return f"fused_ce {fused_ce.__version__} from {where}; torch {torch.__version__}; {cuda}; {emulated}"
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda(request, monkeypatch):
+    """Cases marked emulated_cuda run fused_ce's CUDA kernels on CPU tensors through the emulator, with
+    out-of-range class indices raising IndexError as on the CPU (FUSED_CE_CUDA_CHECK_TARGETS=1)."""
+    if request.node.get_closest_marker("emulated_cuda") is None:
+        yield
+        return
+    monkeypatch.setenv("FUSED_CE_CUDA_CHECK_TARGETS", "1")
+    with fused_ce.testing.emulated_cuda():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -8,15 +8,29 @@ result that misses torch's fp32 result must then match torch's fp64 result (see 
 """
 from dataclasses import dataclass
 
+import pytest
 import torch
+
+import fused_ce.testing
+
+
+EMULATED_CUDA = "emulated_cuda"
 
 
 def devices():
-    """'cpu' always; 'cuda' only where a GPU is visible (never queried at import by the kernels)."""
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    """Where the device-parametrized tests run: 'cpu' (the CPU kernels) always; 'emulated_cuda' where the
+    emulated CUDA extension is built: CPU tensors (so the test sees device 'cpu') run through fused_ce's CUDA
+    glue and kernels on the emulator, which conftest.py switches on for cases marked emulated_cuda; 'cuda' only
+    where a GPU is visible (never queried at import by the kernels)."""
+    found = ["cpu"]
+    if fused_ce.testing.emulated_cuda_available():
+        found.append(pytest.param("cpu", id=EMULATED_CUDA, marks=pytest.mark.emulated_cuda))
+    return found + (["cuda"] if torch.cuda.is_available() else [])
 
 
 DEVICES = devices()
+# Devices of tensors, for tests that draw one (hypothesis) rather than being parametrized.
+TENSOR_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @dataclass(frozen=True)

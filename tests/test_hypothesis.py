@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fused_ce
-from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch
+from helpers import FLOAT_DTYPES, TENSOR_DEVICES, compare_with_torch
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -21,7 +21,7 @@ def ce_problems(draw):
     return dict(
         shape=tuple(shape),
         dtype=draw(st.sampled_from(FLOAT_DTYPES)),
-        device=draw(st.sampled_from(DEVICES)),
+        device=draw(st.sampled_from(TENSOR_DEVICES)),
         soft=draw(st.booleans()),
         weighted=draw(st.booleans()),
         ignore_share=draw(st.sampled_from([0.0, 0.3, 1.0])),
@@ -64,7 +64,7 @@ def bce_problems(draw):
             return None
         keep = draw(st.integers(0, len(shape)))
         return tuple(1 if draw(st.booleans()) else s for s in shape[len(shape) - keep:])
-    return dict(shape=shape, dtype=draw(st.sampled_from(FLOAT_DTYPES)), device=draw(st.sampled_from(DEVICES)),
+    return dict(shape=shape, dtype=draw(st.sampled_from(FLOAT_DTYPES)), device=draw(st.sampled_from(TENSOR_DEVICES)),
                 weight=operand(), pos_weight=operand(), reduction=draw(st.sampled_from(["mean", "sum", "none"])),
                 scale=draw(st.sampled_from([0.5, 5.0, 50.0])), seed=draw(st.integers(0, 2 ** 16)))
 

@@ -139,8 +139,8 @@ void bce_forward(const BceArgs& a, void* elementwise, double* partials, cudaStre
   const bool vectorize = aligned16(a.input) && aligned16(a.target) && aligned16(elementwise);
   dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    bce_forward_kernel<T><<<grid, kBlock, 0, stream>>>(tensors<T>(a), vectorize, static_cast<T*>(elementwise),
-                                                       partials);
+    launch_kernel(FUSED_CE_KERNEL(bce_forward_kernel<T>), grid, kBlock, stream, tensors<T>(a), vectorize,
+                  static_cast<T*>(elementwise), partials);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -153,9 +153,11 @@ void bce_backward(const BceArgs& a, const DeviceGrad& g, bool target_grad, void*
   dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (target_grad) {
-      bce_backward_kernel<T, true><<<grid, kBlock, 0, stream>>>(tensors<T>(a), vectorize, g, static_cast<T*>(out));
+      launch_kernel(FUSED_CE_KERNEL(bce_backward_kernel<T, true>), grid, kBlock, stream, tensors<T>(a), vectorize, g,
+                    static_cast<T*>(out));
     } else {
-      bce_backward_kernel<T, false><<<grid, kBlock, 0, stream>>>(tensors<T>(a), vectorize, g, static_cast<T*>(out));
+      launch_kernel(FUSED_CE_KERNEL(bce_backward_kernel<T, false>), grid, kBlock, stream, tensors<T>(a), vectorize, g,
+                    static_cast<T*>(out));
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -13,10 +13,10 @@ void launch_scan(const Op& op, void* partials, cudaStream_t stream) {
   const Tiling& t = op.t;
   if (t.units == 0) return;
   auto* p = static_cast<RowStats<acc_of<T>>*>(partials);
-  row_stats_kernel<T, Op><<<unit_grid(t), kBlock, 0, stream>>>(op, p);
+  launch_kernel(FUSED_CE_KERNEL(row_stats_kernel<T, Op>), unit_grid(t), kBlock, stream, op, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (t.chunks > 1) {
-    merge_kernel<T, Op><<<grid_for(t.rows), kBlock, 0, stream>>>(op, p);
+    launch_kernel(FUSED_CE_KERNEL(merge_kernel<T, Op>), grid_for(t.rows), kBlock, stream, op, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -24,7 +24,7 @@ void launch_scan(const Op& op, void* partials, cudaStream_t stream) {
 template <typename T, typename Op>
 void launch_elementwise(const Op& op, cudaStream_t stream) {
   if (op.t.units == 0) return;
-  row_elementwise_kernel<T, Op><<<unit_grid(op.t), kBlock, 0, stream>>>(op);
+  launch_kernel(FUSED_CE_KERNEL(row_elementwise_kernel<T, Op>), unit_grid(op.t), kBlock, stream, op);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

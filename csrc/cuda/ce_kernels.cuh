@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kBlock) row_stats_kernel(Op op, RowStats<acc_o
   const bool live = unit < t.units;
   const int64_t k = live ? unit / t.rows : 0;
   const int64_t r = live ? unit - k * t.rows : 0;
-  RowStats<A> st = stats_empty<A>();
+  BlockedRowStats<A> acc = blocked_stats_empty<A>();
   if (live && op.active(r)) {
     const RowIndex ri = row_index(t, r);
     const T* x_row = op.x + ri.x;
@@ -177,16 +177,20 @@ __global__ void __launch_bounds__(kBlock) row_stats_kernel(Op op, RowStats<acc_o
     auto one = [&](int64_t c) {
       A xv[1] = {Op::kReadsX ? static_cast<A>(x[c * t.S]) : A(0)};
       A tv[1] = {Op::kReadsTarget ? static_cast<A>(tp[c * t.S]) : A(0)};
-      if constexpr (Op::kLse) lse_add<1>(st, xv);
-      op.template add<1>(st, xv, tv, c0 + c, ref);
+      acc.visit([&](RowStats<A>& st) {
+        if constexpr (Op::kLse) lse_add<1>(st, xv);
+        op.template add<1>(st, xv, tv, c0 + c, ref);
+      });
     };
     if (t.S == 1) {
       auto vec = [&](int64_t c) {
         A xv[kVec] = {}, tv[kVec] = {};
         if constexpr (Op::kReadsX) load_pack(x + c, xv);
         if constexpr (Op::kReadsTarget) load_pack(tp + c, tv);
-        if constexpr (Op::kLse) lse_add<kVec>(st, xv);
-        op.template add<kVec>(st, xv, tv, c0 + c, ref);
+        acc.visit([&](RowStats<A>& st) {
+          if constexpr (Op::kLse) lse_add<kVec>(st, xv);
+          op.template add<kVec>(st, xv, tv, c0 + c, ref);
+        });
       };
       const T* lead = Op::kReadsX ? x : tp;
       const int head = same_alignment(lead, Op::kReadsX ? tp : nullptr) ? vector_head(lead) : -1;
@@ -195,7 +199,7 @@ __global__ void __launch_bounds__(kBlock) row_stats_kernel(Op op, RowStats<acc_o
       for (int64_t c = 0; c < len; ++c) one(c);
     }
   }
-  st = group_reduce(st, G);
+  const RowStats<A> st = group_reduce(acc.value(), G);
   if (live && lane == 0) {
     if (t.chunks == 1) {
       op.finalize(r, st);

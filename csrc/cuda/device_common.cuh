@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "cuda/launchers.h"
+#include "cuda/portable.cuh"
 #include "dtype_dispatch.h"
 #include "rowmath.h"
 
@@ -28,10 +29,11 @@ struct alignas(16) Pack {
   T v[kVecOf<T>];
 };
 
-// Moved through a uint4, so each is one 128-bit access whatever T's copy semantics.
+// Moved through a uint4, so each is one 128-bit access whatever T's copy semantics. The intrinsics
+// (__ldg here, __stcg below) are also where the emulated build checks the 16-byte alignment.
 template <typename T, typename A>
 __device__ __forceinline__ void load_pack(const T* p, A (&out)[kVecOf<T>]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
   Pack<T> pk;
   memcpy(&pk, &raw, sizeof(raw));
 #pragma unroll
@@ -90,6 +92,39 @@ __device__ __forceinline__ RowStats<A> stats_empty() {
   return {neg_inf<A>(), A(0), A(0), A(0)};
 }
 
+// One thread's scan state, whose sums s1 and s2 are added up in blocks of kBlockedSumTerms visits (see
+// rowmath.h): in the N-D layout and in unsplit long rows a thread visits thousands of classes. The
+// log-sum-exp part is online and needs no blocking.
+template <typename A>
+struct BlockedRowStats {
+  RowStats<A> st;
+  A block_s1, block_s2;
+  int visits;
+
+  // f(stats) adds one visit's values to the stats it is given.
+  template <typename F>
+  __device__ __forceinline__ void visit(F&& f) {
+    RowStats<A> part{st.max, st.sum, A(0), A(0)};
+    f(part);
+    st.max = part.max;
+    st.sum = part.sum;
+    block_s1 += part.s1;
+    block_s2 += part.s2;
+    if (++visits == kBlockedSumTerms) {
+      st.s1 += block_s1;
+      st.s2 += block_s2;
+      block_s1 = block_s2 = A(0);
+      visits = 0;
+    }
+  }
+  __device__ __forceinline__ RowStats<A> value() const { return {st.max, st.sum, st.s1 + block_s1, st.s2 + block_s2}; }
+};
+
+template <typename A>
+__device__ __forceinline__ BlockedRowStats<A> blocked_stats_empty() {
+  return {stats_empty<A>(), A(0), A(0), 0};
+}
+
 template <typename A>
 __device__ __forceinline__ RowStats<A> stats_merge(const RowStats<A>& a, const RowStats<A>& b) {
   const LseState<A> l = lse_merge(LseState<A>{a.max, a.sum}, LseState<A>{b.max, b.sum});
@@ -125,7 +160,7 @@ __device__ __forceinline__ RowStats<A> group_reduce(RowStats<A> st, int G) {
   const int width = G < 32 ? G : 32;
   for (int offset = 1; offset < width; offset <<= 1) st = stats_merge(st, shfl_xor(st, offset));
   if (G > 32) {
-    __shared__ RowStats<A> warp_states[kBlock / 32];
+    FUSED_CE_SHARED_ARRAY(RowStats<A>, warp_states, kBlock / 32);
     if (threadIdx.x % 32 == 0) warp_states[threadIdx.x / 32] = st;
     __syncthreads();
     const int first = (threadIdx.x / G) * (G / 32);
@@ -137,7 +172,7 @@ __device__ __forceinline__ RowStats<A> group_reduce(RowStats<A> st, int G) {
 
 // Sum over the block (blockDim.x == kBlock) in a fixed tree; the result is valid in thread 0.
 __device__ __forceinline__ double block_sum(double v) {
-  __shared__ double partial[kBlock];
+  FUSED_CE_SHARED_ARRAY(double, partial, kBlock);
   partial[threadIdx.x] = v;
   __syncthreads();
   for (int s = kBlock / 2; s > 0; s >>= 1) {

@@ -12,7 +12,7 @@
 //   call. Instead the kernels never use an out-of-range index to address memory: such a row gets a NaN
 //   loss (and a NaN gradient row, and the mean becomes NaN), so the error is visible without a sync and
 //   without the device-side assert of PyTorch's CUDA kernels, which would poison the CUDA context.
-//   Setting FUSED_CE_CUDA_CHECK_TARGETS=1 (read once, at the first call) makes every class-index op
+//   Setting FUSED_CE_CUDA_CHECK_TARGETS=1 (read at every call) makes every class-index op
 //   also record the first bad row on the device, synchronize, and raise PyTorch's exception:
 //   IndexError "Target <t> is out of bounds." That mode syncs once per call, so it does not work
 //   inside CUDA graph capture.
@@ -27,17 +27,16 @@
 #include <cstring>
 
 #include "cuda/launchers.h"
+#include "cuda/ops_cuda.h"
 #include "op_common.h"
 
 namespace fused_ce::cuda {
 namespace {
 
+// Read at every call (a getenv is nothing next to a launch), so a process can switch modes.
 bool check_targets_mode() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("FUSED_CE_CUDA_CHECK_TARGETS");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  return enabled;
+  const char* v = std::getenv("FUSED_CE_CUDA_CHECK_TARGETS");
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -306,7 +305,7 @@ at::Tensor bce_with_logits_target_bwd(const at::Tensor& grad, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_ce, CUDA, m) {
+void register_impls(torch::Library& m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd);
   m.impl("cross_entropy_soft_fwd", &cross_entropy_soft_fwd);

@@ -60,10 +60,12 @@ void sum_partials(at::ScalarType in_dtype, const void* values, int64_t n, double
   TORCH_CHECK(blocks < (int64_t(1) << 31), "fused_ce: too many values to sum");
   const unsigned int grid = static_cast<unsigned int>(blocks);
   if (in_dtype == at::kDouble) {
-    sum_partials_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const double*>(values), n, partials);
+    launch_kernel(FUSED_CE_KERNEL(sum_partials_kernel<double>), grid, kBlock, stream,
+                  static_cast<const double*>(values), n, partials);
   } else {
     TORCH_CHECK(in_dtype == at::kFloat, "fused_ce: sums of float or double only");
-    sum_partials_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const float*>(values), n, partials);
+    launch_kernel(FUSED_CE_KERNEL(sum_partials_kernel<float>), grid, kBlock, stream,
+                  static_cast<const float*>(values), n, partials);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -72,7 +74,8 @@ void finish_sum(const double* partials, int64_t count, const double* denominator
                 at::ScalarType out_dtype, void* out, cudaStream_t stream) {
   dispatch_dtype(out_dtype, [&](auto tag) {
     using T = decltype(tag);
-    finish_sum_kernel<<<1, kBlock, 0, stream>>>(partials, count, denominator, divisor, static_cast<T*>(out));
+    launch_kernel(FUSED_CE_KERNEL(finish_sum_kernel<T>), 1, kBlock, stream, partials, count, denominator, divisor,
+                  static_cast<T*>(out));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -82,11 +85,11 @@ void ce_target_weights(const void* target, bool target_is_byte, int64_t rows, in
   if (rows == 0) return;
   const unsigned int grid = grid_for(rows);
   if (target_is_byte) {
-    target_weights_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const uint8_t*>(target), rows, C, ignore_index,
-                                                      weight, out, bad_row);
+    launch_kernel(FUSED_CE_KERNEL(target_weights_kernel<uint8_t>), grid, kBlock, stream,
+                  static_cast<const uint8_t*>(target), rows, C, ignore_index, weight, out, bad_row);
   } else {
-    target_weights_kernel<<<grid, kBlock, 0, stream>>>(static_cast<const int64_t*>(target), rows, C, ignore_index,
-                                                      weight, out, bad_row);
+    launch_kernel(FUSED_CE_KERNEL(target_weights_kernel<int64_t>), grid, kBlock, stream,
+                  static_cast<const int64_t*>(target), rows, C, ignore_index, weight, out, bad_row);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

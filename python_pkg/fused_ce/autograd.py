@@ -8,7 +8,7 @@ import dataclasses
 import torch
 
 from . import _ops, _validation
-from ._ops import NONE, ops
+from ._ops import NONE, kernel_ops
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -19,6 +19,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         red = _validation.reduction_enum(reduction)
         c = _validation.prepare_cross_entropy(input, target, weight, ignore_index, red, label_smoothing)
+        ctx.ops = ops = kernel_ops()
         if c.soft:
             loss, lse = ops.cross_entropy_soft_fwd(c.logits, c.target, c.weight, c.label_smoothing, c.reduction)
         else:
@@ -47,13 +48,13 @@ class CrossEntropyFunction(torch.autograd.Function):
         g_input = g_target = None
         if c.soft:
             g_input, g_target = _ops.cross_entropy_soft_backward(
-                grad_loss, logits, target, weight, lse, c.label_smoothing, c.reduction,
+                ctx.ops, grad_loss, logits, target, weight, lse, c.label_smoothing, c.reduction,
                 need_logits=ctx.needs_input_grad[0], need_target=ctx.needs_input_grad[1])
             if g_target is not None:
                 g_target = g_target.reshape(ctx.target_shape).to(ctx.target_dtype)
         elif ctx.needs_input_grad[0]:
             g_input = _ops.cross_entropy_backward(
-                grad_loss, logits, target, weight, lse, c.ignore_index, c.label_smoothing, c.reduction)
+                ctx.ops, grad_loss, logits, target, weight, lse, c.ignore_index, c.label_smoothing, c.reduction)
         if g_input is not None:
             g_input = g_input.reshape(ctx.input_shape).to(ctx.input_dtype)
         return g_input, g_target, None, None, None, None
@@ -70,14 +71,15 @@ class BCEWithLogitsFunction(torch.autograd.Function):
         ctx.reduction = c.reduction
         ctx.dtypes = (input.dtype, target.dtype)
         ctx.kernel_dtype = c.input.dtype
-        return _validation.bce_output(ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
+        ctx.ops = kernel_ops()
+        return _validation.bce_output(ctx.ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
 
     @staticmethod
     def backward(ctx, grad_loss):
         x, y, weight, pos_weight = ctx.saved_tensors
         x, y = x.to(ctx.kernel_dtype), y.to(ctx.kernel_dtype)
         g_input, g_target = _ops.bce_backward(
-            grad_loss, x, y, weight, pos_weight, ctx.reduction,
+            ctx.ops, grad_loss, x, y, weight, pos_weight, ctx.reduction,
             need_input=ctx.needs_input_grad[0], need_target=ctx.needs_input_grad[1])
         if g_input is not None:
             g_input = g_input.to(ctx.dtypes[0])

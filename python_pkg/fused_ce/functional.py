@@ -1,6 +1,6 @@
 """The functional API: same signatures, defaults and behaviour as torch.nn.functional's losses."""
 from . import _validation
-from ._ops import NONE, ops
+from ._ops import NONE, kernel_ops
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -8,6 +8,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     """Drop-in for torch.nn.functional.cross_entropy, computed by fused kernels."""
     red = _validation.reduction_enum(reduction, size_average, reduce)
     c = _validation.prepare_cross_entropy(input, target, weight, ignore_index, red, label_smoothing)
+    ops = kernel_ops()
     if c.soft:
         loss, _ = ops.cross_entropy_soft_fwd(c.logits, c.target, c.weight, c.label_smoothing, c.reduction)
     else:
@@ -22,7 +23,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     """Drop-in for torch.nn.functional.binary_cross_entropy_with_logits, computed by fused kernels."""
     red = _validation.reduction_enum(reduction, size_average, reduce)
     c = _validation.prepare_bce(input, target, weight, pos_weight, red)
-    return _validation.bce_output(ops.bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
+    return _validation.bce_output(kernel_ops().bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
 
 
 __all__ = ["cross_entropy", "binary_cross_entropy_with_logits"]

@@ -1,0 +1,6 @@
+// The CUDA impls of the fused_ce ops, for CUDA tensors.
+#include <torch/library.h>
+
+#include "cuda/ops_cuda.h"
+
+TORCH_LIBRARY_IMPL(fused_ce, CUDA, m) { fused_ce::cuda::register_impls(m); }
