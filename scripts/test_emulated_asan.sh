@@ -18,8 +18,21 @@ lib=$(ls "$out"/lib/fused_ce/_C_emulated_cuda*.so)
 # and libstdc++ with it: ASan intercepts C++ throws only if libstdc++ is there when it starts.
 preload="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
 # detect_leaks=0: Python and torch keep allocations alive until exit, which LeakSanitizer would report.
+# Reports go to files (pytest captures stderr, and an aborting process never prints its capture).
+reports=$out/reports
+rm -rf "$reports" && mkdir -p "$reports"
+set +e
 LD_PRELOAD="$preload" \
-ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
-UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$reports/asan \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
 FUSED_CE_EMULATED_CUDA_LIBRARY="$lib" \
   "$py" -m pytest tests/test_emulated_cuda.py -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+for f in "$reports"/*; do
+  [ -e "$f" ] || continue
+  echo "test_emulated_asan.sh: sanitizer report $f:" >&2
+  cat "$f" >&2
+  rc=${rc/#0/1}
+done
+exit $rc
