@@ -130,22 +130,6 @@ def test_bce_zero_dim_and_nd(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_double_backward_matches_torch(device):
-    """The Hessian-vector product itself agrees with torch's (not only with finite differences)."""
-    x = torch.randn(4, 6, dtype=F64, device=device, requires_grad=True)
-    y = torch.tensor([1, -100, 5, 0], device=device)
-    w = torch.rand(6, dtype=F64, device=device) + 0.2
-    v = torch.randn(4, 6, dtype=F64, device=device)
-    results = []
-    for fn in (fused_ce.cross_entropy, torch.nn.functional.cross_entropy):
-        (g,) = torch.autograd.grad(fn(x, y, weight=w, label_smoothing=0.2), x, create_graph=True)
-        (hv,) = torch.autograd.grad((g * v).sum(), x)
-        results.append((g, hv))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1])
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_no_gradient_wrt_weight_or_pos_weight(device):
     """Weights are constants: requires_grad on them is refused, as torch does (hard CE and BCE)."""
     x = _x((3, 4), device)
@@ -170,9 +154,9 @@ def test_function_classes_match_functional(device):
     y = torch.randint(0, 7, (5,), device=device)
     a = fused_ce.CrossEntropyFunction.apply(x, y, None, -100, "sum", 0.1)
     b = fused_ce.cross_entropy(x, y, reduction="sum", label_smoothing=0.1)
-    torch.testing.assert_close(a, b)
-    torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
+    assert torch.equal(a, b)
+    assert torch.equal(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
     t = torch.rand(5, 7, device=device)
     a = fused_ce.BCEWithLogitsFunction.apply(x, t, None, "none", torch.ones(7, device=device) * 2)
     b = fused_ce.binary_cross_entropy_with_logits(x, t, reduction="none", pos_weight=torch.ones(7, device=device) * 2)
-    torch.testing.assert_close(a, b)
+    assert torch.equal(a, b)

@@ -35,7 +35,11 @@ def cross_entropy_grad(grad_loss, logits, target, weight, ignore_index, label_sm
     keep = (~ignored).to(x.dtype)
     safe_target = target.masked_fill(ignored, 0).long()
     w_y = w[safe_target] * keep
-    g = _row_grad(grad_loss, w_y.shape, reduction, w_y.sum()).unsqueeze(1)
+    # A mean over a total weight of 0 is NaN, and so is its gradient (as torch), except where every row
+    # is ignored: there the gradient is 0, as in the kernels and torch, so divide by 1 rather than 0.
+    total = w_y.sum()
+    denominator = torch.where(total != 0, total, torch.where(keep.any(), float("nan"), 1.0))
+    g = _row_grad(grad_loss, w_y.shape, reduction, denominator).unsqueeze(1)
     p = torch.softmax(x, dim=1)
     one_hot = F.one_hot(safe_target, num_classes).movedim(-1, 1).to(x.dtype)
     on_target = ((1.0 - eps) * w_y).unsqueeze(1)
