@@ -1,7 +1,7 @@
 """Property-based parity with torch: hypothesis draws shapes (unbatched, 2-D, N-D), dtypes, options
 (weight, share of ignored rows, smoothing, reduction, hard/soft targets), memory layouts (strided views,
-storage offsets), uint8 class indices, mixed input/target dtypes, and -inf/+inf/NaN or +-100 logits, and
-compares values and gradients with torch.
+padded rows, storage offsets), uint8 class indices, mixed input/target dtypes, and -inf/+inf/NaN or
++-100 logits, and compares values and gradients with torch.
 
 Two budgets: many small problems (C <= 70, BCE <= 216 elements), and a few large ones that cross the CPU
 kernels' blocks (csrc/cpu/kernels_impl.h): C in the thousands (rows: 128-vector blocks of the online max,
@@ -18,7 +18,7 @@ from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Large problems take ~20 ms each: a small budget keeps the suite fast.
 LARGE_SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-LAYOUTS = ["contiguous", "strided", "transposed", "storage_offset"]
+LAYOUTS = ["contiguous", "strided", "row_padded", "transposed", "storage_offset"]
 # values written into a few logits; "none" leaves the random ones
 SPECIALS = {"none": None, "-inf": -float("inf"), "+inf": float("inf"), "nan": float("nan"),
             "+100": 100.0, "-100": -100.0}
@@ -26,6 +26,7 @@ SPECIALS = {"none": None, "-inf": -float("inf"), "+inf": float("inf"), "nan": fl
 
 def as_layout(t, layout):
     """The values of t in another memory layout: every other element of a larger tensor's last dim, the
+    leading part of a longer last dim (2-D logits: rows strided, classes contiguous, read in place), the
     dims stored in reverse order, or contiguous at a storage offset."""
     if t is None:
         return None
@@ -33,6 +34,10 @@ def as_layout(t, layout):
         big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
         big[..., ::2] = t
         return big[..., ::2]
+    if layout == "row_padded" and t.dim():
+        big = torch.zeros(*t.shape[:-1], t.shape[-1] + 3, dtype=t.dtype, device=t.device)
+        big[..., : t.shape[-1]] = t
+        return big[..., : t.shape[-1]]
     if layout == "transposed" and t.dim() >= 2:
         return t.transpose(0, -1).contiguous().transpose(0, -1)
     if layout == "storage_offset":
