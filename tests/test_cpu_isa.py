@@ -1,93 +1,50 @@
-"""The CPU kernels are built three times (default / AVX2 / AVX-512) and one is picked at run time;
-FUSED_CE_CPU_CAPABILITY forces one. Each capability this CPU supports runs a parity script in a
-subprocess (the choice is made once per process); one it lacks must be refused with a clear error."""
-import os
+"""Choosing the CPU kernels' instruction set: FUSED_CE_CPU_CAPABILITY=default|avx2|avx512 forces one, is
+read at every call (so the `isa_device` fixture can run the parity matrix, tests/test_isa_parity.py, and
+the block-boundary tests under each), and a value the CPU cannot run, or that names no instruction set,
+is refused with a clear error instead of running illegal instructions."""
 import subprocess
 import sys
 
 import pytest
+import torch
 
-ALL_ISAS = ["default", "avx2", "avx512"]
+import fused_ce
+from cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS
 
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+CALL = "import torch, fused_ce; fused_ce.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]))"
 
 
-FLAGS = _cpu_flags()
-SUPPORTED = {
-    "default": True,
-    "avx2": {"avx2", "fma"} <= FLAGS,
-    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= FLAGS,
-}
-
-PARITY_SCRIPT = r"""
-import torch, torch.nn.functional as F, fused_ce
-torch.manual_seed(0)
-def check(ours, ref, args, grads, tol, **kw):
-    a = [t.detach().requires_grad_(i in grads) for i, t in enumerate(args)]
-    r = [(t.detach().float() if t.is_floating_point() else t).requires_grad_(i in grads) for i, t in enumerate(args)] if tol else \
-        [t.detach().requires_grad_(i in grads) for i, t in enumerate(args)]
-    rkw = {k: v.float() if tol and isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    o, e = ours(*a, **kw), ref(*r, **rkw)
-    go = torch.rand_like(e) + 0.5
-    torch.testing.assert_close(o.to(e.dtype), e, **(tol or {}))
-    for g, ge in zip(torch.autograd.grad(o, [a[i] for i in grads], go.to(o.dtype)),
-                     torch.autograd.grad(e, [r[i] for i in grads], go)):
-        torch.testing.assert_close(g.to(ge.dtype), ge, **(tol or {}))
-n = 0
-for dtype, tol in [(torch.float64, None), (torch.float32, None),
-                   (torch.bfloat16, dict(rtol=2e-2, atol=1e-2)), (torch.float16, dict(rtol=2e-3, atol=1e-3))]:
-    for shape in [(7, 3), (5, 37), (3, 1029), (2, 19, 5), (2, 9, 33)]:
-        x = (torch.randn(shape) * 4).to(dtype)
-        y = torch.randint(0, shape[1], (shape[0],) + shape[2:]); y.view(-1)[0] = -100
-        w = (torch.rand(shape[1]) + 0.1).to(dtype)
-        for kw in (dict(), dict(weight=w, label_smoothing=0.1, reduction="none"), dict(reduction="sum")):
-            check(fused_ce.cross_entropy, F.cross_entropy, (x, y), (0,), tol, **kw); n += 1
-        t = torch.softmax(torch.randn(shape), 1).to(dtype)
-        check(fused_ce.cross_entropy, F.cross_entropy, (x, t), (0, 1), tol, weight=w, label_smoothing=0.2); n += 1
-        pw = (torch.rand(shape[-1]) + 0.5).to(dtype)
-        for kw in (dict(pos_weight=pw), dict(weight=w.view(-1, *([1] * (len(shape) - 2))), reduction="none")):
-            check(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
-                  (x, torch.rand(shape).to(dtype)), (0, 1), tol, **kw); n += 1
-print("checked", n)
-"""
-
-
-def _run(isa, code):
-    env = dict(os.environ, FUSED_CE_CPU_CAPABILITY=isa)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.parametrize("isa", [i for i in ALL_ISAS if SUPPORTED[i]])
-def test_each_supported_capability_matches_torch(isa):
-    proc = _run(isa, PARITY_SCRIPT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "checked 120" in proc.stdout
-
-
-def test_default_capability_is_always_supported():
-    assert SUPPORTED["default"]
+def _small_loss():
+    return fused_ce.cross_entropy(torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([1]))
 
 
 @pytest.mark.parametrize("isa", [i for i in ALL_ISAS if not SUPPORTED[i]] or ["nonexistent-isa"])
-def test_unsupported_or_unknown_capability_is_refused(isa):
-    """Forcing a capability the CPU lacks (here: AVX-512 on an AVX2 machine), or a name that is not a
-    capability, raises instead of running illegal instructions."""
-    code = "import torch, fused_ce; fused_ce.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]))"
-    proc = _run(isa, code)
+def test_unsupported_or_unknown_capability_is_refused(isa, monkeypatch):
+    """Forcing a capability the CPU lacks (AVX-512 on an AVX2 machine, say) raises instead of running
+    illegal instructions; in a subprocess, so that a missing check kills that process, not the suite."""
+    monkeypatch.setenv("FUSED_CE_CPU_CAPABILITY", isa)
+    proc = subprocess.run([sys.executable, "-c", CALL], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "FUSED_CE_CPU_CAPABILITY" in proc.stderr
+    assert "FUSED_CE_CPU_CAPABILITY" in proc.stderr and "RuntimeError" in proc.stderr, proc.stderr[-2000:]
     assert "Illegal instruction" not in proc.stderr
 
 
-def test_unknown_capability_name_is_refused():
-    proc = _run("sse9", "import torch, fused_ce; fused_ce.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]))")
-    assert proc.returncode != 0 and "must be default, avx2 or avx512" in proc.stderr
+def test_unknown_capability_name_is_refused(monkeypatch):
+    monkeypatch.setenv("FUSED_CE_CPU_CAPABILITY", "sse9")
+    with pytest.raises(RuntimeError, match="FUSED_CE_CPU_CAPABILITY must be default, avx2 or avx512, got: sse9"):
+        _small_loss()
+
+
+def test_capability_is_read_at_every_call(monkeypatch):
+    """Each call reads the variable anew: a valid value works, a bad one set afterwards in the same
+    process raises, and every supported value works again after it (what the isa_device fixture relies
+    on: a choice cached at the first call would silently run one build under every name)."""
+    expected = torch.log(torch.exp(torch.tensor([1.0, 2.0, 0.5])).sum()) - 2.0
+    for isa in SUPPORTED_ISAS:
+        monkeypatch.setenv("FUSED_CE_CPU_CAPABILITY", isa)
+        torch.testing.assert_close(_small_loss(), expected)
+        monkeypatch.setenv("FUSED_CE_CPU_CAPABILITY", "sse9")
+        with pytest.raises(RuntimeError, match="got: sse9"):
+            _small_loss()
+    monkeypatch.delenv("FUSED_CE_CPU_CAPABILITY")
+    torch.testing.assert_close(_small_loss(), expected)

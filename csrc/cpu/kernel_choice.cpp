@@ -1,4 +1,6 @@
-// Picks the kernel table for the running CPU once, at first use.
+// Picks the kernel table for the running CPU: the best instruction set it supports, unless
+// FUSED_CE_CPU_CAPABILITY names another. The variable is read at every call (a getenv costs far less
+// than any kernel), so one process can run each instruction set in turn: the tests switch it per case.
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -12,7 +14,7 @@ namespace {
 
 enum class Isa { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
 
-Isa best_supported() {
+Isa detect() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   // The at::vec AVX-512 code uses the F, BW, VL and DQ subsets.
@@ -27,34 +29,33 @@ Isa best_supported() {
   return Isa::kDefault;
 }
 
-Isa chosen() {
-  Isa isa = best_supported();
-  if (const char* env = std::getenv("FUSED_CE_CPU_CAPABILITY")) {
-    const std::string want(env);
-    Isa asked = Isa::kDefault;
-    if (want == "avx512") {
-      asked = Isa::kAvx512;
-    } else if (want == "avx2") {
-      asked = Isa::kAvx2;
-    } else {
-      TORCH_CHECK(want == "default" || want.empty(),
-                  "FUSED_CE_CPU_CAPABILITY must be default, avx2 or avx512, got: ", want);
-    }
-    TORCH_CHECK(asked <= isa, "FUSED_CE_CPU_CAPABILITY=", want, " is not supported by this CPU");
-    isa = asked;
-  }
+Isa best_supported() {
+  static const Isa isa = detect();
   return isa;
 }
 
-Isa cached() {
-  static const Isa isa = chosen();
-  return isa;
+Isa chosen() {
+  const Isa best = best_supported();
+  const char* env = std::getenv("FUSED_CE_CPU_CAPABILITY");
+  if (env == nullptr) return best;
+  const std::string want(env);
+  Isa asked = Isa::kDefault;
+  if (want == "avx512") {
+    asked = Isa::kAvx512;
+  } else if (want == "avx2") {
+    asked = Isa::kAvx2;
+  } else {
+    TORCH_CHECK(want == "default" || want.empty(),
+                "FUSED_CE_CPU_CAPABILITY must be default, avx2 or avx512, got: ", want);
+  }
+  TORCH_CHECK(asked <= best, "FUSED_CE_CPU_CAPABILITY=", want, " is not supported by this CPU");
+  return asked;
 }
 
 }  // namespace
 
 const KernelTable& kernels() {
-  switch (cached()) {
+  switch (chosen()) {
     case Isa::kAvx512: return kernels_avx512();
     case Isa::kAvx2: return kernels_avx2();
     default: return kernels_default();
@@ -62,7 +63,7 @@ const KernelTable& kernels() {
 }
 
 const char* kernels_name() {
-  switch (cached()) {
+  switch (chosen()) {
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "default";

@@ -26,7 +26,8 @@ const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
 
 // The table for this CPU: AVX-512 or AVX2 when the CPU has them. FUSED_CE_CPU_CAPABILITY=default|avx2|
-// avx512 overrides the choice (never above what the CPU supports), to test each path on one machine.
+// avx512 overrides the choice (never above what the CPU supports), to test each path on one machine; it is
+// read at every call, so it can change while the process runs.
 const KernelTable& kernels();
 const char* kernels_name();
 

@@ -235,6 +235,22 @@ struct LaneArrays {
   acc_t operator[](int64_t l) const { return v[l]; }
 };
 
+// at::parallel_for calls its body from two places: inline when the range runs serially, and inside the
+// OpenMP region otherwise. With the body inlined at both, the compiler may contract a * b + c into an FMA
+// in one copy and not in the other, and results then depend on the number of threads (measured: the AVX2
+// soft-target gradient of a 40x3000 fp32 input differed in the last bit between 1 and 2 threads). One
+// out-of-line body rounds the same way whichever place calls it.
+template <typename F>
+struct OutOfLine {
+  const F& f;
+  __attribute__((noinline)) void operator()(int64_t begin, int64_t end) const { f(begin, end); }
+};
+
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  at::parallel_for(begin, end, grain, OutOfLine<F>{f});
+}
+
 template <typename scalar_t>
 int64_t grain_units(int64_t elements_per_unit) {
   return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, elements_per_unit));
@@ -246,13 +262,13 @@ template <typename scalar_t, typename Body>
 void for_each_unit(const LogitsView& v, Body&& body) {
   constexpr int64_t kLanes = Io<scalar_t>::kLanes;
   if (v.S == 1) {
-    at::parallel_for(0, v.N, grain_units<scalar_t>(v.C), [&](int64_t begin, int64_t end) {
+    parallel_for(0, v.N, grain_units<scalar_t>(v.C), [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) body(n, int64_t(0), int64_t(0));
     });
     return;
   }
   const int64_t blocks = (v.S + kLanes - 1) / kLanes;
-  at::parallel_for(0, v.N * blocks, grain_units<scalar_t>(v.C * kLanes), [&](int64_t begin, int64_t end) {
+  parallel_for(0, v.N * blocks, grain_units<scalar_t>(v.C * kLanes), [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = u / blocks;
       const int64_t s0 = (u % blocks) * kLanes;
@@ -595,7 +611,7 @@ void for_each_run(const BceArgs& a, int64_t i0, int64_t i1, F&& f) {
 template <typename scalar_t, typename F>
 void for_each_bce_chunk(const BceArgs& a, F&& f) {
   const int64_t chunks = (a.numel + kBceChunk - 1) / kBceChunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) f(k, k * kBceChunk, std::min(a.numel, (k + 1) * kBceChunk));
   });
 }

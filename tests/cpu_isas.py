@@ -1,0 +1,46 @@
+"""The CPU instruction sets fused_ce's kernels are built for, which of them this CPU runs, and the
+`isa_device` fixture that runs a test once per instruction set (and once on every other device).
+
+The kernels are compiled three times (default, AVX2, AVX-512); FUSED_CE_CPU_CAPABILITY picks one and is
+read at every call (csrc/cpu/kernel_choice.cpp), so one process can run them all in turn.
+"""
+import pytest
+
+from helpers import DEVICES
+
+ALL_ISAS = ["default", "avx2", "avx512"]
+# The bytes of one at::vec vector under each build: its lane count decides where the kernels' blocks end.
+VECTOR_BYTES = {"default": 32, "avx2": 32, "avx512": 64}
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+FLAGS = _cpu_flags()
+SUPPORTED = {
+    "default": True,
+    "avx2": {"avx2", "fma"} <= FLAGS,
+    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= FLAGS,
+}
+SUPPORTED_ISAS = [isa for isa in ALL_ISAS if SUPPORTED[isa]]
+
+# (device, isa): the CPU once per instruction set it runs; other devices once, with isa None.
+_PARAMS = [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in SUPPORTED_ISAS] + \
+          [pytest.param((d, None), id=d) for d in DEVICES if d != "cpu"]
+
+
+@pytest.fixture(params=_PARAMS)
+def isa_device(request, monkeypatch):
+    """(device, isa) with FUSED_CE_CPU_CAPABILITY set to isa for the test's duration (CPU only)."""
+    device, isa = request.param
+    if isa is not None:
+        monkeypatch.setenv("FUSED_CE_CPU_CAPABILITY", isa)
+    return device, isa
