@@ -12,9 +12,11 @@ under the emulator's random block and thread orders, ...) on the emulator as wel
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
 
 import fused_ce
 import fused_ce.testing
+from test_hypothesis import bce_problems, ce_problems, check_bce, check_cross_entropy
 
 pytestmark = [
     pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
@@ -292,3 +294,22 @@ def test_bce_tiling_and_broadcasts(shape, weight, pos_weight, dtype):
     for reduction in REDUCTIONS:
         check(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, [x, y], [0, 1], dtype,
               weight=w, pos_weight=pw, reduction=reduction)
+
+
+# ---- property-based parity, with a small budget (the emulator is slow) -------------------------------
+EMULATED_EXAMPLES = settings(max_examples=30, deadline=None, derandomize=True,
+                             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@EMULATED_EXAMPLES
+@given(ce_problems())
+def test_hypothesis_cross_entropy(p):
+    """test_hypothesis.py's cross-entropy problems (layouts, uint8 targets, mixed dtypes, inf/NaN) on the
+    CUDA kernels."""
+    check_cross_entropy(dict(p, device="cpu"))
+
+
+@EMULATED_EXAMPLES
+@given(bce_problems())
+def test_hypothesis_bce_with_logits(p):
+    check_bce(dict(p, device="cpu"))
