@@ -117,10 +117,26 @@ def apply_problem(mutant, tree):
 
 # ---- the scratch copy -------------------------------------------------------------------------------
 
+# Outside a git checkout (a scratch copy, say) these build outputs and caches are left out instead.
+SKIP_DIRS = {".git", "build", "dist", "__pycache__", ".hypothesis", ".pytest_cache", "bench_out", "gpu_out",
+             BASELINE_LIBS}
+SKIP_SUFFIXES = (".so", ".pyd", ".pyc", ".o")
+
+
 def source_files(repo):
-    out = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         check=True, capture_output=True).stdout.decode()
-    return [p for p in out.split("\0") if p and os.path.isfile(os.path.join(repo, p))]
+    """git's tracked and untracked-but-not-ignored files, or outside a git checkout every file but build
+    outputs, caches and virtual environments."""
+    top = subprocess.run(["git", "-C", repo, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode == 0 and os.path.realpath(top.stdout.strip()) == os.path.realpath(repo):
+        out = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             check=True, capture_output=True).stdout.decode()
+        return [p for p in out.split("\0") if p and os.path.isfile(os.path.join(repo, p))]
+    files = []
+    for folder, dirs, names in os.walk(repo):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".venv") and not d.endswith(".egg-info")]
+        files += [os.path.relpath(os.path.join(folder, n), repo) for n in names
+                  if not n.endswith(SKIP_SUFFIXES) and n != SCRATCH_MARK]
+    return files
 
 
 def sync_tree(repo, scratch):
@@ -303,6 +319,7 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--mutants", default=DEFAULT_MUTANTS, help="the mutant list (TOML; default %(default)s)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="mutants to run, by name or shell pattern")
+    ap.add_argument("--python-only", action="store_true", help="only the mutants that need no rebuild")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--check", action="store_true",
                     help="only check that every selected mutant applies to the repository (no build, no tests)")
@@ -338,6 +355,8 @@ def main(argv=None):
 
     try:
         mutants = select(load_mutants(args.mutants), args.only)
+        if args.python_only:
+            mutants = [m for m in mutants if not m.native]
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
