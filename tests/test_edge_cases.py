@@ -1,4 +1,4 @@
-"""Edge cases of cross-entropy: ignored and empty batches, infinities and NaN in
+"""Edge cases of cross-entropy (REFERENCE §1 and §3): ignored and empty batches, infinities and NaN in
 the logits, huge offsets, fp16 N-D layouts, zero class weights, negative label smoothing."""
 import pytest
 import torch
@@ -81,8 +81,7 @@ def _compare_except_ignored_rows(x, y, ignore_index=-100, **kwargs):
 
     Deliberate difference: torch's gradient of an ignored row is NaN when that row's logits hold a NaN
     or are all -inf (log_softmax's backward multiplies 0 by NaN); fused_ce writes 0 for every ignored
-    row (the README lists this difference; Liger PR #1338), so one bad ignored row cannot poison the
-    parameters."""
+    row (REFERENCE §3, Liger PR #1338), so one bad ignored row cannot poison the parameters."""
     xo = x.detach().requires_grad_()
     xr = x.detach().clone().requires_grad_()
     out = CE(xo, y, ignore_index=ignore_index, **kwargs)
