@@ -45,7 +45,8 @@ DEFAULT_BUILD = "{python} setup.py build_ext --inplace"
 SCRATCH_MARK = ".fused_ce_mutation_scratch"
 BASELINE_LIBS = ".mutation_baseline_libs"
 NATIVE_SUFFIXES = (".h", ".hpp", ".cpp", ".cc", ".cu", ".cuh")
-FAIL_LINE = re.compile(r"^(FAILED|ERROR) (\S+)")
+# pytest's short summary: "FAILED <node id> - <message>"; parametrized ids may hold spaces.
+FAIL_LINE = re.compile(r"^(FAILED|ERROR) (.+?)(?: - .*)?$")
 # The harness's own test checks that every mutant applies to the tree, which no mutated tree passes: it
 # never runs under the harness.
 OWN_TEST = "tests/test_mutation_harness.py"
