@@ -1,5 +1,5 @@
 """The sweep: which (loss, mode, dtype, shape, feature) cases run, how their inputs are made, and how many
-bytes each case must move at least (the speed floor of REFERENCE.md §4)."""
+bytes each case must move at least (the traffic that the GB/s columns divide by)."""
 from dataclasses import asdict, dataclass, replace
 
 import torch

@@ -10,10 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cases import BYTES_MODEL, Case, min_bytes  # noqa: E402
+from load import BUSY_OTHER_CORES as LOAD_THRESHOLD  # noqa: E402
 
 CSV_COLUMNS = ("provider", "loss", "mode", "dtype", "N", "C", "options", "metric", "unit", "p50", "p20", "p80",
-               "check", "note", "device", "device_name", "torch_version", "fused_ce_version", "cuda_version",
-               "timestamp")
+               "check", "note", "busy", "other_cpu_cores", "load_avg_before", "load_avg_after", "device",
+               "device_name", "torch_version", "fused_ce_version", "cuda_version", "timestamp")
 OURS = "fused_ce"
 MiB = 1 << 20
 
@@ -25,6 +26,7 @@ class CaseResult:
     times: dict = field(default_factory=dict)   # provider -> (p20, p50, p80) seconds
     memory: dict = field(default_factory=dict)  # provider -> peak extra bytes
     notes: dict = field(default_factory=dict)   # provider -> why it has no time or memory
+    load: object = None                          # load.Window over the case's timing, or None
 
     @property
     def ok(self):
@@ -60,9 +62,19 @@ def csv_rows(results, meta, providers):
     rows = [dict(env, provider="copy", loss="-", mode="copy", dtype="fp32", N="", C="", options="",
                  metric="copy_bandwidth", unit="GB/s", p50=meta["copy_bandwidth"] / 1e9, p20="", p80="",
                  check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, median")]
+    for when in ("start", "end"):
+        if meta.get(f"load_{when}") is not None:
+            rows.append(dict(env, provider="machine", loss="-", mode="-", dtype="", N="", C="", options="",
+                             metric="load_average_1min", unit="", p50=meta[f"load_{when}"], p20="", p80="",
+                             check="", note=f"os.getloadavg()[0] at the {when} of the run"))
+    if meta.get("load_warning"):
+        rows.append(dict(env, provider="machine", loss="-", mode="-", dtype="", N="", C="", options="",
+                         metric="machine_busy", unit="", p50="", p20="", p80="", check="", busy="yes",
+                         note=meta["load_warning"]))
     for r in results:
         c = r.case
-        base = dict(env, loss=c.loss, mode=c.mode, dtype=c.dtype, N=c.N, C=c.C, options=c.options, check=r.check)
+        base = dict(env, loss=c.loss, mode=c.mode, dtype=c.dtype, N=c.N, C=c.C, options=c.options, check=r.check,
+                    **_load_columns(r.load))
         for p in providers:
             note = r.notes.get(p, "")
             t = r.times.get(p)
@@ -84,6 +96,29 @@ def csv_rows(results, meta, providers):
     return rows
 
 
+def _load_columns(w):
+    if w is None:
+        return {}
+    return dict(busy="yes" if w.busy else "no",
+                other_cpu_cores="" if w.other_cores is None else w.other_cores,
+                load_avg_before="" if w.load_before is None else w.load_before,
+                load_avg_after="" if w.load_after is None else w.load_after)
+
+
+def _load_cell(w):
+    """Other processes' CPU use (cores) during the case's timing; bold and 'busy' above the threshold."""
+    if w is None or w.other_cores is None:
+        return "–"
+    return f"**{w.other_cores:.2f} busy**" if w.busy else f"{w.other_cores:.2f}"
+
+
+def _load_line(meta):
+    def fmt(v):
+        return "unknown" if v is None else f"{v:.2f}"
+    return (f"1-minute load average: {fmt(meta.get('load_start'))} at the start, {fmt(meta.get('load_end'))} at "
+            "the end (the latter counts this benchmark's own threads).")
+
+
 def write_csv(path, rows):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -97,12 +132,17 @@ def markdown(results, meta, providers):
     short = {"torch": "eager", "torch_compile": "compile", "liger": "liger", OURS: "fused"}
     head = (["case", "check"] + [f"{p} ms p50 [p20–p80]" for p in providers]
             + [f"× vs {short[p]}" for p in others]
-            + ["fused GB/s", "% copy BW", "peak extra MiB (" + " / ".join(short[p] for p in providers) + ")"])
+            + ["fused GB/s", "% copy BW", "peak extra MiB (" + " / ".join(short[p] for p in providers) + ")",
+               "others' CPU, cores"])
     lines = [
         f"Device: {meta['device_name']} ({meta['device']}), torch {meta['torch_version']}, "
         f"fused_ce {meta['fused_ce_version']}, threads {meta['threads']}. "
-        f"Measured copy bandwidth: {meta['copy_bandwidth'] / 1e9:.1f} GB/s (read+write).",
+        f"Measured copy bandwidth: {meta['copy_bandwidth'] / 1e9:.1f} GB/s (read+write). " + _load_line(meta),
         "",
+    ]
+    if meta.get("load_warning"):
+        lines += [f"**{meta['load_warning']}**", ""]
+    lines += [
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
@@ -121,8 +161,12 @@ def markdown(results, meta, providers):
         cells.append(_fmt(bw[1] / 1e9) if bw else "–")
         cells.append(_fmt(100 * bw[1] / meta["copy_bandwidth"]) if bw else "–")
         cells.append(" / ".join(_fmt(r.memory[p] / MiB) if p in r.memory else "–" for p in providers))
+        cells.append(_load_cell(r.load))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"GB/s and % copy BW use the {BYTES_MODEL}.", meta["memory_note"] + "."]
+    lines += ["", f"GB/s and % copy BW use the {BYTES_MODEL}.", meta["memory_note"] + ".",
+              "Providers are timed in interleaved rounds (A B A B ...). Others' CPU: CPU time that processes other "
+              "than this benchmark took while the case was timed, in cores (from /proc/stat); above "
+              f"{LOAD_THRESHOLD} the case is marked busy."]
     if footnotes:
         lines += [""] + [f"[{i}] {text}" for i, text in enumerate(footnotes, 1)]
     return "\n".join(lines) + "\n"
@@ -196,6 +240,9 @@ def summary(results, providers):
             parts.append(f"fused_ce vs {name}: worst {worst[0]:.2f}x ({worst[1]}), best {best[0]:.2f}x ({best[1]})")
         else:
             parts.append(f"fused_ce vs {name}: no measurement")
+    busy = [r for r in results if r.load is not None and r.load.busy]
+    if busy:
+        parts.append(f"MACHINE BUSY during {len(busy)} of {len(results)} cases: timings unreliable")
     bad = [r for r in results if not r.ok]
     parts.append(f"correctness: all {len(results)} cases ok" if not bad else
                  f"correctness: {len(bad)} of {len(results)} cases FAILED ({'; '.join(r.case.label for r in bad)})")

@@ -20,6 +20,7 @@ import fused_ce
 
 import cases as cases_mod
 import correctness
+import load
 import providers as providers_mod
 import report
 import timing
@@ -78,8 +79,8 @@ def _cpu_name():
 
 
 def run_group(group, providers, device, args, bar):
-    """All cases sharing one set of inputs: check once, build each provider once, time every mode (and on
-    CUDA measure its memory)."""
+    """All cases sharing one set of inputs: check once, build each provider once, time every mode with the
+    providers interleaved (and on CUDA measure their memory)."""
     first = group[0]
     results = [report.CaseResult(c) for c in group]
     if device == "cuda":
@@ -89,31 +90,33 @@ def run_group(group, providers, device, args, bar):
     check = correctness.check(first, inputs, device)
     warmup = args.warmup if args.warmup is not None else (5 if device == "cuda" else 1)
     warmup = max(warmup, 1)
+    fns = {}
     for r in results:
         r.check = check
     for p in providers:
         try:
-            fn = providers_mod.build(p, first, inputs, device)
+            fns[p] = providers_mod.build(p, first, inputs, device)
         except providers_mod.Unavailable as e:
             for r in results:
                 r.notes[p] = f"skipped: {e}"
-            continue
-        for r in results:
-            c = r.case
-            bar.set_postfix_str(f"{c.label} {p}")
-            try:
-                # A failure (a compile error, an unsupported option) shows up in the warm-up.
-                r.times[p] = timing.quantiles(timing.time_mode(fn, inputs, c.mode, c.repeats, warmup, device))
-            except Exception as e:  # noqa: BLE001 - record the error, keep benchmarking the others
-                r.notes[p] = f"failed: {providers_mod.describe_error(e)}"
-                continue
+    for r in results:
+        c = r.case
+        bar.set_postfix_str(c.label)
+        started = []
+        samples, errors = timing.time_interleaved(fns, inputs, c.mode, c.repeats, warmup, device,
+                                                  on_timing_start=lambda: started.append(load.snapshot()))
+        r.load = load.window(started[0], load.snapshot())
+        # A failure (a compile error, an unsupported option) shows up in the provider's first call.
+        for p, e in errors.items():
+            r.notes[p] = f"failed: {providers_mod.describe_error(e)}"
+        for p, s in samples.items():
+            r.times[p] = timing.quantiles(s)
             if device == "cuda" and not args.no_memory:
                 try:
-                    r.memory[p] = timing.measure_cuda(fn, inputs, c.mode)
+                    r.memory[p] = timing.measure_cuda(fns[p], inputs, c.mode)
                 except Exception as e:  # noqa: BLE001
                     r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
-        del fn
-    del inputs
+    del fns, inputs
     return results
 
 
@@ -158,6 +161,7 @@ def main(argv=None):
 
     start = time.perf_counter()
     meta = environment(device)
+    meta["load_start"] = load.load_average()
     meta["copy_bytes"] = CUDA_COPY_BYTES if device == "cuda" else CPU_COPY_BYTES
     meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
 
@@ -169,6 +173,11 @@ def main(argv=None):
         for group in groups.values():
             results += run_group(group, providers, device, args, bar)
             bar.update(len(group))
+    meta["load_end"] = load.load_average()
+    meta["load_warning"] = load.describe([r.load for r in results if r.load], meta["load_start"], meta["load_end"],
+                                         meta["threads"])
+    if meta["load_warning"]:
+        print(meta["load_warning"], file=sys.stderr)
     if device == "cpu" and not args.no_memory:
         measure_cpu_memory(results, args.seed)
 

@@ -2,6 +2,7 @@
 
 Time: CUDA events on GPU; time.perf_counter wall clock after warm-up on CPU. `forward` times the loss call,
 `backward` times torch.autograd.grad alone on a loss computed fresh (untimed) each repeat, `full` times both.
+Providers are timed in interleaved rounds (A B A B ...), one sample of each per round.
 
 Peak extra memory: on GPU, torch.cuda.max_memory_allocated minus the allocation after the inputs exist; on
 CPU, the RSS high-water mark (VmHWM) minus the RSS after the inputs exist, over two calls, in a fresh process
@@ -50,36 +51,57 @@ def run_once(fn, inputs, mode):
     _step(fn, inputs, mode, pre)
 
 
-def time_mode(fn, inputs, mode, repeats, warmup, device):
-    """Seconds per call, one sample per repeat. Warm-up runs `warmup` calls and, for fast calls, goes on for
-    MIN_WARMUP_S: the first calls after switching functions pay for cold caches and sleeping threads."""
+def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start=None):
+    """Seconds per call of each provider in `fns` (name -> callable), timed in rounds that call every
+    provider once (A B A B ...), so that a burst of other work on the machine lands on all of them alike
+    rather than on whichever happened to be timed during it. Returns (samples, errors): name -> list of
+    seconds, and name -> exception for providers whose first call failed (they are left out).
+
+    Warm-up: each provider's first call runs alone (torch.compile compiles there), then interleaved rounds
+    until every provider made `warmup` calls and the rounds took MIN_WARMUP_S per provider: the first calls
+    pay for cold caches and sleeping threads. `on_timing_start` is called after the first calls, so a load
+    reading can skip the compilation (which runs in worker processes of its own)."""
+    errors = {}
+    live = {}
+    for name, fn in fns.items():
+        try:
+            run_once(fn, inputs, mode)
+            _sync(device)
+            live[name] = fn
+        except Exception as e:  # noqa: BLE001 - a failing provider is reported, the others go on
+            errors[name] = e
+    if on_timing_start:
+        on_timing_start()
     t0 = time.perf_counter()
-    done = 0
-    while done < warmup or time.perf_counter() - t0 < MIN_WARMUP_S:
-        run_once(fn, inputs, mode)
-        _sync(device)
-        done += 1
-    samples = []
+    rounds = 1
+    while rounds < warmup or time.perf_counter() - t0 < MIN_WARMUP_S * len(live):
+        for fn in live.values():
+            run_once(fn, inputs, mode)
+            _sync(device)
+        rounds += 1
+    samples = {name: [] for name in live}
     if device == "cuda":
-        events = []
+        events = {name: [] for name in live}
         for _ in range(repeats):
-            pre = fn(inputs.x, inputs.target) if mode == "backward" else None
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = _step(fn, inputs, mode, pre)
-            end.record()
-            events.append((start, end))
-            del out, pre
+            for name, fn in live.items():
+                pre = fn(inputs.x, inputs.target) if mode == "backward" else None
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = _step(fn, inputs, mode, pre)
+                end.record()
+                events[name].append((start, end))
+                del out, pre
         torch.cuda.synchronize()
-        samples = [s.elapsed_time(e) / 1e3 for s, e in events]
+        samples = {name: [s.elapsed_time(e) / 1e3 for s, e in ev] for name, ev in events.items()}
     else:
         for _ in range(repeats):
-            pre = fn(inputs.x, inputs.target) if mode == "backward" else None
-            t0 = time.perf_counter()
-            out = _step(fn, inputs, mode, pre)
-            samples.append(time.perf_counter() - t0)
-            del out, pre
-    return samples
+            for name, fn in live.items():
+                pre = fn(inputs.x, inputs.target) if mode == "backward" else None
+                t0 = time.perf_counter()
+                out = _step(fn, inputs, mode, pre)
+                samples[name].append(time.perf_counter() - t0)
+                del out, pre
+    return samples, errors
 
 
 def copy_bandwidth(device, nbytes, repeats=7):

@@ -19,6 +19,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "cpu/grain.h"
 #include "cpu/kernel_table.h"
 #include "cpu/vec_math.h"
 #include "dtype_dispatch.h"
@@ -112,8 +113,6 @@ void store_steps(scalar_t* out, int64_t steps, F&& f) {
 
 // Vectors per block of the online max: 128 vectors are 4 KiB of fp32 rows under AVX2, well inside L1.
 constexpr int64_t kChunkSteps = 128;
-// Elements a parallel task should cover at least, so small rows are batched together.
-constexpr int64_t kGrainElements = 1 << 15;
 
 inline int64_t read_target(const void* target, bool is_byte, int64_t i) {
   return is_byte ? static_cast<int64_t>(static_cast<const uint8_t*>(target)[i])
@@ -251,24 +250,19 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   at::parallel_for(begin, end, grain, OutOfLine<F>{f});
 }
 
-template <typename scalar_t>
-int64_t grain_units(int64_t elements_per_unit) {
-  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, elements_per_unit));
-}
-
 // Loops over the units of a (N, C, S) problem: rows when S == 1, blocks of kLanes positions otherwise.
 // body(n, s0, lanes) with lanes == 0 meaning "a row".
 template <typename scalar_t, typename Body>
 void for_each_unit(const LogitsView& v, Body&& body) {
   constexpr int64_t kLanes = Io<scalar_t>::kLanes;
   if (v.S == 1) {
-    parallel_for(0, v.N, grain_units<scalar_t>(v.C), [&](int64_t begin, int64_t end) {
+    parallel_for(0, v.N, grain_units(v.C), [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) body(n, int64_t(0), int64_t(0));
     });
     return;
   }
   const int64_t blocks = (v.S + kLanes - 1) / kLanes;
-  parallel_for(0, v.N * blocks, grain_units<scalar_t>(v.C * kLanes), [&](int64_t begin, int64_t end) {
+  parallel_for(0, v.N * blocks, grain_units(v.C * kLanes), [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t n = u / blocks;
       const int64_t s0 = (u % blocks) * kLanes;
@@ -611,7 +605,7 @@ void for_each_run(const BceArgs& a, int64_t i0, int64_t i1, F&& f) {
 template <typename scalar_t, typename F>
 void for_each_bce_chunk(const BceArgs& a, F&& f) {
   const int64_t chunks = (a.numel + kBceChunk - 1) / kBceChunk;
-  parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, chunks, grain_units(kBceChunk), [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) f(k, k * kBceChunk, std::min(a.numel, (k + 1) * kBceChunk));
   });
 }

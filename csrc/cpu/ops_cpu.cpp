@@ -1,6 +1,7 @@
 // CPU impls of the fused_ce ops: argument glue around the SIMD kernels of kernels_impl.h, plus the
 // fixed-order reductions that turn per-row values into the mean or sum.
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
@@ -8,12 +9,15 @@
 
 #include <cmath>
 
+#include "cpu/grain.h"
 #include "cpu/kernel_table.h"
 #include "cpu/large_buffers.h"
 #include "op_common.h"
 
 namespace fused_ce::cpu {
 namespace {
+
+static_assert(kGrainSize == at::internal::GRAIN_SIZE, "cpu/grain.h must follow ATen's grain size");
 
 // Sum of n values in an order that depends only on n (blocks of kBlock, then the block sums in
 // order), accumulated in double: deterministic whatever the number of threads.
@@ -22,7 +26,7 @@ double fixed_order_sum(const T* v, int64_t n) {
   constexpr int64_t kBlock = 4096;
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(blocks, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks, grain_units(kBlock), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       double s = 0;
       for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += static_cast<double>(v[i]);
