@@ -226,6 +226,8 @@ class Scratch:
         env = dict(os.environ)
         env["MAX_JOBS"] = str(self.args.jobs)
         env.setdefault("USE_CUDA", "0")
+        # The emulated CUDA extension too, so mutants of csrc/cuda run (ninja rebuilds only what changed).
+        env.setdefault("FUSED_CE_EMULATED_CUDA", "1")
         env.setdefault("FUSED_CE_BUILD_BASE", os.path.join("build", "mutation"))
         cmd = self.args.build_cmd.format(python=shlex.quote(self.args.python))
         proc = subprocess.run(cmd, shell=True, cwd=self.path, env=env, capture_output=True, text=True)
@@ -334,7 +336,7 @@ def parse_args(argv=None):
     ap.add_argument("--jobs", type=int, default=1, help="parallel compile jobs of a rebuild (MAX_JOBS; default 1)")
     ap.add_argument("--build-cmd", default=DEFAULT_BUILD,
                     help="rebuild command, run in the scratch copy (default %(default)r; USE_CUDA defaults to 0 and "
-                         "FUSED_CE_BUILD_BASE to build/mutation unless set)")
+                         "FUSED_CE_EMULATED_CUDA to 1 and FUSED_CE_BUILD_BASE to build/mutation unless set)")
     ap.add_argument("--build-baseline", action="store_true",
                     help="build the unmutated extension in the scratch copy instead of reusing a built one")
     ap.add_argument("--prebuilt", help="folder with the built extension (*.so) of the unmutated sources "
