@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytest.importorskip("matplotlib", reason="the benchmark's plots need matplotlib (the bench extra)")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

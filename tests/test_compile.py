@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fused_ce
-from helpers import DEVICES
+from helpers import DEVICES, assert_close, compare_with_torch
 
 IN, C, N = 16, 11, 24
 
@@ -25,11 +25,12 @@ def _data(device, kind):
 
 ROW_WEIGHT = torch.rand(N, 1, generator=torch.Generator().manual_seed(1))
 LOSSES = {
-    "hard": (lambda m, o, y: m.cross_entropy(o, y, label_smoothing=0.1, weight=torch.linspace(0.5, 1.5, C, device=o.device))),
+    "hard": (lambda m, o, y: m.cross_entropy(o, y, label_smoothing=0.1,
+                                             weight=torch.linspace(0.5, 1.5, C, device=o.device, dtype=o.dtype))),
     "hard_none": (lambda m, o, y: (m.cross_entropy(o, y, reduction="none") * torch.arange(N, device=o.device)).sum()),
     "soft": (lambda m, o, y: m.cross_entropy(o, y, label_smoothing=0.2, reduction="sum")),
-    "bce": (lambda m, o, y: m.binary_cross_entropy_with_logits(o, y, pos_weight=torch.full((C,), 2.0, device=o.device),
-                                                               weight=ROW_WEIGHT.to(o.device))),
+    "bce": (lambda m, o, y: m.binary_cross_entropy_with_logits(
+        o, y, pos_weight=torch.full((C,), 2.0, device=o.device, dtype=o.dtype), weight=ROW_WEIGHT.to(o))),
     "bce_none": (lambda m, o, y: m.binary_cross_entropy_with_logits(o, y, reduction="none").mean(0).sum()),
 }
 
@@ -67,14 +68,12 @@ def test_compiled_step_matches_eager(loss_name, backend, device):
     x, y = _data(device, "soft" if loss_name.startswith(("soft", "bce")) else "hard")
     w = torch.randn(C, IN, device=device, requires_grad=True)
     eager_loss, eager_grad = _with_grad(_step(fused_ce, loss_name), w, x, y)
-    torch_loss, torch_grad = _with_grad(_step(F, loss_name), w, x, y)
     compiled = torch.compile(_step(fused_ce, loss_name), fullgraph=True, backend=backend)
     for _ in range(2):  # second call reuses the compiled graph
         loss, grad = _with_grad(compiled, w, x, y)
-        torch.testing.assert_close(loss, eager_loss)
-        torch.testing.assert_close(grad, eager_grad)
-    torch.testing.assert_close(loss, torch_loss, rtol=2e-5, atol=2e-6)
-    torch.testing.assert_close(grad, torch_grad, rtol=2e-5, atol=2e-6)
+        assert_close(loss, eager_loss.double(), msg="compiled loss against eager")
+        assert_close(grad, eager_grad.double(), msg="compiled gradient against eager")
+    compare_with_torch(compiled, _step(F, loss_name), (w, x, y), grad_args=(0,), grad_output=torch.tensor(1.0))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -95,9 +94,9 @@ def test_compiled_module_training_step_with_backward(kind, device):
     compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
     loss = compiled(x, y)
     loss.backward()
-    torch.testing.assert_close(loss, eager)
+    assert_close(loss, eager.double(), msg="compiled loss against eager")
     for p, g in zip(lin.parameters(), eager_grads):
-        torch.testing.assert_close(p.grad, g)
+        assert_close(p.grad, g.double(), msg="compiled parameter gradient against eager")
 
 
 @pytest.mark.parametrize("device", DEVICES)

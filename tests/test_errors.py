@@ -1,6 +1,7 @@
-"""Every bad call that torch rejects: fused_ce raises the exception type and message that torch raises
+"""Every error case: fused_ce raises the exception type and message that torch raises
 for the same bad call (torch's message is computed at test time, by making the same call to torch).
-Direct calls of the ops with bad arguments raise RuntimeError (or IndexError), never crash."""
+Direct calls of the ops with bad arguments raise a RuntimeError (or IndexError) with the expected message,
+never crash."""
 import re
 
 import pytest
@@ -93,7 +94,7 @@ def test_cross_entropy_errors_match_torch(case, device):
         return
     torch_call, ours_call = CE_CASES[case](device)
     if device != "cpu" and case in CPU_ONLY_TEXT:
-        with pytest.raises(type(torch_error(torch_call))):
+        with pytest.raises(type(torch_error(torch_call)), match="not implemented for 'Long'"):
             ours_call()
         return
     assert_same_error(torch_call, ours_call)
@@ -169,7 +170,7 @@ BCE_CASES = {
 def test_bce_errors_match_torch(case, device):
     torch_call, ours_call = BCE_CASES[case](device)
     if device != "cpu" and case == "integer_input":
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(NotImplementedError, match="not implemented for 'Long'"):
             ours_call()
         return
     assert_same_error(torch_call, ours_call)
@@ -228,11 +229,62 @@ def _ops_bad_calls(device):
     }
 
 
-OP_CASES = list(_ops_bad_calls("cpu"))
+LSE = re.escape("fused_ce: lse must be the forward's second output")
+BAD_DTYPE = "fused_ce: {} must be float32, float64, float16 or bfloat16, got Long"
+EXPAND_5_3 = re.escape("The expanded size of the tensor (5) must match the existing size (3) at non-singleton "
+                       "dimension 1")
+# case -> (exception type, message pattern). Where the CPU and CUDA glue word a check differently, the
+# pattern accepts either wording (CPU's first).
+OP_ERRORS = {
+    "ce_fwd_1d_logits": (RuntimeError, re.escape("fused_ce: logits must have shape (N, C, d1, ..., dk), got [5]")),
+    "ce_fwd_target_shape": (RuntimeError, re.escape("Expected target size [4], got [3]")),
+    "ce_fwd_target_int32": (RuntimeError, "expected target dtype to be Long or Byte, but got Int"),
+    "ce_fwd_target_oob": (IndexError, "Target 99 is out of bounds."),
+    "ce_fwd_weight_size": (RuntimeError, re.escape("weight tensor should be defined either for all 5 classes or no "
+                                                   "classes but got weight tensor of shape: [4]")),
+    "ce_fwd_weight_dtype": (RuntimeError, "expected scalar type Float but found Double"),
+    "ce_fwd_int_logits": (RuntimeError, BAD_DTYPE.format("logits")),
+    "ce_fwd_reduction": (RuntimeError, re.escape("fused_ce: reduction must be 0 (none), 1 (mean) or 2 (sum), got 3")),
+    "ce_bwd_lse_shape": (RuntimeError, LSE),
+    "ce_bwd_lse_dtype": (RuntimeError, LSE),
+    "ce_bwd_target_oob": (IndexError, "Target 99 is out of bounds."),
+    "ce_bwd_grad_shape_none": (RuntimeError, r"fused_ce: grad must have (shape \[4\] for this reduction|the loss's "
+                                             r"shape), got \[3\]"),
+    "ce_bwd_grad_not_scalar_mean": (RuntimeError, r"fused_ce: grad (must have shape \[\] for this reduction|of a "
+                                                  r"reduced loss must be a scalar), got \[4\]"),
+    "soft_fwd_target_shape": (RuntimeError, re.escape("fused_ce: probability targets must have the logits' shape and "
+                                                      "dtype, got [4, 4] Float for logits [4, 5] Float")),
+    "soft_fwd_target_dtype": (RuntimeError, re.escape("fused_ce: probability targets must have the logits' shape and "
+                                                      "dtype, got [4, 5] Double for logits [4, 5] Float")),
+    "soft_fwd_weight_size": (RuntimeError, re.escape("weight tensor should be defined either for all 5 classes or no "
+                                                     "classes but got weight tensor of shape: [2]")),
+    "soft_bwd_lse_shape": (RuntimeError, LSE),
+    "soft_bwd_grad_shape_none": (RuntimeError, r"fused_ce: grad must have (shape \[4\] for this reduction|the "
+                                               r"loss's shape), got \[2\]"),
+    "soft_target_bwd_lse": (RuntimeError, LSE),
+    "soft_target_bwd_int_logits": (RuntimeError, BAD_DTYPE.format("logits")),
+    "bce_fwd_target_shape": (RuntimeError, re.escape("Target size ([5]) must be the same as input size ([4, 5])")),
+    "bce_fwd_target_dtype": (RuntimeError, "fused_ce: target must have the input's dtype, got Double"),
+    "bce_fwd_weight_broadcast": (RuntimeError, EXPAND_5_3),
+    "bce_fwd_pos_weight_grow": (RuntimeError, re.escape("the number of sizes provided (2) must be greater or equal to "
+                                                        "the number of dimensions in the tensor")),
+    "bce_fwd_int_input": (RuntimeError, BAD_DTYPE.format("input")),
+    "bce_fwd_reduction": (RuntimeError, re.escape("fused_ce: reduction must be 0 (none), 1 (mean) or 2 (sum), got -1")),
+    "bce_bwd_grad_shape_none": (RuntimeError, EXPAND_5_3),
+    "bce_bwd_grad_not_scalar_mean": (RuntimeError, r"a Tensor with 20 elements cannot be converted to Scalar|"
+                                                   r"fused_ce: grad of a reduced loss must be a scalar, got \[4, 5\]"),
+    "bce_target_bwd_shape": (RuntimeError, re.escape("Target size ([5, 4]) must be the same as input size ([4, 5])")),
+}
+
+
+def test_every_bad_op_call_has_its_expected_error():
+    assert set(OP_ERRORS) == set(_ops_bad_calls("cpu"))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", OP_CASES)
+@pytest.mark.parametrize("case", list(OP_ERRORS))
 def test_direct_op_calls_with_bad_arguments_raise(case, device):
-    with pytest.raises((RuntimeError, IndexError)):
+    error_type, pattern = OP_ERRORS[case]
+    with pytest.raises(error_type, match=pattern) as info:
         _ops_bad_calls(device)[case]()
+    assert type(info.value) is error_type

@@ -32,6 +32,7 @@ def test_logistic_regression_curves_agree():
 
 
 def test_mlp_digits_curves_agree_and_learn():
+    pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
     ex = load_example("mlp_digits")
     ours, acc_ours = ex.train(fused_ce.cross_entropy, steps=200, seed=0)
     ref, acc_ref = ex.train(F.cross_entropy, steps=200, seed=0)
@@ -47,6 +48,8 @@ def test_mlp_digits_curves_agree_and_learn():
 
 @pytest.mark.parametrize("name", ["logistic_regression", "mlp_digits"])
 def test_examples_run_as_scripts(name):
+    if name == "mlp_digits":
+        pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
     proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py")], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,5 +1,7 @@
 """torch.library.opcheck on every op of torch.ops.fused_ce (schema, fake kernel, autograd registration,
 aot_dispatch) over dtypes and reductions, and the fake kernels' shapes under FakeTensorMode."""
+import re
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -141,11 +143,11 @@ def test_fake_tensor_shapes(shape, reduction, dtype):
 def test_fake_kernels_reject_bad_shapes():
     with FakeTensorMode():
         x = torch.empty(4, 7)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=re.escape("fused_ce: target must have shape (N, d1..dk)")):
             ops().cross_entropy_fwd(x, torch.empty(3, dtype=torch.long), None, -100, 0.0, 1)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="fused_ce: target must have the logits' shape"):
             ops().cross_entropy_soft_fwd(x, torch.empty(4, 6), None, 0.0, 1)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="fused_ce: target must have the input's shape"):
             ops().bce_with_logits_fwd(x, torch.empty(7), None, None, 1)
 
 
