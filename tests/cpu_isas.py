@@ -6,7 +6,7 @@ read at every call (csrc/cpu/kernel_choice.cpp), so one process can run them all
 """
 import pytest
 
-from helpers import DEVICES
+from helpers import TENSOR_DEVICES
 
 ALL_ISAS = ["default", "avx2", "avx512"]
 # The bytes of one at::vec vector under each build: its lane count decides where the kernels' blocks end.
@@ -32,9 +32,10 @@ SUPPORTED = {
 }
 SUPPORTED_ISAS = [isa for isa in ALL_ISAS if SUPPORTED[isa]]
 
-# (device, isa): the CPU once per instruction set it runs; other devices once, with isa None.
+# (device, isa): the CPU once per instruction set it runs; a GPU once, with isa None. (The CUDA kernels'
+# block boundaries under emulation are tests/test_emulated_cuda.py's tiling paths.)
 _PARAMS = [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in SUPPORTED_ISAS] + \
-          [pytest.param((d, None), id=d) for d in DEVICES if d != "cpu"]
+          [pytest.param((d, None), id=d) for d in TENSOR_DEVICES if d != "cpu"]
 
 
 @pytest.fixture(params=_PARAMS)
