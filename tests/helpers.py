@@ -36,9 +36,11 @@ How a result is judged
     it. For small inputs (SMALL_INPUT elements) that baseline also holds how much the fp64 result moves
     when one input tensor moves by one fp32 step, for each input in turn: one evaluation's rounding can be
     lucky where terms cancel (measured: of 3000 random 0-dim fp32 BCE calls and 2500 small cross-entropy
-    calls, 5 exceeded a bound from the one fp32 run, none with the moves). torch's own bf16/fp16 results are no baseline: its CPU
-    kernels round intermediates to the low precision (measured: 1.3e-2 relative gradient error in bf16 at
-    64 x 1000), which would hide a 1% error, while fused_ce accumulates in fp32 and rounds once.
+    calls, 3 exceeded a bound from the one fp32 run, none with the moves). torch's own bf16/fp16 results
+    are no baseline: its CPU kernels round intermediates to the low precision (measured: 1.3e-2 relative
+    gradient error in bf16 at 64 x 1000), which would hide a 1% error, while fused_ce accumulates in fp32
+    and rounds once.
+  Both widenings are computed only for a result that exceeds the bound without them.
 """
 import copy
 import math
@@ -73,7 +75,10 @@ TENSOR_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 class Tol:
     """The parts of the error bound (see the module docstring)."""
     rounding: float = 1.0        # multiples of the unit roundoff of the result's dtype
-    compute: float = 4.0         # multiples of the accumulation dtype's unit roundoff, times the input magnitude
+    # Multiples of the accumulation dtype's unit roundoff, times the input magnitude M. Measured need: 6.2
+    # (fp32 gradients at 1269 x 32000 with logits up to 15 are 5.5e-6 off: the LSE, near 25, carries
+    # ulp / 2 = 9.5e-7 into every probability).
+    compute: float = 8.0
     # The bound is at least this multiple of torch's own error in fp32 (scaled). Measured need: fp64
     # results 5.2 times the scaled error where terms cancel (the fp64 reference has its own rounding error
     # there, of the same size as fused_ce's, and the two use different formulas).
@@ -93,13 +98,7 @@ def unit_roundoff(dtype):
 
 def input_magnitude(*tensors):
     """M of the bound: max(1, the largest finite |value| of the floating tensors given)."""
-    m = 1.0
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-            finite = t.detach()[torch.isfinite(t.detach())]
-            if finite.numel():
-                m = max(m, finite.abs().max().item())
-    return m
+    return max([1.0] + [_largest(t) for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()])
 
 
 def error_bound(dtype, input_scale=1.0, tol=None, torch_error=None, terms=0, natural=1.0):
@@ -109,7 +108,8 @@ def error_bound(dtype, input_scale=1.0, tol=None, torch_error=None, terms=0, nat
     tol = tol or DEFAULT_TOL
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     compute = tol.compute * unit_roundoff(acc) * input_scale
-    bound = tol.rounding * unit_roundoff(dtype) + compute + (tol.summation * terms + tol.reference) * unit_roundoff(torch.float64)
+    bound = tol.rounding * unit_roundoff(dtype) + compute \
+        + (tol.summation * terms + tol.reference) * unit_roundoff(torch.float64)
     if bound > MAX_BOUND:
         raise ValueError(f"error bound {bound:.3g} is above {MAX_BOUND}: the check could not tell a result from zeros")
     bound += compute * (max(natural, 1.0) - 1.0)
@@ -124,26 +124,31 @@ def relative_error(actual, expected):
     a = actual.detach().double()
     e = expected.detach().double()
     assert a.shape == e.shape, f"shape {tuple(a.shape)} != {tuple(e.shape)}"
-    if actual.dtype != torch.float64:
-        # the exact value rounds to inf where it lies beyond the dtype's range
-        at_dtype = e.to(actual.dtype).double()
-        e = torch.where(torch.isfinite(e) & torch.isinf(at_dtype), at_dtype, e)
-    bad = (a.isnan() != e.isnan()) | (torch.isinf(e) & (a != e)) | (torch.isinf(a) & (a != e))
-    if bad.any():
-        i = tuple(bad.nonzero()[0].tolist())
-        return math.inf, f"non-finite entries differ ({int(bad.sum())} of {bad.numel()}), first at {i}: " \
-                         f"got {a[i].item()}, expected {e[i].item()}"
-    finite = torch.isfinite(e)
-    if not finite.any():
+    if a.numel() == 0:
         return 0.0, None
+    info = torch.finfo(actual.dtype)
     # Below the dtype's smallest normal number the spacing is fixed: rounding there may be off by half a
     # subnormal step (fp16 gradients of a mean over 10^5 rows are subnormal), absolutely.
-    info = torch.finfo(actual.dtype)
-    diff = ((a - e).abs() - info.tiny * info.eps / 2).clamp_min(0).masked_fill(~finite, 0)
-    scale = e[finite].abs().max().item()
-    worst = diff.max().item()
-    if worst == 0:
-        return 0.0, None
+    subnormal_slack = info.tiny * info.eps / 2
+    diff = a - e
+    scale = e.abs().max().item()
+    if torch.isfinite(diff).all() and scale <= info.max:  # the common case, in few passes over large tensors
+        worst = max(diff.abs_().max().item() - subnormal_slack, 0.0)
+    else:
+        finite = torch.isfinite(e)
+        beyond = finite & (e.abs() > info.max)
+        if beyond.any():  # the exact value rounds to inf where it lies beyond the dtype's range
+            e = torch.where(beyond, e.to(actual.dtype).double(), e)
+            finite = torch.isfinite(e)
+        bad = (a.isnan() != e.isnan()) | (torch.isinf(e) & (a != e)) | (torch.isinf(a) & (a != e))
+        if bad.any():
+            i = tuple(bad.nonzero()[0].tolist())
+            return math.inf, f"non-finite entries differ ({int(bad.sum())} of {bad.numel()}), first at {i}: " \
+                             f"got {a[i].item()}, expected {e[i].item()}"
+        if not finite.any():
+            return 0.0, None
+        worst = max((a - e).abs().masked_fill(~finite, 0).max().item() - subnormal_slack, 0.0)
+        scale = e[finite].abs().max().item()
     # An all-zero reference (one class, say, where the terms cancel) is judged in absolute terms: zeros
     # are the right answer there, and the cancelling terms are of order 1.
     return worst / (scale or 1.0), None
@@ -218,36 +223,58 @@ def compare_with_torch(ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs
                 assert g.dtype == leaf.dtype and g.shape == leaf.shape, \
                     f"gradient of argument {i}: {g.dtype} {tuple(g.shape)}"
     ref, ref_grads = _torch_result(torch_fn, args, kwargs, grad_args, go, torch.float64)
-    nudges = _float_keys(args, kwargs, go) if args[0].numel() <= SMALL_INPUT else []
-    baselines = [_torch_result(torch_fn, args, kwargs, grad_args, go, torch.float32)] + \
-        [_torch_result(torch_fn, args, kwargs, grad_args, go, torch.float64, nudge) for nudge in nudges]
-    at_zero = _torch_result(torch_fn, [torch.zeros_like(args[0]), *args[1:]], kwargs, grad_args, go, torch.float32)
-    all_fp32 = all(t.dtype == torch.float32 for t in (*args, *kwargs.values()) if _is_float(t))
-    native = baselines[0][0] if all_fp32 and not isinstance(torch_fn, torch.nn.Module) \
-        else _torch_result(torch_fn, args, kwargs, (), go, None)[0]
-    assert out.dtype == (expected_dtype or native.dtype), f"output dtype {out.dtype}, torch gives {native.dtype}"
-    assert out.shape == native.shape, f"output shape {tuple(out.shape)}, torch gives {tuple(native.shape)}"
+    float_dtypes = {t.dtype for t in (*args, *kwargs.values()) if _is_float(t)}
+    # torch's losses keep a single input dtype; mixed ones are promoted its own way: ask torch
+    native_dtype = next(iter(float_dtypes)) if len(float_dtypes) == 1 and not isinstance(torch_fn, torch.nn.Module) \
+        else _torch_result(torch_fn, args, kwargs, (), go, None)[0].dtype
+    assert out.dtype == (expected_dtype or native_dtype), f"output dtype {out.dtype}, torch gives {native_dtype}"
+    assert out.shape == ref.shape, f"output shape {tuple(out.shape)}, torch gives {tuple(ref.shape)}"
     assert out.device == ref.device
     scale = input_magnitude(*args, *kwargs.values())
-
-    def check(actual, expected, baseline_results, result_at_zero, what):
-        torch_error = max(relative_error(b, expected)[0] for b in baseline_results)
-        assert_close(actual, expected, tol=tol, msg=what, input_scale=scale, torch_error=torch_error,
-                     terms=args[0].numel(), natural=_largest(result_at_zero) / (_largest(expected) or 1.0))
-
-    check(out, ref, [value for value, _ in baselines], at_zero[0], "loss value")
-    for k, (i, g, rg) in enumerate(zip(grad_args, grads, ref_grads)):
+    results = [("loss value", out, ref)]
+    for i, g, rg in zip(grad_args, grads, ref_grads):
         assert (g is None) == (rg is None), f"gradient of argument {i}: {g} vs torch {rg}"
-        if g is not None:
-            check(g, rg, [gs[k] for _, gs in baselines], at_zero[1][k], f"gradient w.r.t. argument {i}")
+        results.append((f"gradient w.r.t. argument {i}", g, rg))
+    # The baselines and the natural size only ever widen the bound: they are computed only for the
+    # results that exceed it without them.
+    wider = {}
+    for k, (what, actual, expected) in enumerate(results):
+        if actual is None:
+            continue
+        err, problem = relative_error(actual, expected)
+        assert problem is None, f"{what}: {problem}"
+        if err > error_bound(actual.dtype, scale, tol, terms=args[0].numel()):
+            wider[k] = (what, actual, expected)
+    if wider:
+        baselines = _baselines(torch_fn, args, kwargs, grad_args, go)
+        at_zero, at_zero_grads = _torch_result(torch_fn, [torch.zeros_like(args[0]), *args[1:]], kwargs, grad_args,
+                                               go, torch.float32)
+        at_zero = [at_zero, *at_zero_grads]
+    for k, (what, actual, expected) in wider.items():
+        assert_close(actual, expected, tol=tol, msg=what, input_scale=scale, terms=args[0].numel(),
+                     torch_error=max(relative_error(b[k], expected)[0] for b in baselines),
+                     natural=_largest(at_zero[k]) / (_largest(expected) or 1.0))
     return out, grads
+
+
+def _baselines(torch_fn, args, kwargs, grad_args, go):
+    """The results (value, then gradients) of torch in fp32 on the inputs, and for small inputs of torch in
+    fp64 with each floating input in turn moved one fp32 step (module docstring)."""
+    nudges = _float_keys(args, kwargs, go) if args[0].numel() <= SMALL_INPUT else []
+    runs = [_torch_result(torch_fn, args, kwargs, grad_args, go, torch.float32)] + \
+        [_torch_result(torch_fn, args, kwargs, grad_args, go, torch.float64, nudge) for nudge in nudges]
+    return [[value, *grads] for value, grads in runs]
 
 
 def _largest(t):
     """max |t| over its finite entries (0 for none)."""
-    t = t.detach().double()
-    finite = t[torch.isfinite(t)]
-    return finite.abs().max().item() if finite.numel() else 0.0
+    if t.numel() == 0:
+        return 0.0
+    largest = t.detach().abs().max().double().item()
+    if math.isfinite(largest):
+        return largest
+    finite = t.detach()[torch.isfinite(t.detach())]
+    return finite.abs().max().double().item() if finite.numel() else 0.0
 
 
 def _is_float(t):
