@@ -1,4 +1,4 @@
-"""Every bad call that torch rejects: fused_ce raises the exception type and message that torch raises
+"""Every error case of REFERENCE §1: fused_ce raises the exception type and message that torch raises
 for the same bad call (torch's message is computed at test time, by making the same call to torch).
 Direct calls of the ops with bad arguments raise RuntimeError (or IndexError), never crash."""
 import re
