@@ -1,7 +1,8 @@
 """Build of the fused_ce extension.
 
-CPU kernels always build. CUDA kernels build whenever a CUDA toolkit and a CUDA build of torch are present,
-whether or not a GPU is visible (so a GPU-less CI machine compiles every CUDA line). Environment:
+CPU kernels always build. CUDA kernels build whenever a CUDA toolkit that compiles a test file and a CUDA build
+of torch are present, whether or not a GPU is visible (so a GPU-less CI machine compiles every CUDA line); a
+toolkit that cannot compile gives a CPU-only build with a warning. Environment:
   USE_CUDA=0|1          force a CPU-only build, or require the CUDA build (default: auto-detect)
   TORCH_CUDA_ARCH_LIST  CUDA archs, e.g. "9.0" (default "8.0;9.0+PTX")
   MAX_JOBS              parallel compile jobs (read by torch's ninja builder)
@@ -16,18 +17,49 @@ whether or not a GPU is visible (so a GPU-less CI machine compiles every CUDA li
 """
 import glob
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
 
+
+def _locate_cuda_toolkit():
+    """Sets CUDA_HOME from what nvcc itself reports when it is unset. torch guesses it from the path of the
+    `nvcc` on PATH, which is wrong when that nvcc is a wrapper script (e.g. /usr/local/bin/nvcc exec'ing
+    /usr/local/cuda-13.0/bin/nvcc): the headers are then not found, minutes into the build."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or os.environ.get("USE_CUDA") == "0":
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    try:
+        # --dryrun prints the steps without running them; _HERE_ is the real bin folder
+        out = subprocess.run([nvcc, "--dryrun", "-c", "probe.cu"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("#$ _HERE_="):
+            home = os.path.dirname(line.split("=", 1)[1].strip())
+            if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+                os.environ["CUDA_HOME"] = home
+            return
+
+
 try:
     import torch
+    if torch.version.cuda is not None:
+        _locate_cuda_toolkit()
     from torch.utils import cpp_extension
-except ImportError:  # pragma: no cover - exercised only on a machine without torch
+except ImportError:  # tests/test_install.py runs this in an environment without torch
     sys.exit(
-        "fused_ce needs PyTorch at build time. Install torch first, then build without isolation:\n"
-        "    pip install torch && pip install --no-build-isolation ."
+        "fused_ce builds against the PyTorch installed in this environment, and none was found. Install torch first:\n"
+        "    pip install torch --index-url https://download.pytorch.org/whl/cpu    # CPU-only (small)\n"
+        "    pip install torch                                                      # CUDA build (Linux default)\n"
+        "then `pip install .` again (or `pip install --no-build-isolation .` when the build runs in another\n"
+        "interpreter, as with `python -m build`)."
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -38,6 +70,34 @@ DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 def _rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def _cuda_probe_error():
+    """Compiles a two-line CUDA file with the toolkit's nvcc (a few seconds). Returns None when it compiles,
+    else why not: a toolkit with missing headers (e.g. `nvcc` found through a wrapper script, so CUDA_HOME is
+    guessed wrong) would otherwise fail only minutes into the real build."""
+    includes = []
+    for d in [os.path.join(cpp_extension.CUDA_HOME, "include")] + _pip_cuda_include_dirs():
+        includes += ["-I", d]
+    compilers = {  # the host compiler sees the CUDA headers too (the glue includes cuda_runtime.h)
+        "probe.cpp": [os.environ.get("CXX", "c++")],
+        "probe.cu": [os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, compiler in compilers.items():
+            src = os.path.join(tmp, name)
+            with open(src, "w") as f:
+                f.write("#include <cuda_runtime.h>\n")
+                if name.endswith(".cu"):
+                    f.write("__global__ void probe(float* x) { x[threadIdx.x] = 0.f; }\n")
+            cmd = compiler + ["-c", src, "-o", src + ".o"] + includes
+            try:
+                result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"{' '.join(cmd)}: {e}"
+            if result.returncode != 0:
+                return f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr).strip()[-2000:]}"
+    return None
 
 
 def _want_cuda():
@@ -53,8 +113,20 @@ def _want_cuda():
                 f"CUDA toolkit {'found' if toolkit else 'not found (set CUDA_HOME)'}, "
                 f"torch {torch.__version__} is {'a CUDA' if torch_cuda else 'a CPU-only'} build."
             )
+        error = _cuda_probe_error()
+        if error:
+            sys.exit(f"USE_CUDA=1 but the CUDA toolkit at {cpp_extension.CUDA_HOME} cannot compile:\n{error}\n"
+                     "Set CUDA_HOME to the toolkit's folder (the one holding bin/nvcc and include/).")
         return True
-    return toolkit and torch_cuda
+    if not (toolkit and torch_cuda):
+        return False
+    error = _cuda_probe_error()
+    if error:  # auto mode: the CPU build still works; say loudly why CUDA was left out
+        print(f"fused_ce: WARNING: building WITHOUT CUDA kernels: the CUDA toolkit at {cpp_extension.CUDA_HOME} "
+              f"cannot compile a test file (set CUDA_HOME to a complete toolkit, or USE_CUDA=0 to silence this):\n"
+              f"{error}", file=sys.stderr)
+        return False
+    return True
 
 
 # The ISA objects are compiled outside torch's builder, which otherwise picks the C++ standard. Newer

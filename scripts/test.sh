@@ -4,9 +4,17 @@
 # tiling-path tests once more through an AddressSanitizer + UBSan build of the emulated extension. CUDA tests
 # run where a GPU is visible and skip cleanly elsewhere; emulated_cuda cases run everywhere.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k bce (FUSED_CE_SKIP_ASAN=1 skips the sanitizer run).
+# --cpu (first argument): for contributors without a CUDA toolkit, or in a hurry: torch 2.13.0 CPU wheel in
+# .venv-cpu, CPU kernels plus the emulated CUDA extension (the CUDA kernels still run, on the emulator); the
+# CUDA compile is skipped. CI uses the default (full) mode.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=$(FUSED_CE_EMULATED_CUDA=1 "$root/scripts/setup_env.sh" cuda pytest hypothesis expecttest scikit-learn matplotlib tqdm)
+flavor=cuda
+if [ "${1:-}" = --cpu ]; then
+  flavor=cpu
+  shift
+fi
+venv=$(FUSED_CE_EMULATED_CUDA=1 "$root/scripts/setup_env.sh" $flavor pytest hypothesis expecttest scikit-learn matplotlib tqdm)
 cd "$root"
 set +e
 "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"

@@ -8,7 +8,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${1:-$root/.venv-cuda}
 shift || true
 py=$venv/bin/python
-out=$root/build/emulated-asan
+# One build folder per torch version: objects built against another torch's headers must not be reused.
+out=$root/build/emulated-asan-$("$py" -c 'import torch; print(torch.__version__)')
 cd "$root"
 echo "test_emulated_asan.sh: building the sanitized emulated CUDA extension into $out" >&2
 FUSED_CE_EMULATED_CUDA=asan MAX_JOBS=${MAX_JOBS:-$(nproc)} \
