@@ -48,7 +48,7 @@ def test_isolated_build_sees_the_installed_torch(tmp_path):
     """Isolated as pip does it (setuptools from an overlay folder, site-packages hidden), importing the backend
     must make the environment's own torch importable."""
     overlay = tmp_path / "overlay"
-    result, _ = _pip(sys.executable, "install", "--quiet", "--target", str(overlay), "setuptools>=64", "wheel")
+    result, _ = _pip(sys.executable, "install", "--quiet", "--target", str(overlay), "setuptools>=77", "wheel")
     assert result.returncode == 0, result.stderr
     isolation = tmp_path / "isolation"
     isolation.mkdir()
