@@ -310,3 +310,16 @@ def test_forward_over_forward_raises(device, api):
             jacfwd(jacfwd(ours))(x, y)
         with pytest.raises(NotImplementedError, match="forward-mode AD of forward-mode AD"):
             jvp(lambda u: jvp(lambda v: ours(v, y), (u,), (torch.ones_like(u),))[1], (x,), (torch.ones_like(x),))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modules_under_transforms(device):
+    """The modules call the functional API, so they take the same path (vmap(grad) and hessian shown)."""
+    w = VARIANTS["weight"]["weight"]
+    pairs = [(fused_ce.CrossEntropyLoss(weight=w, label_smoothing=0.1), torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1),
+              ce_case("nd"), ce_case("nd", batch=3)),
+             (fused_ce.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 0.5], dtype=DT)),
+              torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 0.5], dtype=DT)), bce_case(), bce_case(batch=3))]
+    for ours, ref, (x, y, *_), (xb, yb, *_) in pairs:
+        close(vmap(grad(ours))(xb, yb), loop(grad(ref))(xb, yb))
+        close(hessian(ours)(x, y), hessian(ref)(x, y))

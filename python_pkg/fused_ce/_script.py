@@ -13,7 +13,8 @@ What differs from eager, by design (README, "TorchScript"):
   raised here carry torch's type and message in their text, but TorchScript raises them as
   torch.jit.Error (an Exception, not a RuntimeError or ValueError).
 - The ops are fused_ce's own: fused_ce.testing.emulated_cuda() does not apply to scripted modules.
-- Autocast is not applied (TorchScript modules run the loss in the inputs' dtype).
+- Autocast is not applied (scripted modules run the loss in the inputs' dtype): reading the autocast
+  state from TorchScript (torch.is_autocast_cpu_enabled()) crashed torch 2.13 (segmentation fault).
 """
 from typing import Optional
 
