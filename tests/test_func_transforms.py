@@ -9,6 +9,7 @@ from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_ce
+import fused_ce.testing
 from helpers import DEVICES
 
 DT = torch.float64
@@ -323,3 +324,39 @@ def test_modules_under_transforms(device):
     for ours, ref, (x, y, *_), (xb, yb, *_) in pairs:
         close(vmap(grad(ours))(xb, yb), loop(grad(ref))(xb, yb))
         close(hessian(ours)(x, y), hessian(ref)(x, y))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@API
+def test_vmap_batched_weight_out_of_range_target(device, api):
+    """With a vmapped class weight the rule runs the probability-target kernel, which cannot see a class
+    index: the rule itself raises torch's IndexError (CPU; CUDA with FUSED_CE_CUDA_CHECK_TARGETS=1, which
+    the emulated_cuda cases set), rather than clamping the index into a wrong loss."""
+    xb, yb, _ = ce_case("hard2d", batch=3)
+    yb[1, 2] = 7
+    wb = torch.rand(3, 5, dtype=DT) + 0.1
+    fn = (lambda x, y, w: fused_ce.cross_entropy(x, y, w)) if api == "functional" else \
+        (lambda x, y, w: fused_ce.CrossEntropyFunction.apply(x, y, w))
+    with pytest.raises(IndexError) as expected:
+        F.cross_entropy(xb[1], yb[1], wb[1])
+    with pytest.raises(IndexError, match=f"^{expected.value}$"):
+        vmap(fn)(xb, yb, wb)
+    with pytest.raises(IndexError, match=f"^{expected.value}$"):
+        vmap(grad(fn))(xb, yb, wb)
+
+
+@pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(), reason="emulated CUDA extension not built")
+def test_vmap_batched_weight_out_of_range_target_cuda_semantics(monkeypatch):
+    """CUDA semantics (emulated), FUSED_CE_CUDA_CHECK_TARGETS unset: the bad row's loss is NaN, as the
+    class-index kernels make it, and the other samples are unaffected."""
+    monkeypatch.delenv("FUSED_CE_CUDA_CHECK_TARGETS", raising=False)
+    xb, yb, _ = ce_case("hard2d", batch=3)
+    yb[1, 2] = 7
+    wb = torch.rand(3, 5, dtype=DT) + 0.1
+    with fused_ce.testing.emulated_cuda():
+        out = vmap(lambda x, y, w: fused_ce.cross_entropy(x, y, w, reduction="none"))(xb, yb, wb)
+        plain = fused_ce.cross_entropy(xb[1], yb[1], wb[1], reduction="none")
+    assert plain[2].isnan() and out[1, 2].isnan()
+    keep = torch.ones_like(out, dtype=torch.bool)
+    keep[1, 2] = False
+    close(out[keep], loop(lambda x, y, w: F.cross_entropy(x, y.clamp(max=4), w, reduction="none"))(xb, yb, wb)[keep])

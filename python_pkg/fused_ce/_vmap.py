@@ -13,9 +13,12 @@ indices the rule then folds it into a probability target, t[b, i, c] = w[b, c] *
 + eps / C) (0 on ignored rows), for which the probability-target kernels compute the same loss and
 gradient with no weight; for probability targets the weight multiplies the smoothed target alike.
 """
-import torch
+import os
 
-from ._ops import MEAN, NONE, SUM
+import torch
+from torch._C import _functorch
+
+from ._ops import EMULATED_LIBRARY, MEAN, NONE
 
 
 # ---- moving the vmapped dimension -----------------------------------------------------------------
@@ -91,17 +94,30 @@ def _mean_denominator(w_y, batch):
     return w_y.reshape(batch, -1).sum(1)
 
 
-def _hard_as_soft_target(logits, target, weight, ignore_index, label_smoothing):
+def _checks_targets(ops, target):
+    """Whether the kernels of `ops` raise for an out-of-range class index on this device: the CPU always;
+    CUDA (and the emulated CUDA library) only with FUSED_CE_CUDA_CHECK_TARGETS=1, else the row is NaN."""
+    cuda_like = target.device.type == "cuda" or ops.name == EMULATED_LIBRARY
+    return not cuda_like or os.environ.get("FUSED_CE_CUDA_CHECK_TARGETS") == "1"
+
+
+def _hard_as_soft_target(ops, logits, target, weight, ignore_index, label_smoothing):
     """The probability target (B, N, C, d..) whose weightless soft loss is the class-index loss with the
-    per-sample weight (B, C): w[b, c] * ((1 - eps) onehot(y) + eps / C), 0 on ignored rows."""
+    per-sample weight (B, C): w[b, c] * ((1 - eps) onehot(y) + eps / C), 0 on ignored rows. An out-of-range
+    class index, which the probability-target kernel cannot see, raises as the class-index kernels do
+    (torch's IndexError), or makes its row NaN where they would."""
     num_classes = logits.shape[2]
     safe, keep = _safe_target(target, ignore_index, num_classes)
+    bad = keep & ((target.long() < 0) | (target.long() >= num_classes))
+    if _checks_targets(ops, target) and not _functorch.is_functorch_wrapped_tensor(bad) and bool(bad.any()):
+        raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
     # A comparison rather than F.one_hot, which checks the indices' range with a host read (not vmappable).
     classes = torch.arange(num_classes, device=safe.device).reshape((num_classes,) + (1,) * (safe.dim() - 2))
     one_hot = (safe.unsqueeze(2) == classes).to(logits.dtype)
     t = one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
     w = weight.to(logits.dtype).reshape(weight.shape[:2] + (1,) * (logits.dim() - 3))
-    return t * w.unsqueeze(1) * keep.unsqueeze(2).to(logits.dtype)
+    t = t * w.unsqueeze(1) * keep.unsqueeze(2).to(logits.dtype)
+    return t.masked_fill(bad.unsqueeze(2), float("nan"))
 
 
 def _ce_fwd_vmap(ops):
@@ -112,7 +128,7 @@ def _ce_fwd_vmap(ops):
         batched_weight = in_dims[2] is not None
         w = _front(weight, in_dims[2], batch) if batched_weight else weight
         if batched_weight:
-            soft = _hard_as_soft_target(x, y, w, ignore_index, max(label_smoothing, 0.0))
+            soft = _hard_as_soft_target(ops, x, y, w, ignore_index, max(label_smoothing, 0.0))
             loss, lse = ops.cross_entropy_soft_fwd(_fold(x), _fold(soft), None, 0.0, NONE)
         else:
             loss, lse = ops.cross_entropy_fwd(_fold(x), _fold(y), w, ignore_index, label_smoothing, NONE)
@@ -141,7 +157,7 @@ def _ce_bwd_vmap(ops):
             denominator = torch.where(kept | (denominator != 0), denominator, 1.0)
         g = _fold(_row_grad(grad, in_dims[0], batch, y.shape[1:], reduction, denominator))
         if batched_weight:
-            soft = _hard_as_soft_target(x, y, w, ignore_index, max(label_smoothing, 0.0))
+            soft = _hard_as_soft_target(ops, x, y, w, ignore_index, max(label_smoothing, 0.0))
             out = ops.cross_entropy_soft_bwd(g, _fold(x), _fold(soft), None, lse_f, 0.0, NONE)
         else:
             out = ops.cross_entropy_bwd(g, _fold(x), _fold(y), w, lse_f, ignore_index, label_smoothing, NONE)
