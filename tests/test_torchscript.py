@@ -10,6 +10,11 @@ import fused_ce
 import fused_ce.testing
 
 DT = torch.float64
+# Tracing records the eager validation's shape checks as constants (expected: a trace is specialized to
+# its example's shapes), and torch 2.13 marks torch.jit's script, trace, save and load deprecated: both
+# warn on every case.
+pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+              pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")]
 
 
 class Holder(torch.nn.Module):
