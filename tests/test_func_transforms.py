@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_ce
 import fused_ce.testing
-from helpers import DEVICES
+from helpers import DEVICES, assert_close, input_magnitude
 
 DT = torch.float64
 REDUCTIONS = ["none", "mean", "sum"]
@@ -360,3 +360,49 @@ def test_vmap_batched_weight_out_of_range_target_cuda_semantics(monkeypatch):
     keep = torch.ones_like(out, dtype=torch.bool)
     keep[1, 2] = False
     close(out[keep], loop(lambda x, y, w: F.cross_entropy(x, y.clamp(max=4), w, reduction="none"))(xb, yb, wb)[keep])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_vmap_low_precision_within_the_error_bound(device, dtype, reduction):
+    """The rule's per-sample reductions (fp64 sums of per-row values of the input's dtype) and its
+    per-row upstream gradients keep vmapped results within the suite's error bound against fp64."""
+    g = torch.Generator().manual_seed(11)
+    xb = (torch.randn(4, 64, 100, generator=g) * 3).to(dtype)
+    yb = torch.randint(0, 100, (4, 64), generator=g)
+    yb[:, ::5] = -100
+    w = (torch.rand(100, generator=g) + 0.5).to(dtype)
+    kw = dict(reduction=reduction, label_smoothing=0.1)
+
+    def ours(x, y):
+        return fused_ce.cross_entropy(x, y, w, **kw)
+
+    def ref(x, y):
+        return F.cross_entropy(x.double(), y, w.double(), **kw)
+    scale = input_magnitude(xb)
+    assert_close(vmap(ours)(xb, yb), loop(ref)(xb, yb), input_scale=scale, terms=64, msg="loss")
+    assert_close(vmap(grad(lambda x, y: ours(x, y).sum()))(xb, yb), loop(grad(lambda x, y: ref(x, y).sum()))(xb, yb),
+                 dtype=dtype, input_scale=scale, terms=64, msg="gradient")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_vmap_low_precision_bce_within_the_error_bound(device, dtype, reduction):
+    g = torch.Generator().manual_seed(12)
+    xb = (torch.randn(4, 64, 37, generator=g) * 3).to(dtype)
+    yb = torch.rand(4, 64, 37, generator=g).to(dtype)
+    pw = (torch.rand(37, generator=g) * 3).to(dtype)
+
+    def ours(x, y):
+        return fused_ce.binary_cross_entropy_with_logits(x, y, pos_weight=pw, reduction=reduction)
+
+    def ref(x, y):
+        return F.binary_cross_entropy_with_logits(x.double(), y.double(), pos_weight=pw.double(), reduction=reduction)
+    scale = input_magnitude(xb, pw)
+    both = (0, 1)
+    assert_close(vmap(ours)(xb, yb), loop(ref)(xb, yb), input_scale=scale, terms=xb[0].numel(), msg="loss")
+    for ours_g, ref_g, name in zip(vmap(grad(lambda x, y: ours(x, y).sum(), argnums=both))(xb, yb),
+                                   loop(grad(lambda x, y: ref(x, y).sum(), argnums=both))(xb, yb), ["input", "target"]):
+        assert_close(ours_g, ref_g, dtype=dtype, input_scale=scale, terms=xb[0].numel(), msg=f"gradient {name}")
