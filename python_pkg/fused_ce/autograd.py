@@ -63,7 +63,9 @@ class CrossEntropyWithLse(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         input, target = inputs[0], inputs[1]
         ctx.mark_non_differentiable(output[1])
-        with torch.no_grad():  # shapes and dtypes only: the canonical tensors are made again in backward
+        # setup_context sees only inputs and outputs, so the call is canonicalized again for its shapes,
+        # dtypes and weight: no copy, except the casts of mixed dtypes or autocast (transient, dropped here).
+        with torch.no_grad():
             c = _prepare_ce(inputs)
         # The arguments themselves are saved (not their canonical views or casts, made under no_grad
         # here), so that a double backward differentiates through the canonicalization below.
