@@ -5,7 +5,6 @@ They follow the same formulas as csrc/rowmath.h (whose kernels serve every other
 the kernels, materialize N x C intermediates: double backward of a loss is rare and small.
 """
 import torch
-import torch.nn.functional as F
 
 NONE, MEAN = 0, 1
 
@@ -41,7 +40,9 @@ def cross_entropy_grad(grad_loss, logits, target, weight, ignore_index, label_sm
     denominator = torch.where(total != 0, total, torch.where(keep.any(), float("nan"), 1.0))
     g = _row_grad(grad_loss, w_y.shape, reduction, denominator).unsqueeze(1)
     p = torch.softmax(x, dim=1)
-    one_hot = F.one_hot(safe_target, num_classes).movedim(-1, 1).to(x.dtype)
+    # A comparison rather than F.one_hot, whose range check reads the indices on the host: torch.vmap
+    # (per-sample Hessians) cannot batch that.
+    one_hot = (safe_target.unsqueeze(1) == _class_view(torch.arange(num_classes, device=x.device), dims)).to(x.dtype)
     on_target = ((1.0 - eps) * w_y).unsqueeze(1)
     grad = p * on_target - on_target * one_hot
     if eps > 0:

@@ -14,7 +14,7 @@ import os
 import torch
 
 from . import _C  # noqa: F401  (loads the library: static registration of schemas and kernels)
-from . import _double_backward
+from . import _double_backward, _transform_levels
 
 LIBRARY = "fused_ce"
 EMULATED_LIBRARY = "fused_ce_emulated_cuda"
@@ -108,7 +108,7 @@ def _register_fakes(lib):
 # `ops` is the op namespace whose forward ran (kernel_ops() at that time).
 def cross_entropy_backward(ops, grad_loss, logits, target, weight, lse, ignore_index, label_smoothing, reduction):
     """Gradient w.r.t. the logits of the class-index loss."""
-    if torch.is_grad_enabled() and (grad_loss.requires_grad or logits.requires_grad):
+    if _transform_levels.backward_needs_graph(grad_loss, logits):
         return _double_backward.cross_entropy_grad(
             grad_loss, logits, target, weight, ignore_index, label_smoothing, reduction)
     return ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, ignore_index, label_smoothing, reduction)
@@ -117,7 +117,7 @@ def cross_entropy_backward(ops, grad_loss, logits, target, weight, lse, ignore_i
 def cross_entropy_soft_backward(ops, grad_loss, logits, target, weight, lse, label_smoothing, reduction,
                                 need_logits, need_target):
     """Gradients w.r.t. the logits and the probability target."""
-    if torch.is_grad_enabled() and (grad_loss.requires_grad or logits.requires_grad or target.requires_grad):
+    if _transform_levels.backward_needs_graph(grad_loss, logits, target):
         return _double_backward.cross_entropy_soft_grads(
             grad_loss, logits, target, weight, label_smoothing, reduction, need_logits, need_target)
     g_logits = ops.cross_entropy_soft_bwd(grad_loss, logits, target, weight, lse, label_smoothing, reduction) \
@@ -129,7 +129,7 @@ def cross_entropy_soft_backward(ops, grad_loss, logits, target, weight, lse, lab
 
 def bce_backward(ops, grad_loss, input, target, weight, pos_weight, reduction, need_input, need_target):
     """Gradients w.r.t. the logits and the target of BCE with logits."""
-    if torch.is_grad_enabled() and (grad_loss.requires_grad or input.requires_grad or target.requires_grad):
+    if _transform_levels.backward_needs_graph(grad_loss, input, target):
         return _double_backward.bce_grads(
             grad_loss, input, target, weight, pos_weight, reduction, need_input, need_target)
     g_input = ops.bce_with_logits_bwd(grad_loss, input, target, weight, pos_weight, reduction) if need_input else None
@@ -184,6 +184,9 @@ def _register_autograd(lib):
     torch.library.register_autograd(f"{lib}::bce_with_logits_fwd", backward_bce, setup_context=_setup_bce)
 
 
+from . import _vmap  # noqa: E402  (its rules use the constants above)
+
 for _lib in [LIBRARY] + ([EMULATED_LIBRARY] if EMULATED_AVAILABLE else []):
     _register_fakes(_lib)
     _register_autograd(_lib)
+    _vmap.register(_lib)
