@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 #include "cpu/grain.h"
 #include "cpu/kernel_table.h"
@@ -115,7 +116,9 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd(const at::Tensor& logits, c
   const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
   at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc);
   kernels().ce_hard_forward(hard_args(x, g, t, weight, ignore_index, smoothing), lse.data_ptr(), row_loss.data_ptr());
-  return {reduce_rows(row_loss, reduction, denominator, logits.scalar_type(), row_shape), lse};
+  at::Tensor loss = reduce_rows(row_loss, reduction, denominator, logits.scalar_type(), row_shape);
+  if (classless_smoothing_nan(g, smoothing)) loss.fill_(std::numeric_limits<double>::quiet_NaN());
+  return {loss, lse};
 }
 
 at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
@@ -158,8 +161,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_soft_fwd(const at::Tensor& logi
   const auto row_shape = ce_row_shape(logits);
   const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
   at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc);
-  kernels().ce_soft_forward(soft_args(x, g, t, w, smoothing), lse.data_ptr(), row_loss.data_ptr());
-  return {reduce_rows(row_loss, reduction, static_cast<double>(g.N * g.S), logits.scalar_type(), row_shape), lse};
+  if (g.C == 0) {
+    write_classless_soft_rows(lse, row_loss);
+  } else {
+    kernels().ce_soft_forward(soft_args(x, g, t, w, smoothing), lse.data_ptr(), row_loss.data_ptr());
+  }
+  return {reduce_rows(row_loss, reduction, soft_mean_divisor(logits, g), logits.scalar_type(), row_shape), lse};
 }
 
 at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Tensor& logits,
@@ -172,7 +179,7 @@ at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Ten
   const at::Tensor l = lse.contiguous();
   const auto w = contiguous_opt(weight);
   at::Tensor keep;
-  const RowGrad rg = row_grad(grad, reduction, static_cast<double>(g.N * g.S), ce_row_shape(logits), keep);
+  const RowGrad rg = row_grad(grad, reduction, soft_mean_divisor(logits, g), ce_row_shape(logits), keep);
   at::Tensor out = empty_large(logits.sizes(), logits.options());
   const auto args = soft_args(x, g, t, w, smoothing);
   if (target_grad) {
