@@ -362,3 +362,20 @@ def test_zero_size_bce_with_logits(shape, dtype, device):
             _assert_same_as_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
                                   (x, y), (0, 1), dict(weight=weight, pos_weight=pos_weight, reduction=reduction))
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(4, 5), (4, 5, 3)], ids=str)
+def test_mean_over_zero_total_weight(shape, dtype, device):
+    """Class-index mean whose rows have total weight 0 (all ignored; or every target of class weight 0,
+    some rows ignored): torch gives NaN, also with label smoothing, whose term makes the sum non-zero (the
+    kernels gave +inf there), and a NaN gradient on the rows that count, 0 on ignored rows."""
+    x = torch.randn(shape, dtype=dtype, device=device)
+    w = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5], dtype=dtype, device=device)
+    row_shape = (shape[0],) + shape[2:]
+    zero_weight = torch.tensor([0, 2, -100, 2], device=device).view((4,) + (1,) * (len(shape) - 2)).expand(row_shape)
+    for y, weight in ((torch.full(row_shape, -100, device=device), None), (torch.full(row_shape, -100, device=device), w),
+                      (zero_weight.contiguous(), w)):
+        for label_smoothing in (0.0, 0.3):
+            _assert_same_as_torch(CE, F.cross_entropy, (x, y), (0,),
+                                  dict(weight=weight, reduction="mean", label_smoothing=label_smoothing))

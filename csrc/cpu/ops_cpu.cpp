@@ -13,6 +13,7 @@
 #include "cpu/grain.h"
 #include "cpu/kernel_table.h"
 #include "cpu/large_buffers.h"
+#include "mean_division.h"
 #include "op_common.h"
 
 namespace fused_ce::cpu {
@@ -76,7 +77,7 @@ at::Tensor reduce_rows(const at::Tensor& row_loss, int64_t reduction, double den
                        at::ScalarType dtype, at::IntArrayRef row_shape) {
   if (reduction == kNone) return row_loss.to(dtype).view(row_shape);
   const double total = sum_of(row_loss);
-  const double value = reduction == kMean ? total / denominator : total;
+  const double value = reduction == kMean ? mean_divide(total, denominator) : total;
   return at::scalar_tensor(value, row_loss.options().dtype(dtype));
 }
 
@@ -92,7 +93,7 @@ RowGrad row_grad(const at::Tensor& grad, int64_t reduction, double denominator, 
     return {keep.data_ptr<double>(), 1.0};
   }
   const double g = grad.item<double>();
-  return {nullptr, reduction == kMean ? g / denominator : g};
+  return {nullptr, reduction == kMean ? mean_divide(g, denominator) : g};
 }
 
 CeHardArgs hard_args(const at::Tensor& kernel_logits, const CeGeometry& g, const at::Tensor& target,
