@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <limits>
 #include <vector>
 
 #include "kernel_args.h"
@@ -93,6 +94,34 @@ inline void check_ce_soft(const at::Tensor& logits, const at::Tensor& target,
               " ", target.scalar_type(), " for logits ", logits.sizes(), " ", logits.scalar_type());
   TORCH_CHECK(target.device() == logits.device(), "fused_ce: target must be on ", logits.device());
   check_weight(weight, logits, g.C);
+}
+
+// Zero classes (C == 0): rows exist but hold no logit, and the kernels take a row's first logit as the
+// reference of their sums, so the glue writes torch's results instead of calling them.
+//  * Probability targets: a row's loss is minus an empty sum, -0.0; its log-sum-exp is -inf.
+//  * Class indices: every target must be ignored (any other is out of range), so each row is 0, except
+//    with label smoothing > 0, where torch divides the smoothing term by C: 0/0, NaN for every
+//    reduction, also with no rows (checked against torch 2.13).
+inline void write_classless_soft_rows(const at::Tensor& lse, const at::Tensor& row_loss) {
+  lse.fill_(-std::numeric_limits<double>::infinity());
+  row_loss.fill_(-0.0);
+}
+
+// Class indices with C == 0 where the kernels would not write (CUDA): ignored rows as the kernels
+// write them (loss 0, lse 0), any other row out of range, so NaN as on CUDA (the CPU raises before).
+inline void write_classless_hard_rows(const at::Tensor& target, int64_t ignore_index, const at::Tensor& lse,
+                                      const at::Tensor& row_loss) {
+  lse.zero_();
+  row_loss.fill_(std::numeric_limits<double>::quiet_NaN());
+  row_loss.masked_fill_(target.eq(ignore_index).view(row_loss.sizes()), 0.0);
+}
+
+inline bool classless_smoothing_nan(const CeGeometry& g, double smoothing) { return g.C == 0 && smoothing > 0; }
+
+// The divisor of torch's probability-target mean: the number of rows N*S, or 0 (so NaN) for an input
+// with no elements, which torch special-cases to NaN even when rows exist (C == 0).
+inline double soft_mean_divisor(const at::Tensor& logits, const CeGeometry& g) {
+  return logits.numel() == 0 ? 0.0 : static_cast<double>(g.N * g.S);
 }
 
 inline void check_lse(const at::Tensor& lse, const at::Tensor& logits) {

@@ -238,11 +238,19 @@ struct LaneArrays {
 // OpenMP region otherwise. With the body inlined at both, the compiler may contract a * b + c into an FMA
 // in one copy and not in the other, and results then depend on the number of threads (measured: the AVX2
 // soft-target gradient of a 40x3000 fp32 input differed in the last bit between 1 and 2 threads). One
-// out-of-line body rounds the same way whichever place calls it.
+// out-of-line body rounds the same way whichever place calls it. "noinline" alone still lets GCC clone
+// the body (kernels_avx2.o held an ".isra" clone of each) and IPA-CP may specialize a clone for one call
+// site, e.g. the serial one where begin is 0, optimized on its own; "noipa" rules clones out, so
+// exactly one copy exists.
+#if defined(__GNUC__) && !defined(__clang__)
+#define FUSED_CE_SINGLE_COPY __attribute__((noipa))
+#else
+#define FUSED_CE_SINGLE_COPY __attribute__((noinline))
+#endif
 template <typename F>
 struct OutOfLine {
   const F& f;
-  __attribute__((noinline)) void operator()(int64_t begin, int64_t end) const { f(begin, end); }
+  FUSED_CE_SINGLE_COPY void operator()(int64_t begin, int64_t end) const { f(begin, end); }
 };
 
 template <typename F>

@@ -8,10 +8,12 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 #include "cpu/grain.h"
 #include "cpu/kernel_table.h"
 #include "cpu/large_buffers.h"
+#include "mean_division.h"
 #include "op_common.h"
 
 namespace fused_ce::cpu {
@@ -75,7 +77,7 @@ at::Tensor reduce_rows(const at::Tensor& row_loss, int64_t reduction, double den
                        at::ScalarType dtype, at::IntArrayRef row_shape) {
   if (reduction == kNone) return row_loss.to(dtype).view(row_shape);
   const double total = sum_of(row_loss);
-  const double value = reduction == kMean ? total / denominator : total;
+  const double value = reduction == kMean ? mean_divide(total, denominator) : total;
   return at::scalar_tensor(value, row_loss.options().dtype(dtype));
 }
 
@@ -91,7 +93,7 @@ RowGrad row_grad(const at::Tensor& grad, int64_t reduction, double denominator, 
     return {keep.data_ptr<double>(), 1.0};
   }
   const double g = grad.item<double>();
-  return {nullptr, reduction == kMean ? g / denominator : g};
+  return {nullptr, reduction == kMean ? mean_divide(g, denominator) : g};
 }
 
 CeHardArgs hard_args(const at::Tensor& kernel_logits, const CeGeometry& g, const at::Tensor& target,
@@ -115,7 +117,9 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd(const at::Tensor& logits, c
   const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
   at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc);
   kernels().ce_hard_forward(hard_args(x, g, t, weight, ignore_index, smoothing), lse.data_ptr(), row_loss.data_ptr());
-  return {reduce_rows(row_loss, reduction, denominator, logits.scalar_type(), row_shape), lse};
+  at::Tensor loss = reduce_rows(row_loss, reduction, denominator, logits.scalar_type(), row_shape);
+  if (classless_smoothing_nan(g, smoothing)) loss.fill_(std::numeric_limits<double>::quiet_NaN());
+  return {loss, lse};
 }
 
 at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
@@ -158,8 +162,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_soft_fwd(const at::Tensor& logi
   const auto row_shape = ce_row_shape(logits);
   const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
   at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc);
-  kernels().ce_soft_forward(soft_args(x, g, t, w, smoothing), lse.data_ptr(), row_loss.data_ptr());
-  return {reduce_rows(row_loss, reduction, static_cast<double>(g.N * g.S), logits.scalar_type(), row_shape), lse};
+  if (g.C == 0) {
+    write_classless_soft_rows(lse, row_loss);
+  } else {
+    kernels().ce_soft_forward(soft_args(x, g, t, w, smoothing), lse.data_ptr(), row_loss.data_ptr());
+  }
+  return {reduce_rows(row_loss, reduction, soft_mean_divisor(logits, g), logits.scalar_type(), row_shape), lse};
 }
 
 at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Tensor& logits,
@@ -172,7 +180,7 @@ at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Ten
   const at::Tensor l = lse.contiguous();
   const auto w = contiguous_opt(weight);
   at::Tensor keep;
-  const RowGrad rg = row_grad(grad, reduction, static_cast<double>(g.N * g.S), ce_row_shape(logits), keep);
+  const RowGrad rg = row_grad(grad, reduction, soft_mean_divisor(logits, g), ce_row_shape(logits), keep);
   at::Tensor out = empty_large(logits.sizes(), logits.options());
   const auto args = soft_args(x, g, t, w, smoothing);
   if (target_grad) {

@@ -13,6 +13,7 @@
 #include "cuda/launchers.h"
 #include "cuda/portable.cuh"
 #include "dtype_dispatch.h"
+#include "mean_division.h"
 #include "rowmath.h"
 
 namespace fused_ce::cuda {
@@ -187,7 +188,7 @@ template <typename T>
 __device__ __forceinline__ double grad_value(const DeviceGrad& g, int64_t i) {
   const T* p = static_cast<const T*>(g.data);
   double v = static_cast<double>(static_cast<acc_of<T>>(p[g.per_row ? i : 0]));
-  return g.denominator ? v / *g.denominator : v / g.divisor;
+  return mean_divide(v, g.denominator ? *g.denominator : g.divisor);
 }
 
 inline unsigned int grid_for(int64_t threads) {

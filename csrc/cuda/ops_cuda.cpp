@@ -25,6 +25,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "cuda/launchers.h"
 #include "cuda/ops_cuda.h"
@@ -121,6 +122,7 @@ void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nu
 struct ForwardOutputs {
   at::Tensor lse, loss, row_loss;
   CeOutputs ptrs() const { return {lse.data_ptr(), data_or_null(loss), data_or_null(row_loss)}; }
+  const at::Tensor& rows() const { return loss.defined() ? loss : row_loss; }  // the per-row losses
 };
 
 ForwardOutputs forward_outputs(const at::Tensor& logits, int64_t reduction) {
@@ -165,8 +167,14 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd(const at::Tensor& logits, c
   const Tiling tiling = plan_tiling(args.logits, x.element_size());
   const at::Tensor partials = partials_for(tiling, x);
   const ForwardOutputs o = forward_outputs(logits, reduction);
-  ce_hard_forward(args, tiling, ptr_or_null(wsum), data_or_null(partials), o.ptrs(), current_stream());
-  return {reduced_loss(o, reduction, ptr_or_null(denominator), 1.0, logits.scalar_type()), o.lse};
+  if (g.C == 0) {
+    write_classless_hard_rows(t, ignore_index, o.lse, o.rows());
+  } else {
+    ce_hard_forward(args, tiling, ptr_or_null(wsum), data_or_null(partials), o.ptrs(), current_stream());
+  }
+  at::Tensor loss = reduced_loss(o, reduction, ptr_or_null(denominator), 1.0, logits.scalar_type());
+  if (classless_smoothing_nan(g, smoothing)) loss.fill_(std::numeric_limits<double>::quiet_NaN());
+  return {loss, o.lse};
 }
 
 at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
@@ -209,8 +217,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_soft_fwd(const at::Tensor& logi
   const Tiling tiling = plan_tiling(args.logits, x.element_size());
   const at::Tensor partials = partials_for(tiling, x);
   const ForwardOutputs o = forward_outputs(logits, reduction);
-  ce_soft_forward(args, tiling, data_or_null(partials), o.ptrs(), current_stream());
-  return {reduced_loss(o, reduction, nullptr, static_cast<double>(g.N * g.S), logits.scalar_type()), o.lse};
+  if (g.C == 0) {
+    write_classless_soft_rows(o.lse, o.rows());
+  } else {
+    ce_soft_forward(args, tiling, data_or_null(partials), o.ptrs(), current_stream());
+  }
+  return {reduced_loss(o, reduction, nullptr, soft_mean_divisor(logits, g), logits.scalar_type()), o.lse};
 }
 
 at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Tensor& logits,
@@ -224,7 +236,7 @@ at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Ten
   const at::Tensor l = lse.contiguous();
   const auto weight = contiguous_opt(weight_in);
   at::Tensor keep;
-  const DeviceGrad dg = device_grad(grad, logits, reduction, g.N * g.S, keep, nullptr, static_cast<double>(g.N * g.S));
+  const DeviceGrad dg = device_grad(grad, logits, reduction, g.N * g.S, keep, nullptr, soft_mean_divisor(logits, g));
   const auto args = soft_args(x, g, t, weight, smoothing);
   const Tiling tiling = plan_tiling(args.logits, x.element_size());
   at::Tensor out = at::empty(logits.sizes(), logits.options());

@@ -27,8 +27,8 @@ __global__ void __launch_bounds__(kBlock) finish_sum_kernel(const double* partia
   for (int64_t i = threadIdx.x; i < count; i += kBlock) s += partials[i];
   s = block_sum(s);
   if (threadIdx.x == 0) {
-    // 0 / 0 is NaN: the mean of nothing, or of rows that are all ignored, as in PyTorch.
-    const double value = denominator ? s / *denominator : s / divisor;
+    // NaN for a zero denominator: the mean of nothing, or of rows of total weight 0, as in PyTorch.
+    const double value = mean_divide(s, denominator ? *denominator : divisor);
     out[0] = static_cast<Out>(value);
   }
 }
