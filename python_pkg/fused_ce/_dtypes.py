@@ -33,11 +33,24 @@ def check_subtractable(t, expression):
     error; unsigned 16-64 bit and float8: the kernel's NotImplementedError): evaluated on a one-element
     tensor of t's dtype and device, so the error (and its wording on that device) is torch's own."""
     if t is not None and t.dtype not in _SUBTRACTABLE:
+        if torch.compiler.is_compiling():
+            # Traced, the stand-in's error would be dynamo's report of this subtraction; the public API
+            # replaces any refusal by torch's own loss while tracing (functional.py), whose error it reports.
+            raise RuntimeError(f"fused_ce: no subtraction in {dtype_name(t.dtype)}")
         expression(torch.zeros(1, dtype=t.dtype, device=t.device))
+
+
+def _can_cast(src, dst):
+    """torch.can_cast, in Python: torch.compile cannot trace torch.can_cast (it returns no tensor)."""
+    if src.is_complex and not dst.is_complex:
+        return False
+    if src.is_floating_point and not (dst.is_floating_point or dst.is_complex):
+        return False
+    return src == torch.bool or dst != torch.bool
 
 
 def check_castable(result, desired):
     """torch's error for an in-place op whose result type cannot be written to a tensor of `desired` dtype."""
-    if not torch.can_cast(result, desired):
+    if not _can_cast(result, desired):
         raise RuntimeError(f"result type {dtype_name(result)} can't be cast to the desired output type "
                            f"{dtype_name(desired)}")

@@ -89,6 +89,7 @@ def _check_weight(weight, logits, num_classes):
         f"tensor of shape: {list(weight.shape)}"))
     torch._check(weight.dtype == logits.dtype, lambda: (
         f"expected scalar type {dtype_name(logits.dtype)} but found {dtype_name(weight.dtype)}"))
+    _check_devices(logits, weight=weight)
 
 
 def _check_reduction(reduction):

@@ -141,8 +141,10 @@ def _check_broadcast(operand, shape, operand_first):
                 a, b = b, a
             raise RuntimeError(
                 f"The size of tensor a ({a}) must match the size of tensor b ({b}) at non-singleton dimension {ndim - i}")
-    out = torch.broadcast_shapes(tuple(shape), tuple(operand.shape))
-    if tuple(out) != tuple(shape):
+    # The broadcast shape, computed here: torch.compile cannot trace torch.broadcast_shapes (no tensor out).
+    out = [max(shape[-i] if i <= len(shape) else 1, operand.shape[-i] if i <= operand.dim() else 1)
+           for i in range(ndim, 0, -1)]
+    if out != list(shape):
         raise RuntimeError(f"output with shape {list(shape)} doesn't match the broadcast shape {list(out)}")
 
 
