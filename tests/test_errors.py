@@ -322,6 +322,8 @@ TYPE_CASES = {  # name -> (loss, args, kwargs); args are made at call time
     "label_smoothing_tensor": ("ce", (X, Y), dict(label_smoothing=torch.tensor(0.1))),
     "label_smoothing_2elem_tensor": ("ce", (X, Y), dict(label_smoothing=torch.tensor([0.1, 0.2]))),
     "label_smoothing_huge_int": ("ce", (X, Y), dict(label_smoothing=2 ** 70)),
+    "label_smoothing_2": ("ce", (X, Y), dict(label_smoothing=2.0)),  # torch prints doubles as C++ streams do
+    "label_smoothing_just_above_1": ("ce", (X, Y), dict(label_smoothing=1.0000001)),
     "input_list": ("ce", (lambda: [[1.0] * 5] * 4, Y), {}),
     "input_ndarray": ("ce", (lambda: np.ones((4, 5), dtype=np.float32), Y), {}),
     "target_int": ("ce", (X, lambda: 1), {}),

@@ -18,7 +18,10 @@ def on_input_device(torch_loss, input, *others):
     """`others` (tensors or None) on input's device: torch_loss(input, *others) is the torch loss whose
     error a mix of devices raises."""
     device = input.device
-    if all(t is None or t.device == device for t in others):
+    for t in others:  # a plain loop: this runs on every call
+        if t is not None and t.device != device:
+            break
+    else:
         return others
     torch_loss(_stand_in(input), *[_stand_in(t) for t in others])
     return tuple(None if t is None else t.to(device) for t in others)

@@ -51,6 +51,6 @@ def _can_cast(src, dst):
 
 def check_castable(result, desired):
     """torch's error for an in-place op whose result type cannot be written to a tensor of `desired` dtype."""
-    if not _can_cast(result, desired):
+    if result != desired and not _can_cast(result, desired):
         raise RuntimeError(f"result type {dtype_name(result)} can't be cast to the desired output type "
                            f"{dtype_name(desired)}")
