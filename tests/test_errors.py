@@ -349,6 +349,9 @@ TYPE_CASES = {  # name -> (loss, args, kwargs); args are made at call time
     "bce_pos_weight_float": ("bce", (X, P), dict(pos_weight=2.0)),
     "bce_weight_float_and_size_mismatch": ("bce", (X, lambda: torch.rand(3)), dict(weight=1.0)),
     "bce_reduction_int": ("bce", (X, P), dict(reduction=1)),
+    # not a type error: an empty input broadcasts with a 0-dim pos_weight to an empty loss (0 with 1 gives 0)
+    "bce_empty_input_0dim_pos_weight": ("bce", (lambda: torch.randn(0), lambda: torch.rand(0)),
+                                        dict(pos_weight=torch.tensor(2.0), reduction="sum")),
     "bce_size_average_str": ("bce", (X, P), dict(size_average="x")),
 }
 LOSSES = {"ce": (F.cross_entropy, fused_ce.cross_entropy),

@@ -130,6 +130,11 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
                             reduction, unbatched)
 
 
+def _broadcast_dim(a, b):
+    """Two sizes that broadcast (equal, or one of them 1): their broadcast size (0 with 1 gives 0)."""
+    return b if a == 1 else a
+
+
 def _check_broadcast(operand, shape, operand_first):
     """PyTorch's messages for an operand that does not broadcast to `shape`, or would grow it."""
     ndim = max(len(shape), operand.dim())
@@ -142,7 +147,7 @@ def _check_broadcast(operand, shape, operand_first):
             raise RuntimeError(
                 f"The size of tensor a ({a}) must match the size of tensor b ({b}) at non-singleton dimension {ndim - i}")
     # The broadcast shape, computed here: torch.compile cannot trace torch.broadcast_shapes (no tensor out).
-    out = [max(shape[-i] if i <= len(shape) else 1, operand.shape[-i] if i <= operand.dim() else 1)
+    out = [_broadcast_dim(shape[-i] if i <= len(shape) else 1, operand.shape[-i] if i <= operand.dim() else 1)
            for i in range(ndim, 0, -1)]
     if out != list(shape):
         raise RuntimeError(f"output with shape {list(shape)} doesn't match the broadcast shape {list(out)}")
