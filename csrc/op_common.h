@@ -31,6 +31,30 @@ inline void check_floating(const at::Tensor& t, const char* name) {
               "fused_ce: ", name, " must be float32, float64, float16 or bfloat16, got ", s);
 }
 
+// Every tensor argument must be on the logits' device. The dispatcher sends a call to the kernel of the
+// highest-priority device among the arguments, so a CPU glue can see a tensor of another device only
+// through a direct op call; the CUDA glue sees CPU tensors next to CUDA logits. Reading one there would
+// read the wrong memory (or, for a meta tensor, none). The fake kernels (_ops.py) say the same.
+inline void check_device(const at::Tensor& t, const at::Tensor& logits, const char* name) {
+  TORCH_CHECK(t.device() == logits.device(), "fused_ce: every tensor must be on the logits' device ",
+              logits.device(), ", but ", name, " is on ", t.device());
+}
+
+inline void check_device(const c10::optional<at::Tensor>& t, const at::Tensor& logits, const char* name) {
+  if (t.has_value()) check_device(*t, logits, name);
+}
+
+// The upstream gradient of a backward op: on the logits' device, one value per loss element
+// (reduction='none', `loss_shape`) or a single value (mean/sum). Shared by the CPU and CUDA glue so that
+// both word it alike; the kernels would otherwise read a wrong-shaped grad out of bounds.
+inline void check_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t reduction,
+                       at::IntArrayRef loss_shape) {
+  check_device(grad, logits, "grad");
+  TORCH_CHECK(reduction == kNone ? grad.sizes() == loss_shape : grad.numel() == 1,
+              "fused_ce: grad must have shape ", reduction == kNone ? loss_shape : at::IntArrayRef{},
+              " for this reduction, got ", grad.sizes());
+}
+
 struct CeGeometry {
   int64_t N, C, S;
 };
@@ -69,8 +93,7 @@ inline void check_weight(const c10::optional<at::Tensor>& weight, const at::Tens
               " classes or no classes but got weight tensor of shape: ", weight->sizes());
   TORCH_CHECK(weight->scalar_type() == logits.scalar_type(), "expected scalar type ",
               logits.scalar_type(), " but found ", weight->scalar_type());
-  TORCH_CHECK(weight->device() == logits.device(), "fused_ce: weight must be on ", logits.device(),
-              ", got ", weight->device());
+  check_device(*weight, logits, "weight");
 }
 
 inline void check_ce_hard(const at::Tensor& logits, const at::Tensor& target,
@@ -81,7 +104,7 @@ inline void check_ce_hard(const at::Tensor& logits, const at::Tensor& target,
               "expected target dtype to be Long or Byte, but got ", target.scalar_type());
   TORCH_CHECK(target.sizes() == at::IntArrayRef(ce_row_shape(logits)), "Expected target size ",
               at::IntArrayRef(ce_row_shape(logits)), ", got ", target.sizes());
-  TORCH_CHECK(target.device() == logits.device(), "fused_ce: target must be on ", logits.device());
+  check_device(target, logits, "target");
   check_weight(weight, logits, g.C);
 }
 
@@ -92,7 +115,7 @@ inline void check_ce_soft(const at::Tensor& logits, const at::Tensor& target,
   TORCH_CHECK(target.sizes() == logits.sizes() && target.scalar_type() == logits.scalar_type(),
               "fused_ce: probability targets must have the logits' shape and dtype, got ", target.sizes(),
               " ", target.scalar_type(), " for logits ", logits.sizes(), " ", logits.scalar_type());
-  TORCH_CHECK(target.device() == logits.device(), "fused_ce: target must be on ", logits.device());
+  check_device(target, logits, "target");
   check_weight(weight, logits, g.C);
 }
 
@@ -125,6 +148,7 @@ inline double soft_mean_divisor(const at::Tensor& logits, const CeGeometry& g) {
 }
 
 inline void check_lse(const at::Tensor& lse, const at::Tensor& logits) {
+  check_device(lse, logits, "lse");
   TORCH_CHECK(lse.scalar_type() == lse_dtype(logits.scalar_type()) &&
                   lse.sizes() == at::IntArrayRef(ce_row_shape(logits)),
               "fused_ce: lse must be the forward's second output");
@@ -136,7 +160,7 @@ inline void check_bce(const at::Tensor& input, const at::Tensor& target) {
               ") must be the same as input size (", input.sizes(), ")");
   TORCH_CHECK(target.scalar_type() == input.scalar_type(),
               "fused_ce: target must have the input's dtype, got ", target.scalar_type());
-  TORCH_CHECK(target.device() == input.device(), "fused_ce: target must be on ", input.device());
+  check_device(target, input, "target");
 }
 
 // Describes `operand` broadcast to `shape` as data[(i / div) % mod] over the flat index i. Operands
@@ -146,7 +170,6 @@ inline Broadcast describe_broadcast(const c10::optional<at::Tensor>& operand, co
                                     at::Tensor& keep) {
   if (!operand.has_value()) return {nullptr, 1, 1};
   keep = operand->to(input.scalar_type());
-  TORCH_CHECK(keep.device() == input.device(), "fused_ce: weights must be on ", input.device());
   const auto shape = input.sizes();
   at::Tensor e = keep.expand(shape);
   const int64_t dims = static_cast<int64_t>(shape.size());
@@ -184,6 +207,8 @@ struct BceCall {
 inline BceCall bce_call(const at::Tensor& input, const at::Tensor& target,
                         const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& pos_weight) {
   check_bce(input, target);
+  check_device(weight, input, "weight");
+  check_device(pos_weight, input, "pos_weight");
   BceCall c;
   c.input = input.contiguous();
   c.target = target.contiguous();

@@ -2,12 +2,15 @@
 AOTAutograd-compiled backward graph) with each loss matches eager fused_ce and torch; fullgraph=True
 makes any graph break an error. (Dynamo does not trace autograd.grad/backward calls themselves, so
 backward runs on the compiled forward's output, as in a compiled model's training step.)"""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fused_ce
 from helpers import DEVICES, assert_close, compare_with_torch
+from test_errors import BCE_CASES, CE_CASES
 
 IN, C, N = 16, 11, 24
 
@@ -108,3 +111,76 @@ def test_compiled_with_dynamic_shapes(device):
         x = torch.randn(n, 7, device=device)
         y = torch.randint(0, 7, (n,), device=device)
         torch.testing.assert_close(fn(x, y), F.cross_entropy(x, y, label_smoothing=0.1))
+
+
+# ---- errors under torch.compile(fullgraph=True): what torch's own loss raises there -----------------
+# fused_ce hands a refused call to torch's loss while dynamo traces (functional.py), so the compiled call
+# fails as torch's does: mostly dynamo's TorchRuntimeError carrying torch's message, raised while tracing.
+# These cases cannot match: torch's meta functions accept them and its kernels raise at run time (a plain
+# RuntimeError or NotImplementedError), while fused_ce refuses them in traced Python, which dynamo reports
+# as 'Unsupported: Observed exception' (a RuntimeError too). Without fullgraph, that is a graph break and
+# the call raises torch's eager error.
+RAISED_AT_RUN_TIME_BY_TORCH = {"int32_target", "weight_dtype_mismatch", "integer_input", "integer_input_nd",
+                               "bce_integer_input", "bce_weight_would_grow_input", "bce_pos_weight_would_grow_input"}
+# torch's meta gather refuses a uint8 index while tracing; fused_ce takes uint8 targets and checks the values
+# when the graph runs (IndexError, as in eager mode).
+CHECKED_AT_RUN_TIME_BY_FUSED_CE = {"uint8_target_out_of_range"}
+ERROR_CASES = {**CE_CASES, **{"bce_" + k: v for k, v in BCE_CASES.items()}}
+
+
+def _compiled_error(call, backend):
+    torch._dynamo.reset()
+    with pytest.raises(Exception) as info:
+        torch.compile(call, fullgraph=True, backend=backend)()
+    return info.value
+
+
+def _summary(error):
+    """The exception's first line and the error it reports ("... got ValueError('Expected input batch_size
+    ...')"); the call it quotes lists the arguments as that call passed them, which may differ."""
+    lines = str(error).splitlines()
+    reported = re.search(r": got (.*)$", lines[1]) if len(lines) > 1 else None
+    return lines[0], reported.group(1) if reported else re.sub(r" at 0x[0-9a-f]+", "", "\n".join(lines[1:2]))
+
+
+# Every case with the eager backend; a few with aot_eager (the errors come from dynamo's tracing, before
+# any backend runs) and inductor (below), which are slow on two cores.
+AOT_EAGER_CASES = ["batch_size_mismatch", "bce_target_size_mismatch", "bad_reduction", "weight_wrong_size", "int32_target"]
+
+
+@pytest.mark.parametrize("case,backend", [(c, "eager") for c in ERROR_CASES] + [(c, "aot_eager") for c in AOT_EAGER_CASES])
+def test_error_cases_under_compile_as_torch(case, backend):
+    torch_call, ours_call = ERROR_CASES[case]("cpu")
+    expected, got = _compiled_error(torch_call, backend), _compiled_error(ours_call, backend)
+    if case in RAISED_AT_RUN_TIME_BY_TORCH:
+        assert isinstance(got, torch._dynamo.exc.Unsupported) and "Observed exception" in str(got)
+        assert isinstance(expected, RuntimeError) and not isinstance(expected, torch._dynamo.exc.TorchDynamoException)
+        return
+    if case in CHECKED_AT_RUN_TIME_BY_FUSED_CE:
+        assert isinstance(expected, torch._dynamo.exc.TorchRuntimeError)
+        with pytest.raises(IndexError, match="Target 200 is out of bounds."):
+            raise got
+        return
+    assert type(got) is type(expected)
+    assert _summary(got) == _summary(expected)
+
+
+@pytest.mark.parametrize("case", ["batch_size_mismatch", "bce_target_size_mismatch"])
+def test_error_cases_under_compile_with_inductor(case):
+    torch_call, ours_call = ERROR_CASES[case]("cpu")
+    expected, got = _compiled_error(torch_call, "inductor"), _compiled_error(ours_call, "inductor")
+    assert type(got) is type(expected) and _summary(got) == _summary(expected)
+
+
+def test_tensor_on_another_device_under_compile_as_torch():
+    x, y, w = torch.randn(4, 5), torch.tensor([1, 2, 2, 3]), torch.ones(5, device="meta")
+    expected = _compiled_error(lambda: F.cross_entropy(x, y, weight=w), "eager")
+    got = _compiled_error(lambda: fused_ce.cross_entropy(x, y, weight=w), "eager")
+    assert type(got) is type(expected) and _summary(got) == _summary(expected)
+
+
+def test_fake_kernel_refuses_a_tensor_on_another_device_under_compile():
+    """The op itself, compiled: its fake kernel refuses the meta weight while dynamo traces."""
+    x, y, w = torch.randn(4, 5), torch.tensor([1, 2, 2, 3]), torch.ones(5, device="meta")
+    got = _compiled_error(lambda: torch.ops.fused_ce.cross_entropy_fwd(x, y, w, -100, 0.0, 1), "eager")
+    assert "fused_ce: every tensor must be on the logits' device cpu, but weight is on meta" in str(got)

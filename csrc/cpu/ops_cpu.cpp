@@ -82,12 +82,9 @@ at::Tensor reduce_rows(const at::Tensor& row_loss, int64_t reduction, double den
 }
 
 // The upstream gradient as per-row doubles (none) or a scale (mean/sum; mean divides here).
-RowGrad row_grad(const at::Tensor& grad, int64_t reduction, double denominator, at::IntArrayRef row_shape,
-                 at::Tensor& keep) {
-  // The kernels read one value per row (none) or a scalar: a grad of another shape would be read out of bounds.
-  TORCH_CHECK(reduction == kNone ? grad.sizes() == row_shape : grad.numel() == 1,
-              "fused_ce: grad must have shape ", reduction == kNone ? row_shape : at::IntArrayRef{},
-              " for this reduction, got ", grad.sizes());
+RowGrad row_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t reduction, double denominator,
+                 at::IntArrayRef row_shape, at::Tensor& keep) {
+  check_grad(grad, logits, reduction, row_shape);
   if (reduction == kNone) {
     keep = grad.to(at::kDouble).contiguous();
     return {keep.data_ptr<double>(), 1.0};
@@ -135,7 +132,7 @@ at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, c
   const c10::optional<at::Tensor> weight =
       weight_in.has_value() ? c10::optional<at::Tensor>(weight_in->contiguous()) : c10::nullopt;
   at::Tensor keep;
-  const RowGrad rg = row_grad(grad, reduction, denominator, ce_row_shape(logits), keep);
+  const RowGrad rg = row_grad(grad, logits, reduction, denominator, ce_row_shape(logits), keep);
   at::Tensor out = empty_large(logits.sizes(), logits.options());
   kernels().ce_hard_backward(hard_args(x, g, t, weight, ignore_index, smoothing), l.data_ptr(), rg, out.data_ptr());
   return out;
@@ -180,7 +177,7 @@ at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Ten
   const at::Tensor l = lse.contiguous();
   const auto w = contiguous_opt(weight);
   at::Tensor keep;
-  const RowGrad rg = row_grad(grad, reduction, soft_mean_divisor(logits, g), ce_row_shape(logits), keep);
+  const RowGrad rg = row_grad(grad, logits, reduction, soft_mean_divisor(logits, g), ce_row_shape(logits), keep);
   at::Tensor out = empty_large(logits.sizes(), logits.options());
   const auto args = soft_args(x, g, t, w, smoothing);
   if (target_grad) {
@@ -230,11 +227,12 @@ at::Tensor bce_backward(bool target_grad, const at::Tensor& grad, const at::Tens
                         const c10::optional<at::Tensor>& pos_weight, int64_t reduction) {
   check_reduction(reduction);
   const BceCall c = bce_call(input, target, weight, pos_weight);
+  check_grad(grad, input, reduction, input.sizes());
   at::Tensor g_keep;
   const void* g = nullptr;
   double scale = 1.0;
   if (reduction == kNone) {
-    g_keep = grad.to(input.scalar_type()).expand(input.sizes()).contiguous();
+    g_keep = grad.to(input.scalar_type()).contiguous();
     g = g_keep.data_ptr();
   } else {
     scale = grad.item<double>();

@@ -96,16 +96,12 @@ at::Tensor check_targets_and_denominator(const at::Tensor& target, const c10::op
   return need_denominator ? device_sum(row_weights, nullptr, 1.0, at::kDouble) : at::Tensor();
 }
 
-// The upstream gradient in the logits' dtype on their device: `rows` values for reduction='none',
-// else one scalar.
-DeviceGrad device_grad(const at::Tensor& grad, const at::Tensor& like, int64_t reduction, int64_t rows,
+// The upstream gradient in the logits' dtype: `loss_shape` values for reduction='none', else one scalar.
+DeviceGrad device_grad(const at::Tensor& grad, const at::Tensor& like, int64_t reduction, at::IntArrayRef loss_shape,
                        at::Tensor& keep, const double* denominator, double divisor) {
-  keep = grad.to(like.device(), like.scalar_type()).contiguous();
-  if (reduction == kNone) {
-    TORCH_CHECK(keep.numel() == rows, "fused_ce: grad must have the loss's shape, got ", grad.sizes());
-    return {keep.data_ptr(), true, nullptr, 1.0};
-  }
-  TORCH_CHECK(keep.numel() == 1, "fused_ce: grad of a reduced loss must be a scalar, got ", grad.sizes());
+  check_grad(grad, like, reduction, loss_shape);
+  keep = grad.to(like.scalar_type()).contiguous();
+  if (reduction == kNone) return {keep.data_ptr(), true, nullptr, 1.0};
   return {keep.data_ptr(), false, reduction == kMean ? denominator : nullptr,
           reduction == kMean && denominator == nullptr ? divisor : 1.0};
 }
@@ -190,7 +186,7 @@ at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, c
   const at::Tensor denominator = check_targets_and_denominator(t, weight, ignore_index, g.C, reduction == kMean);
   const at::Tensor wsum = weight_sum(weight, smoothing);
   at::Tensor keep;
-  const DeviceGrad dg = device_grad(grad, logits, reduction, g.N * g.S, keep, ptr_or_null(denominator), 1.0);
+  const DeviceGrad dg = device_grad(grad, logits, reduction, ce_row_shape(logits), keep, ptr_or_null(denominator), 1.0);
   const auto args = hard_args(x, g, t, weight, ignore_index, smoothing);
   at::Tensor out = at::empty(logits.sizes(), logits.options());
   ce_hard_backward(args, plan_tiling(args.logits, x.element_size()), ptr_or_null(wsum), l.data_ptr(), dg,
@@ -236,7 +232,8 @@ at::Tensor soft_backward(bool target_grad, const at::Tensor& grad, const at::Ten
   const at::Tensor l = lse.contiguous();
   const auto weight = contiguous_opt(weight_in);
   at::Tensor keep;
-  const DeviceGrad dg = device_grad(grad, logits, reduction, g.N * g.S, keep, nullptr, soft_mean_divisor(logits, g));
+  const DeviceGrad dg = device_grad(grad, logits, reduction, ce_row_shape(logits), keep, nullptr,
+                                    soft_mean_divisor(logits, g));
   const auto args = soft_args(x, g, t, weight, smoothing);
   const Tiling tiling = plan_tiling(args.logits, x.element_size());
   at::Tensor out = at::empty(logits.sizes(), logits.options());
@@ -295,8 +292,7 @@ at::Tensor bce_backward_op(bool target_grad, const at::Tensor& grad, const at::T
   const c10::cuda::CUDAGuard guard(input.device());
   const BceCall c = bce_call(input, target, weight, pos_weight);
   at::Tensor keep;
-  const at::Tensor g = reduction == kNone ? grad.to(input.device(), input.scalar_type()).expand(input.sizes()) : grad;
-  const DeviceGrad dg = device_grad(g, input, reduction, input.numel(), keep, nullptr,
+  const DeviceGrad dg = device_grad(grad, input, reduction, input.sizes(), keep, nullptr,
                                     static_cast<double>(input.numel()));
   at::Tensor out = at::empty(input.sizes(), input.options());
   bce_backward(c.args, dg, target_grad, out.data_ptr(), current_stream());

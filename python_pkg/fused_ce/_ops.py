@@ -15,6 +15,7 @@ import torch
 
 from . import _C  # noqa: F401  (loads the library: static registration of schemas and kernels)
 from . import _double_backward, _transform_levels
+from ._dtypes import KERNEL_DTYPES, dtype_name
 
 LIBRARY = "fused_ce"
 EMULATED_LIBRARY = "fused_ce_emulated_cuda"
@@ -65,42 +66,129 @@ def _grad_like(x):
 
 
 # ---- fake kernels ---------------------------------------------------------------------------------
+# They raise what the C++ glue (csrc/op_common.h) raises for the same arguments, so that a call under
+# FakeTensorMode or torch.compile fails as the real one does. Device checks matter most here: the
+# dispatcher runs the fake kernel for any call with a meta tensor among its arguments, so without them
+# CPU logits with a meta weight would return an uninitialized CPU tensor.
+def _check_devices(logits, **tensors):
+    for name, t in tensors.items():
+        torch._check(t is None or t.device == logits.device, lambda: (
+            f"fused_ce: every tensor must be on the logits' device {logits.device}, but {name} is on {t.device}"))
+
+
+def _check_floating(t, name):
+    torch._check(t.dtype in KERNEL_DTYPES, lambda: (
+        f"fused_ce: {name} must be float32, float64, float16 or bfloat16, got {dtype_name(t.dtype)}"))
+
+
+def _check_weight(weight, logits, num_classes):
+    if weight is None:
+        return
+    torch._check(weight.dim() == 1 and weight.numel() == num_classes, lambda: (
+        f"weight tensor should be defined either for all {num_classes} classes or no classes but got weight "
+        f"tensor of shape: {list(weight.shape)}"))
+    torch._check(weight.dtype == logits.dtype, lambda: (
+        f"expected scalar type {dtype_name(logits.dtype)} but found {dtype_name(weight.dtype)}"))
+    _check_devices(logits, weight=weight)
+
+
+def _check_reduction(reduction):
+    torch._check(reduction in (NONE, MEAN, SUM), lambda: (
+        f"fused_ce: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}"))
+
+
+def _check_ce(logits, target, weight, soft):
+    _check_floating(logits, "logits")
+    torch._check(logits.dim() >= 2, lambda: f"fused_ce: logits must have shape (N, C, d1, ..., dk), got {list(logits.shape)}")
+    if soft:
+        torch._check(target.shape == logits.shape and target.dtype == logits.dtype, lambda: (
+            f"fused_ce: probability targets must have the logits' shape and dtype, got {list(target.shape)} "
+            f"{dtype_name(target.dtype)} for logits {list(logits.shape)} {dtype_name(logits.dtype)}"))
+    else:
+        torch._check(target.dtype in (torch.int64, torch.uint8), lambda: (
+            f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}"))
+        torch._check(tuple(target.shape) == row_shape(logits), lambda: (
+            f"Expected target size {list(row_shape(logits))}, got {list(target.shape)}"))
+    _check_devices(logits, target=target)
+    _check_weight(weight, logits, logits.shape[1])
+
+
+def _check_backward(grad, logits, lse, reduction, loss_shape):
+    if lse is not None:
+        _check_devices(logits, lse=lse)
+        torch._check(lse.dtype == lse_dtype(logits.dtype) and tuple(lse.shape) == row_shape(logits),
+                     lambda: "fused_ce: lse must be the forward's second output")
+    _check_devices(logits, grad=grad)
+    shape = tuple(loss_shape) if reduction == NONE else ()
+    torch._check(tuple(grad.shape) == shape if reduction == NONE else grad.numel() == 1,
+                 lambda: f"fused_ce: grad must have shape {list(shape)} for this reduction, got {list(grad.shape)}")
+
+
+def _check_bce(input, target, weight, pos_weight):
+    _check_floating(input, "input")
+    torch._check(target.shape == input.shape, lambda: (
+        f"Target size ({list(target.shape)}) must be the same as input size ({list(input.shape)})"))
+    torch._check(target.dtype == input.dtype, lambda: (
+        f"fused_ce: target must have the input's dtype, got {dtype_name(target.dtype)}"))
+    _check_devices(input, target=target, weight=weight, pos_weight=pos_weight)
+    for operand in (weight, pos_weight):
+        if operand is not None:
+            operand.expand(input.shape)  # the glue's own broadcast, and so its error
+
+
 def _register_fakes(lib):
     @torch.library.register_fake(f"{lib}::cross_entropy_fwd")
     def _(logits, target, weight, ignore_index, label_smoothing, reduction):
-        torch._check(logits.dim() >= 2, lambda: "fused_ce: logits must have shape (N, C, d1, ..., dk)")
-        torch._check(tuple(target.shape) == row_shape(logits), lambda: "fused_ce: target must have shape (N, d1..dk)")
+        _check_reduction(reduction)
+        _check_ce(logits, target, weight, soft=False)
         return _loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=lse_dtype(logits.dtype))
 
     @torch.library.register_fake(f"{lib}::cross_entropy_soft_fwd")
     def _(logits, target, weight, label_smoothing, reduction):
-        torch._check(logits.dim() >= 2, lambda: "fused_ce: logits must have shape (N, C, d1, ..., dk)")
-        torch._check(target.shape == logits.shape, lambda: "fused_ce: target must have the logits' shape")
+        _check_reduction(reduction)
+        _check_ce(logits, target, weight, soft=True)
         return _loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=lse_dtype(logits.dtype))
 
     @torch.library.register_fake(f"{lib}::cross_entropy_bwd")
     def _(grad, logits, target, weight, lse, ignore_index, label_smoothing, reduction):
+        _check_reduction(reduction)
+        _check_ce(logits, target, weight, soft=False)
+        _check_backward(grad, logits, lse, reduction, row_shape(logits))
         return _grad_like(logits)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_soft_bwd")
     def _(grad, logits, target, weight, lse, label_smoothing, reduction):
+        _check_reduction(reduction)
+        _check_ce(logits, target, weight, soft=True)
+        _check_backward(grad, logits, lse, reduction, row_shape(logits))
         return _grad_like(logits)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_soft_target_bwd")
     def _(grad, logits, weight, lse, label_smoothing, reduction):
+        _check_reduction(reduction)
+        _check_floating(logits, "logits")
+        _check_weight(weight, logits, logits.shape[1])
+        _check_backward(grad, logits, lse, reduction, row_shape(logits))
         return _grad_like(logits)
 
     @torch.library.register_fake(f"{lib}::bce_with_logits_fwd")
     def _(input, target, weight, pos_weight, reduction):
-        torch._check(target.shape == input.shape, lambda: "fused_ce: target must have the input's shape")
+        _check_reduction(reduction)
+        _check_bce(input, target, weight, pos_weight)
         return input.new_empty(input.shape if reduction == NONE else ())
 
     @torch.library.register_fake(f"{lib}::bce_with_logits_bwd")
     def _(grad, input, target, weight, pos_weight, reduction):
+        _check_reduction(reduction)
+        _check_bce(input, target, weight, pos_weight)
+        _check_backward(grad, input, None, reduction, input.shape)
         return _grad_like(input)
 
     @torch.library.register_fake(f"{lib}::bce_with_logits_target_bwd")
     def _(grad, input, target, weight, pos_weight, reduction):
+        _check_reduction(reduction)
+        _check_bce(input, target, weight, pos_weight)
+        _check_backward(grad, input, None, reduction, input.shape)
         return _grad_like(input)
 
 

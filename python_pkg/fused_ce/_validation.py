@@ -4,20 +4,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch.nn import _reduction
 
+from . import _arguments
+from ._dtypes import KERNEL_DTYPES, check_castable, check_subtractable, dtype_name
+from ._devices import on_input_device
 from ._ops import MEAN, NONE, SUM  # noqa: F401
-
-_DTYPE_NAMES = {
-    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
-    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-    torch.bool: "Bool",
-}
-
-
-def dtype_name(dtype):
-    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
-
 
 def reduction_enum(reduction, size_average=None, reduce=None):
     if size_average is not None or reduce is not None:
@@ -43,6 +36,17 @@ def _no_grad_weight(op_name, name, t):
             "This input cannot have requires_grad True.")
 
 
+def _torch_cross_entropy(input, target, weight):
+    return F.cross_entropy(input, target, weight)
+
+
+def _check_weight_size(weight, num_classes, prefix):
+    if weight is not None and (weight.dim() != 1 or weight.numel() != num_classes):
+        raise RuntimeError(
+            f"{prefix}weight tensor should be defined either for all {num_classes} "
+            f"classes or no classes but got weight tensor of shape: {list(weight.shape)}")
+
+
 @dataclass
 class CrossEntropyCall:
     soft: bool
@@ -56,8 +60,9 @@ class CrossEntropyCall:
 
 
 def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
+    ignore_index, label_smoothing = _arguments.cross_entropy_args(input, target, weight, ignore_index, label_smoothing)
     if label_smoothing > 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")  # C++ stream format
     _no_grad_weight("nll_loss_forward", "weight", weight)
     input, weight = autocast_fp32(input, weight)
     if input.dim() == 0:
@@ -65,7 +70,7 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
             raise RuntimeError(
                 f"Expected floating point type for target with class probabilities, got {dtype_name(target.dtype)}")
         raise IndexError("Dimension specified as 1 but tensor has no dimensions")
-    if not input.is_floating_point():
+    if input.dtype not in KERNEL_DTYPES:  # integer, complex, float8: torch's log_softmax has no kernel for them
         kernel = "log_softmax"
         if input.device.type == "cpu":  # the name of the CPU kernel that torch's message quotes
             kernel = "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
@@ -73,33 +78,33 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
     num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
     unbatched = input.dim() == 1
     soft = input.shape == target.shape
-    if weight is not None:
-        if weight.dim() != 1 or weight.numel() != num_classes:
-            raise RuntimeError(
-                f"{'cross_entropy: ' if soft else ''}weight tensor should be defined either for all {num_classes} "
-                f"classes or no classes but got weight tensor of shape: {list(weight.shape)}")
+    # The checks below come in the order torch makes them, so that a call with two faults names the same one.
     if soft:
         if not target.is_floating_point():
             raise RuntimeError(
                 f"Expected floating point type for target with class probabilities, got {dtype_name(target.dtype)}")
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
+        _check_weight_size(weight, num_classes, "cross_entropy: ")
+        target, weight = on_input_device(_torch_cross_entropy, input, target, weight)
         (target,) = autocast_fp32(target)
         # torch computes -(log_softmax(input) * target * weight).sum(): all three promote together
         dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
         if weight is not None:
             dtype = torch.promote_types(dtype, weight.dtype)
+        if dtype not in KERNEL_DTYPES:  # torch returns a complex loss for a complex weight; the kernels cannot
+            raise NotImplementedError(
+                f"fused_ce: cross_entropy with class probabilities computes in {', '.join(map(dtype_name, KERNEL_DTYPES))}, "
+                f"not in {dtype_name(dtype)} (the promoted dtype of the input, target and weight)")
+        if weight is not None:
             weight = weight.to(dtype)
         input, target = input.to(dtype), target.to(dtype)
     else:
-        if target.dtype not in (torch.int64, torch.uint8):
-            raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
         if unbatched:
             if target.dim() == 1:  # torch accepts a (1,) target for a (C,) input, and returns a 0-dim loss
                 if target.shape[0] != 1:
                     raise ValueError(
                         f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
-                target = target[0]
             elif target.dim() != 0:
                 raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
         else:
@@ -111,12 +116,23 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
             expected = [input.shape[0]] + list(input.shape[2:])
             if list(target.shape) != expected:
                 raise RuntimeError(f"Expected target size {expected}, got {list(target.shape)}")
+        _check_weight_size(weight, num_classes, "")
+        target, weight = on_input_device(_torch_cross_entropy, input, target, weight)
+        if target.dtype not in (torch.int64, torch.uint8):
+            raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
+        if unbatched and target.dim() == 1:
+            target = target[0]
     if weight is not None and weight.dtype != input.dtype:
         raise RuntimeError(f"expected scalar type {dtype_name(input.dtype)} but found {dtype_name(weight.dtype)}")
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     return CrossEntropyCall(soft, input, target, weight, int(ignore_index), max(float(label_smoothing), 0.0),
                             reduction, unbatched)
+
+
+def _broadcast_dim(a, b):
+    """Two sizes that broadcast (equal, or one of them 1): their broadcast size (0 with 1 gives 0)."""
+    return b if a == 1 else a
 
 
 def _check_broadcast(operand, shape, operand_first):
@@ -130,8 +146,10 @@ def _check_broadcast(operand, shape, operand_first):
                 a, b = b, a
             raise RuntimeError(
                 f"The size of tensor a ({a}) must match the size of tensor b ({b}) at non-singleton dimension {ndim - i}")
-    out = torch.broadcast_shapes(tuple(shape), tuple(operand.shape))
-    if tuple(out) != tuple(shape):
+    # The broadcast shape, computed here: torch.compile cannot trace torch.broadcast_shapes (no tensor out).
+    out = [_broadcast_dim(shape[-i] if i <= len(shape) else 1, operand.shape[-i] if i <= operand.dim() else 1)
+           for i in range(ndim, 0, -1)]
+    if out != list(shape):
         raise RuntimeError(f"output with shape {list(shape)} doesn't match the broadcast shape {list(out)}")
 
 
@@ -151,23 +169,31 @@ def bce_output(loss, c):
 
 
 def prepare_bce(input, target, weight, pos_weight, reduction):
-    if target.shape != input.shape:
-        raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
+    _arguments.bce_args(input, target, weight, pos_weight)
     _no_grad_weight("binary_cross_entropy_with_logits", "weight", weight)
     _no_grad_weight("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
+    target, weight, pos_weight = on_input_device(
+        lambda x, t, w, p: F.binary_cross_entropy_with_logits(x, t, w, pos_weight=p), input, target, weight, pos_weight)
     input, target, weight, pos_weight = autocast_fp32(input, target, weight, pos_weight)
-    if not input.is_floating_point():
+    if input.dtype not in KERNEL_DTYPES:
         raise NotImplementedError(
             f'"log_sigmoid_{input.device.type}" not implemented for \'{dtype_name(input.dtype)}\'')
-    if target.dtype == torch.bool:
-        # torch fails in its own subtraction here, with an exception type that changed between releases
-        # (RuntimeError, then NotImplementedError): let that same subtraction raise.
-        empty = target.new_empty(0)
-        torch.sub(empty, empty)
+    # torch computes log_sigmoid(input) * ((pos_weight - 1) * target + 1), then (1 - target) * input minus
+    # that, in place (so in the target's dtype), then times weight, in place: its dtype errors come from
+    # those operations, in that order.
+    check_subtractable(pos_weight, lambda t: t - 1)
+    if pos_weight is not None:
+        check_castable(torch.promote_types(input.dtype, torch.promote_types(pos_weight.dtype, target.dtype)),
+                       input.dtype)
+    check_subtractable(target, lambda t: t - t)  # torch's C++ `1 - target` meets a bool 1: two bool tensors
     dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
-    if not target.is_floating_point() or not dtype.is_floating_point:
-        raise RuntimeError(f"result type {dtype_name(dtype)} can't be cast to the desired output type "
-                           f"{dtype_name(target.dtype)}")
+    check_castable(dtype, target.dtype)
+    if weight is not None:
+        check_castable(torch.promote_types(target.dtype, weight.dtype), target.dtype)
+    if dtype not in KERNEL_DTYPES:  # torch returns a complex loss for a complex target; the kernels cannot
+        raise NotImplementedError(
+            f"fused_ce: binary_cross_entropy_with_logits computes in {', '.join(map(dtype_name, KERNEL_DTYPES))}, "
+            f"not in {dtype_name(dtype)} (the promoted dtype of the input and target)")
     if weight is not None:
         _check_broadcast(weight, input.shape, operand_first=False)
     if pos_weight is not None:
