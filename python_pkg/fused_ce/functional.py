@@ -6,27 +6,33 @@ from . import _func, _validation
 from ._ops import NONE, kernel_ops
 
 
-def _raise_as_torch_under_compile(torch_loss, *args, **kwargs):
-    """Called when the arguments were refused. In eager mode the caller re-raises its own (torch's) error.
-    While torch.compile traces, an exception raised in traced code becomes dynamo's 'Observed exception',
-    which names neither the error nor its message; torch's own loss, traced instead, fails as it fails
-    under torch.compile for the same arguments (a TorchRuntimeError that carries torch's message)."""
-    if torch.compiler.is_compiling():
-        torch_loss(*args, **kwargs)
+def _fail_as_torch_under_compile(refusal, torch_loss, *args):
+    """Raises `refusal`, the error the arguments were refused with, while torch.compile traces. An exception
+    raised in traced code becomes dynamo's 'Observed exception', which names neither the error nor its
+    message; torch's own loss, traced instead, fails as it fails under torch.compile for the same arguments
+    (a TorchRuntimeError that carries torch's message). It is called after the except block that caught the
+    refusal: torch 2.14's dynamo turns an error raised inside an exception handler into 'Observed exception'
+    too. Where torch's loss accepts the call while tracing (its kernel checks at run time), `refusal` is raised."""
+    torch_loss(*args)
+    raise refusal
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     """Drop-in for torch.nn.functional.cross_entropy, computed by fused kernels."""
+    refusal = None
     try:
         red = _validation.reduction_enum(reduction, size_average, reduce)
         if _func.transforms_active():  # never while torch.compile traces
             return _func.cross_entropy(input, target, weight, ignore_index, red, label_smoothing)
         c = _validation.prepare_cross_entropy(input, target, weight, ignore_index, red, label_smoothing)
-    except Exception:
-        _raise_as_torch_under_compile(F.cross_entropy, input, target, weight, size_average, ignore_index, reduce,
-                                      reduction, label_smoothing)
-        raise
+    except Exception as error:
+        if not torch.compiler.is_compiling():
+            raise
+        refusal = error
+    if refusal is not None:
+        _fail_as_torch_under_compile(refusal, F.cross_entropy, input, target, weight, size_average, ignore_index,
+                                     reduce, reduction, label_smoothing)
     ops = kernel_ops()
     if c.soft:
         loss, _ = ops.cross_entropy_soft_fwd(c.logits, c.target, c.weight, c.label_smoothing, c.reduction)
@@ -40,15 +46,19 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
                                      reduction="mean", pos_weight=None):
     """Drop-in for torch.nn.functional.binary_cross_entropy_with_logits, computed by fused kernels."""
+    refusal = None
     try:
         red = _validation.reduction_enum(reduction, size_average, reduce)
         if _func.transforms_active():
             return _func.binary_cross_entropy_with_logits(input, target, weight, red, pos_weight)
         c = _validation.prepare_bce(input, target, weight, pos_weight, red)
-    except Exception:
-        _raise_as_torch_under_compile(F.binary_cross_entropy_with_logits, input, target, weight, size_average,
-                                      reduce, reduction, pos_weight)
-        raise
+    except Exception as error:
+        if not torch.compiler.is_compiling():
+            raise
+        refusal = error
+    if refusal is not None:
+        _fail_as_torch_under_compile(refusal, F.binary_cross_entropy_with_logits, input, target, weight, size_average,
+                                     reduce, reduction, pos_weight)
     return _validation.bce_output(kernel_ops().bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
 
 
