@@ -36,10 +36,6 @@ def _no_grad_weight(op_name, name, t):
             "This input cannot have requires_grad True.")
 
 
-def _torch_cross_entropy(input, target, weight):
-    return F.cross_entropy(input, target, weight)
-
-
 def _check_weight_size(weight, num_classes, prefix):
     if weight is not None and (weight.dim() != 1 or weight.numel() != num_classes):
         raise RuntimeError(
@@ -86,7 +82,7 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
         _check_weight_size(weight, num_classes, "cross_entropy: ")
-        target, weight = on_input_device(_torch_cross_entropy, input, target, weight)
+        target, weight = on_input_device(F.cross_entropy, input, target, weight)
         (target,) = autocast_fp32(target)
         # torch computes -(log_softmax(input) * target * weight).sum(): all three promote together
         dtype = torch.promote_types(input.dtype, target.dtype)  # same shapes: result_type (which graph-breaks torch.compile)
@@ -117,7 +113,7 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
             if list(target.shape) != expected:
                 raise RuntimeError(f"Expected target size {expected}, got {list(target.shape)}")
         _check_weight_size(weight, num_classes, "")
-        target, weight = on_input_device(_torch_cross_entropy, input, target, weight)
+        target, weight = on_input_device(F.cross_entropy, input, target, weight)
         if target.dtype not in (torch.int64, torch.uint8):
             raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
         if unbatched and target.dim() == 1:
