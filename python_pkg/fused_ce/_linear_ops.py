@@ -52,7 +52,8 @@ def _target_weight_total(target, weight, ignore_index, num_classes):
 def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
                   chunk_rows, row_grad, denominator, need_input, need_weight, need_bias):
     """One fixed-order pass over the row chunks. Returns the per-row losses (accumulation dtype) and the
-    gradients asked for (None otherwise) of sum_i g_i loss_i, g_i = row_grad[i] / denominator."""
+    gradients asked for (None otherwise) of sum_i g_i loss_i, g_i = row_grad[i] / denominator: the input's
+    in its dtype, linear_weight's and linear_bias's in the accumulation dtype (rounded by the caller)."""
     N = input.shape[0]
     V = linear_weight.shape[0]
     acc = acc_dtype(input.dtype)
@@ -91,8 +92,7 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
                 g_weight.addmm_(tile.t(), x)
         if need_bias:
             g_bias += tile.sum(0, dtype=acc)
-    cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
-    return row_loss, g_input, cast(g_weight, linear_weight), cast(g_bias, linear_bias)
+    return row_loss, g_input, g_weight, g_bias
 
 
 def _empty(like):
@@ -102,12 +102,19 @@ def _empty(like):
 def _define(lib):
     ops = getattr(torch.ops, lib)
 
+    @torch.library.register_fake(f"{lib}::linear_ce_tile_")
+    def _(tile, target, weight, ignore_index, label_smoothing, row_grad, denominator, write_grad):
+        _ops._check_ce(tile, target, weight, soft=False)
+        rows = tile.new_empty(tile.shape[:1], dtype=acc_dtype(tile.dtype))
+        return rows, torch.empty_like(rows)
+
     @torch.library.custom_op(f"{lib}::linear_cross_entropy_fwd", mutates_args=())
     def fwd(input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
             weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
             need_input: bool, need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Loss in the accumulation dtype, then d(loss)/d(input, linear_weight, linear_bias) for mean/sum
-        when asked (empty tensors otherwise)."""
+        when asked (empty tensors otherwise); the last two stay in the accumulation dtype until backward has
+        scaled them, so that fp16/bf16 weights are rounded once."""
         _ops._check_reduction(reduction)
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
             V = linear_weight.shape[0]
@@ -133,8 +140,10 @@ def _define(lib):
         scalar = reduction != NONE
         loss = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=acc_dtype(input.dtype))
         gx = torch.empty_like(input) if scalar and need_input else _empty(input)
-        gw = torch.empty_like(linear_weight) if scalar and need_weight else _empty(input)
-        gb = torch.empty_like(linear_bias) if scalar and need_bias and linear_bias is not None else _empty(input)
+        acc = acc_dtype(input.dtype)
+        gw = linear_weight.new_empty(linear_weight.shape, dtype=acc) if scalar and need_weight else _empty(input)
+        gb = linear_bias.new_empty(linear_bias.shape, dtype=acc) \
+            if scalar and need_bias and linear_bias is not None else _empty(input)
         return loss, gx, gw, gb
 
     @torch.library.custom_op(f"{lib}::linear_cross_entropy_bwd", mutates_args=())
@@ -147,6 +156,8 @@ def _define(lib):
                 ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, chunk_rows,
                 grad_rows.to(acc_dtype(input.dtype)), None, need_input, need_weight,
                 need_bias and linear_bias is not None)
+        gw = gw.to(linear_weight.dtype) if gw is not None else None
+        gb = gb.to(linear_bias.dtype) if gb is not None else None
         return tuple(g if g is not None else _empty(input) for g in (gx, gw, gb))
 
     @bwd.register_fake
@@ -162,19 +173,32 @@ def _define(lib):
          need_input, need_weight, need_bias) = inputs
         ctx.reduction = reduction
         ctx.args = (ignore_index, label_smoothing, chunk_rows)
+        ctx.computed = (need_input, need_weight, need_bias)
+        ctx.dtypes = (input.dtype, linear_weight.dtype, None if linear_bias is None else linear_bias.dtype)
         if reduction == NONE:
             ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
         else:
             ctx.save_for_backward(*output[1:])
 
     def backward(ctx, grad_loss, *_unused):
+        if torch.is_grad_enabled():  # the gradients below are not differentiable functions of the inputs
+            raise RuntimeError(
+                "fused_ce.linear_cross_entropy does not support double backward (create_graph=True); "
+                "use torch.nn.functional.linear_cross_entropy with options=None for higher-order gradients")
         need = ctx.needs_input_grad[:3]
         if ctx.reduction == NONE:
             input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
             grads = ops.linear_cross_entropy_bwd(grad_loss, input, linear_weight, linear_bias, target, weight,
                                                  *ctx.args, *need)
         else:
-            grads = tuple(grad_loss * g for g in ctx.saved_tensors)
+            missing = [name for name, n, c in zip(("input", "linear_weight", "linear_bias"), need, ctx.computed)
+                       if n and not c]
+            if missing:
+                raise RuntimeError(f"fused_ce: linear_cross_entropy_fwd was called without computing the gradient "
+                                   f"of {', '.join(missing)}, which backward needs")
+            # In the accumulation dtype (grad_loss's), rounded once to the parameter's dtype.
+            grads = tuple(None if d is None else (g.to(grad_loss.dtype) * grad_loss).to(d)
+                          for g, d in zip(ctx.saved_tensors, ctx.dtypes))
         return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 9
 
     fwd.register_autograd(backward, setup_context=setup_context)
