@@ -61,8 +61,10 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
     grads = need_input or need_weight or need_bias
     row_loss = input.new_empty(N, dtype=acc)
     g_input = torch.empty_like(input) if need_input else None
-    g_weight = torch.zeros(linear_weight.shape, dtype=acc, device=input.device) if need_weight else None
-    g_bias = torch.zeros(V, dtype=acc, device=input.device) if need_bias else None
+    # dW and db are accumulated across chunks in fp32 (fp64 for fp64), also for fp16/bf16 weights.
+    grad_dtype = acc
+    g_weight = torch.zeros(linear_weight.shape, dtype=grad_dtype, device=input.device) if need_weight else None
+    g_bias = torch.zeros(V, dtype=grad_dtype, device=input.device) if need_bias else None
     rows = max(1, min(chunk_rows, N))
     workspace = input.new_empty(rows * V)
     # fp16/bf16: dW's product is formed in fp32 from an fp32 copy of the tile, so that it is accumulated
@@ -87,7 +89,7 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
         if need_weight:
             if workspace_fp32 is not None:
                 tile32 = workspace_fp32[: tile.numel()].view(tile.shape).copy_(tile)
-                g_weight.addmm_(tile32.t(), x.float())
+                g_weight.addmm_(tile32.t().to(grad_dtype), x.to(grad_dtype))
             else:
                 g_weight.addmm_(tile.t(), x)
         if need_bias:
