@@ -175,13 +175,21 @@ def test_no_gradient_work_without_requires_grad(monkeypatch):
     assert [g.numel() for g in out[1:]] == [0, 0, 0]
 
 
-def test_backward_twice_and_scaled_upstream_gradient():
-    x, w, b, t, _ = _problem()
-    xg = x.clone().requires_grad_()
-    loss = fused_ce.linear_cross_entropy(xg, w, t, linear_bias=b, options=OPTIONS(batch_chunk_size=5))
-    (g1,) = torch.autograd.grad(loss, xg, torch.tensor(1.0, dtype=x.dtype), retain_graph=True)
-    (g3,) = torch.autograd.grad(loss, xg, torch.tensor(3.0, dtype=x.dtype))
-    assert torch.equal(g3, 3 * g1)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_backward_twice_and_scaled_upstream_gradient(reduction):
+    """The first backward scales the gradients that forward computed (in place); a second one
+    (retain_graph=True) finds them spent and runs the chunk loop again: both right."""
+    x, w, b, t, cw = _problem(weighted=True, ignore=True)
+    leaves = [a.clone().requires_grad_() for a in (x, w, b)]
+    kwargs = dict(linear_bias=leaves[2], weight=cw, ignore_index=3, reduction=reduction, label_smoothing=0.1)
+    loss = fused_ce.linear_cross_entropy(*leaves[:2], t, options=OPTIONS(batch_chunk_size=5), **kwargs)
+    ref = F.linear_cross_entropy(*leaves[:2], t, **kwargs)
+    for g in (0.5, 3.0):
+        grad = torch.tensor(g, dtype=x.dtype)
+        ours = torch.autograd.grad(loss, leaves, grad, retain_graph=True)
+        expected = torch.autograd.grad(ref, leaves, grad, retain_graph=True)
+        for o, e in zip(ours, expected):
+            assert_close(o, e, input_scale=10.0, terms=N)
 
 
 def test_double_backward_raises():
@@ -274,10 +282,9 @@ def test_opcheck(reduction, dtype, device):
     torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (x, w, b, t, cw, 3, 0.1, reduction, 4, True, True, True))
     torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (x.detach(), w, None, t, None, -100, 0.0, reduction, 9,
                                                                  False, True, False))
-    if reduction == 0:
-        g = torch.rand(9, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-        torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
-                              (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, 4, True, True, True))
+    g = torch.rand(9 if reduction == 0 else (), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
+                          (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, reduction, 4, True, True, True))
     tile = F.linear(x, w, b).detach()
     torch.library.opcheck(ops.linear_ce_tile_.default, (tile, t, cw, 3, 0.1, None, torch.tensor(5.0, dtype=torch.float64),
                                                         True))

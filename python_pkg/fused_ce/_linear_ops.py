@@ -97,6 +97,25 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
     return row_loss, g_input, g_weight, g_bias
 
 
+def _scale_ready_grads(ctx, ready, grad_loss):
+    """The gradients that forward computed, times the scalar upstream gradient, in the accumulation dtype
+    (grad_loss's) and rounded once to each parameter's dtype. In eager mode they are scaled in place, so that
+    no second V x H buffer exists (the saved one is then spent: a second backward, retain_graph=True, runs the
+    chunk loop again); while a graph is traced (tensor subclasses) out of place."""
+    in_place = all(type(t) is torch.Tensor for t in (grad_loss, *ready))
+    ctx.grads_spent = in_place
+    out = []
+    for g, dtype in zip(ready, ctx.dtypes):
+        if dtype is None:
+            out.append(None)
+        elif in_place and g.dtype == grad_loss.dtype:
+            g.data.mul_(grad_loss)  # .data: the saved tensor's version stays, so a second backward can unpack
+            out.append(g.to(dtype))
+        else:
+            out.append((g.to(grad_loss.dtype) * grad_loss).to(dtype))
+    return out
+
+
 def _empty(like):
     return like.new_empty(0)
 
@@ -149,22 +168,28 @@ def _define(lib):
         return loss, gx, gw, gb
 
     @torch.library.custom_op(f"{lib}::linear_cross_entropy_bwd", mutates_args=())
-    def bwd(grad_rows: Tensor, input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
-            weight: Optional[Tensor], ignore_index: int, label_smoothing: float, chunk_rows: int,
+    def bwd(grad: Tensor, input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
+            weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
             need_input: bool, need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """Gradients of sum_i grad_rows[i] loss_i (reduction='none'): the chunk loop again."""
+        """Gradients of the loss under the upstream gradient `grad` (per row for reduction='none', else one
+        value), by the chunk loop again: the backward of 'none', and a second backward of 'mean'/'sum'."""
+        _ops._check_reduction(reduction)
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
+            acc = acc_dtype(input.dtype)
+            row_grad = grad.to(acc) if reduction == NONE else grad.to(acc).reshape(1).expand(input.shape[0])
+            denominator = _target_weight_total(target, weight, ignore_index, linear_weight.shape[0]) \
+                if reduction == MEAN else None
             _, gx, gw, gb = _chunked_pass(
                 ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, chunk_rows,
-                grad_rows.to(acc_dtype(input.dtype)), None, need_input, need_weight,
-                need_bias and linear_bias is not None)
+                row_grad.contiguous(), denominator, need_input, need_weight, need_bias and linear_bias is not None)
         gw = gw.to(linear_weight.dtype) if gw is not None else None
         gb = gb.to(linear_bias.dtype) if gb is not None else None
         return tuple(g if g is not None else _empty(input) for g in (gx, gw, gb))
 
     @bwd.register_fake
-    def _(grad_rows, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, chunk_rows,
-          need_input, need_weight, need_bias):
+    def _(grad, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction,
+          chunk_rows, need_input, need_weight, need_bias):
+        _ops._check_reduction(reduction)
         gx = torch.empty_like(input) if need_input else _empty(input)
         gw = torch.empty_like(linear_weight) if need_weight else _empty(input)
         gb = torch.empty_like(linear_bias) if need_bias and linear_bias is not None else _empty(input)
@@ -174,13 +199,13 @@ def _define(lib):
         (input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
          need_input, need_weight, need_bias) = inputs
         ctx.reduction = reduction
-        ctx.args = (ignore_index, label_smoothing, chunk_rows)
+        ctx.args = (ignore_index, label_smoothing, reduction, chunk_rows)
         ctx.computed = (need_input, need_weight, need_bias)
         ctx.dtypes = (input.dtype, linear_weight.dtype, None if linear_bias is None else linear_bias.dtype)
-        if reduction == NONE:
-            ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
-        else:
-            ctx.save_for_backward(*output[1:])
+        ctx.grads_spent = False
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(input, linear_weight, linear_bias, target, weight,
+                              *(output[1:] if reduction != NONE else ()))
 
     def backward(ctx, grad_loss, *_unused):
         if torch.is_grad_enabled():  # the gradients below are not differentiable functions of the inputs
@@ -188,8 +213,8 @@ def _define(lib):
                 "fused_ce.linear_cross_entropy does not support double backward (create_graph=True); "
                 "use torch.nn.functional.linear_cross_entropy with options=None for higher-order gradients")
         need = ctx.needs_input_grad[:3]
-        if ctx.reduction == NONE:
-            input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
+        input, linear_weight, linear_bias, target, weight, *ready = ctx.saved_tensors
+        if ctx.reduction == NONE or ctx.grads_spent:
             grads = ops.linear_cross_entropy_bwd(grad_loss, input, linear_weight, linear_bias, target, weight,
                                                  *ctx.args, *need)
         else:
@@ -198,9 +223,7 @@ def _define(lib):
             if missing:
                 raise RuntimeError(f"fused_ce: linear_cross_entropy_fwd was called without computing the gradient "
                                    f"of {', '.join(missing)}, which backward needs")
-            # In the accumulation dtype (grad_loss's), rounded once to the parameter's dtype.
-            grads = tuple(None if d is None else (g.to(grad_loss.dtype) * grad_loss).to(d)
-                          for g, d in zip(ctx.saved_tensors, ctx.dtypes))
+            grads = _scale_ready_grads(ctx, ready, grad_loss)
         return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 9
 
     fwd.register_autograd(backward, setup_context=setup_context)
