@@ -10,7 +10,8 @@ loss and the gradients of the input and the weight (torch.autograd.grad). Provid
   torch_chunked  torch's F.linear_cross_entropy with options=LinearCrossEntropyOptions() (its chunked path)
   torch_compile  torch.compile of the eager step's loss
   liger          Liger-Kernel's LigerFusedLinearCrossEntropyLoss (GPU only)
-Time: ms per step, median [p20-p80], providers timed in interleaved rounds after a warm-up (see timing.py).
+Time: ms per step, median [p20-p80], providers timed in interleaved rounds after a warm-up round; the CPU
+time other processes took meanwhile is printed (a busy machine slows every provider).
 Peak extra memory: each provider in a fresh process; on CPU the RSS high-water mark minus the RSS once the
 inputs exist (and, for torch_compile, once it has compiled); on GPU max_memory_allocated minus the allocation
 then. The same step (loss and both gradients) is measured.
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import fused_ce
+import load
 import timing
 
 ALL = ("fused_ce", "torch", "torch_chunked", "torch_compile", "liger")
@@ -148,7 +150,12 @@ def main():
     print(f"linear CE {args.dtype} N={n} H={h} V={v} on {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; one N x V tensor is {logits_mib:.0f} MiB; fused_ce workspace "
           f"{fused_ce.linear.workspace_mib:g} MiB (chunk of {fused_ce.linear.chunk_rows(n, v, dtype)} rows)")
+    start = load.snapshot()
     samples = time_providers(fns, x, w, target, args.repeats, args.device)
+    busy = load.window(start, load.snapshot())
+    other = "unknown" if busy.other_cores is None else f"{busy.other_cores:.2f}"
+    print(f"while timed ({busy.seconds:.0f} s): other processes used {other} cores on average; 1-minute load "
+          f"average {load._fmt(busy.load_before)} before, {load._fmt(busy.load_after)} after")
     del x, w, target
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
     print("| provider | ms p50 [p20–p80] | × vs torch eager | peak extra MiB |")
