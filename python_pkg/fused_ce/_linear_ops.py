@@ -1,13 +1,14 @@
 """The fused linear cross-entropy as torch.library custom ops: the chunk loop, its fake kernels and autograd.
 
 For row chunks X_c of the input, in a fixed order, through one reused workspace:
-    tile = X_c W^T (+ b)                                    at::matmul, in the input dtype
+    tile = X_c W^T (+ b)                                    torch.mm / addmm, in the input dtype
     loss rows, and tile <- dlogits                          the C++ op linear_ce_tile_ (CPU or CUDA kernels)
     dX_c = tile W;  dW += tile^T X_c;  db += column sums    dW and db accumulated in fp32 for fp16/bf16
 so no N x V tensor ever exists. With reduction 'mean' or 'sum' the gradients are computed during forward
 (when something requires grad) and backward only scales them by the scalar upstream gradient. With 'none'
 the upstream gradient differs per row and dW cannot be rescaled afterwards: backward runs the loop a second
-time with the per-row gradients (linear_cross_entropy_bwd).
+time with the per-row gradients (linear_cross_entropy_bwd), as does a second backward of 'mean'/'sum'
+(retain_graph=True) once the first has scaled the forward's gradients in place.
 
 The ops are defined once per op library (fused_ce, and fused_ce_emulated_cuda when the emulated CUDA
 extension is installed, whose linear_ce_tile_ runs the CUDA kernels on CPU tensors).
@@ -57,10 +58,10 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
     N = input.shape[0]
     V = linear_weight.shape[0]
     acc = acc_dtype(input.dtype)
-    low_precision = acc != input.dtype and input.dtype != torch.float32
+    low_precision = input.dtype in (torch.float16, torch.bfloat16)
     grads = need_input or need_weight or need_bias
     row_loss = input.new_empty(N, dtype=acc)
-    g_input = torch.empty_like(input) if need_input else None
+    g_input = torch.empty(input.shape, dtype=input.dtype, device=input.device) if need_input else None
     # dW and db are accumulated across chunks in fp32 (fp64 for fp64), also for fp16/bf16 weights.
     grad_dtype = acc
     g_weight = torch.zeros(linear_weight.shape, dtype=grad_dtype, device=input.device) if need_weight else None
