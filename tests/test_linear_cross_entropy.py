@@ -358,3 +358,21 @@ def test_all_rows_ignored_and_no_rows():
     assert fused_ce.linear_cross_entropy(x[:0], w, t[:0], reduction="sum") == 0
     assert fused_ce.linear_cross_entropy(x[:0], w, t[:0]).isnan()
 
+
+
+def test_bitwise_identical_at_one_and_two_threads(monkeypatch):
+    """The chunks (here of 64 rows, from the workspace knob) are the same and run in a fixed order whatever
+    the number of threads, and so do the reductions."""
+    monkeypatch.setattr(fused_ce.linear, "workspace_mib", 64 * V * 8 / 2**20)
+    x, w, b, t, cw = _problem(n=300, weighted=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(
+                a[0], a[1], t, linear_bias=a[2], weight=cw, label_smoothing=0.1), x, w, b))
+    finally:
+        torch.set_num_threads(threads)
+    for name, one, two in zip(["loss", "dX", "dW", "db"], *results):
+        assert torch.equal(one, two), name
