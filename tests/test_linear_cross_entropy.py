@@ -76,6 +76,24 @@ def test_parity_per_device(all_options, reduction, device):
         _compare(x, w, b, t, cw, reduction, 0.2 if all_options else 0.0, 3 if all_options else None, chunk)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_bf16_per_device(reduction, device):
+    """bf16 tiles through each device's kernels (in place on the tile), against fp64 on the same rounded
+    inputs: within a few bf16 roundings (the logits tile and dlogits are bf16, as torch's eager ones)."""
+    x, w, b, t, cw = _problem(dtype=torch.bfloat16, bias=True, weighted=True, ignore=True, n=11)
+    kwargs = dict(weight=cw, reduction=reduction, label_smoothing=0.1, ignore_index=3)
+    ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
+        xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=4), **kwargs), x, w, b, unit_scalar=True)
+    ref = _losses_and_grads(lambda xi, wi, bi: F.linear_cross_entropy(
+        xi, wi, t, linear_bias=bi, **{**kwargs, "weight": cw.double()}), x.double(), w.double(), b.double(),
+        unit_scalar=True)
+    for name, o, r in zip(["loss", "dX", "dW", "db"], ours, ref):
+        assert o.dtype == torch.bfloat16
+        err = ((o.double() - r).abs().max() / r.abs().max()).item()
+        assert err <= 4 * 2**-8, f"{name}: error {err:.3g}"
+
+
 def test_workspace_knob_sets_the_chunk_rows(monkeypatch):
     # fp32 at V=1000: 4000 bytes per row; bf16 adds the fp32 copy: 6000.
     monkeypatch.setattr(fused_ce.linear, "workspace_mib", 1.0)
