@@ -12,6 +12,7 @@ from helpers import DEVICES
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 ALL_OPS = {"cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_soft_fwd", "cross_entropy_soft_bwd",
+           "linear_ce_tile_", "linear_cross_entropy_fwd", "linear_cross_entropy_bwd",
            "cross_entropy_soft_target_bwd", "bce_with_logits_fwd", "bce_with_logits_bwd",
            "bce_with_logits_target_bwd"}
 
