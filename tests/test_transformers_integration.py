@@ -1,0 +1,215 @@
+"""fused_ce.integrations.transformers: tiny randomly initialized transformers models (no downloads) whose losses
+fused_ce computes must give the stock model's loss, dtype and every parameter's gradient, and train alike."""
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+import fused_ce  # noqa: E402
+from fused_ce.integrations.transformers import FusedLoss, restore, use_fused_ce  # noqa: E402
+
+from helpers import relative_error  # noqa: E402
+
+VOCAB, BATCH, SEQ = 101, 2, 7
+# The stock losses compute in fp32 (transformers upcasts fp16/bf16 and downcasts fp64 logits); fused_ce's in
+# the logits' dtype with fp32 accumulation, summed in another order: fp32 rounding apart, relative to size.
+TOL = 2e-5
+
+
+def _llama_config(**extra):
+    return transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                    pad_token_id=0, **extra)
+
+
+def _modernbert_config():
+    # BERT itself computes its masked-LM loss inline, without transformers' loss mapping; ModernBERT uses it.
+    return transformers.ModernBertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=0)
+
+
+def _ids(gen):
+    return torch.randint(1, VOCAB, (BATCH, SEQ), generator=gen)  # no pad token: the last token is pooled
+
+
+def _with_ignored(labels, gen):
+    return labels.masked_fill(torch.rand(labels.shape, generator=gen) < 0.3, -100)
+
+
+def _causal(gen):
+    ids = _ids(gen)
+    return transformers.LlamaForCausalLM(_llama_config()), dict(input_ids=ids, labels=_with_ignored(ids, gen))
+
+
+def _causal_num_items(gen):
+    model, batch = _causal(gen)
+    batch["num_items_in_batch"] = torch.tensor(13)  # e.g. the tokens of all accumulated micro-batches
+    return model, batch
+
+
+def _causal_shift_labels(gen):
+    model, batch = _causal(gen)
+    batch["shift_labels"] = _with_ignored(torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen), gen)
+    return model, batch
+
+
+def _masked(gen):
+    ids = _ids(gen)
+    return transformers.ModernBertForMaskedLM(_modernbert_config()), dict(input_ids=ids, labels=_with_ignored(ids, gen))
+
+
+def _single_label(gen):
+    model = transformers.LlamaForSequenceClassification(_llama_config(num_labels=3))
+    return model, dict(input_ids=_ids(gen), labels=torch.randint(0, 3, (BATCH,), generator=gen))
+
+
+def _multi_label(gen):
+    model = transformers.LlamaForSequenceClassification(_llama_config(num_labels=4))
+    return model, dict(input_ids=_ids(gen), labels=(torch.rand(BATCH, 4, generator=gen) < 0.5))
+
+
+def _token_classification(gen):
+    model = transformers.LlamaForTokenClassification(_llama_config(num_labels=5))
+    labels = _with_ignored(torch.randint(0, 5, (BATCH, SEQ), generator=gen), gen)
+    return model, dict(input_ids=_ids(gen), labels=labels)
+
+
+CASES = {"causal": _causal, "causal_num_items": _causal_num_items, "causal_shift_labels": _causal_shift_labels,
+         "masked": _masked, "single_label": _single_label, "multi_label": _multi_label,
+         "token_classification": _token_classification}
+
+
+def _twins(case, dtype):
+    """The stock model, its fused twin with the same weights, and a batch (float labels in the model's dtype)."""
+    torch.manual_seed(0)
+    stock, batch = CASES[case](torch.Generator().manual_seed(1))
+    stock = stock.to(dtype)
+    if batch["labels"].dtype == torch.bool:
+        batch["labels"] = batch["labels"].to(dtype)
+    fused = use_fused_ce(copy.deepcopy(stock))
+    return stock, fused, batch
+
+
+def _loss(model, batch):
+    torch.manual_seed(2)  # the same dropout masks for both twins
+    return model(**batch).loss
+
+
+def _assert_near(actual, expected, what, tol=TOL):
+    error, problem = relative_error(actual, expected)
+    assert problem is None and error <= tol, f"{what}: error {error:.3g} > {tol:g} {problem or ''}"
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The dtypes of the logits fused_ce's losses receive."""
+    calls = []
+    for name in ("cross_entropy", "binary_cross_entropy_with_logits"):
+        original = getattr(fused_ce.functional, name)
+
+        def recorded(input, *args, _original=original, **kwargs):
+            calls.append(input.dtype)
+            return _original(input, *args, **kwargs)
+        monkeypatch.setattr(fused_ce.functional, name, recorded)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_loss_and_gradients_equal_stock(case, dtype, fused_calls):
+    stock, fused, batch = _twins(case, dtype)
+    expected = _loss(stock, batch)
+    actual = _loss(fused, batch)
+    assert fused_calls == [dtype], "the fused model's loss must be fused_ce's, on the logits as they are"
+    assert actual.dtype == expected.dtype
+    _assert_near(actual, expected, "loss")
+    expected.backward()
+    actual.backward()
+    fused_params = dict(fused.named_parameters())
+    for name, p in stock.named_parameters():
+        if p.grad is not None:
+            _assert_near(fused_params[name].grad, p.grad, name)
+        else:
+            assert fused_params[name].grad is None, name
+
+
+def test_training_steps_follow_stock():
+    stock, fused, batch = _twins("causal", torch.float32)
+    histories = []
+    for model in (stock, fused):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(4):
+            loss = _loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        histories.append(torch.stack(losses))
+    assert histories[0][-1] < histories[0][0]  # the steps do train
+    _assert_near(histories[1], histories[0], "losses", tol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["causal", "single_label"])
+def test_bf16_logits_not_upcast(case, fused_calls):
+    stock, fused, batch = _twins(case, torch.bfloat16)
+    expected = _loss(stock, batch)
+    actual = _loss(fused, batch)
+    assert fused_calls == [torch.bfloat16]
+    # fp32 for causal LM (transformers upcasts), bf16 for sequence classification (it does not).
+    assert actual.dtype == expected.dtype
+    _assert_near(actual, expected, "loss", tol=1e-2)
+
+
+def test_options_reach_fused_ce():
+    stock, fused, batch = _twins("causal", torch.float64)
+    use_fused_ce(fused, label_smoothing=0.25)
+    logits = fused(input_ids=batch["input_ids"]).logits.detach()
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), batch["labels"][:, 1:].reshape(-1),
+                                                 label_smoothing=0.25)
+    _assert_near(fused(**batch).loss, expected, "label-smoothed loss", tol=1e-6)
+    with pytest.raises(ValueError, match="'reduction' is set by transformers"):
+        use_fused_ce(fused, reduction="sum")
+
+
+def test_regression_stays_with_transformers(fused_calls):
+    torch.manual_seed(0)
+    stock = transformers.LlamaForSequenceClassification(_llama_config(num_labels=1))
+    fused = use_fused_ce(copy.deepcopy(stock))
+    batch = dict(input_ids=_ids(torch.Generator().manual_seed(1)), labels=torch.randn(BATCH))
+    assert torch.equal(fused(**batch).loss, stock(**batch).loss)
+    assert fused_calls == []
+
+
+def test_model_call_is_idempotent_and_restored():
+    loss_utils = transformers.loss.loss_utils
+    model = transformers.LlamaForCausalLM(_llama_config())
+    assert use_fused_ce(use_fused_ce(model, label_smoothing=0.1)) is model
+    assert isinstance(model.loss_function, FusedLoss)
+    assert model.loss_function.stock is loss_utils.ForCausalLMLoss and model.loss_function.options == {}
+    assert restore(model).loss_function is loss_utils.ForCausalLMLoss
+    with pytest.raises(ValueError, match="no counterpart"):
+        use_fused_ce(transformers.LlamaForQuestionAnswering(_llama_config()))
+
+
+def test_global_mapping_covers_new_models_and_is_restored(fused_calls):
+    loss_utils = transformers.loss.loss_utils
+    before = dict(loss_utils.LOSS_MAPPING)
+    try:
+        use_fused_ce()
+        use_fused_ce()  # a second call must not wrap the fused losses again
+        assert loss_utils.LOSS_MAPPING["ForCausalLM"].stock is loss_utils.ForCausalLMLoss
+        assert loss_utils.LOSS_MAPPING["ForConditionalGeneration"].stock is loss_utils.ForCausalLMLoss
+        assert loss_utils.LOSS_MAPPING["ForQuestionAnswering"] is before["ForQuestionAnswering"]
+        torch.manual_seed(0)
+        model, batch = _masked(torch.Generator().manual_seed(1))
+        assert isinstance(model.loss_function, FusedLoss)
+        model(**batch).loss.backward()
+        assert fused_calls == [torch.float32]
+    finally:
+        restore()
+    assert loss_utils.LOSS_MAPPING == before
