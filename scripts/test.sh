@@ -14,7 +14,7 @@ if [ "${1:-}" = --cpu ]; then
   flavor=cpu
   shift
 fi
-venv=$(FUSED_CE_EMULATED_CUDA=1 "$root/scripts/setup_env.sh" $flavor pytest hypothesis expecttest scikit-learn matplotlib tqdm)
+venv=$(FUSED_CE_EMULATED_CUDA=1 "$root/scripts/setup_env.sh" $flavor pytest hypothesis expecttest scikit-learn matplotlib tqdm transformers)
 cd "$root"
 set +e
 "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
