@@ -2,6 +2,7 @@
 fused_ce computes must give the stock model's loss, dtype and every parameter's gradient, and train alike."""
 import copy
 import os
+import sys
 
 import pytest
 import torch
@@ -204,6 +205,8 @@ def test_model_call_is_idempotent_and_restored():
     assert use_fused_ce(use_fused_ce(model, label_smoothing=0.1)) is model
     assert isinstance(model.loss_function, FusedLoss)
     assert model.loss_function.stock is loss_utils.ForCausalLMLoss and model.loss_function.options == {}
+    # What transformers and training loops do to a model keeps its loss.
+    assert isinstance(copy.deepcopy(model.to(torch.float64).train()).loss_function, FusedLoss)
     assert restore(model).loss_function is loss_utils.ForCausalLMLoss
     with pytest.raises(ValueError, match="no counterpart"):
         use_fused_ce(transformers.LlamaForQuestionAnswering(_llama_config()))
@@ -226,3 +229,9 @@ def test_global_mapping_covers_new_models_and_is_restored(fused_calls):
     finally:
         restore()
     assert loss_utils.LOSS_MAPPING == before
+
+
+def test_missing_transformers_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers.loss", None)  # what an install without it looks like
+    with pytest.raises(ImportError, match=r"needs transformers 4.46 or newer.*fused-ce\[transformers\]"):
+        use_fused_ce()
