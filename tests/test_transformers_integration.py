@@ -235,3 +235,20 @@ def test_missing_transformers_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers.loss", None)  # what an install without it looks like
     with pytest.raises(ImportError, match=r"needs transformers 4.46 or newer.*fused-ce\[transformers\]"):
         use_fused_ce()
+
+
+@pytest.mark.parametrize("num_items", [None, 3000])
+def test_bf16_loss_keeps_fp32_precision(num_items):
+    # transformers returns an fp32 loss of bf16 logits; one bf16 rounding of the total (2^-9 relative) would show
+    # in loss curves. Per-row bf16 roundings, summed in fp32, average out over many rows.
+    gen = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(4096, VOCAB, generator=gen)).bfloat16()
+    labels = _with_ignored(torch.randint(0, VOCAB, (4096,), generator=gen), gen)
+    loss_function = use_fused_ce(transformers.LlamaForCausalLM(_llama_config())).loss_function
+    actual = loss_function(logits=logits.view(2, 2048, VOCAB), labels=labels.view(2, 2048), vocab_size=VOCAB,
+                           num_items_in_batch=num_items)
+    rows = torch.nn.functional.cross_entropy(logits.double().view(2, 2048, VOCAB)[:, :-1].reshape(-1, VOCAB),
+                                             labels.view(2, 2048)[:, 1:].reshape(-1), reduction="none")
+    expected = rows.sum() / (num_items or (labels.view(2, 2048)[:, 1:] != -100).sum())
+    assert actual.dtype == torch.float32
+    _assert_near(actual, expected, "loss", tol=1e-4)

@@ -8,8 +8,10 @@ transformers picks a model's loss from `transformers.loss.loss_utils.LOSS_MAPPIN
 the stock ForCausalLM, ForMaskedLM, ForSequenceClassification and ForTokenClassification losses step by step
 (label shift or `shift_labels`, ignore_index=-100, `num_items_in_batch` meaning a sum divided by it, the
 problem_type inference of sequence classification) with two differences: fp16/bf16 logits are not upcast to
-fp32 in memory (the kernels accumulate in fp32 anyway; the loss is still returned in fp32, as transformers
-returns it), and fp64 logits are not downcast (the loss is computed in fp64 and returned in fp32).
+fp32 in memory (the kernels accumulate in fp32 anyway; their per-row losses are summed in fp32, and the loss is
+returned in fp32, as transformers returns it), and fp64 logits are not downcast (the loss is computed in fp64
+and returned in fp32). Models that compute their loss inline rather than through `self.loss_function` (BERT's
+masked LM, BERT's and GPT-2's classification heads) keep their own loss.
 Regression (sequence classification with problem_type 'regression') stays with transformers' own MSE loss.
 """
 import torch
@@ -36,13 +38,21 @@ def _fixed_cross_entropy(source, target, options, num_items_in_batch=None, ignor
     """transformers' fixed_cross_entropy: a mean over the rows that are not ignored, or, given
     num_items_in_batch (e.g. the non-ignored tokens of all gradient-accumulation micro-batches), a sum divided
     by it. Like the stock function, it ignores the other keyword arguments a model's forward passes along."""
-    reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction=reduction, **options)
-    if reduction == "sum":
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(loss.device)
-        loss = loss / num_items_in_batch
-    return loss
+    if source.dtype in (torch.float16, torch.bfloat16) and "weight" not in options:
+        # The kernels' fp16/bf16 mean or sum is rounded to 3 significant digits, where transformers' is fp32:
+        # per-row losses summed in fp32 keep (nearly) its precision without an fp32 copy of the logits.
+        rows = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none", **options)
+        loss = rows.float().sum()
+        if num_items_in_batch is None:
+            num_items_in_batch = (target != ignore_index).sum()
+    else:
+        reduction = "sum" if num_items_in_batch is not None else "mean"
+        loss = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction=reduction, **options)
+        if num_items_in_batch is None:
+            return loss
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
 
 
 def _as_transformers_upcast(loss):
@@ -88,7 +98,8 @@ def _sequence_classification(options, labels, pooled_logits, config, stock, **kw
     labels = labels.to(pooled_logits.device)
     if config.problem_type == "single_label_classification":
         # transformers does not upcast here: the loss keeps the logits' dtype.
-        return _fixed_cross_entropy(pooled_logits.view(-1, num_labels), labels.view(-1), options, **kwargs)
+        loss = _fixed_cross_entropy(pooled_logits.view(-1, num_labels), labels.view(-1), options, **kwargs)
+        return loss.to(pooled_logits.dtype)
     if config.problem_type == "multi_label_classification":
         # The options are cross-entropy options; transformers' BCEWithLogitsLoss takes none.
         return functional.binary_cross_entropy_with_logits(pooled_logits, labels)
