@@ -85,7 +85,7 @@ def _token_classification(options, logits, labels, config, **kwargs):
     return _as_transformers_upcast(_fixed_cross_entropy(logits, labels, options, **kwargs))
 
 
-def _sequence_classification(options, labels, pooled_logits, config, stock, **kwargs):
+def _sequence_classification(options, labels, pooled_logits, config, **kwargs):
     # The same inference as transformers', which also stores the result in the config.
     num_labels = config.num_labels
     if config.problem_type is None:
@@ -103,7 +103,8 @@ def _sequence_classification(options, labels, pooled_logits, config, stock, **kw
     if config.problem_type == "multi_label_classification":
         # The options are cross-entropy options; transformers' BCEWithLogitsLoss takes none.
         return functional.binary_cross_entropy_with_logits(pooled_logits, labels)
-    return stock(labels=labels, pooled_logits=pooled_logits, config=config, **kwargs)
+    return _loss_utils().ForSequenceClassificationLoss(labels=labels, pooled_logits=pooled_logits, config=config,
+                                                       **kwargs)
 
 
 class FusedLoss:
@@ -113,8 +114,6 @@ class FusedLoss:
         self.fused, self.stock, self.options = fused, stock, dict(options)
 
     def __call__(self, *args, **kwargs):
-        if self.fused is _sequence_classification:
-            return _sequence_classification(self.options, *args, stock=self.stock, **kwargs)
         return self.fused(self.options, *args, **kwargs)
 
     def __repr__(self):
