@@ -109,13 +109,13 @@ def _assert_near(actual, expected, what, tol=TOL):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """The dtypes of the logits fused_ce's losses receive."""
+    """The dtypes fused_ce's losses compute in (autocast would make them fp32)."""
     calls = []
     for name in ("cross_entropy", "binary_cross_entropy_with_logits"):
         original = getattr(fused_ce.functional, name)
 
         def recorded(input, *args, _original=original, **kwargs):
-            calls.append(input.dtype)
+            calls.append(fused_ce._validation.autocast_fp32(input)[0].dtype)
             return _original(input, *args, **kwargs)
         monkeypatch.setattr(fused_ce.functional, name, recorded)
     return calls
@@ -157,12 +157,16 @@ def test_training_steps_follow_stock():
     _assert_near(histories[1], histories[0], "losses", tol=1e-4)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16_model", "autocast"])
 @pytest.mark.parametrize("case", ["causal", "single_label"])
-def test_bf16_logits_not_upcast(case, fused_calls):
-    stock, fused, batch = _twins(case, torch.bfloat16)
-    expected_dtype = _loss(stock, batch).dtype  # fp32 for causal LM (transformers upcasts), bf16 for sequence
-    torch.manual_seed(2)                        # classification (it does not)
-    out = fused(**batch)
+def test_bf16_logits_not_upcast(case, autocast, fused_calls):
+    stock, fused, batch = _twins(case, torch.float32 if autocast else torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        # fp32 for causal LM (transformers upcasts) and under autocast; else bf16 for sequence classification.
+        expected_dtype = _loss(stock, batch).dtype
+        torch.manual_seed(2)
+        out = fused(**batch)
+    assert out.logits.dtype == torch.bfloat16
     assert fused_calls == [torch.bfloat16]
     assert out.loss.dtype == expected_dtype
     # Judged against the exact loss of the same bf16 logits (torch's own bf16 kernel is no reference), and by the

@@ -18,15 +18,13 @@ def reduction_enum(reduction, size_average=None, reduce=None):
     return _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
 
 
+def autocast_runs_fp32(t):
+    """Whether autocast runs these losses on `t` in float32, as it does torch's (fp32 policy on CPU and CUDA)."""
+    return t.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(t.device.type)
+
+
 def autocast_fp32(*tensors):
-    """Autocast runs these losses in float32, as it does torch's (fp32 policy on CPU and CUDA)."""
-    out = []
-    for t in tensors:
-        if (t is not None and t.dtype in (torch.float16, torch.bfloat16)
-                and torch.is_autocast_enabled(t.device.type)):
-            t = t.float()
-        out.append(t)
-    return out
+    return [t.float() if t is not None and autocast_runs_fp32(t) else t for t in tensors]
 
 
 def _no_grad_weight(op_name, name, t):

@@ -16,7 +16,7 @@ Regression (sequence classification with problem_type 'regression') stays with t
 """
 import torch
 
-from .. import functional
+from .. import _validation, functional
 
 _MISSING = ("fused_ce.integrations.transformers needs transformers 4.46 or newer, whose models take their loss from "
             "transformers.loss.loss_utils.LOSS_MAPPING (pip install 'fused-ce[transformers]')")
@@ -41,7 +41,8 @@ def _fixed_cross_entropy(source, target, options, num_items_in_batch=None, ignor
     if source.dtype in (torch.float16, torch.bfloat16) and "weight" not in options:
         # The kernels' fp16/bf16 mean or sum is rounded to 3 significant digits, where transformers' is fp32:
         # per-row losses summed in fp32 keep (nearly) its precision without an fp32 copy of the logits.
-        rows = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none", **options)
+        with torch.autocast(source.device.type, enabled=False):  # no fp32 copy of the logits under autocast
+            rows = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none", **options)
         loss = rows.float().sum()
         if num_items_in_batch is None:
             num_items_in_batch = (target != ignore_index).sum()
@@ -97,9 +98,9 @@ def _sequence_classification(options, labels, pooled_logits, config, **kwargs):
             config.problem_type = "multi_label_classification"
     labels = labels.to(pooled_logits.device)
     if config.problem_type == "single_label_classification":
-        # transformers does not upcast here: the loss keeps the logits' dtype.
+        # transformers does not upcast here: the loss keeps the logits' dtype, but for autocast's fp32.
         loss = _fixed_cross_entropy(pooled_logits.view(-1, num_labels), labels.view(-1), options, **kwargs)
-        return loss.to(pooled_logits.dtype)
+        return loss.to(torch.float32 if _validation.autocast_runs_fp32(pooled_logits) else pooled_logits.dtype)
     if config.problem_type == "multi_label_classification":
         # The options are cross-entropy options; transformers' BCEWithLogitsLoss takes none.
         return functional.binary_cross_entropy_with_logits(pooled_logits, labels)
