@@ -196,13 +196,26 @@ def make_inputs(case, device, seed=0):
     return Inputs(x, target, kwargs)
 
 
-BYTES_MODEL = ("minimum traffic: every N×C input (logits, and the target when it is N×C: soft CE, BCE) read once; "
-               "backward and full also write the N×C gradient once; per-row and per-class vectors not counted")
+BYTES_MODEL = ("forward reads every N×C input once (the logits, and the target when it is N×C: "
+               "soft CE, BCE); backward reads them once more and writes the N×C gradient once; full is both "
+               "(N×C inputs read twice, gradient written once); per-row and per-class vectors not counted")
 
 
 def min_bytes(case):
+    """The fewest bytes a forward / backward / forward+backward call must move through memory.
+
+    Autograd calls backward separately, with grad_output known only then, so backward must read the logits
+    (and an N×C target) again to form the gradient: a forward that wrote the gradient ahead would move more,
+    since backward would then read and rewrite it to scale it, and a forward without backward would pay for
+    it too."""
     elem = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
     nc = case.N * case.C
     full_target = case.loss == "bce" or case.feature == "soft"
     read = nc * elem * (2 if full_target else 1)
-    return read if case.mode == "forward" else read + nc * elem
+    write = nc * elem
+    return {"forward": read, "backward": read + write, "full": 2 * read + write}[case.mode]
+
+
+def floor_seconds(case, copy_bandwidth):
+    """The byte floor's time at the measured copy bandwidth (bytes/s, read + write bytes counted)."""
+    return min_bytes(case) / copy_bandwidth

@@ -7,8 +7,17 @@ import torch.nn.functional as F
 
 import fused_ce
 
-ALL = ("fused_ce", "torch", "torch_compile", "liger")
+ALL = ("fused_ce", "eager-thp", "compile-thp", "torch", "torch_compile", "liger")
 COMPILED = {"torch_compile"}  # their first call compiles; memory is measured after it
+# Torch at its best on CPU: the same calls as "torch" / "torch_compile", timed in a separate process that starts
+# with THP_MEM_ALLOC_ENABLE=1 (torch's switch for transparent huge pages in its CPU allocator; it is read once,
+# at the first allocation, so it cannot be turned on in a process that has already allocated). See thp.py.
+THP = {"eager-thp": "torch", "compile-thp": "torch_compile"}
+# What runs when --providers is not given: torch.compile with the default allocator only where THP does not
+# apply (CUDA); on CPU, torch_compile and its recompilations would double the run's compile time for a
+# comparison against a handicapped torch (ask for it with --providers).
+DEFAULTS = {"cpu": ("fused_ce", "eager-thp", "compile-thp", "torch"),
+            "cuda": ("fused_ce", "torch", "torch_compile", "liger")}
 
 
 class Unavailable(Exception):
@@ -67,6 +76,8 @@ def build(provider, case, inputs, device):
         return _compiled(case, inputs.kwargs)
     if provider == "liger":
         return _liger(case, inputs.kwargs, device)
+    if provider in THP:
+        raise Unavailable("THP providers run in their own process (thp.py)")
     raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(ALL)}")
 
 
