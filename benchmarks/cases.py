@@ -101,16 +101,17 @@ def default_cases(device, quick):
                               value=FEATURE_DEFAULTS.get(feature, 0.0), repeats=10))
         cases += [Case("bce", "full", dtype, 16384, 8192, repeats=20) for dtype in ("bf16", "fp32")]
         return cases
+    # Each input group costs a torch.compile in the THP worker (seconds), so the C sweep has three points, not
+    # more, and bf16 shares the large fp32 shape (where the byte floor matters most) instead of adding one.
     series = "N·C ≈ 16M"
     return [
         Case("ce", "full", "fp32", 4096, 32000, repeats=5),
+        Case("ce", "full", "bf16", 4096, 32000, repeats=5),
         Case("ce", "full", "fp32", 16384, 1000, repeats=7, series=series),
         Case("ce", "full", "fp32", 2048, 8000, repeats=7, series=series),
-        Case("ce", "full", "fp32", 512, 32000, repeats=7, series=series),
         Case("ce", "full", "fp32", 128, 128000, repeats=7, series=series),
         Case("ce", "forward", "fp32", 2048, 8000, repeats=7),
         Case("ce", "backward", "fp32", 2048, 8000, repeats=7),
-        Case("ce", "full", "bf16", 16384, 1000, repeats=7),
         Case("ce", "full", "fp32", 2048, 8000, feature="ignore", value=0.3, repeats=7),
         Case("bce", "full", "fp32", 4096, 4096, repeats=7),
     ]

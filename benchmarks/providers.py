@@ -13,10 +13,11 @@ COMPILED = {"torch_compile"}  # their first call compiles; memory is measured af
 # with THP_MEM_ALLOC_ENABLE=1 (torch's switch for transparent huge pages in its CPU allocator; it is read once,
 # at the first allocation, so it cannot be turned on in a process that has already allocated). See thp.py.
 THP = {"eager-thp": "torch", "compile-thp": "torch_compile"}
-# What runs when --providers is not given: torch.compile with the default allocator only where THP does not
-# apply (CUDA); on CPU, torch_compile and its recompilations would double the run's compile time for a
-# comparison against a handicapped torch (ask for it with --providers).
-DEFAULTS = {"cpu": ("fused_ce", "eager-thp", "compile-thp", "torch"),
+# What runs when --providers is not given. On CPU, torch at its best only: with the default allocator, torch
+# pays page faults on every fresh buffer (eager takes 3-5x as long), which would dominate the run's time (and
+# torch_compile would double its compile time) for a comparison against a handicap that a careful user
+# switches off; ask for them with --providers.
+DEFAULTS = {"cpu": ("fused_ce", "eager-thp", "compile-thp"),
             "cuda": ("fused_ce", "torch", "torch_compile", "liger")}
 
 

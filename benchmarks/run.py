@@ -109,6 +109,8 @@ def run_group(group, providers, device, args, bar, thp_worker):
         except providers_mod.Unavailable as e:
             for r in results:
                 r.notes[p] = f"skipped: {e}"
+    if thp_worker is not None:
+        thp_worker.ready()  # its start-up (a compilation) must not overlap a timing
     for r in results:
         c = r.case
         bar.set_postfix_str(c.label)
@@ -148,6 +150,12 @@ def time_thp(results, names, worker, warmup, seed):
         for p, s in samples.items():
             r.times[p] = timing.quantiles(s)
         r.load = load.busier(r.load, window)
+
+
+def thp_note(switch, huge_page_bytes):
+    huge = "(unknown)" if huge_page_bytes is None else f"{huge_page_bytes >> 20} MiB"
+    return (f"THP providers: a separate process with {thp.ENV}={switch}; of a fresh {thp.PROBE_BYTES >> 20} MiB "
+            f"tensor there, {huge} sat on huge pages")
 
 
 def measure_cpu_memory(results, seed):
@@ -195,17 +203,12 @@ def main(argv=None):
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
     start = time.perf_counter()
-    # Started first: its imports overlap this process's set-up, and nothing is timed before it is ready.
+    # Started first: its start-up overlaps this process's imports and first inputs and check; nothing is timed
+    # before it is ready.
     thp_worker = thp.Worker() if device == "cpu" and any(p in providers_mod.THP for p in providers) else None
     meta = environment(device)
     meta["load_start"] = load.load_average()
     meta["copy_bytes"] = CUDA_COPY_BYTES if device == "cuda" else CPU_COPY_BYTES
-    if thp_worker is not None:
-        switch, huge = thp_worker.ready()
-        meta["thp_note"] = (f"THP providers: a separate process with {thp.ENV}={switch}; of a fresh "
-                            f"{thp.PROBE_BYTES >> 20} MiB tensor there, "
-                            + ("(unknown)" if huge is None else f"{huge >> 20} MiB") + " sat on huge pages")
-    meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
 
     groups = {}
     for c in cases:
@@ -216,9 +219,13 @@ def main(argv=None):
             for group in groups.values():
                 results += run_group(group, providers, device, args, bar, thp_worker)
                 bar.update(len(group))
+        if thp_worker is not None:
+            meta["thp_note"] = thp_note(*thp_worker.ready())
     finally:
         if thp_worker is not None:
             thp_worker.close()
+    # After the timings, so that it cannot overlap the THP worker's start-up; warm, in the same run.
+    meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
     meta["load_end"] = load.load_average()
     meta["load_warning"] = load.describe([r.load for r in results if r.load], meta["load_start"], meta["load_end"],
                                          meta["threads"])
