@@ -179,8 +179,8 @@ def make_inputs(case, device, seed=0):
             target = torch.softmax(torch.randn(n, c, device=device, generator=gen), dim=1).to(dtype)
         else:
             target = torch.randint(0, c, (n,), device=device, generator=gen)
-        if case.feature == "ignore":
-            target[torch.rand(n, device=device, generator=gen) < case.value] = IGNORE_INDEX
+        if case.feature == "ignore":  # exactly ignored_rows(case) rows, so that the byte floor is exact
+            target[torch.randperm(n, device=device, generator=gen)[:ignored_rows(case)]] = IGNORE_INDEX
         if case.feature == "weight":
             kwargs["weight"] = (torch.rand(c, device=device, generator=gen) + 0.5).to(dtype)
         if case.feature == "smoothing":
@@ -199,7 +199,12 @@ def make_inputs(case, device, seed=0):
 
 BYTES_MODEL = ("forward reads every N×C input once (the logits, and the target when it is N×C: "
                "soft CE, BCE); backward reads them once more and writes the N×C gradient once; full is both "
-               "(N×C inputs read twice, gradient written once); per-row and per-class vectors not counted")
+               "(N×C inputs read twice, gradient written once); the logits of ignored rows are never read (their "
+               "gradient rows are zeros, still written); per-row and per-class vectors not counted")
+
+
+def ignored_rows(case):
+    return round(case.N * case.value) if case.feature == "ignore" else 0
 
 
 def min_bytes(case):
@@ -212,7 +217,7 @@ def min_bytes(case):
     elem = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
     nc = case.N * case.C
     full_target = case.loss == "bce" or case.feature == "soft"
-    read = nc * elem * (2 if full_target else 1)
+    read = (case.N - ignored_rows(case)) * case.C * elem * (2 if full_target else 1)
     write = nc * elem
     return {"forward": read, "backward": read + write, "full": 2 * read + write}[case.mode]
 

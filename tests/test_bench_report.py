@@ -38,6 +38,14 @@ def test_byte_floor_counts_every_nxc_tensor_each_pass_must_touch(loss, feature, 
     assert cases.floor_seconds(case, 1e9) == pytest.approx(cases.min_bytes(case) / 1e9, rel=1e-12)
 
 
+def test_byte_floor_skips_the_logits_of_ignored_rows_and_inputs_ignore_exactly_that_many():
+    case = cases.Case("ce", "full", "fp32", 100, 1000, "ignore", 0.3)
+    # 70 rows read twice, all 100 gradient rows written
+    assert cases.min_bytes(case) == (2 * 70 + 100) * 1000 * 4
+    inputs = cases.make_inputs(case, "cpu")
+    assert int((inputs.target == cases.IGNORE_INDEX).sum()) == 30
+
+
 def _result(label_c, fused_s, **others_s):
     r = report.CaseResult(cases.Case("ce", "full", "fp32", 1000, label_c), check="ok")
     r.times["fused_ce"] = (fused_s * 0.9, fused_s, fused_s * 1.1)
