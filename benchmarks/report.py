@@ -70,7 +70,7 @@ def csv_rows(results, meta, providers):
                                  "timestamp")}
     rows = [dict(env, provider="copy", loss="-", mode="copy", dtype="fp32", N="", C="", options="",
                  metric="copy_bandwidth", unit="GB/s", p50=meta["copy_bandwidth"] / 1e9, p20="", p80="",
-                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, median")]
+                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, fastest of 9")]
     for when in ("start", "end"):
         if meta.get(f"load_{when}") is not None:
             rows.append(dict(env, provider="machine", loss="-", mode="-", dtype="", N="", C="", options="",
