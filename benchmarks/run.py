@@ -203,8 +203,8 @@ def main(argv=None):
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
     start = time.perf_counter()
-    # Started first: its start-up overlaps this process's imports and first inputs and check; nothing is timed
-    # before it is ready.
+    # Started first: its start-up overlaps this process making and checking the first group's inputs; nothing
+    # is timed before it is ready.
     thp_worker = thp.Worker() if device == "cpu" and any(p in providers_mod.THP for p in providers) else None
     meta = environment(device)
     meta["load_start"] = load.load_average()
