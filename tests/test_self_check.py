@@ -1,6 +1,7 @@
 """python -m fused_ce.check, as a user runs it on the installed package: --quick passes here and writes its
 record; a wrong gradient makes it fail, naming the group; a device that is not there is refused."""
 import json
+import math
 import subprocess
 import sys
 
@@ -19,6 +20,20 @@ def _run(args, tmp_path, script=None):
 def _expected_devices():
     return ["cpu"] + (["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else []) + \
         [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def test_quick_meets_every_value_and_full_is_the_whole_grid():
+    """--quick walks every value of every parameter (of its quick grid) at least once; --full is the
+    product, as the test suite parametrizes it."""
+    for group in GROUPS:
+        for family in group.families:
+            quick = family.points(quick=True)
+            for name, values in family.grid.items():
+                for value in family.quick.get(name, values):
+                    assert any(p[name] == value for p in quick), (family.name, name, value)
+            full = family.points(quick=False)
+            assert len(full) == math.prod(len(v) for v in family.grid.values()), family.name
+            assert len({repr(sorted(p.items())) for p in full}) == len(full), family.name
 
 
 def test_quick_check_passes_and_writes_the_record(tmp_path):

@@ -183,7 +183,8 @@ def ce_non_contiguous_nd(device, soft, dtype):
         compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1))
     else:
         y = make_hard_target((2, 7, 5, 3), device, ignore_value=-100).transpose(1, 2)
-        compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs=dict(label_smoothing=0.2, reduction="sum"))
+        compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
+                           kwargs=dict(label_smoothing=0.2, reduction="sum"))
 
 
 CE_HARD = Family("ce_hard_targets", ce_hard_targets, dict(
@@ -200,7 +201,8 @@ CE_ODD_SHAPES = Family("ce_odd_shapes", ce_odd_shapes, dict(
 CE_LM_SHAPES = Family("ce_lm_shapes", ce_lm_shapes, dict(variant=list(LM_SHAPES)), quick=dict(variant=[]))
 CE_NON_CONTIGUOUS_2D = Family("ce_non_contiguous_2d", ce_non_contiguous_2d, dict(
     layout=list(LAYOUTS_2D), soft=[False, True], dtype=FLOAT_DTYPES))
-CE_NON_CONTIGUOUS_ND = Family("ce_non_contiguous_nd", ce_non_contiguous_nd, dict(soft=[False, True], dtype=FLOAT_DTYPES))
+CE_NON_CONTIGUOUS_ND = Family("ce_non_contiguous_nd", ce_non_contiguous_nd, dict(
+    soft=[False, True], dtype=FLOAT_DTYPES))
 
 
 # ---- BCE-with-logits ------------------------------------------------------------------------------

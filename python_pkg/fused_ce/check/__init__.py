@@ -36,6 +36,16 @@ def _arguments(argv):
     return parser.parse_args(argv)
 
 
+def _print_environment(env):
+    v, b = env["versions"], env["build"]
+    print(f"fused_ce {v['fused_ce']} ({v['fused_ce_path']}), torch {v['torch']} (CUDA {v['torch_cuda']}), "
+          f"python {v['python']}; CPU kernels built for {', '.join(b['cpu_isas_built'])}, using "
+          f"{b['cpu_isa_chosen']}; CUDA kernels: {'yes' if b['cuda_kernels'] else 'no'}; emulated CUDA build: "
+          f"{'yes' if b['emulated_cuda'] else 'no'}")
+    for label, device in env["devices"].items():
+        print(f"  {label}: " + ", ".join(f"{k} {val}" for k, val in device.items()))
+
+
 def main(argv=None):
     """Runs the check; returns the exit code (0: everything passed)."""
     args = _arguments(argv)
@@ -48,24 +58,21 @@ def main(argv=None):
     start = time.perf_counter()
     env = {"versions": environment.versions(), "build": environment.build_flags(),
            "devices": {t.label: environment.describe_device(t) for t in chosen}}
-    v, b = env["versions"], env["build"]
-    print(f"fused_ce {v['fused_ce']} ({v['fused_ce_path']}), torch {v['torch']} (CUDA {v['torch_cuda']}), "
-          f"python {v['python']}; CPU kernels built for {', '.join(b['cpu_isas_built'])}, using "
-          f"{b['cpu_isa_chosen']}; CUDA kernels: {'yes' if b['cuda_kernels'] else 'no'}; emulated CUDA build: "
-          f"{'yes' if b['emulated_cuda'] else 'no'}")
-    for label, device in env["devices"].items():
-        print(f"  {label}: " + ", ".join(f"{k} {val}" for k, val in device.items()))
+    _print_environment(env)
     print(f"{args.mode} check", flush=True)
+    table = report.Table([t.label for t in chosen], [g.name for g in groups.GROUPS])
+    print(table.header(), flush=True)
     results, speeds = [], {}
     for target in chosen:
         for group in groups.GROUPS:
             results.append(runner.run_group(group, target, quick))
+            print(table.group(results[-1]), flush=True)
         try:
             speeds[target.label] = speed.measure(target, quick)
         except Exception as e:  # noqa: BLE001  (a speed line that fails is reported, it decides nothing)
             speeds[target.label] = {"error": f"{type(e).__name__}: {e}"}
-    lines = report.table(results, speeds)
-    print("\n".join(lines))
+        print(table.speed(target.label, speeds[target.label]), flush=True)
+    print(report.verdict(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report.record(env, args.mode, results, speeds, time.perf_counter() - start), f, indent=1)

@@ -29,5 +29,6 @@ GROUPS = [
     Group("gradcheck", "torch.autograd.gradcheck and gradgradcheck in fp64",
           (gradcheck_cases.GRADCHECK_CE_HARD, gradcheck_cases.GRADCHECK_CE_SOFT, gradcheck_cases.GRADCHECK_BCE)),
     Group("opcheck", "torch.library.opcheck on every op",
-          (opcheck_cases.OPS_COVERED, opcheck_cases.OPCHECK_CE, opcheck_cases.OPCHECK_CE_SOFT, opcheck_cases.OPCHECK_BCE)),
+          (opcheck_cases.OPS_COVERED, opcheck_cases.OPCHECK_CE, opcheck_cases.OPCHECK_CE_SOFT,
+           opcheck_cases.OPCHECK_BCE)),
 ]

@@ -1,34 +1,37 @@
-"""The self-check's output: a table with one line per device and group, the speed lines, a verdict line;
-and the full record for --json."""
+"""The self-check's output: a table with one line per device and group, a speed line per device, a verdict
+line; and the full record for --json."""
 import dataclasses
 
 FAILURE_CHARS = 160
 
 
-def table(results, speeds):
-    """The readable report (a list of lines)."""
-    width = max([len(r.target) for r in results] + [6])
-    group_width = max([len(r.group) for r in results] + [5])
-    lines = [f"{'device':<{width}}  {'group':<{group_width}}  {'passed':>9}  {'time':>7}  first failure"]
-    for r in results:
+class Table:
+    """The readable report, printed a line at a time as the groups finish (a --full check takes minutes)."""
+
+    def __init__(self, labels, group_names):
+        self.width = max([len(label) for label in labels] + [6])
+        self.group_width = max([len(name) for name in group_names] + [5])
+
+    def header(self):
+        return f"{'device':<{self.width}}  {'group':<{self.group_width}}  {'passed':>9}  {'time':>7}  first failure"
+
+    def group(self, r):
         passed = f"{len(r.cases) - len(r.failed)}/{len(r.cases)}"
         first = ""
         if r.failed:
             case = r.failed[0]
             first = f"{case.family} [{case.case}]: {case.error}"
             first = first if len(first) <= FAILURE_CHARS else first[:FAILURE_CHARS - 3] + "..."
-        lines.append(f"{r.target:<{width}}  {r.group:<{group_width}}  {passed:>9}  {r.seconds:6.1f}s  {first}")
-    for label, speed in speeds.items():
+        return f"{r.target:<{self.width}}  {r.group:<{self.group_width}}  {passed:>9}  {r.seconds:6.1f}s  {first}"
+
+    def speed(self, label, speed):
+        start = f"{label:<{self.width}}  {'speed':<{self.group_width}}  "
         if "skipped" in speed:
-            lines.append(f"{label:<{width}}  {'speed':<{group_width}}  not timed ({speed['skipped']})")
-        elif "error" in speed:
-            lines.append(f"{label:<{width}}  {'speed':<{group_width}}  failed: {speed['error']}")
-        else:
-            lines.append(f"{label:<{width}}  {'speed':<{group_width}}  {speed['op']} {speed['dtype']} "
-                         f"{tuple(speed['shape'])}: torch eager {speed['torch_ms']:.1f} ms, fused_ce "
-                         f"{speed['fused_ce_ms']:.1f} ms: {speed['speedup']:.2f}x")
-    lines.append(verdict(results))
-    return lines
+            return start + f"not timed ({speed['skipped']})"
+        if "error" in speed:
+            return start + f"failed: {speed['error']}"
+        return start + f"{speed['op']} {speed['dtype']} {tuple(speed['shape'])}: torch eager " \
+                       f"{speed['torch_ms']:.1f} ms, fused_ce {speed['fused_ce_ms']:.1f} ms: {speed['speedup']:.2f}x"
 
 
 def verdict(results):
