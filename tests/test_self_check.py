@@ -49,6 +49,7 @@ def test_quick_check_passes_and_writes_the_record(tmp_path):
     assert record["build"]["cpu_isa_chosen"] in record["build"]["cpu_isas_supported"]
     devices = _expected_devices()
     assert list(record["devices"]) == devices
+    assert record["group_descriptions"] == {g.name: g.what for g in GROUPS}
     assert record["devices"]["cpu"]["name"]
     # every group on every device, each with cases that all ran and passed
     assert [(g["device"], g["group"]) for g in record["groups"]] == [(d, g.name) for d in devices for g in GROUPS]

@@ -23,7 +23,9 @@ __all__ = ["main"]
 
 
 def _arguments(argv):
-    parser = argparse.ArgumentParser(prog="python -m fused_ce.check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fused_ce.check", description=__doc__.split("\n\n")[0],
+        epilog="groups: " + "; ".join(f"{g.name}: {g.what}" for g in groups.GROUPS))
     parser.add_argument("--device", default="all",
                         help="all (default: every device present), cpu (with the emulated CUDA build when "
                              "installed), emulated_cuda, cuda (the current GPU) or cuda:N")
@@ -75,6 +77,7 @@ def main(argv=None):
     print(report.verdict(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report.record(env, args.mode, results, speeds, time.perf_counter() - start), f, indent=1)
+            json.dump(report.record(env, args.mode, results, speeds, time.perf_counter() - start,
+                                    {g.name: g.what for g in groups.GROUPS}), f, indent=1)
         print(f"record written to {args.json}")
     return 0 if all(not r.failed for r in results) else 1

@@ -45,11 +45,12 @@ def verdict(results):
     return f"FAIL: {count} of {total} cases failed, in {groups}"
 
 
-def record(environment, mode, results, speeds, seconds):
-    """The --json record: where it ran, then every case's outcome."""
+def record(environment, mode, results, speeds, seconds, descriptions):
+    """The --json record: where it ran, what each group checks, then every case's outcome."""
     return {
         **environment,
         "mode": mode,
+        "group_descriptions": descriptions,
         "seconds": round(seconds, 2),
         "passed": all(not r.failed for r in results),
         "verdict": verdict(results),
