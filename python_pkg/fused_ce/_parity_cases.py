@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import functional
 from ._case_grid import Family
-from ._parity import FLOAT_DTYPES, compare_with_torch
+from ._parity import FLOAT_DTYPES, _expect, compare_with_torch
 
 SMALL_SHAPES = [(7,), (6, 5), (4, 5, 3), (2, 5, 3, 4), (3, 1)]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -99,11 +99,6 @@ def _offset_storage(x):
 
 LAYOUTS_2D = {"transposed": _transposed, "row_stride_gt_C": _row_stride_gt_c, "every_other_row": _every_other_row,
               "expanded": _expanded, "storage_offset": _offset_storage}
-
-
-def _expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 # ---- cross-entropy --------------------------------------------------------------------------------
