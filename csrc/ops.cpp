@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "linear_ce_schema.h"
 #include "op_schemas.h"
 
 // `from fused_ce import _C` loads this library; the static registrations below do the rest, so the
@@ -13,4 +14,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 
-TORCH_LIBRARY(fused_ce, m) { fused_ce::define_ops(m); }
+TORCH_LIBRARY(fused_ce, m) {
+  fused_ce::define_ops(m);
+  fused_ce::define_linear_ce_ops(m);
+}

@@ -184,3 +184,21 @@ def test_fake_kernel_refuses_a_tensor_on_another_device_under_compile():
     x, y, w = torch.randn(4, 5), torch.tensor([1, 2, 2, 3]), torch.ones(5, device="meta")
     got = _compiled_error(lambda: torch.ops.fused_ce.cross_entropy_fwd(x, y, w, -100, 0.0, 1), "eager")
     assert "fused_ce: every tensor must be on the logits' device cpu, but weight is on meta" in str(got)
+
+
+def test_function_classes_under_compile_are_a_graph_break():
+    """As the README says: dynamo refuses autograd.Functions with a jvp rule (fullgraph=True raises), and without
+    fullgraph the Function classes run eagerly between graphs, with torch's values and errors."""
+    x, y = torch.randn(4, 5, requires_grad=True), torch.tensor([1, 2, 2, 3])
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="jvp"):
+        torch.compile(lambda a: fused_ce.CrossEntropyFunction.apply(a, y), fullgraph=True)(x)
+    fn = torch.compile(lambda a: fused_ce.CrossEntropyFunction.apply(a, y, None, -100, "sum", 0.1) * 2)
+    torch.testing.assert_close(fn(x), 2 * F.cross_entropy(x, y, reduction="sum", label_smoothing=0.1))
+    t = torch.rand(4, 5)
+    fb = torch.compile(lambda a: fused_ce.BCEWithLogitsFunction.apply(a, t) + 1)
+    torch.testing.assert_close(fb(x), F.binary_cross_entropy_with_logits(x, t) + 1)
+    # A refused call fails with torch's message (as torch's loss fails under compile, or as its eager error).
+    message = "Expected input batch_size (4) to match target batch_size (3)."
+    with pytest.raises(Exception, match=re.escape(message)):
+        torch.compile(lambda a: fused_ce.CrossEntropyFunction.apply(a, y[:3]))(x)

@@ -107,6 +107,17 @@ def test_scripted_bce(weights, reduction):
     check_all_forms(fused_ce.BCEWithLogitsLoss(**kwargs), torch.nn.BCEWithLogitsLoss(**kwargs), x, y)
 
 
+def test_scripted_legacy_elementwise_mean_as_torch():
+    """'elementwise_mean' is torch's deprecated spelling of 'mean': scripted, both losses warn and take the mean
+    (the scripted path uses torch's own torch.nn._reduction.get_enum)."""
+    x, y = ce_inputs("hard")
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        expected = torch.jit.script(Holder(torch.nn.CrossEntropyLoss(reduction="elementwise_mean")))(x, y)
+    with pytest.warns(UserWarning, match="elementwise_mean"):
+        got = torch.jit.script(Holder(fused_ce.CrossEntropyLoss(reduction="elementwise_mean")))(x, y)
+    torch.testing.assert_close(got, expected)
+
+
 def test_scripted_double_backward():
     scripted = torch.jit.script(fused_ce.CrossEntropyLoss(label_smoothing=0.1))
     x, y = ce_inputs("hard")

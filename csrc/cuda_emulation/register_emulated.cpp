@@ -5,7 +5,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cuda/linear_ce_cuda.h"
 #include "cuda/ops_cuda.h"
+#include "linear_ce_schema.h"
 #include "op_schemas.h"
 
 PyMODINIT_FUNC PyInit__C_emulated_cuda(void) {
@@ -13,6 +15,12 @@ PyMODINIT_FUNC PyInit__C_emulated_cuda(void) {
   return PyModule_Create(&module_def);
 }
 
-TORCH_LIBRARY(fused_ce_emulated_cuda, m) { fused_ce::define_ops(m); }
+TORCH_LIBRARY(fused_ce_emulated_cuda, m) {
+  fused_ce::define_ops(m);
+  fused_ce::define_linear_ce_ops(m);
+}
 
-TORCH_LIBRARY_IMPL(fused_ce_emulated_cuda, CPU, m) { fused_ce::cuda::register_impls(m); }
+TORCH_LIBRARY_IMPL(fused_ce_emulated_cuda, CPU, m) {
+  fused_ce::cuda::register_impls(m);
+  fused_ce::cuda::register_linear_ce_impls(m);
+}

@@ -7,6 +7,7 @@
 from . import _ops  # noqa: F401  (registers fake kernels and autograd for the ops)
 from .autograd import BCEWithLogitsFunction, CrossEntropyFunction
 from .functional import binary_cross_entropy_with_logits, cross_entropy
+from .linear import LinearCrossEntropyLoss, linear_cross_entropy
 from .modules import BCEWithLogitsLoss, CrossEntropyLoss
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyFunction",
     "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "linear_cross_entropy",
 ]

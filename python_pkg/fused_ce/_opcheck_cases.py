@@ -12,6 +12,7 @@ from ._case_grid import Family
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 ALL_OPS = {"cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_soft_fwd", "cross_entropy_soft_bwd",
+           "linear_ce_tile_", "linear_cross_entropy_fwd", "linear_cross_entropy_bwd",
            "cross_entropy_soft_target_bwd", "bce_with_logits_fwd", "bce_with_logits_bwd",
            "bce_with_logits_target_bwd"}
 SHAPES = [(4, 7), (2, 5, 3)]
@@ -82,6 +83,35 @@ def bce(device, requires_grad, operands, reduction, dtype):
         torch.library.opcheck(ops.bce_with_logits_target_bwd.default, (g, x, y, w, pw, red))
 
 
+def _linear_problem(dtype, device, n=9, hidden=8, vocab=29):
+    """Hidden states, linear weight and bias, class-index targets (every 4th is ignore_index 3, also a valid
+    class) and class weights, drawn from one seeded generator."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, hidden, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(vocab, hidden, generator=gen, dtype=torch.float64).to(dtype)
+    b = torch.randn(vocab, generator=gen, dtype=torch.float64).to(dtype)
+    t = torch.randint(0, vocab, (n,), generator=gen)
+    t[::4] = 3
+    cw = (torch.rand(vocab, generator=gen, dtype=torch.float64) + 0.1).to(dtype)
+    return [a.to(device) for a in (x, w, b, t, cw)]
+
+
+def linear_cross_entropy(device, reduction, dtype):
+    ops, red = _ops.kernel_ops(), REDUCTIONS[reduction]
+    x, w, b, t, cw = _linear_problem(dtype, device)
+    x, w, b = (a.requires_grad_() for a in (x, w, b))
+    torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (x, w, b, t, cw, 3, 0.1, red, 4, True, True, True))
+    torch.library.opcheck(ops.linear_cross_entropy_fwd.default,
+                          (x.detach(), w, None, t, None, -100, 0.0, red, 9, False, True, False))
+    g = torch.rand(9 if red == _ops.NONE else (), dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                   device=device)
+    torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
+                          (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True))
+    tile = torch.nn.functional.linear(x, w, b).detach()
+    torch.library.opcheck(ops.linear_ce_tile_.default,
+                          (tile, t, cw, 3, 0.1, None, torch.tensor(5.0, dtype=torch.float64, device=device), True))
+
+
 # requires_grad first: the --quick walk then alternates it, so it reaches the backward ops (False) early.
 OPS_COVERED = Family("every_op_has_an_opcheck_case", every_op_covered, {})
 OPCHECK_CE = Family("opcheck_cross_entropy", cross_entropy, dict(
@@ -91,3 +121,5 @@ OPCHECK_CE_SOFT = Family("opcheck_cross_entropy_soft", cross_entropy_soft, dict(
 OPCHECK_BCE = Family("opcheck_bce", bce, dict(
     requires_grad=[False, True], operands=["none", "weight_col_pos_weight_row", "scalar_and_full"],
     reduction=list(REDUCTIONS), dtype=DTYPES))
+OPCHECK_LINEAR_CE = Family("opcheck_linear_cross_entropy", linear_cross_entropy, dict(
+    reduction=list(REDUCTIONS), dtype=[torch.float32, torch.float64, torch.bfloat16]))

@@ -20,16 +20,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
-
-def reduction_enum(reduction: str) -> int:
-    if reduction == "none":
-        return 0
-    if reduction == "mean":
-        return 1
-    if reduction == "sum":
-        return 2
-    raise ValueError(reduction + " is not a valid value for reduction")
+from torch.nn._reduction import get_enum as reduction_enum  # scriptable; what torch's losses use
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int, reduction: str,

@@ -1,0 +1,129 @@
+"""Fused linear cross-entropy: drop-ins for torch.nn.functional.linear_cross_entropy and
+torch.nn.LinearCrossEntropyLoss (torch 2.13) that never hold the N x V logits (see _linear_ops.py).
+
+Memory knob: each row chunk's logits tile takes at most `workspace_mib` MiB (plus an fp32 copy of it for
+fp16/bf16 when linear_weight needs a gradient), so chunk rows = workspace / (V * bytes per logit), at least
+one row. The default is 32 MiB, or FUSED_CE_LINEAR_CE_WORKSPACE_MIB when set at import; assign
+fused_ce.linear.workspace_mib to change it. An explicit LinearCrossEntropyOptions(batch_chunk_size=k) wins.
+"""
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import _func, _linear_ops, _ops, _validation  # noqa: F401  (_linear_ops registers the ops)
+from ._dtypes import KERNEL_DTYPES
+from .functional import cross_entropy
+
+workspace_mib = float(os.environ.get("FUSED_CE_LINEAR_CE_WORKSPACE_MIB", "32"))
+
+
+def chunk_rows(num_rows, num_classes, dtype, options=None):
+    """Rows per chunk: options.batch_chunk_size when given, else what the workspace budget holds."""
+    explicit = getattr(options, "batch_chunk_size", None)
+    if explicit is not None:
+        return max(1, min(int(explicit), num_rows))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if dtype in (torch.float16, torch.bfloat16):
+        itemsize += 4  # the fp32 copy of the tile for dW
+    rows = int(workspace_mib * 2**20) // max(1, num_classes * itemsize)
+    return max(1, min(rows, num_rows))
+
+
+def _check_shapes(input, linear_weight, target, linear_bias, ignore_index):
+    """torch 2.13's own checks, in its order and with its messages. Returns the logits' shape and whether the
+    target holds class probabilities."""
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError(f"expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}")
+    num_batches = input.shape[:-1]
+    in_features = input.shape[-1]
+    if in_features != linear_weight.shape[-1]:
+        raise RuntimeError(
+            "expected equal input and linear_weight last dimensions (in_features), "
+            f"got {input.shape[-1]} and {linear_weight.shape[-1]}, respectively")
+    num_classes = linear_weight.shape[0]
+    out_features = tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (num_classes, *out_features):
+        raise RuntimeError(f"expected linear_bias shape {(num_classes, *out_features)}, got {tuple(linear_bias.shape)}")
+    if out_features and not num_batches:
+        raise RuntimeError(
+            f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} requires"
+            f" batched input, (N, {in_features}), got unbatched input with shape {tuple(input.shape)}")
+    logits_shape = (*num_batches, num_classes, *out_features)
+    probabilities = target.shape == logits_shape
+    if probabilities and ignore_index is not None:
+        raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
+    return logits_shape, probabilities
+
+
+def _fused_path_applies(input, linear_weight, target, linear_bias, weight, probabilities):
+    """The chunked kernels take 2-D class-index problems in one kernel dtype on one device; everything else
+    (probability targets, K-dimensional weights, mixed dtypes or devices, torch.func transforms, errors) runs
+    the reference path, which raises torch's errors."""
+    tensors = [t for t in (input, linear_weight, linear_bias, weight) if t is not None]
+    return (not probabilities and linear_weight.dim() == 2 and linear_weight.shape[0] > 0
+            and target.dtype in (torch.int64, torch.uint8) and tuple(target.shape) == tuple(input.shape[:-1])
+            and input.dtype in KERNEL_DTYPES and all(t.dtype == input.dtype for t in tensors)
+            and all(t.device == input.device for t in tensors)
+            and (weight is None or (weight.dim() == 1 and weight.shape[0] == linear_weight.shape[0]
+                                    and not weight.requires_grad))
+            and not _func.transforms_active())
+
+
+def _autocast(input, linear_weight, linear_bias):
+    """Under autocast, torch's reference path runs the linear in the autocast dtype and the loss in fp32."""
+    device = input.device.type
+    if not torch.is_autocast_enabled(device):
+        return input, linear_weight, linear_bias, False
+    dtype = torch.get_autocast_dtype(device)
+    cast = lambda t: t if t is None or not t.is_floating_point() else t.to(dtype)  # noqa: E731
+    return cast(input), cast(linear_weight), cast(linear_bias), True
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
+                         ignore_index=None, label_smoothing=0.0, options=None):
+    """Drop-in for torch.nn.functional.linear_cross_entropy (torch 2.13): the loss of
+    cross_entropy(linear(input, linear_weight, linear_bias), target, ...), computed in row chunks that never
+    hold the N x V logits. ignore_index=None means -100. `options` (a LinearCrossEntropyOptions) is accepted;
+    only its batch_chunk_size is used (see the module's memory knob)."""
+    logits_shape, probabilities = _check_shapes(input, linear_weight, target, linear_bias, ignore_index)
+    ignore_index = -100 if ignore_index is None else ignore_index
+    red = _validation.reduction_enum(reduction)
+    # Under autocast the logits are fp16/bf16 but torch's loss reads class weights in fp32: the reference path.
+    if (label_smoothing > 1.0 or (weight is not None and torch.is_autocast_enabled(input.device.type))
+            or not _fused_path_applies(input, linear_weight, target, linear_bias, weight, probabilities)):
+        logits = F.linear(input, linear_weight.reshape(math.prod(logits_shape[input.dim() - 1:]), input.shape[-1]),
+                          None if linear_bias is None else linear_bias.reshape(-1))
+        return cross_entropy(logits.reshape(logits_shape), target, weight=weight, reduction=reduction,
+                             ignore_index=ignore_index, label_smoothing=label_smoothing)
+    x, w, b, autocast = _autocast(input, linear_weight, linear_bias)
+    unbatched = x.dim() == 1
+    if unbatched:
+        x, target = x.unsqueeze(0), target.unsqueeze(0)
+    grad = torch.is_grad_enabled()
+    loss, *_ = _ops.kernel_ops().linear_cross_entropy_fwd(
+        x, w, b, target, weight, ignore_index, label_smoothing, red,
+        chunk_rows(x.shape[0], w.shape[0], x.dtype, options),
+        grad and x.requires_grad, grad and w.requires_grad, grad and b is not None and b.requires_grad)
+    if unbatched and red == _ops.NONE:
+        loss = loss.squeeze(0)
+    return loss if autocast else loss.to(input.dtype)
+
+
+class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
+    """Drop-in for torch.nn.LinearCrossEntropyLoss: the same constructor, parameters (linear.weight,
+    linear.bias), buffers and state_dict keys; forward runs fused_ce.linear_cross_entropy."""
+
+    def forward(self, input, target):
+        linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features, self.linear.in_features))
+        linear_bias = (self.linear.bias.reshape((self.num_classes, *self.out_features))
+                       if self.linear.bias is not None else None)
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+                                    reduction=self.reduction, ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing, options=self.options)
+
+
+__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy", "chunk_rows", "workspace_mib"]
