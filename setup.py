@@ -257,7 +257,7 @@ def get_extensions():
 
 
 setup(
-    packages=["fused_ce"],
+    packages=["fused_ce", "fused_ce.check"],
     package_dir={"": "python_pkg"},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": CpuIsaBuildExtension},

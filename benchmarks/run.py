@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 import fused_ce
+from fused_ce.check.environment import cpu_name
 
 import cases as cases_mod
 import correctness
@@ -57,7 +58,7 @@ def environment(device):
     cuda = device == "cuda"
     return {
         "device": device,
-        "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
         "torch_version": torch.__version__,
         "fused_ce_version": getattr(fused_ce, "__version__", "unknown"),
         "cuda_version": torch.version.cuda or "",
@@ -69,17 +70,6 @@ def environment(device):
                         "(after compilation for torch_compile), one fresh process per provider and case; not "
                         "measured for the THP providers"),
     }
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 def run_group(group, providers, device, args, bar, thp_worker):
