@@ -257,7 +257,7 @@ def get_extensions():
 
 
 setup(
-    packages=["fused_ce", "fused_ce.integrations"],
+    packages=["fused_ce", "fused_ce.check", "fused_ce.integrations"],
     package_dir={"": "python_pkg"},
     ext_modules=get_extensions(),
     cmdclass={"build_ext": CpuIsaBuildExtension},

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything to run on the GPU machine (torch + CUDA toolkit installed, no network): build with the
-# CUDA kernels, the test suite, compute-sanitizer memcheck and racecheck over every CUDA op, and the
-# benchmarks when their CLI exists. Logs go to $OUT (default ./gpu_out). Usage: benchmarks/gpu_run.sh
+# CUDA kernels, the installed package's self-check (python -m fused_ce.check), the test suite,
+# compute-sanitizer memcheck and racecheck over every CUDA op, and the benchmarks when their CLI exists.
+# Logs go to $OUT (default ./gpu_out). Usage: benchmarks/gpu_run.sh
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-$root/gpu_out}
@@ -30,6 +31,9 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export USE_CUDA=1
 step build "$py" -m pip install --no-build-isolation --no-deps -v . || { echo "build failed" >&2; exit 1; }
+
+# The installed package's self-check first: parity, gradcheck and opcheck on this GPU, its record in $out.
+step self_check "$py" -m fused_ce.check --device cuda --quick --json "$out/self_check.json"
 
 # python_pkg/ is not on sys.path from the repository root, so the tests import the installed package.
 step pytest "$py" -m pytest "$root/tests" -x -q -p no:cacheprovider -rs

@@ -81,6 +81,13 @@ def window(start, end):
     return Window(start.load, end.load, other, seconds)
 
 
+def busier(a, b):
+    """Of two windows over the same case (the main process's and the THP worker's), the one where other
+    processes took more CPU (a busy one first); either may be None."""
+    windows = [w for w in (a, b) if w is not None]
+    return max(windows, key=lambda w: (w.busy, w.other_cores or 0.0), default=None)
+
+
 def describe(windows, load_start, load_end, threads):
     """A warning (str) when the machine was busy during any timed window, else None."""
     busy = [w for w in windows if w.busy]

@@ -7,8 +7,18 @@ import torch.nn.functional as F
 
 import fused_ce
 
-ALL = ("fused_ce", "torch", "torch_compile", "liger")
+ALL = ("fused_ce", "eager-thp", "compile-thp", "torch", "torch_compile", "liger")
 COMPILED = {"torch_compile"}  # their first call compiles; memory is measured after it
+# Torch at its best on CPU: the same calls as "torch" / "torch_compile", timed in a separate process that starts
+# with THP_MEM_ALLOC_ENABLE=1 (torch's switch for transparent huge pages in its CPU allocator; it is read once,
+# at the first allocation, so it cannot be turned on in a process that has already allocated). See thp.py.
+THP = {"eager-thp": "torch", "compile-thp": "torch_compile"}
+# What runs when --providers is not given. On CPU, torch at its best only: with the default allocator, torch
+# pays page faults on every fresh buffer (eager takes 3-5x as long), which would dominate the run's time (and
+# torch_compile would double its compile time) for a comparison against a handicap that a careful user
+# switches off; ask for them with --providers.
+DEFAULTS = {"cpu": ("fused_ce", "eager-thp", "compile-thp"),
+            "cuda": ("fused_ce", "torch", "torch_compile", "liger")}
 
 
 class Unavailable(Exception):
@@ -67,6 +77,8 @@ def build(provider, case, inputs, device):
         return _compiled(case, inputs.kwargs)
     if provider == "liger":
         return _liger(case, inputs.kwargs, device)
+    if provider in THP:
+        raise Unavailable("THP providers run in their own process (thp.py)")
     raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(ALL)}")
 
 

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cases import BYTES_MODEL, Case, min_bytes  # noqa: E402
+from cases import BYTES_MODEL, Case, floor_seconds, min_bytes  # noqa: E402
 from load import BUSY_OTHER_CORES as LOAD_THRESHOLD  # noqa: E402
 
 CSV_COLUMNS = ("provider", "loss", "mode", "dtype", "N", "C", "options", "metric", "unit", "p50", "p20", "p80",
@@ -17,6 +17,10 @@ CSV_COLUMNS = ("provider", "loss", "mode", "dtype", "N", "C", "options", "metric
                "device_name", "torch_version", "fused_ce_version", "cuda_version", "timestamp")
 OURS = "fused_ce"
 MiB = 1 << 20
+# The share of the copy bandwidth (byte floor / time) a case must reach to count as at the memory floor.
+FLOOR_TARGET = 0.7
+SHORT = {OURS: "fused", "eager-thp": "eager-thp", "compile-thp": "compile-thp", "torch": "eager",
+         "torch_compile": "compile", "liger": "liger"}
 
 
 @dataclass
@@ -37,6 +41,11 @@ class CaseResult:
         if OURS in self.times and other in self.times:
             return self.times[other][1] / self.times[OURS][1]
         return None
+
+    def floor_fraction(self, copy_bandwidth):
+        """fused_ce's byte floor / its median time: the share of the copy bandwidth it reaches, or None."""
+        t = self.times.get(OURS)
+        return None if t is None else floor_seconds(self.case, copy_bandwidth) / t[1]
 
     def bandwidth(self, provider):
         """(p20, p50, p80) bytes/s of the minimum traffic; the p20 bandwidth comes from the p80 time."""
@@ -61,7 +70,7 @@ def csv_rows(results, meta, providers):
                                  "timestamp")}
     rows = [dict(env, provider="copy", loss="-", mode="copy", dtype="fp32", N="", C="", options="",
                  metric="copy_bandwidth", unit="GB/s", p50=meta["copy_bandwidth"] / 1e9, p20="", p80="",
-                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, median")]
+                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, fastest of 9")]
     for when in ("start", "end"):
         if meta.get(f"load_{when}") is not None:
             rows.append(dict(env, provider="machine", loss="-", mode="-", dtype="", N="", C="", options="",
@@ -75,6 +84,8 @@ def csv_rows(results, meta, providers):
         c = r.case
         base = dict(env, loss=c.loss, mode=c.mode, dtype=c.dtype, N=c.N, C=c.C, options=c.options, check=r.check,
                     **_load_columns(r.load))
+        rows.append(dict(base, provider="floor", metric="byte_floor", unit="ms", note=BYTES_MODEL,
+                         p50=floor_seconds(c, meta["copy_bandwidth"]) * 1e3, p20="", p80=""))
         for p in providers:
             note = r.notes.get(p, "")
             t = r.times.get(p)
@@ -127,12 +138,25 @@ def write_csv(path, rows):
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def at_floor(results, copy_bandwidth):
+    """(cases reaching FLOOR_TARGET of the copy bandwidth, cases measured): labels, and the count measured."""
+    fractions = [(r.case.label, r.floor_fraction(copy_bandwidth)) for r in results]
+    measured = [(label, f) for label, f in fractions if f is not None]
+    return [label for label, f in measured if f >= FLOOR_TARGET], len(measured)
+
+
+def _floor_line(results, meta):
+    reached, measured = at_floor(results, meta["copy_bandwidth"])
+    return (f"At ≥{FLOOR_TARGET:.0%} of the copy bandwidth (time ≤ byte floor / {FLOOR_TARGET}): {len(reached)} of "
+            f"{measured} cases" + (f" ({', '.join(reached)})" if reached else "") + ".")
+
+
 def markdown(results, meta, providers):
     others = [p for p in providers if p != OURS]
-    short = {"torch": "eager", "torch_compile": "compile", "liger": "liger", OURS: "fused"}
-    head = (["case", "check"] + [f"{p} ms p50 [p20–p80]" for p in providers]
-            + [f"× vs {short[p]}" for p in others]
-            + ["fused GB/s", "% copy BW", "peak extra MiB (" + " / ".join(short[p] for p in providers) + ")",
+    head = (["case", "check", f"{OURS} ms p50 [p20–p80]", "byte floor ms", "% copy BW (floor / time)"]
+            + [f"× vs {SHORT[p]}" for p in others]
+            + [f"{p} ms p50 [p20–p80]" for p in others]
+            + ["fused GB/s", "peak extra MiB (" + " / ".join(SHORT[p] for p in providers) + ")",
                "others' CPU, cores"])
     lines = [
         f"Device: {meta['device_name']} ({meta['device']}), torch {meta['torch_version']}, "
@@ -140,6 +164,8 @@ def markdown(results, meta, providers):
         f"Measured copy bandwidth: {meta['copy_bandwidth'] / 1e9:.1f} GB/s (read+write). " + _load_line(meta),
         "",
     ]
+    if meta.get("thp_note"):
+        lines += [meta["thp_note"] + ".", ""]
     if meta.get("load_warning"):
         lines += [f"**{meta['load_warning']}**", ""]
     lines += [
@@ -147,23 +173,30 @@ def markdown(results, meta, providers):
         "|" + "---|" * len(head),
     ]
     footnotes = []
+
+    def time_cell(r, p):
+        t = r.times.get(p)
+        if t:
+            return f"{_fmt(t[1] * 1e3)} [{_fmt(t[0] * 1e3)}–{_fmt(t[2] * 1e3)}]"
+        footnotes.append(f"{r.case.label}, {p}: {r.notes.get(p, 'not measured')}")
+        return f"skipped[{len(footnotes)}]"
+
     for r in results:
-        cells = [r.case.label, "ok" if r.ok else f"**{r.check}**"]
-        for p in providers:
-            t = r.times.get(p)
-            if t:
-                cells.append(f"{_fmt(t[1] * 1e3)} [{_fmt(t[0] * 1e3)}–{_fmt(t[2] * 1e3)}]")
-            else:
-                footnotes.append(f"{r.case.label}, {p}: {r.notes.get(p, 'not measured')}")
-                cells.append(f"skipped[{len(footnotes)}]")
+        cells = [r.case.label, "ok" if r.ok else f"**{r.check}**", time_cell(r, OURS),
+                 _fmt(floor_seconds(r.case, meta["copy_bandwidth"]) * 1e3)]
+        fraction = r.floor_fraction(meta["copy_bandwidth"])
+        cells.append(_fmt(100 * fraction) if fraction is not None else "–")
         cells += [(_fmt(r.speedup(p), 2) + "×") if r.speedup(p) else "–" for p in others]
+        cells += [time_cell(r, p) for p in others]
         bw = r.bandwidth(OURS)
         cells.append(_fmt(bw[1] / 1e9) if bw else "–")
-        cells.append(_fmt(100 * bw[1] / meta["copy_bandwidth"]) if bw else "–")
         cells.append(" / ".join(_fmt(r.memory[p] / MiB) if p in r.memory else "–" for p in providers))
         cells.append(_load_cell(r.load))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"GB/s and % copy BW use the {BYTES_MODEL}.", meta["memory_note"] + ".",
+    lines += ["", _floor_line(results, meta), "",
+              f"Byte floor: {BYTES_MODEL}; its time is those bytes at the measured copy bandwidth, and "
+              "% copy BW is that time over fused_ce's median (fused GB/s over the copy bandwidth).",
+              meta["memory_note"] + ".",
               "Providers are timed in interleaved rounds (A B A B ...). Others' CPU: CPU time that processes other "
               "than this benchmark took while the case was timed, in cores (from /proc/stat); above "
               f"{LOAD_THRESHOLD} the case is marked busy."]
@@ -228,7 +261,7 @@ def plots(results, out_dir, providers):
     return paths
 
 
-def summary(results, providers):
+def summary(results, providers, copy_bandwidth=None):
     parts = []
     for p in providers:
         if p == OURS:
@@ -240,6 +273,9 @@ def summary(results, providers):
             parts.append(f"fused_ce vs {name}: worst {worst[0]:.2f}x ({worst[1]}), best {best[0]:.2f}x ({best[1]})")
         else:
             parts.append(f"fused_ce vs {name}: no measurement")
+    if copy_bandwidth:
+        reached, measured = at_floor(results, copy_bandwidth)
+        parts.append(f"at >={FLOOR_TARGET:.0%} of copy bandwidth: {len(reached)} of {measured} cases")
     busy = [r for r in results if r.load is not None and r.load.busy]
     if busy:
         parts.append(f"MACHINE BUSY during {len(busy)} of {len(results)} cases: timings unreliable")

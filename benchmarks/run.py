@@ -17,12 +17,14 @@ import torch
 from tqdm import tqdm
 
 import fused_ce
+from fused_ce.check.environment import cpu_name
 
 import cases as cases_mod
 import correctness
 import load
 import providers as providers_mod
 import report
+import thp
 import timing
 
 CPU_COPY_BYTES = 256 << 20
@@ -39,8 +41,10 @@ def parse_args(argv=None):
     ap.add_argument("--features", help="comma list of none, weight, smoothing[=eps], ignore[=share], soft, "
                                        "pos_weight (bce) (default none)")
     ap.add_argument("--modes", help="comma list of forward, backward, full (default full)")
-    ap.add_argument("--providers", default=",".join(providers_mod.ALL),
-                    help="comma list of fused_ce, torch, torch_compile, liger (default all)")
+    ap.add_argument("--providers",
+                    help=f"comma list of {', '.join(providers_mod.ALL)} (default: "
+                         f"{','.join(providers_mod.DEFAULTS['cpu'])} on CPU, "
+                         f"{','.join(providers_mod.DEFAULTS['cuda'])} on CUDA)")
     ap.add_argument("--repeats", type=int, help="timed repeats per case (default: per case, 5 or more)")
     ap.add_argument("--warmup", type=int, help="untimed calls before timing (default 1 on CPU, 5 on CUDA)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -54,7 +58,7 @@ def environment(device):
     cuda = device == "cuda"
     return {
         "device": device,
-        "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
+        "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
         "torch_version": torch.__version__,
         "fused_ce_version": getattr(fused_ce, "__version__", "unknown"),
         "cuda_version": torch.version.cuda or "",
@@ -63,24 +67,14 @@ def environment(device):
         "memory_note": ("peak extra memory: torch.cuda.max_memory_allocated minus the allocation before the "
                         "measured call" if cuda else
                         "peak extra memory: RSS high-water mark over two calls minus RSS after the inputs exist "
-                        "(after compilation for torch_compile), one fresh process per provider and case"),
+                        "(after compilation for torch_compile), one fresh process per provider and case; not "
+                        "measured for the THP providers"),
     }
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
-
-
-def run_group(group, providers, device, args, bar):
+def run_group(group, providers, device, args, bar, thp_worker):
     """All cases sharing one set of inputs: check once, build each provider once, time every mode with the
-    providers interleaved (and on CUDA measure their memory)."""
+    providers interleaved (and on CUDA measure their memory); then the THP providers in their process."""
     first = group[0]
     results = [report.CaseResult(c) for c in group]
     if device == "cuda":
@@ -93,12 +87,20 @@ def run_group(group, providers, device, args, bar):
     fns = {}
     for r in results:
         r.check = check
+    thp_names = [p for p in providers if p in providers_mod.THP]
     for p in providers:
+        if p in providers_mod.THP:
+            if thp_worker is None:
+                for r in results:
+                    r.notes[p] = "skipped: THP_MEM_ALLOC_ENABLE is a switch of torch's CPU allocator"
+            continue
         try:
             fns[p] = providers_mod.build(p, first, inputs, device)
         except providers_mod.Unavailable as e:
             for r in results:
                 r.notes[p] = f"skipped: {e}"
+    if thp_worker is not None:
+        thp_worker.ready()  # its start-up (a compilation) must not overlap a timing
     for r in results:
         c = r.case
         bar.set_postfix_str(c.label)
@@ -117,14 +119,40 @@ def run_group(group, providers, device, args, bar):
                 except Exception as e:  # noqa: BLE001
                     r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
     del fns, inputs
+    if thp_worker is not None and thp_names:
+        bar.set_postfix_str(f"{first.label} ({', '.join(thp_names)})")
+        time_thp(results, thp_names, thp_worker, warmup, args.seed)
     return results
+
+
+def time_thp(results, names, worker, warmup, seed):
+    """Fills in the THP providers' times of one group from the worker process."""
+    try:
+        per_case = worker.time_group([r.case for r in results], names, warmup, seed)
+    except RuntimeError as e:
+        for r in results:
+            for p in names:
+                r.notes[p] = f"failed: {e}"
+        return
+    for r, (samples, errors, window) in zip(results, per_case):
+        for p, e in errors.items():
+            r.notes[p] = f"failed: {e}"
+        for p, s in samples.items():
+            r.times[p] = timing.quantiles(s)
+        r.load = load.busier(r.load, window)
+
+
+def thp_note(switch, huge_page_bytes):
+    huge = "(unknown)" if huge_page_bytes is None else f"{huge_page_bytes >> 20} MiB"
+    return (f"THP providers: a separate process with {thp.ENV}={switch}; of a fresh {thp.PROBE_BYTES >> 20} MiB "
+            f"tensor there, {huge} sat on huge pages")
 
 
 def measure_cpu_memory(results, seed):
     """CPU peak memory, one fresh process per (provider, case), after all timing: starting and tearing down
     those processes takes CPU time that would otherwise land in the timings on a machine with few cores."""
     meter = timing.CpuMemoryMeter()
-    jobs = [(r, p) for r in results for p in r.times]
+    jobs = [(r, p) for r in results for p in r.times if p not in providers_mod.THP]
     try:
         with tqdm(total=len(jobs), file=sys.stderr, desc="memory", unit="run", dynamic_ncols=True) as bar:
             for r, p in jobs:
@@ -143,12 +171,17 @@ def main(argv=None):
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda but torch.cuda.is_available() is False")
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    if args.providers:
+        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    else:
+        providers = list(providers_mod.DEFAULTS[device])
     for p in providers:
         if p not in providers_mod.ALL:
             sys.exit(f"unknown provider {p!r}; choose from {', '.join(providers_mod.ALL)}")
     if providers_mod.ALL[0] not in providers:
         providers.insert(0, providers_mod.ALL[0])
+    # Table columns in a fixed order: fused_ce, then torch at its best, then the rest.
+    providers.sort(key=providers_mod.ALL.index)
     try:
         cases, notes = cases_mod.build_cases(device, args.quick, args.losses, args.dtypes, args.shapes,
                                              args.features, args.modes, args.repeats)
@@ -160,19 +193,29 @@ def main(argv=None):
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
     start = time.perf_counter()
+    # Started first: its start-up overlaps this process making and checking the first group's inputs; nothing
+    # is timed before it is ready.
+    thp_worker = thp.Worker() if device == "cpu" and any(p in providers_mod.THP for p in providers) else None
     meta = environment(device)
     meta["load_start"] = load.load_average()
     meta["copy_bytes"] = CUDA_COPY_BYTES if device == "cuda" else CPU_COPY_BYTES
-    meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
 
     groups = {}
     for c in cases:
         groups.setdefault(c.input_key, []).append(c)
     results = []
-    with tqdm(total=len(cases), file=sys.stderr, desc="bench", unit="case", dynamic_ncols=True) as bar:
-        for group in groups.values():
-            results += run_group(group, providers, device, args, bar)
-            bar.update(len(group))
+    try:
+        with tqdm(total=len(cases), file=sys.stderr, desc="bench", unit="case", dynamic_ncols=True) as bar:
+            for group in groups.values():
+                results += run_group(group, providers, device, args, bar, thp_worker)
+                bar.update(len(group))
+        if thp_worker is not None:
+            meta["thp_note"] = thp_note(*thp_worker.ready())
+    finally:
+        if thp_worker is not None:
+            thp_worker.close()
+    # After the timings, so that it cannot overlap the THP worker's start-up; warm, in the same run.
+    meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
     meta["load_end"] = load.load_average()
     meta["load_warning"] = load.describe([r.load for r in results if r.load], meta["load_start"], meta["load_end"],
                                          meta["threads"])
@@ -189,7 +232,7 @@ def main(argv=None):
     print(table)
     print(f"wrote {os.path.join(args.out, 'results.csv')}, results.md and {len(pngs)} plot(s) "
           f"in {time.perf_counter() - start:.0f} s")
-    print(report.summary(results, providers))
+    print(report.summary(results, providers, meta["copy_bandwidth"]))
     return 0 if all(r.ok for r in results) else 1
 
 

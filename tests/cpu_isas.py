@@ -6,31 +6,8 @@ read at every call (csrc/cpu/kernel_choice.cpp), so one process can run them all
 """
 import pytest
 
+from fused_ce._cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS, VECTOR_BYTES  # noqa: F401  (tests import them)
 from helpers import TENSOR_DEVICES
-
-ALL_ISAS = ["default", "avx2", "avx512"]
-# The bytes of one at::vec vector under each build: its lane count decides where the kernels' blocks end.
-VECTOR_BYTES = {"default": 32, "avx2": 32, "avx512": 64}
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-FLAGS = _cpu_flags()
-SUPPORTED = {
-    "default": True,
-    "avx2": {"avx2", "fma"} <= FLAGS,
-    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= FLAGS,
-}
-SUPPORTED_ISAS = [isa for isa in ALL_ISAS if SUPPORTED[isa]]
 
 # (device, isa): the CPU once per instruction set it runs; a GPU once, with isa None. (The CUDA kernels'
 # block boundaries under emulation are tests/test_emulated_cuda.py's tiling paths.)

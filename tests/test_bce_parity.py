@@ -6,66 +6,24 @@ import torch
 import torch.nn.functional as F
 
 import fused_ce
-from helpers import DEVICES, FLOAT_DTYPES, assert_loss_of_no_rows, compare_with_torch
+from fused_ce._parity_cases import BCE_LARGER_SHAPES, BCE_NON_CONTIGUOUS, BCE_WEIGHTS, REDUCTIONS
+from fused_ce._parity_cases import make_bce_input as make_input
+from fused_ce._parity_cases import make_bce_target as make_target
+from fused_ce._parity_cases import make_positive
+from helpers import DEVICES, FLOAT_DTYPES, assert_loss_of_no_rows, compare_with_torch, parametrize_grid
 
-REDUCTIONS = ["mean", "sum", "none"]
 BCE = fused_ce.binary_cross_entropy_with_logits
 TORCH_BCE = F.binary_cross_entropy_with_logits
 
 
-def make_input(shape, dtype, device, scale=4.0):
-    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype).to(device)
-
-
-def make_target(shape, dtype, device):
-    return torch.rand(shape, dtype=torch.float64).to(dtype).to(device)
-
-
-def make_positive(shape, dtype, device):
-    return (torch.rand(shape, dtype=torch.float64) * 2 + 0.1).to(dtype).to(device)
-
-
-# input shape -> broadcastable operand shapes (for weight and pos_weight)
-OPERAND_SHAPES = {
-    (): [None, ()],
-    (7,): [None, (), (1,), (7,)],
-    (5, 4): [None, (), (4,), (5, 1), (1, 4), (5, 4)],
-    (2, 3, 4): [None, (4,), (3, 1), (2, 1, 1), (1, 3, 4), (2, 3, 4)],
-}
-CASES = [(shape, w) for shape, ws in OPERAND_SHAPES.items() for w in ws]
-
-
-def _ids(case):
-    shape, op = case
-    return f"in{list(shape)}-op{'None' if op is None else list(op)}"
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("which", ["weight", "pos_weight", "both"])
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@parametrize_grid(BCE_WEIGHTS)
 def test_weight_and_pos_weight_broadcast(case, which, reduction, dtype, device):
-    shape, op_shape = case
-    x, y = make_input(shape, dtype, device), make_target(shape, dtype, device)
-    op = None if op_shape is None else make_positive(op_shape, dtype, device)
-    # "both": pos_weight along the last dim, weight of the case's shape
-    pw_both = make_positive(shape[-1:] if shape else (), dtype, device)
-    kwargs = dict(reduction=reduction,
-                  weight=op if which in ("weight", "both") else None,
-                  pos_weight=op if which == "pos_weight" else (pw_both if which == "both" else None))
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), kwargs=kwargs)
+    BCE_WEIGHTS.run(device, case=case, which=which, reduction=reduction, dtype=dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("shape", [(3, 1000, 7), (4099,), (8193, 3)])
+@parametrize_grid(BCE_LARGER_SHAPES)
 def test_larger_shapes_across_chunks(shape, reduction, device):
-    """Sizes around the vector width and the 8192-element partial-sum chunk."""
-    x, y = make_input(shape, torch.float32, device), make_target(shape, torch.float32, device)
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                       kwargs=dict(reduction=reduction, weight=make_positive(shape[-1:], torch.float32, device),
-                                   pos_weight=make_positive(shape[-1:], torch.float32, device)))
+    BCE_LARGER_SHAPES.run(device, shape=shape, reduction=reduction)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -138,17 +96,9 @@ def test_targets_are_not_range_checked(device):
                        kwargs=dict(pos_weight=make_positive((4,), torch.float64, device)))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_non_contiguous_operands(dtype, device):
-    base = make_input((6, 10), dtype, device)
-    x = base.t()                           # transposed
-    y = make_target((20, 6), dtype, device)[::2]  # strided rows
-    w = make_positive((1, 6), dtype, device).expand(10, 6)  # expanded, stride 0
-    pw = make_positive((12,), dtype, device)[::2]           # strided vector
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), kwargs=dict(weight=w, pos_weight=pw))
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                       kwargs=dict(weight=w, pos_weight=pw, reduction="none"))
+@parametrize_grid(BCE_NON_CONTIGUOUS)
+def test_non_contiguous_operands(reduction, dtype, device):
+    BCE_NON_CONTIGUOUS.run(device, reduction=reduction, dtype=dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,80 +6,22 @@ import torch
 import torch.nn.functional as F
 
 import fused_ce
-from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch
-
-SMALL_SHAPES = [(7,), (6, 5), (4, 5, 3), (2, 5, 3, 4), (3, 1)]
-REDUCTIONS = ["mean", "sum", "none"]
-SMOOTHINGS = [0.0, 0.1, 1.0]
-# name -> (ignore_index passed, value written into some targets or None)
-IGNORE = {
-    "absent": (-100, None),
-    "some_rows": (-100, -100),
-    "minus_one": (-1, -1),
-    "in_class_range": (2, 2),
-}
+from fused_ce._parity_cases import (CE_HARD, CE_LM_SHAPES, CE_NON_CONTIGUOUS_2D, CE_NON_CONTIGUOUS_ND, CE_ODD_SHAPES,
+                                    CE_SOFT, REDUCTIONS, make_hard_target, make_logits, make_soft_target,
+                                    make_weight, num_classes_of)
+from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch, parametrize_grid
 
 
-def make_logits(shape, dtype, device, scale=3.0):
-    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype).to(device)
-
-
-def make_hard_target(shape, device, ignore_value=None, share=0.3):
-    num_classes = shape[0] if len(shape) == 1 else shape[1]
-    rows = () if len(shape) == 1 else (shape[0],) + tuple(shape[2:])
-    target = torch.randint(0, num_classes, rows)
-    if ignore_value is not None:
-        mask = torch.rand(rows) < share
-        if len(rows) == 0 or mask.numel() > 1:
-            mask.view(-1)[0] = True  # at least one ignored row; and not all (below)
-            if mask.numel() > 1:
-                mask.view(-1)[-1] = False
-        target = torch.where(mask, torch.full_like(target, ignore_value), target)
-    return target.to(device)
-
-
-def make_weight(num_classes, dtype, device):
-    return (torch.rand(num_classes, dtype=torch.float64) * 2 + 0.1).to(dtype).to(device)
-
-
-def make_soft_target(shape, dtype, device):
-    class_dim = 0 if len(shape) == 1 else 1
-    return torch.softmax(torch.randn(shape, dtype=torch.float64) * 2, dim=class_dim).to(dtype).to(device)
-
-
-def num_classes_of(shape):
-    return shape[0] if len(shape) == 1 else shape[1]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("label_smoothing", SMOOTHINGS)
-@pytest.mark.parametrize("ignore", list(IGNORE))
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@parametrize_grid(CE_HARD)
 def test_hard_targets(shape, weighted, ignore, label_smoothing, reduction, dtype, device):
-    ignore_index, ignore_value = IGNORE[ignore]
-    x = make_logits(shape, dtype, device)
-    y = make_hard_target(shape, device, ignore_value)
-    w = make_weight(num_classes_of(shape), dtype, device) if weighted else None
-    compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                       kwargs=dict(weight=w, ignore_index=ignore_index, reduction=reduction,
-                                   label_smoothing=label_smoothing))
+    CE_HARD.run(device, shape=shape, weighted=weighted, ignore=ignore, label_smoothing=label_smoothing,
+                reduction=reduction, dtype=dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("label_smoothing", SMOOTHINGS)
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@parametrize_grid(CE_SOFT)
 def test_soft_targets(shape, weighted, label_smoothing, reduction, dtype, device):
-    x = make_logits(shape, dtype, device)
-    t = make_soft_target(shape, dtype, device)
-    w = make_weight(num_classes_of(shape), dtype, device) if weighted else None
-    compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1),
-                       kwargs=dict(weight=w, reduction=reduction, label_smoothing=label_smoothing))
+    CE_SOFT.run(device, shape=shape, weighted=weighted, label_smoothing=label_smoothing, reduction=reduction,
+                dtype=dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -205,111 +147,26 @@ def test_reduction_none_nonuniform_grad_output(shape, dtype, device):
 
 # ---- large and odd shapes (few cases: they dominate the runtime) -------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype,options", [
-    (torch.float32, dict(weighted=True, ignore_value=-100, label_smoothing=0.1, reduction="mean")),
-    (torch.bfloat16, dict(weighted=False, ignore_value=None, label_smoothing=0.0, reduction="none")),
-])
-def test_liger_shape_flattened_vocab_32000(dtype, options, device):
-    """Liger's B x T x V = 3 x 423 x 32000, flattened to (B*T, V) as language models do."""
-    x = make_logits((3 * 423, 32000), dtype, device)
-    y = make_hard_target(x.shape, device, options["ignore_value"])
-    w = make_weight(32000, dtype, device) if options["weighted"] else None
-    compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                       kwargs=dict(weight=w, reduction=options["reduction"],
-                                   label_smoothing=options["label_smoothing"]))
+@parametrize_grid(CE_LM_SHAPES)
+def test_language_model_shapes(variant, device):
+    """Liger's 3 x 423 x 32000 flattened, and probability targets over 32000 classes."""
+    CE_LM_SHAPES.run(device, variant=variant)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_soft_targets_vocab_32000(dtype, device):
-    x = make_logits((48, 32000), dtype, device)
-    t = make_soft_target(x.shape, dtype, device)
-    compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1),
-                       kwargs=dict(label_smoothing=0.1, weight=make_weight(32000, dtype, device)))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("shape", [(63, 41), (9, 41, 7), (3, 41, 7, 5), (2, 1000, 33), (37, 4099), (2, 3, 65537)])
-@pytest.mark.parametrize("soft", [False, True])
+@parametrize_grid(CE_ODD_SHAPES)
 def test_odd_shapes(shape, soft, dtype, device):
-    """Liger's 9 x 7 x 41 (flat and N-D), a true N-D (3, 41, 7, 5), and sizes around vector/block
-    boundaries (C = 4099, S = 65537 spatial positions)."""
-    x = make_logits(shape, dtype, device)
-    w = make_weight(shape[1], dtype, device)
-    if soft:
-        t = make_soft_target(shape, dtype, device)
-        compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1),
-                           kwargs=dict(weight=w, label_smoothing=0.1))
-    else:
-        y = make_hard_target(shape, device, ignore_value=-100)
-        compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs=dict(weight=w, label_smoothing=0.1))
+    CE_ODD_SHAPES.run(device, shape=shape, soft=soft, dtype=dtype)
 
 
 # ---- non-contiguous inputs ----------------------------------------------------------------------
-def _transposed(x):
-    return x.t().contiguous().t()
-
-
-def _row_stride_gt_c(x):
-    pad = torch.zeros(x.shape[0], 9, dtype=x.dtype, device=x.device)
-    return torch.cat([x, pad], dim=1)[:, : x.shape[1]]
-
-
-def _every_other_row(x):
-    return x.repeat_interleave(2, dim=0)[::2]
-
-
-def _expanded(x):
-    return x[:1].expand(x.shape)
-
-
-def _channels_last(x):
-    return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-
-
-def _offset_storage(x):
-    return torch.cat([torch.zeros(3, dtype=x.dtype, device=x.device), x.flatten()])[3:].view(x.shape)
-
-
-LAYOUTS_2D = {"transposed": _transposed, "row_stride_gt_C": _row_stride_gt_c, "every_other_row": _every_other_row,
-              "expanded": _expanded, "storage_offset": _offset_storage}
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("layout", list(LAYOUTS_2D))
-@pytest.mark.parametrize("soft", [False, True])
+@parametrize_grid(CE_NON_CONTIGUOUS_2D)
 def test_non_contiguous_2d(layout, soft, dtype, device):
-    x = LAYOUTS_2D[layout](make_logits((6, 37), dtype, device))
-    assert layout == "storage_offset" or not x.is_contiguous()
-    w = make_weight(37, dtype, device)
-    if soft:
-        t = LAYOUTS_2D[layout](make_soft_target((6, 37), dtype, device))
-        compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1),
-                           kwargs=dict(weight=w, label_smoothing=0.1))
-    else:
-        y = make_hard_target((12, 37), device, ignore_value=-100)[::2]  # a strided target too
-        compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs=dict(weight=w, label_smoothing=0.1, reduction="none"))
+    CE_NON_CONTIGUOUS_2D.run(device, layout=layout, soft=soft, dtype=dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("soft", [False, True])
+@parametrize_grid(CE_NON_CONTIGUOUS_ND)
 def test_non_contiguous_nd_channels_last(soft, dtype, device):
-    x = _channels_last(make_logits((2, 7, 3, 5), dtype, device))
-    assert not x.is_contiguous()
-    if soft:
-        t = _channels_last(make_soft_target((2, 7, 3, 5), dtype, device))
-        compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1))
-    else:
-        y = make_hard_target((2, 7, 5, 3), device, ignore_value=-100).transpose(1, 2)
-        compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs=dict(label_smoothing=0.2, reduction="sum"))
+    CE_NON_CONTIGUOUS_ND.run(device, soft=soft, dtype=dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import fused_ce
 import fused_ce.linear
-from helpers import DEVICES, assert_close
+from fused_ce._opcheck_cases import OPCHECK_LINEAR_CE
+from helpers import DEVICES, assert_close, parametrize_grid
 
 N, H, V = 37, 8, 29
 OPTIONS = torch.nn.LinearCrossEntropyOptions
@@ -290,22 +291,9 @@ def test_compile_fullgraph(reduction):
             assert torch.equal(o, e)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("reduction", [0, 1, 2])
+@parametrize_grid(OPCHECK_LINEAR_CE)
 def test_opcheck(reduction, dtype, device):
-    ops = fused_ce._ops.kernel_ops()
-    x, w, b, t, cw = _problem(dtype=dtype, weighted=True, ignore=True, n=9)
-    x, w, b = (a.requires_grad_() for a in (x, w, b))
-    torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (x, w, b, t, cw, 3, 0.1, reduction, 4, True, True, True))
-    torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (x.detach(), w, None, t, None, -100, 0.0, reduction, 9,
-                                                                 False, True, False))
-    g = torch.rand(9 if reduction == 0 else (), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-    torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
-                          (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, reduction, 4, True, True, True))
-    tile = F.linear(x, w, b).detach()
-    torch.library.opcheck(ops.linear_ce_tile_.default, (tile, t, cw, 3, 0.1, None, torch.tensor(5.0, dtype=torch.float64),
-                                                        True))
+    OPCHECK_LINEAR_CE.run(device, reduction=reduction, dtype=dtype)
 
 
 def test_tile_op_in_place_gradient_matches_cross_entropy_bwd():
