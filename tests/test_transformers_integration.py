@@ -256,3 +256,13 @@ def test_bf16_loss_keeps_fp32_precision(num_items):
     expected = rows.sum() / (num_items or (labels.view(2, 2048)[:, 1:] != -100).sum())
     assert actual.dtype == torch.float32
     _assert_near(actual, expected, "loss", tol=1e-4)
+
+
+def test_fused_loss_compiles_fullgraph():
+    loss_function = use_fused_ce(transformers.LlamaForCausalLM(_llama_config())).loss_function
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(BATCH, SEQ, VOCAB, generator=gen).bfloat16()
+    labels = _with_ignored(torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen), gen)
+    kwargs = dict(labels=labels, vocab_size=VOCAB, num_items_in_batch=torch.tensor(9))
+    compiled = torch.compile(loss_function, fullgraph=True)(logits=logits, **kwargs)
+    _assert_near(compiled, loss_function(logits=logits, **kwargs), "compiled loss", tol=1e-6)
