@@ -75,3 +75,42 @@ def test_gradcheck_softcap_and_z_loss():
 def test_negative_softcap_is_refused():
     with pytest.raises(ValueError, match="softcap must be >= 0"):
         fused_ce.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), softcap=-1.0)
+
+
+def test_module_passes_the_options():
+    x = torch.randn(5, 4, dtype=torch.float64)
+    t = torch.tensor([0, 3, -100, 1, 2])
+    module = fused_ce.CrossEntropyLoss(reduction="sum", logit_scale=0.5, softcap=3.0, lse_square_scale=0.2,
+                                       return_lse=True)
+    loss, lse = module(x, t)
+    ref_loss, _, ref_lse = reference(x, t, None, -100, "sum", 0.0, 0.5, 3.0, 0.2)
+    assert rel_err(loss, ref_loss) < 1e-9 and rel_err(lse, ref_lse) < 1e-9
+
+
+def test_module_with_options_refuses_torchscript_calls():
+    scripted = torch.jit.script(fused_ce.CrossEntropyLoss(softcap=2.0))
+    with pytest.raises(torch.jit.Error, match="not supported under TorchScript"):
+        scripted(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+
+
+def test_probability_targets_count_every_row():
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1)
+    loss, z_loss = fused_ce.cross_entropy(x, p, softcap=2.0, lse_square_scale=0.3, return_z_loss=True)
+    z = 2.0 * torch.tanh(x / 2.0)
+    lse = torch.logsumexp(z, 1)
+    ref = F.cross_entropy(z, p) + 0.3 * (lse ** 2).mean()
+    assert rel_err(loss, ref) < 1e-9 and rel_err(z_loss, 0.3 * (lse ** 2).mean()) < 1e-9
+    assert rel_err(torch.autograd.grad(loss, x)[0], torch.autograd.grad(ref, x)[0]) < 1e-9
+
+
+def test_compile_fullgraph_matches_eager():
+    x, t = torch.randn(6, 5), torch.tensor([0, 4, -100, 1, 2, 3])
+
+    def f(x, t):
+        return fused_ce.cross_entropy(x, t, logit_scale=0.8, softcap=4.0, lse_square_scale=1e-2, return_lse=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    for a, b in zip(compiled(x, t), f(x, t)):
+        torch.testing.assert_close(a, b)
