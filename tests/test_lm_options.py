@@ -114,3 +114,31 @@ def test_compile_fullgraph_matches_eager():
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     for a, b in zip(compiled(x, t), f(x, t)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_gradgradcheck_with_every_option(reduction):
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1, -100, 3])
+    w = torch.rand(4, dtype=torch.float64) + 0.5
+
+    def f(x):
+        return fused_ce.cross_entropy(x, t, w, reduction=reduction, label_smoothing=0.1, logit_scale=1.2,
+                                      softcap=1.5, lse_square_scale=0.2)
+
+    torch.autograd.gradgradcheck(f, (x,))
+
+
+def test_torch_func_grad_and_vmap_match_the_reference():
+    x = torch.randn(2, 4, 5, dtype=torch.float64)
+    t = torch.tensor([[0, 1, 2, -100], [4, 3, 2, 1]])
+
+    def f(x, t):
+        return fused_ce.cross_entropy(x, t, softcap=2.0, lse_square_scale=0.1)
+
+    def ref(x, t):
+        return reference(x, t, None, -100, "mean", 0.0, 1.0, 2.0, 0.1)[0]
+
+    got = torch.func.vmap(torch.func.grad(f))(x, t)
+    want = torch.func.vmap(torch.func.grad(ref))(x, t)
+    assert rel_err(got, want) < 1e-9
