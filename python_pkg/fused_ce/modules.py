@@ -11,10 +11,22 @@ from .functional import binary_cross_entropy_with_logits, cross_entropy
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
-    """Drop-in for torch.nn.CrossEntropyLoss."""
+    """Drop-in for torch.nn.CrossEntropyLoss, with cross_entropy's keyword-only language-model options
+    (logit_scale, softcap, lse_square_scale, return_z_loss, return_lse; not under TorchScript)."""
+
+    def __init__(self, *args, logit_scale: float = 1.0, softcap: float = 0.0, lse_square_scale: float = 0.0,
+                 return_z_loss: bool = False, return_lse: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.logit_scale, self.softcap, self.lse_square_scale = float(logit_scale), float(softcap), \
+            float(lse_square_scale)
+        self.return_z_loss, self.return_lse = bool(return_z_loss), bool(return_lse)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         if torch.jit.is_scripting():
+            if self.logit_scale != 1.0 or self.softcap != 0.0 or self.lse_square_scale != 0.0 or \
+                    self.return_z_loss or self.return_lse:
+                raise RuntimeError("fused_ce.CrossEntropyLoss: logit_scale, softcap, lse_square_scale, "
+                                   "return_z_loss and return_lse are not supported under TorchScript")
             return _script.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
                                          self.label_smoothing)
         return self._eager(input, target)
@@ -22,7 +34,10 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     @torch.jit.unused
     def _eager(self, input: Tensor, target: Tensor) -> Tensor:
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                             reduction=self.reduction, label_smoothing=self.label_smoothing)
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             logit_scale=self.logit_scale, softcap=self.softcap,
+                             lse_square_scale=self.lse_square_scale, return_z_loss=self.return_z_loss,
+                             return_lse=self.return_lse)
 
 
 class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
