@@ -142,3 +142,12 @@ def test_torch_func_grad_and_vmap_match_the_reference():
     got = torch.func.vmap(torch.func.grad(f))(x, t)
     want = torch.func.vmap(torch.func.grad(ref))(x, t)
     assert rel_err(got, want) < 1e-9
+
+
+def test_softcap_none_is_off_as_the_default():
+    x, t = torch.randn(3, 5, dtype=torch.float64), torch.tensor([0, 4, 2])
+    assert torch.equal(fused_ce.cross_entropy(x, t, softcap=None), fused_ce.cross_entropy(x, t))
+    assert torch.equal(fused_ce.CrossEntropyLoss(softcap=None)(x, t), fused_ce.cross_entropy(x, t))
+    capped = fused_ce.cross_entropy(x, t, softcap=2.0)
+    assert torch.equal(fused_ce.CrossEntropyLoss(softcap=2.0)(x, t), capped)
+    assert not torch.equal(capped, fused_ce.cross_entropy(x, t))

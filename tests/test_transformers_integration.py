@@ -266,3 +266,18 @@ def test_fused_loss_compiles_fullgraph():
     kwargs = dict(labels=labels, vocab_size=VOCAB, num_items_in_batch=torch.tensor(9))
     compiled = torch.compile(loss_function, fullgraph=True)(logits=logits, **kwargs)
     _assert_near(compiled, loss_function(logits=logits, **kwargs), "compiled loss", tol=1e-6)
+
+
+def test_language_model_options_reach_fused_ce():
+    stock, fused, batch = _twins("causal", torch.float64)
+    use_fused_ce(fused, softcap=2.0, lse_square_scale=1e-2)
+    logits = fused(input_ids=batch["input_ids"]).logits.detach()
+    z = 2.0 * torch.tanh(logits[:, :-1].reshape(-1, VOCAB) / 2.0)
+    labels = batch["labels"][:, 1:].reshape(-1)
+    counted = labels != -100
+    expected = (torch.nn.functional.cross_entropy(z, labels)
+                + 1e-2 * (torch.logsumexp(z, 1)[counted] ** 2).mean())
+    _assert_near(fused(**batch).loss, expected, "soft-capped loss with z-loss", tol=1e-6)  # returned in fp32, as transformers does
+    for name in ("return_z_loss", "return_lse"):
+        with pytest.raises(ValueError, match=f"'{name}' would make the loss a tuple"):
+            use_fused_ce(fused, **{name: True})

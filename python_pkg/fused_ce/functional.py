@@ -18,11 +18,13 @@ def _fail_as_torch_under_compile(refusal, torch_loss, *args):
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0, *, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0,
+                  reduction="mean", label_smoothing=0.0, *, logit_scale=1.0, softcap=None, lse_square_scale=0.0,
                   return_z_loss=False, return_lse=False):
     """Drop-in for torch.nn.functional.cross_entropy, computed by fused kernels. The keyword-only options
     (language models; _lm_options.py has the math) scale and soft-cap the logits, add the z-loss
-    lse_square_scale * lse**2, and return (loss, z_loss, lse) with only the requested parts."""
+    lse_square_scale * lse**2, and return (loss, z_loss, lse) with only the requested parts. softcap None (or 0)
+    turns soft-capping off."""
+    softcap = 0.0 if softcap is None else softcap
     if _lm_options.has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse):
         def plain(z):
             return cross_entropy(z, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)

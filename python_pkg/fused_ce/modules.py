@@ -3,6 +3,8 @@ included), the registered buffers, state_dict keys and repr are exactly torch's;
 
 forward is scriptable: under torch.jit.script it runs _script.py (the ops called directly), eagerly the
 functional API."""
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -14,10 +16,10 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """Drop-in for torch.nn.CrossEntropyLoss, with cross_entropy's keyword-only language-model options
     (logit_scale, softcap, lse_square_scale, return_z_loss, return_lse; not under TorchScript)."""
 
-    def __init__(self, *args, logit_scale: float = 1.0, softcap: float = 0.0, lse_square_scale: float = 0.0,
+    def __init__(self, *args, logit_scale: float = 1.0, softcap: Optional[float] = None, lse_square_scale: float = 0.0,
                  return_z_loss: bool = False, return_lse: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.logit_scale, self.softcap, self.lse_square_scale = float(logit_scale), float(softcap), \
+        self.logit_scale, self.softcap, self.lse_square_scale = float(logit_scale), float(softcap or 0.0), \
             float(lse_square_scale)
         self.return_z_loss, self.return_lse = bool(return_z_loss), bool(return_lse)
 

@@ -138,6 +138,10 @@ def _check_options(options):
     for name in _RESERVED_OPTIONS:
         if name in options:
             raise ValueError(f"use_fused_ce: '{name}' is set by transformers' loss functions and cannot be an option")
+    for name in ("return_z_loss", "return_lse"):
+        if options.get(name):
+            raise ValueError(f"use_fused_ce: '{name}' would make the loss a tuple, which transformers' models cannot "
+                             "return; lse_square_scale adds the z-loss to the loss itself")
 
 
 def use_fused_ce(model=None, **options):
