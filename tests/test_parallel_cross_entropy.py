@@ -16,6 +16,10 @@ def _worker(rank, world, port, queue):
     t = torch.tensor([0, 5, -100, 3, 1])
     w = torch.rand(6, dtype=torch.float64, generator=gen) + 0.5
     errs = []
+    calls = []
+    for name in ("all_reduce", "all_gather"):
+        real = getattr(dist, name)
+        setattr(dist, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
     for red in ("none", "mean", "sum"):
         for eps in (0.0, 0.2):
             for wt in (None, w):
@@ -24,8 +28,12 @@ def _worker(rank, world, port, queue):
                 ref.sum().backward()
                 xs = x[:, bounds[rank]:bounds[rank + 1]].clone().requires_grad_()
                 ws = None if wt is None else wt[bounds[rank]:bounds[rank + 1]]
+                calls.clear()
                 got = parallel.cross_entropy(xs, t, weight=ws, reduction=red, label_smoothing=eps)
+                errs.append(0.0 if calls == ["all_gather", "all_reduce", "all_reduce"] else 1.0)
+                calls.clear()
                 got.sum().backward()
+                errs.append(1.0 if calls else 0.0)  # backward must not communicate
                 errs.append(float((got - ref).abs().max()))
                 errs.append(float((xs.grad - xf.grad[:, bounds[rank]:bounds[rank + 1]]).abs().max()))
     queue.put((rank, max(errs)))
