@@ -1,6 +1,7 @@
-"""fused_ce.parallel.cross_entropy against torch on the full logits, world size 2 (gloo, spawn)."""
+"""fused_ce.parallel.cross_entropy against torch on the full logits, world sizes 2 and 3 (gloo, spawn)."""
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -11,7 +12,7 @@ def _worker(rank, world, port, queue):
     from fused_ce import parallel
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     gen = torch.Generator().manual_seed(0)
-    bounds = [0, 1, 6]  # uneven, one-class slice
+    bounds = {2: [0, 1, 6], 3: [0, 2, 3, 6]}[world]  # uneven slices, one-class slices
     x = torch.randn(5, 6, dtype=torch.float64, generator=gen)
     t = torch.tensor([0, 5, -100, 3, 1])
     w = torch.rand(6, dtype=torch.float64, generator=gen) + 0.5
@@ -40,14 +41,15 @@ def _worker(rank, world, port, queue):
     dist.destroy_process_group()
 
 
-def test_world_size_2_matches_torch():
+@pytest.mark.parametrize("world", [2, 3])
+def test_matches_torch(world):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    ctx_procs = mp.start_processes(_worker, args=(2, port, queue), nprocs=2, join=False, start_method="spawn")
-    results = [queue.get(timeout=120) for _ in range(2)]
+    ctx_procs = mp.start_processes(_worker, args=(world, port, queue), nprocs=world, join=False, start_method="spawn")
+    results = [queue.get(timeout=120) for _ in range(world)]
     ctx_procs.join()
     for _, err in results:
         assert err < 1e-12
