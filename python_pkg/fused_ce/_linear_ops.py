@@ -19,15 +19,11 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from ._ops import MEAN, NONE
+from ._ops import MEAN, NONE, lse_dtype as acc_dtype  # the accumulation dtype
 
 # Rows reduced per block of the fixed-order sums below: one thread sums each block, then the block sums are
 # added in order, so the result does not depend on the number of threads.
 _SUM_BLOCK = 4096
-
-
-def acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _fixed_order_sum(values):

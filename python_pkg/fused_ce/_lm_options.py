@@ -12,7 +12,7 @@ one the fused kernels are to implement:
     loss = cross_entropy(z, ...) + z_loss"""
 import torch
 
-from ._ops import NONE, SUM
+from ._ops import NONE, SUM, lse_dtype
 
 
 def has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse):
@@ -36,8 +36,7 @@ def cross_entropy_with_options(loss_fn, input, target, ignore_index, reduction, 
     z = transform_logits(input, logit_scale, softcap)
     loss = loss_fn(z)
     class_dim = 0 if input.dim() == 1 else 1
-    acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    lse = torch.logsumexp(z.to(acc_dtype), dim=class_dim)
+    lse = torch.logsumexp(z.to(lse_dtype(input.dtype)), dim=class_dim)
     if target.is_floating_point():  # probability targets: every row counts
         counted = torch.ones_like(lse, dtype=torch.bool)
     else:

@@ -9,6 +9,8 @@ forward. This first version computes the local partials with torch ops (no fused
 import torch
 import torch.distributed as dist
 
+from ._ops import lse_dtype
+
 _REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -28,7 +30,7 @@ class _VocabParallelCE(torch.autograd.Function):
         rank = dist.get_rank(group)
         lo, hi = offsets[rank], offsets[rank + 1]
         total_classes = offsets[-1]
-        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        acc = lse_dtype(logits.dtype)
         x = logits.to(acc)
         w = weight.to(acc) if weight is not None else torch.ones(x.shape[-1], dtype=acc, device=x.device)
         valid = target != ignore_index
