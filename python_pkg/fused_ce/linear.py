@@ -24,7 +24,7 @@ def chunk_rows(num_rows, num_classes, dtype, options=None):
     explicit = getattr(options, "batch_chunk_size", None)
     if explicit is not None:
         return max(1, min(int(explicit), num_rows))
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if dtype in (torch.float16, torch.bfloat16):
         itemsize += 4  # the fp32 copy of the tile for dW
     rows = int(workspace_mib * 2**20) // max(1, num_classes * itemsize)
