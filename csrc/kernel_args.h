@@ -22,6 +22,20 @@ struct LogitsView {
 struct RowGrad {
   const double* per_row;  // N*S values, or nullptr
   double scale;
+  // Upstream gradient of the z-loss (language-model options): (per_row ? per_row[i] : 1) * z_scale. It
+  // differs from the loss's `scale` only for 'mean', whose z-loss divides by the number of counted rows.
+  double z_scale = 0.0;
+};
+
+// Language-model options of class-index cross-entropy (rowmath.h, LogitTransform and z_loss_row, has the
+// math). The defaults are plain cross-entropy.
+struct LmOptions {
+  double logit_scale = 1.0;
+  double softcap = 0.0;           // 0: no soft-capping
+  double lse_square_scale = 0.0;  // z-loss weight
+  void* z_loss_rows = nullptr;    // forward: N*S accumulators for each row's z-loss (ignored rows 0), or nullptr
+  // Backward writes the gradient over the logits it reads (inplace_backward): each element is read before
+  // it is written, and the target logit of a row is read before the row is written.
 };
 
 struct CeHardArgs {
@@ -33,6 +47,7 @@ struct CeHardArgs {
   int64_t ignore_index;
   double label_smoothing;
   double weight_sum;  // sum of the class weights (C when unweighted)
+  LmOptions lm = {};
 };
 
 struct CeSoftArgs {

@@ -17,6 +17,23 @@ inline void define_ops(torch::Library& m) {
   m.def(
       "cross_entropy_bwd(Tensor grad, Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
       "int ignore_index, float label_smoothing, int reduction) -> Tensor");
+  // Class-index targets with the language-model options: the logits are transformed (logit_scale, then
+  // softcap; 0 turns it off) and lse_square_scale * lse^2 (the z-loss) is added for every counted row.
+  // Returns the loss (z-loss included), the lse of the transformed logits, and the z-loss alone, reduced
+  // like the loss ('mean' over the counted rows), in the lse's dtype. The backward's `_` variant writes
+  // the gradient over the logits (which must be contiguous) and returns nothing.
+  m.def(
+      "cross_entropy_lm_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, "
+      "float label_smoothing, int reduction, float logit_scale, float softcap, float lse_square_scale) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "cross_entropy_lm_bwd(Tensor grad, Tensor logits, Tensor target, Tensor? weight, Tensor lse, "
+      "int ignore_index, float label_smoothing, int reduction, float logit_scale, float softcap, "
+      "float lse_square_scale) -> Tensor");
+  m.def(
+      "cross_entropy_lm_bwd_(Tensor grad, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor lse, "
+      "int ignore_index, float label_smoothing, int reduction, float logit_scale, float softcap, "
+      "float lse_square_scale) -> ()");
   // Class-probability targets (target has the logits' shape and dtype).
   m.def(
       "cross_entropy_soft_fwd(Tensor logits, Tensor target, Tensor? weight, float label_smoothing, "

@@ -38,6 +38,8 @@ FUSED_CE_HD float math_log(float x) { return logf(x); }
 FUSED_CE_HD double math_log(double x) { return log(x); }
 FUSED_CE_HD float math_log1p(float x) { return log1pf(x); }
 FUSED_CE_HD double math_log1p(double x) { return log1p(x); }
+FUSED_CE_HD float math_tanh(float x) { return tanhf(x); }
+FUSED_CE_HD double math_tanh(double x) { return tanh(x); }
 FUSED_CE_HD float math_abs(float x) { return fabsf(x); }
 FUSED_CE_HD double math_abs(double x) { return fabs(x); }
 // max(x, 0)
@@ -195,6 +197,61 @@ FUSED_CE_HD T ce_soft_grad(T x, T lse, T wt_c, T g_sum_wt, T g) {
 template <typename T>
 FUSED_CE_HD T ce_soft_target_grad(T x, T lse, T w_c, T g_keep) {
   return g_keep * w_c * (lse - x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Language-model options of class-index cross-entropy. The loss is computed on transformed logits
+//   z = s * x,  or with soft-capping c > 0:  z = c * tanh(s * x / c)
+// (s = logit_scale; Gemma's final-logit soft-capping), so lse, the loss and the smoothing sums above
+// all read z instead of x. The z-loss (PaLM) adds lse_square_scale * lse(z)^2 for every row that is not
+// ignored; it is reduced like the loss, except that its mean divides by the number of counted rows.
+// Backward: with p = softmax(z) and g_z the z-loss's upstream gradient of the row,
+//   d(z_loss)/dz[c] = g_z * 2 * lse_square_scale * lse * p[c],
+// which only adds to the coefficient of p[c] in the cross-entropy gradient; the gradient for x is the
+// one for z times dz/dx = s (no cap) or s * (1 - tanh^2) = s * (1 - (z/c)^2).
+// ---------------------------------------------------------------------------------------------
+template <typename acc_t>
+struct LogitTransform {
+  acc_t scale;            // s
+  acc_t cap;              // c
+  acc_t scale_over_cap;   // s / c
+  acc_t inv_cap;          // 1 / c
+  bool capped;            // c > 0
+  bool active;            // s != 1 or capped: otherwise z == x and the kernels skip the transform
+};
+
+template <typename acc_t>
+FUSED_CE_HD LogitTransform<acc_t> make_logit_transform(double logit_scale, double softcap) {
+  const bool capped = softcap > 0;
+  return {static_cast<acc_t>(logit_scale), capped ? static_cast<acc_t>(softcap) : acc_t(0),
+          capped ? static_cast<acc_t>(logit_scale / softcap) : acc_t(0),
+          capped ? static_cast<acc_t>(1.0 / softcap) : acc_t(0), capped, capped || logit_scale != 1.0};
+}
+
+// z from x; T is the accumulation type or a vector of it.
+template <typename T, typename acc_t>
+FUSED_CE_HD T transform_logit(T x, const LogitTransform<acc_t>& tf) {
+  return tf.capped ? T(tf.cap) * math_tanh(x * T(tf.scale_over_cap)) : x * T(tf.scale);
+}
+
+// dz/dx, from z itself (so the backward needs no second tanh).
+template <typename T, typename acc_t>
+FUSED_CE_HD T transform_slope(T z, const LogitTransform<acc_t>& tf) {
+  if (!tf.capped) return T(tf.scale);
+  const T t = z * T(tf.inv_cap);
+  return T(tf.scale) * (T(acc_t(1)) - t * t);
+}
+
+// The z-loss of a counted row.
+template <typename acc_t>
+FUSED_CE_HD acc_t z_loss_row(acc_t lse, acc_t lse_square_scale) {
+  return lse_square_scale * lse * lse;
+}
+
+// What the z-loss adds to the coefficient of p[c] in the row's gradient (g_z: its upstream gradient).
+template <typename acc_t>
+FUSED_CE_HD acc_t z_loss_prob_coef(acc_t g_z, acc_t lse, acc_t lse_square_scale) {
+  return acc_t(2) * g_z * lse_square_scale * lse;
 }
 
 // ---------------------------------------------------------------------------------------------
