@@ -6,6 +6,7 @@
 
 #include "linear_ce_schema.h"
 #include "op_schemas.h"
+#include "partial_stats_schema.h"
 
 // `from fused_ce import _C` loads this library; the static registrations below do the rest, so the
 // module itself is empty (and works with Python's limited API).
@@ -17,4 +18,5 @@ PyMODINIT_FUNC PyInit__C(void) {
 TORCH_LIBRARY(fused_ce, m) {
   fused_ce::define_ops(m);
   fused_ce::define_linear_ce_ops(m);
+  fused_ce::define_partial_stats_ops(m);
 }

@@ -255,6 +255,36 @@ FUSED_CE_HD acc_t z_loss_prob_coef(acc_t g_z, acc_t lse, acc_t lse_square_scale)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Vocabulary-parallel cross-entropy: each rank holds the consecutive classes [offset, offset + C) of
+// every row and reduces them to per-row partial statistics, which two all-reduces (MAX of the max, then
+// SUM of the rest) combine into the full row's (python_pkg/fused_ce/parallel.py):
+//   max, sum (of exp(x - lse_shift(max))), x[y] and w[y] (0 unless y is in the slice and not ignored),
+//   D = sum_c w[c] (lse_shift(max) - x[c]) and W = sum_c w[c] (both 0 without smoothing).
+// D is taken against the slice's own max, not against 0, so that it stays well conditioned for logits far
+// from zero; against the global max M it is D + W (M - lse_shift(max)), an O(1) shift per row.
+// ---------------------------------------------------------------------------------------------
+enum PartialStat : int64_t {
+  kPartialMax = 0,
+  kPartialSumExp,
+  kPartialTargetLogit,
+  kPartialTargetWeight,
+  kPartialSmoothing,
+  kPartialWeightSum,
+  kPartialStatCount
+};
+
+// Whether class index y is one of this slice's classes (and not ignored).
+FUSED_CE_HD bool target_in_slice(int64_t y, int64_t ignore_index, int64_t offset, int64_t C) {
+  return y != ignore_index && y >= offset && y - offset < C;
+}
+
+// D from the scan's sum_wx_ref = sum_c w[c] (x[c] - ref) (see sum_reference) and W.
+template <typename acc_t>
+FUSED_CE_HD acc_t partial_smoothing_sum(acc_t sum_wx_ref, acc_t weight_sum, acc_t ref, acc_t max) {
+  return weight_sum * (lse_shift(max) - ref) - sum_wx_ref;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Binary cross-entropy with logits, pos_weight pw and weight w (PyTorch's formulation):
 //   loss = w * ((1 - y) x + (1 + (pw - 1) y) softplus(-x)),  softplus(-x) = max(-x, 0) + log1p(exp(-|x|))
 //   dx   = w * ((1 + (pw - 1) y) sigmoid(x) - pw y)

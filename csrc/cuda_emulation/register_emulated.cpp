@@ -7,8 +7,10 @@
 
 #include "cuda/linear_ce_cuda.h"
 #include "cuda/ops_cuda.h"
+#include "cuda/partial_stats_cuda.h"
 #include "linear_ce_schema.h"
 #include "op_schemas.h"
+#include "partial_stats_schema.h"
 
 PyMODINIT_FUNC PyInit__C_emulated_cuda(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C_emulated_cuda", nullptr, -1, nullptr};
@@ -18,9 +20,11 @@ PyMODINIT_FUNC PyInit__C_emulated_cuda(void) {
 TORCH_LIBRARY(fused_ce_emulated_cuda, m) {
   fused_ce::define_ops(m);
   fused_ce::define_linear_ce_ops(m);
+  fused_ce::define_partial_stats_ops(m);
 }
 
 TORCH_LIBRARY_IMPL(fused_ce_emulated_cuda, CPU, m) {
   fused_ce::cuda::register_impls(m);
   fused_ce::cuda::register_linear_ce_impls(m);
+  fused_ce::cuda::register_partial_stats_impls(m);
 }

@@ -14,7 +14,7 @@ REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 ALL_OPS = {"cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_soft_fwd", "cross_entropy_soft_bwd",
            "linear_ce_tile_", "linear_cross_entropy_fwd", "linear_cross_entropy_bwd",
            "cross_entropy_soft_target_bwd", "bce_with_logits_fwd", "bce_with_logits_bwd",
-           "bce_with_logits_target_bwd"}
+           "bce_with_logits_target_bwd", "ce_partial_stats", "ce_partial_grad"}
 SHAPES = [(4, 7), (2, 5, 3)]
 
 
@@ -112,6 +112,20 @@ def linear_cross_entropy(device, reduction, dtype):
                           (tile, t, cw, 3, 0.1, None, torch.tensor(5.0, dtype=torch.float64, device=device), True))
 
 
+def partial_stats(device, shape, smoothing, dtype):
+    """The vocabulary-parallel slice ops (parallel.py): targets below, in and above the slice [2, 2 + C)."""
+    ops = _ops.kernel_ops()
+    x = torch.randn(shape, dtype=dtype, device=device)
+    rows = (shape[0],) + tuple(shape[2:])
+    y = torch.randint(0, shape[1] + 4, rows, device=device)
+    y.view(-1)[0] = -100
+    w = torch.rand(shape[1], dtype=dtype, device=device) + 0.1
+    torch.library.opcheck(ops.ce_partial_stats.default, (x, y, w, 2, -100, smoothing))
+    torch.library.opcheck(ops.ce_partial_stats.default, (x, y, None, 2, -100, smoothing))
+    coefs = torch.rand((4,) + rows, dtype=_ops.lse_dtype(dtype), device=device)
+    torch.library.opcheck(ops.ce_partial_grad.default, (x, y, w, coefs, 2, -100))
+
+
 # requires_grad first: the --quick walk then alternates it, so it reaches the backward ops (False) early.
 OPS_COVERED = Family("every_op_has_an_opcheck_case", every_op_covered, {})
 OPCHECK_CE = Family("opcheck_cross_entropy", cross_entropy, dict(
@@ -123,3 +137,5 @@ OPCHECK_BCE = Family("opcheck_bce", bce, dict(
     reduction=list(REDUCTIONS), dtype=DTYPES))
 OPCHECK_LINEAR_CE = Family("opcheck_linear_cross_entropy", linear_cross_entropy, dict(
     reduction=list(REDUCTIONS), dtype=[torch.float32, torch.float64, torch.bfloat16]))
+OPCHECK_PARTIAL_STATS = Family("opcheck_partial_stats", partial_stats, dict(
+    shape=SHAPES, smoothing=[False, True], dtype=DTYPES))

@@ -3,15 +3,18 @@
 Each rank of ``group`` holds a consecutive slice of the classes, in rank order. The forward pass uses exactly
 three collectives whatever the batch size: one all_gather of the local class counts (skipped when
 ``class_offsets`` is given), one all_reduce MAX of the per-row maxima and one all_reduce SUM of packed per-row
-partials. The backward pass needs no collective: it uses the global log-sum-exp and per-row scalars saved in
-forward. This first version computes the local partials with torch ops (no fused kernel yet).
+partials. The local work is one fused kernel, ce_partial_stats (csrc/partial_stats_schema.h), which reads each
+logit of the slice once; the per-row statistics it returns are combined with O(N) torch operations. The backward
+pass needs no collective: the fused ce_partial_grad writes the slice's gradient from the global log-sum-exp and
+per-row coefficients saved in forward, with no N x V_local buffer besides the gradient itself.
 """
 import torch
 import torch.distributed as dist
 
-from ._ops import lse_dtype
-
-_REDUCTIONS = ("none", "mean", "sum")
+from . import _parallel_ops as P
+from . import _validation
+from ._linear_ops import _fixed_order_sum
+from ._ops import MEAN, NONE, kernel_ops
 
 
 def _class_offsets(local_classes, group, device):
@@ -24,86 +27,118 @@ def _class_offsets(local_classes, group, device):
     return offsets
 
 
+def _checked_offsets(class_offsets, local_classes, rank, size):
+    offsets = [int(o) for o in class_offsets]
+    if len(offsets) != size + 1 or offsets[rank + 1] - offsets[rank] != local_classes:
+        raise ValueError(
+            f"class_offsets must hold {size + 1} increasing offsets, of which offsets[{rank + 1}] - offsets[{rank}] "
+            f"is this rank's number of classes ({local_classes}), got {offsets}")
+    return offsets
+
+
+def _check_global_targets(target, ignore_index, num_classes):
+    """torch's IndexError for the first target that is neither ignored nor a class of any slice. Only for CPU
+    tensors: on CUDA the check would wait for the GPU, so such rows read NaN instead, as with fused_ce's CUDA
+    kernels."""
+    if target.device.type != "cpu":
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
+
+
+def _total(values, dtype):
+    """sum(values) in an order that depends only on their number (so not on the number of threads), as dtype."""
+    return _fixed_order_sum(values.reshape(-1)).to(dtype)
+
+
+def _shift(m):
+    """rowmath.h's lse_shift: the exponent shift for a max, 0 where every logit is -inf."""
+    return torch.where(m == -float("inf"), torch.zeros_like(m), m)
+
+
 class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, z_scale, group, offsets):
+    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, z_scale, group, offsets, ops):
         rank = dist.get_rank(group)
-        lo, hi = offsets[rank], offsets[rank + 1]
         total_classes = offsets[-1]
-        acc = lse_dtype(logits.dtype)
-        x = logits.to(acc)
-        w = weight.to(acc) if weight is not None else torch.ones(x.shape[-1], dtype=acc, device=x.device)
-        valid = target != ignore_index
-        # Rows may be spread over a local slice with no classes: the max of nothing is -inf.
-        row_max = x.amax(dim=-1) if x.shape[-1] > 0 else torch.full(target.shape, -float("inf"), dtype=acc)
+        smoothing = eps > 0
+        stats = ops.ce_partial_stats(logits, target, weight, offsets[rank], ignore_index, smoothing)
+        row_max = stats[P.MAX].clone()
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        on_shard = valid & (target >= lo) & (target < hi)
-        local_t = torch.where(on_shard, target - lo, torch.zeros_like(target))
-        x_t = x.gather(-1, local_t.unsqueeze(-1)).squeeze(-1) if x.shape[-1] > 0 else torch.zeros_like(row_max)
-        w_t = w[local_t] if x.shape[-1] > 0 else torch.zeros_like(row_max)
-        zero = torch.zeros_like(row_max)
-        partials = torch.stack([
-            torch.exp(x - row_max.unsqueeze(-1)).sum(-1),
-            torch.where(on_shard, x_t, zero),
-            torch.where(on_shard, w_t, zero),
-            (x * w).sum(-1),
-            w.sum().expand_as(row_max),
-        ])
-        dist.all_reduce(partials, op=dist.ReduceOp.SUM, group=group)
-        sum_exp, tgt_logit, tgt_weight, wx_sum, w_sum = partials.unbind(0)
-        lse = row_max + torch.log(sum_exp)
-        validf = valid.to(acc)
+        shift = _shift(row_max)
+        parts = [stats[P.SUM_EXP] * torch.exp(stats[P.MAX] - shift), stats[P.TARGET_LOGIT], stats[P.TARGET_WEIGHT]]
+        if smoothing:  # sum_c w[c] (shift - x[c]) and sum_c w[c], moved from the slice's max to the global one
+            parts += [stats[P.SMOOTHING] + stats[P.WEIGHT_SUM] * (shift - _shift(stats[P.MAX])), stats[P.WEIGHT_SUM]]
+        packed = torch.stack(parts)
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+        lse = shift + torch.log(packed[0])
+        tgt_logit, tgt_weight = packed[1], packed[2]
+        valid = target != ignore_index
+        validf = valid.to(lse.dtype)
+        # A target of no slice (CUDA only; the CPU raises before) gives a NaN row, loss and gradient alike.
+        out_of_range = valid & ((target < 0) | (target >= total_classes))
+        validf = torch.where(out_of_range, torch.full_like(validf, float("nan")), validf)
         tgt_weight = tgt_weight * validf
-        nll = tgt_weight * (lse - tgt_logit)
-        smooth = (lse * w_sum - wx_sum) * validf
-        loss = (1 - eps) * nll + (eps / total_classes) * smooth
+        loss = (1 - eps) * tgt_weight * (lse - tgt_logit)
+        w_sum = torch.zeros_like(lse)
+        if smoothing:
+            w_sum = packed[4]
+            loss = loss + (eps / total_classes) * (w_sum * (lse - shift) + packed[3]) * validf
         zrow = z_scale * lse * lse * validf
-        if reduction == "mean":
-            # torch divides the smoothing term by the same weight sum of the non-ignored targets.
-            denom = tgt_weight.sum()
-            zden = validf.sum()
-            out = loss.sum() / denom + zrow.sum() / zden
-            scale_ce = (1 / denom).expand_as(lse)
-            scale_z = (1 / zden).expand_as(lse)
-        elif reduction == "sum":
-            out = loss.sum() + zrow.sum()
-            scale_ce = scale_z = torch.ones_like(lse)
-        else:
+        if reduction == MEAN:
+            # torch divides the smoothing term by the same weight sum of the non-ignored targets; the z-loss
+            # divides by the number of counted rows.
+            denom, zden = _total(tgt_weight, lse.dtype), _total(valid, lse.dtype)
+            out = _total(loss, lse.dtype) / denom + _total(zrow, lse.dtype) / zden
+            scale_ce, scale_z = 1 / denom, 1 / zden
+        elif reduction == NONE:
             out = loss + zrow
-            scale_ce = scale_z = torch.ones_like(lse)
-        ctx.save_for_backward(logits, local_t, on_shard, validf, tgt_weight, w_sum, lse, scale_ce, scale_z, w)
-        ctx.args = (eps, total_classes, z_scale, reduction)
+            scale_ce = scale_z = 1.0
+        else:
+            out = _total(loss + zrow, lse.dtype)
+            scale_ce = scale_z = 1.0
+        # Per-row gradient coefficients of ce_partial_grad, before the upstream gradient (rowmath.h's
+        # ce_hard_grad_coefs and z_loss_prob_coef, with the global target weight, weight sum and class count).
+        prob = ((1 - eps) * tgt_weight + (eps / total_classes) * w_sum * validf) * scale_ce
+        prob = prob + 2 * z_scale * lse * validf * scale_z
+        on_target = (1 - eps) * tgt_weight * scale_ce
+        klass = (eps / total_classes) * validf * scale_ce
+        ctx.save_for_backward(logits, target, weight, torch.stack([prob, on_target, klass]), lse)
+        ctx.args = (offsets[rank], ignore_index, ops)
         return out.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, local_t, on_shard, validf, tgt_weight, w_sum, lse, scale_ce, scale_z, w = ctx.saved_tensors
-        eps, total_classes, z_scale, reduction = ctx.args
-        acc = lse.dtype
-        g = grad_out.to(acc)
-        g = g.expand_as(lse) if reduction != "none" else g
-        p = torch.exp(logits.to(acc) - lse.unsqueeze(-1))
-        coef_p = ((1 - eps) * tgt_weight + (eps / total_classes) * w_sum * validf) * scale_ce
-        coef_p = coef_p + 2 * z_scale * lse * validf * scale_z
-        grad = p * (g * coef_p).unsqueeze(-1)
-        grad = grad - ((eps / total_classes) * g * scale_ce * validf).unsqueeze(-1) * w
-        onehot = torch.zeros_like(grad)
-        if grad.shape[-1] > 0:
-            onehot.scatter_(-1, local_t.unsqueeze(-1), (on_shard.to(acc) * tgt_weight).unsqueeze(-1))
-        grad = grad - ((1 - eps) * g * scale_ce).unsqueeze(-1) * onehot
-        return grad.to(logits.dtype), None, None, None, None, None, None, None, None
+        logits, target, weight, coefs, lse = ctx.saved_tensors
+        offset, ignore_index, ops = ctx.args
+        g = grad_out.to(lse.dtype).expand_as(lse)
+        grad = ops.ce_partial_grad(logits, target, weight, torch.cat([lse.unsqueeze(0), coefs * g]), offset,
+                                   ignore_index)
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, lse_square_scale=0.0, class_offsets=None):
-    """Cross-entropy over logits whose class dimension (last) is split over the ranks of ``group``.
+    """Cross-entropy over logits whose class dimension is split over the ranks of ``group``.
 
-    ``target`` holds global class indices on every rank; ``weight`` is this rank's slice of class weights.
-    Every rank returns the same loss as ``fused_ce.cross_entropy`` on the full logits.
+    ``logits_shard`` has the shapes torch.nn.functional.cross_entropy accepts, (N, C_local, d1..dk) or
+    unbatched (C_local,), with this rank's consecutive slice of the classes; ``target`` holds global class
+    indices (the same on every rank); ``weight`` is this rank's slice of the class weights. ``class_offsets``
+    (the first global class of every rank, then the total) saves the all_gather that finds them. Every rank
+    returns the same loss as ``fused_ce.cross_entropy`` on the full logits, plus ``lse_square_scale`` times
+    the mean (or sum) of lse^2 over the rows that are not ignored (the z-loss).
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{reduction} is not a valid value for reduction")
-    offsets = (list(class_offsets) if class_offsets is not None
-               else _class_offsets(logits_shard.shape[-1], group, logits_shard.device))
-    return _VocabParallelCE.apply(logits_shard, target, weight, ignore_index, reduction, float(label_smoothing),
-                                  float(lse_square_scale), group, offsets)
+    red = _validation.reduction_enum(reduction)
+    c = _validation.prepare_cross_entropy(logits_shard, target, weight, ignore_index, red, label_smoothing)
+    if c.soft:
+        raise NotImplementedError("fused_ce.parallel.cross_entropy: class-probability targets are not supported; "
+                                  "pass class indices")
+    local_classes = c.logits.shape[1]
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    offsets = (_checked_offsets(class_offsets, local_classes, rank, size) if class_offsets is not None
+               else _class_offsets(local_classes, group, c.logits.device))
+    _check_global_targets(c.target, c.ignore_index, offsets[-1])
+    loss = _VocabParallelCE.apply(c.logits, c.target, c.weight, c.ignore_index, red, c.label_smoothing,
+                                  float(lse_square_scale), group, offsets, kernel_ops())
+    return loss.squeeze(0) if c.unbatched and red == NONE else loss

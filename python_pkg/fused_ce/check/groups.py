@@ -30,5 +30,6 @@ GROUPS = [
           (gradcheck_cases.GRADCHECK_CE_HARD, gradcheck_cases.GRADCHECK_CE_SOFT, gradcheck_cases.GRADCHECK_BCE)),
     Group("opcheck", "torch.library.opcheck on every op",
           (opcheck_cases.OPS_COVERED, opcheck_cases.OPCHECK_CE, opcheck_cases.OPCHECK_CE_SOFT,
-           opcheck_cases.OPCHECK_BCE, opcheck_cases.OPCHECK_LINEAR_CE)),
+           opcheck_cases.OPCHECK_BCE, opcheck_cases.OPCHECK_LINEAR_CE,
+           opcheck_cases.OPCHECK_PARTIAL_STATS)),
 ]

@@ -1,0 +1,2 @@
+// Compiles cuda/partial_stats.cu unchanged for the emulator (one translation unit each, as under nvcc).
+#include "cuda/partial_stats.cu"

@@ -1,0 +1,36 @@
+"""Fake (meta) kernels of the vocabulary-parallel cross-entropy's slice ops (schemas in
+csrc/partial_stats_schema.h), for each op library. They have no autograd formula of their own:
+parallel.py's autograd.Function calls ce_partial_stats in forward and ce_partial_grad in backward.
+"""
+import torch
+
+from . import _ops
+from ._dtypes import dtype_name
+
+# Rows of ce_partial_stats's result (rowmath.h, PartialStat).
+MAX, SUM_EXP, TARGET_LOGIT, TARGET_WEIGHT, SMOOTHING, WEIGHT_SUM = range(6)
+PARTIAL_STATS = 6
+# Rows of ce_partial_grad's coefs: lse, prob, tgt, klass.
+GRAD_COEFS = 4
+
+
+def _register_fakes(lib):
+    @torch.library.register_fake(f"{lib}::ce_partial_stats")
+    def _(logits, target, weight, class_offset, ignore_index, smoothing):
+        _ops._check_ce(logits, target, weight, soft=False)
+        return logits.new_empty((PARTIAL_STATS,) + _ops.row_shape(logits), dtype=_ops.lse_dtype(logits.dtype))
+
+    @torch.library.register_fake(f"{lib}::ce_partial_grad")
+    def _(logits, target, weight, coefs, class_offset, ignore_index):
+        _ops._check_ce(logits, target, weight, soft=False)
+        _ops._check_devices(logits, coefs=coefs)
+        shape = [GRAD_COEFS] + list(_ops.row_shape(logits))
+        acc = _ops.lse_dtype(logits.dtype)
+        torch._check(coefs.dtype == acc and list(coefs.shape) == shape, lambda: (
+            f"fused_ce: coefs must have shape {shape} and dtype {dtype_name(acc)}, got {list(coefs.shape)} "
+            f"{dtype_name(coefs.dtype)}"))
+        return _ops._grad_like(logits)
+
+
+for _lib in [_ops.LIBRARY] + ([_ops.EMULATED_LIBRARY] if _ops.EMULATED_AVAILABLE else []):
+    _register_fakes(_lib)
