@@ -47,8 +47,8 @@ def _problem(layout, dtype, device):
     else:
         logits = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 30).to(dtype).to(device)
     rows = (shape[0],) + tuple(shape[2:])
-    # below the slice, ignored, first and last class of the slice, above it, out of every range
-    choices = torch.tensor([0, -100, OFFSET, OFFSET + max(C - 1, 0), OFFSET + C, 10 ** 6])
+    # below the slice, ignored, first, middle and last class of the slice, above it, out of every range
+    choices = torch.tensor([0, -100, OFFSET, OFFSET + C // 2, OFFSET + max(C - 1, 0), OFFSET + C, 10 ** 6])
     target = choices[torch.randint(0, len(choices), rows, generator=g)]
     target.view(-1)[: min(target.numel(), len(choices))] = choices[: min(target.numel(), len(choices))]
     weight = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(dtype).to(device)
