@@ -55,6 +55,17 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t
               " for this reduction, got ", grad.sizes());
 }
 
+inline void check_softcap(double softcap) {
+  TORCH_CHECK(softcap >= 0, "fused_ce: softcap must be >= 0 (0 turns it off), got ", softcap);
+}
+
+// The in-place backward (cross_entropy_lm_bwd_) writes the gradient, laid out as the kernels write it,
+// over the logits: only contiguous logits have that layout.
+inline void check_in_place_logits(const at::Tensor& logits) {
+  TORCH_CHECK(logits.is_contiguous(),
+              "fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous");
+}
+
 struct CeGeometry {
   int64_t N, C, S;
 };

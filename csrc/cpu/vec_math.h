@@ -22,6 +22,8 @@ inline Vec<T> math_log1p(Vec<T> x) { return x.log1p(); }
 template <typename T>
 inline Vec<T> math_abs(Vec<T> x) { return x.abs(); }
 template <typename T>
+inline Vec<T> math_tanh(Vec<T> x) { return x.tanh(); }
+template <typename T>
 inline Vec<T> math_relu(Vec<T> x) { return at::vec::clamp_min(x, Vec<T>(T(0))); }
 // at::vec::maximum propagates NaN, like the scalar math_nan_max.
 template <typename T>
