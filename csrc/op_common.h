@@ -66,6 +66,13 @@ inline void check_in_place_logits(const at::Tensor& logits) {
               "fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous");
 }
 
+// A tensor that an op wrote over: bumps its version counter (shared with its views), so that any autograd
+// node that saved it raises torch's "modified by an inplace operation" error instead of reading the new
+// values. The dispatcher does not do it for ops of a TORCH_LIBRARY (measured: _version stayed 0).
+inline void mark_overwritten(const at::Tensor& t) {
+  t.unsafeGetTensorImpl()->bump_version();
+}
+
 struct CeGeometry {
   int64_t N, C, S;
 };

@@ -230,6 +230,7 @@ void cross_entropy_lm_bwd_(const at::Tensor& grad, const at::Tensor& logits, con
   check_in_place_logits(logits);
   cross_entropy_lm_grad(grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
                         lse_square_scale, logits, logits.data_ptr());
+  mark_overwritten(logits);
 }
 
 CeSoftArgs soft_args(const at::Tensor& x, const CeGeometry& g, const at::Tensor& target,
