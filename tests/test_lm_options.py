@@ -88,10 +88,13 @@ def test_module_passes_the_options():
     assert rel_err(loss, ref_loss) < 1e-9 and rel_err(lse[t != -100], ref_lse[t != -100]) < 1e-9
 
 
-def test_module_with_options_refuses_torchscript_calls():
+def test_module_with_options_refuses_torchscript_calls_it_cannot_run():
+    """Scripted, the value options run with class-index targets only (tests/test_lm_options_fused.py)."""
     scripted = torch.jit.script(fused_ce.CrossEntropyLoss(softcap=2.0))
     with pytest.raises(torch.jit.Error, match="not supported under TorchScript"):
-        scripted(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+        scripted(torch.randn(3, 4), torch.softmax(torch.randn(3, 4), 1))
+    with pytest.raises(torch.jit.Error, match="not supported under TorchScript"):
+        torch.jit.script(fused_ce.CrossEntropyLoss(inplace_backward=True))(torch.randn(3, 4), torch.tensor([0, 1, 2]))
 
 
 def test_probability_targets_count_every_row():
