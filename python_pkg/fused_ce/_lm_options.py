@@ -35,7 +35,7 @@ def transform_logits(input, logit_scale, softcap):
     return z
 
 
-def _parts(loss, z_loss, lse, return_z_loss, return_lse):
+def parts(loss, z_loss, lse, return_z_loss, return_lse):
     """The loss, or the tuple (loss, [z_loss], [lse]) of the requested parts."""
     if not (return_z_loss or return_lse):
         return loss
@@ -57,7 +57,7 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
                 lse = lse.squeeze(0)
                 if c.reduction == NONE:
                     loss, z_loss = loss.squeeze(0), z_loss.squeeze(0)
-            return _parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)
+            return parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)
     z = transform_logits(input, logit_scale, softcap)
     loss = loss_fn(z)
     class_dim = 0 if input.dim() == 1 else 1
@@ -75,4 +75,4 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
         z_loss = per_row.sum() / counted.sum()
     if lse_square_scale != 0.0:
         loss = loss + z_loss.to(loss.dtype)
-    return _parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)
+    return parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)

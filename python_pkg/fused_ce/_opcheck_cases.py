@@ -115,9 +115,15 @@ def linear_cross_entropy(device, reduction, dtype):
                    device=device)
     torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
                           (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True))
+    # The language-model options (logit_scale, softcap, z-loss).
+    torch.library.opcheck(ops.linear_cross_entropy_fwd.default,
+                          (x, w, b, t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01))
+    torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
+                          (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01))
     tile = torch.nn.functional.linear(x, w, b).detach()
-    torch.library.opcheck(ops.linear_ce_tile_.default,
-                          (tile, t, cw, 3, 0.1, None, torch.tensor(5.0, dtype=torch.float64, device=device), True))
+    den = torch.tensor(5.0, dtype=torch.float64, device=device)
+    torch.library.opcheck(ops.linear_ce_tile_.default, (tile, t, cw, 3, 0.1, None, den, True))
+    torch.library.opcheck(ops.linear_ce_tile_.default, (tile, t, cw, 3, 0.1, None, den, True, 0.8, 3.0, 0.01, den))
 
 
 # requires_grad first: the --quick walk then alternates it, so it reaches the backward ops (False) early.
