@@ -8,9 +8,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 LOSSES = ("ce", "bce")
 MODES = ("forward", "backward", "full")
 FEATURES = {
-    "ce": ("none", "weight", "smoothing", "ignore", "soft"),
+    "ce": ("none", "weight", "smoothing", "ignore", "soft", "softcap_zloss"),
     "bce": ("none", "weight", "soft", "pos_weight"),
 }
+# The language-model options of the softcap_zloss feature (Gemma 2's final-logit cap, PaLM's z-loss weight).
+LM_OPTIONS = {"softcap": 30.0, "lse_square_scale": 1e-4}
 # Value of a feature given without one: label-smoothing epsilon, share of ignored targets.
 FEATURE_DEFAULTS = {"smoothing": 0.1, "ignore": 0.3}
 IGNORE_INDEX = -100
@@ -57,7 +59,7 @@ def parse_feature(text):
     name = name.strip()
     if name not in FEATURES["ce"] + FEATURES["bce"]:
         raise ValueError(f"unknown feature {name!r}; choose from none, weight, smoothing[=eps], ignore[=share], "
-                         "soft, pos_weight")
+                         "soft, softcap_zloss, pos_weight")
     if name in FEATURE_DEFAULTS:
         return name, float(value) if value else FEATURE_DEFAULTS[name]
     if value:
@@ -96,7 +98,7 @@ def default_cases(device, quick):
         series = "N·C ≈ 256M"
         for c in (1000, 8000, 32000, 128000, 256000):
             cases.append(Case("ce", "full", "bf16", (256 << 20) // c, c, repeats=10, series=series))
-        for feature in ("weight", "smoothing", "ignore", "soft"):
+        for feature in ("weight", "smoothing", "ignore", "soft", "softcap_zloss"):
             cases.append(Case("ce", "full", "bf16", 16384, 32000, feature=feature,
                               value=FEATURE_DEFAULTS.get(feature, 0.0), repeats=10))
         cases += [Case("bce", "full", dtype, 16384, 8192, repeats=20) for dtype in ("bf16", "fp32")]
@@ -107,6 +109,9 @@ def default_cases(device, quick):
     return [
         Case("ce", "full", "fp32", 4096, 32000, repeats=5),
         Case("ce", "full", "bf16", 4096, 32000, repeats=5),
+        # The language-model options against the plain loss of the same shape (issue: within 10% of it).
+        Case("ce", "full", "fp32", 4096, 32000, feature="softcap_zloss", repeats=5),
+        Case("ce", "full", "bf16", 4096, 32000, feature="softcap_zloss", repeats=5),
         Case("ce", "full", "fp32", 16384, 1000, repeats=7, series=series),
         Case("ce", "full", "fp32", 2048, 8000, repeats=7, series=series),
         Case("ce", "full", "fp32", 128, 128000, repeats=7, series=series),
@@ -185,6 +190,8 @@ def make_inputs(case, device, seed=0):
             kwargs["weight"] = (torch.rand(c, device=device, generator=gen) + 0.5).to(dtype)
         if case.feature == "smoothing":
             kwargs["label_smoothing"] = case.value
+        if case.feature == "softcap_zloss":
+            kwargs.update(LM_OPTIONS)
     else:
         if case.feature == "soft":
             target = torch.rand(n, c, device=device, generator=gen).to(dtype)

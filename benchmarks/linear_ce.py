@@ -12,6 +12,9 @@ loss and the gradients of the input and the weight (torch.autograd.grad). Provid
   liger          Liger-Kernel's LigerFusedLinearCrossEntropyLoss (GPU only)
 Time: ms per step, median [p20-p80], providers timed in interleaved rounds after a warm-up round; the CPU
 time other processes took meanwhile is printed (a busy machine slows every provider).
+On CPU, torch at its best is timed too: the torch providers again in a second process that starts with
+THP_MEM_ALLOC_ENABLE=1 (torch's switch for transparent huge pages in its CPU allocator, read once at its first
+allocation), right after the main process's rounds; their rows are marked "(THP)". --no-thp skips it.
 Peak extra memory: each provider in a fresh process; on CPU the RSS high-water mark minus the RSS once the
 inputs exist (and, for torch_compile, once it has compiled); on GPU max_memory_allocated minus the allocation
 then. The same step (loss and both gradients) is measured.
@@ -131,12 +134,19 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--providers", default=",".join(ALL))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-thp", action="store_true", help="on CPU, do not time torch again with THP_MEM_ALLOC_ENABLE=1")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)  # one child process
+    ap.add_argument("--time-only", action="store_true", help=argparse.SUPPRESS)  # the THP child: samples as JSON
     args = ap.parse_args()
     n, h, v = (int(s) for s in args.shape.lower().split("x"))
     dtype = DTYPES[args.dtype]
     if args.memory_of:
         print(json.dumps(measure_memory(args.memory_of, n, h, v, dtype, args.device)))
+        return
+    if args.time_only:
+        x, w, target = make_inputs(n, h, v, dtype, args.device)
+        fns = {name: build(name, args.device) for name in args.providers.split(",")}
+        print(json.dumps(time_providers(fns, x, w, target, args.repeats, args.device)))
         return
     names = [p.strip() for p in args.providers.split(",") if p.strip()]
     fns, skipped = {}, {}
@@ -158,9 +168,22 @@ def main():
           f"average {load._fmt(busy.load_before)} before, {load._fmt(busy.load_after)} after")
     del x, w, target
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
-    print("| provider | ms p50 [p20–p80] | × vs torch eager | peak extra MiB |")
-    print("|---|---|---|---|")
+    thp_names = [name for name in ("torch", "torch_chunked", "torch_compile") if name in fns]
+    thp_rows = {}
+    if args.device == "cpu" and not args.no_thp and thp_names:
+        out = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--dtype", args.dtype, "--device", "cpu",
+                              "--repeats", str(args.repeats), "--providers", ",".join(thp_names), "--time-only"],
+                             check=True, capture_output=True, text=True, env=dict(env, THP_MEM_ALLOC_ENABLE="1")).stdout
+        thp_rows = {f"{name} (THP)": s for name, s in json.loads(out.strip().splitlines()[-1]).items()}
+    print("| provider | ms p50 [p20–p80] | × vs torch eager | × vs torch eager (THP) | peak extra MiB |")
+    print("|---|---|---|---|---|")
     eager = timing.quantiles(samples["torch"])[1] if "torch" in samples else None
+    eager_thp = timing.quantiles(thp_rows["torch (THP)"])[1] if "torch (THP)" in thp_rows else None
+    for name, s in thp_rows.items():
+        p20, p50, p80 = timing.quantiles(s)
+        print(f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | {eager / p50:.2f}× | "
+              f"{eager_thp / p50:.2f}× | not measured |" if eager and eager_thp else
+              f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | – | – | not measured |")
     for name in names:
         if name in skipped:
             print(f"| {name} | skipped: {skipped[name]} | – | – |")
@@ -171,7 +194,9 @@ def main():
                              check=True, capture_output=True, text=True, env=env).stdout
         peak = json.loads(out.strip().splitlines()[-1]) / MiB
         ratio = f"{eager / p50:.2f}×" if eager else "–"
-        print(f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | {ratio} | {peak:.0f} |", flush=True)
+        ratio_thp = f"{eager_thp / p50:.2f}×" if eager_thp else "–"
+        print(f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | {ratio} | {ratio_thp} | {peak:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

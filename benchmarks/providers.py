@@ -25,7 +25,20 @@ class Unavailable(Exception):
     pass
 
 
+def _torch_lm_options(x, target, softcap, lse_square_scale, ignore_index=-100, **kwargs):
+    """The language-model options written with torch's own ops (torch has no fused form): soft-capped logits,
+    then cross-entropy plus the z-loss, lse_square_scale * logsumexp**2 averaged over the rows that count."""
+    z = softcap * torch.tanh(x / softcap)
+    loss = F.cross_entropy(z, target, ignore_index=ignore_index, **kwargs)
+    lse = torch.logsumexp(z.float(), dim=1)
+    counted = target != ignore_index
+    z_loss = lse_square_scale * torch.where(counted, lse * lse, 0.0).sum() / counted.sum()
+    return loss + z_loss.to(loss.dtype)
+
+
 def _eager(case):
+    if case.feature == "softcap_zloss":
+        return _torch_lm_options
     return F.cross_entropy if case.loss == "ce" else F.binary_cross_entropy_with_logits
 
 

@@ -38,7 +38,7 @@ def parse_args(argv=None):
     ap.add_argument("--dtypes", help=f"comma list of {', '.join(cases_mod.DTYPES)} (default fp32)")
     ap.add_argument("--shapes", help="comma list of NxC, e.g. 4096x32000,16384x1000")
     ap.add_argument("--losses", help="comma list of ce, bce (default ce)")
-    ap.add_argument("--features", help="comma list of none, weight, smoothing[=eps], ignore[=share], soft, "
+    ap.add_argument("--features", help="comma list of none, weight, smoothing[=eps], ignore[=share], soft, softcap_zloss, "
                                        "pos_weight (bce) (default none)")
     ap.add_argument("--modes", help="comma list of forward, backward, full (default full)")
     ap.add_argument("--providers",

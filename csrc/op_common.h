@@ -55,6 +55,24 @@ inline void check_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t
               " for this reduction, got ", grad.sizes());
 }
 
+inline void check_softcap(double softcap) {
+  TORCH_CHECK(softcap >= 0, "fused_ce: softcap must be >= 0 (0 turns it off), got ", softcap);
+}
+
+// The in-place backward (cross_entropy_lm_bwd_) writes the gradient, laid out as the kernels write it,
+// over the logits: only contiguous logits have that layout.
+inline void check_in_place_logits(const at::Tensor& logits) {
+  TORCH_CHECK(logits.is_contiguous(),
+              "fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous");
+}
+
+// A tensor that an op wrote over: bumps its version counter (shared with its views), so that any autograd
+// node that saved it raises torch's "modified by an inplace operation" error instead of reading the new
+// values. The dispatcher does not do it for ops of a TORCH_LIBRARY (measured: _version stayed 0).
+inline void mark_overwritten(const at::Tensor& t) {
+  t.unsafeGetTensorImpl()->bump_version();
+}
+
 struct CeGeometry {
   int64_t N, C, S;
 };
@@ -152,6 +170,17 @@ inline void check_lse(const at::Tensor& lse, const at::Tensor& logits) {
   TORCH_CHECK(lse.scalar_type() == lse_dtype(logits.scalar_type()) &&
                   lse.sizes() == at::IntArrayRef(ce_row_shape(logits)),
               "fused_ce: lse must be the forward's second output");
+}
+
+// Checks of the language-model options (ops cross_entropy_lm_*), shared by the CPU and CUDA glue.
+inline void check_softcap(double softcap) {
+  TORCH_CHECK(softcap >= 0, "fused_ce: softcap must be >= 0 (0 turns it off), got ", softcap);
+}
+
+// The in-place backward writes the gradient with the dense (N, C, S) layout over the logits' storage.
+inline void check_logits_writable_in_place(const at::Tensor& logits) {
+  TORCH_CHECK(logits.is_contiguous(),
+              "fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous");
 }
 
 inline void check_bce(const at::Tensor& input, const at::Tensor& target) {

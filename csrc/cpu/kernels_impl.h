@@ -280,9 +280,70 @@ void for_each_unit(const LogitsView& v, Body&& body) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Cross-entropy, class-index targets
+// Language-model options: the logits transform z = f(x) (rowmath.h, LogitTransform) applied where the
+// class-index kernels load logits, so the formulas below see z wherever they saw x.
 // ------------------------------------------------------------------------------------------------
-template <typename scalar_t, bool kSmooth, bool kWeighted>
+template <typename Layout, typename acc_t>
+struct TransformedLoads : Layout {
+  LogitTransform<acc_t> tf;
+  template <typename scalar_t>
+  auto load(const scalar_t* base, int64_t p) const { return transform_logit(Layout::load(base, p), tf); }
+};
+
+// The layout as the class-index kernels read logits through it: plain, or transformed.
+template <bool kTransform, typename Layout, typename acc_t>
+auto logits_layout(const Layout& L, const LogitTransform<acc_t>& tf) {
+  if constexpr (kTransform) {
+    return TransformedLoads<Layout, acc_t>{L, tf};
+  } else {
+    return L;
+  }
+}
+
+template <bool kTransform, typename scalar_t, typename acc_t>
+acc_t logit_at(scalar_t x, const LogitTransform<acc_t>& tf) {
+  if constexpr (kTransform) {
+    return transform_logit(static_cast<acc_t>(x), tf);
+  } else {
+    return static_cast<acc_t>(x);
+  }
+}
+
+// Largest soft cap c for which exp(-2c), the smallest term of a capped row shifted by c, is a normal
+// number of acc_t: up to it the capped scan below is exact to rounding.
+template <typename acc_t>
+constexpr acc_t kMaxShiftedCap = std::is_same_v<acc_t, double> ? acc_t(300) : acc_t(40);
+
+// With soft-capping every z lies in [-c, c], so c can be the exp shift of the whole row: one pass that
+// computes each z (a tanh) once, where lse_scan's max pass and sum pass would compute it twice.
+template <typename Layout, typename scalar_t, typename acc_t, typename Extra>
+LseState<typename Io<scalar_t>::V> lse_scan_capped(const Layout& L, const scalar_t* x, acc_t cap, Extra&& extra) {
+  using V = typename Io<scalar_t>::V;
+  const V shift(cap);
+  V sum(acc_t(0));
+  for (int64_t p = 0; p < L.steps; ++p) {
+    const V zv = L.load(x, p);
+    sum = sum + math_exp(zv - shift);
+    extra(p, zv);
+  }
+  return {shift, sum};
+}
+
+// lse_scan of the (possibly transformed) logits.
+template <bool kTransform, typename Layout, typename scalar_t, typename acc_t, typename Extra>
+LseState<typename Io<scalar_t>::V> logits_lse_scan(const Layout& L, const scalar_t* x,
+                                                   const LogitTransform<acc_t>& tf, Extra&& extra) {
+  if constexpr (kTransform) {
+    if (tf.capped && tf.cap <= kMaxShiftedCap<acc_t>) return lse_scan_capped(L, x, tf.cap, extra);
+  }
+  return lse_scan(L, x, extra);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cross-entropy, class-index targets (with the language-model options when kTransform, or when the
+// z-loss is on, which needs no template: it is per-row arithmetic)
+// ------------------------------------------------------------------------------------------------
+template <typename scalar_t, bool kSmooth, bool kWeighted, bool kTransform>
 void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
   using IO = Io<scalar_t>;
   using acc_t = typename IO::acc_t;
@@ -292,34 +353,41 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
   const auto* w = static_cast<const scalar_t*>(a.weight);
   auto* lse_out = static_cast<acc_t*>(lse_out_v);
   auto* loss_out = static_cast<acc_t*>(loss_out_v);
+  auto* z_out = static_cast<acc_t*>(a.lm.z_loss_rows);
   const int64_t C = a.logits.C, S = a.logits.S;
   const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
+  const auto tf = make_logit_transform<acc_t>(a.lm.logit_scale, a.lm.softcap);
+  const acc_t z_scale = static_cast<acc_t>(a.lm.lse_square_scale);
+  // Row i's outputs; ignored rows get zeros.
+  auto write_row = [&](int64_t i, bool counted, acc_t lse, acc_t loss) {
+    lse_out[i] = counted ? lse : acc_t(0);
+    loss_out[i] = counted ? loss : acc_t(0);
+    if (z_out) z_out[i] = counted ? z_loss_row(lse, z_scale) : acc_t(0);
+  };
 
   for_each_unit<scalar_t>(a.logits, [&](int64_t n, int64_t s0, int64_t lanes) {
     const scalar_t* x = logits + n * a.logits.stride_n + s0;
     if (lanes == 0) {  // one row
       const int64_t t = read_target(a.target, a.target_is_byte, n);
       if (t == a.ignore_index) {
-        lse_out[n] = acc_t(0);
-        loss_out[n] = acc_t(0);
+        write_row(n, false, acc_t(0), acc_t(0));
         return;
       }
-      const acc_t ref = kSmooth ? sum_reference(static_cast<acc_t>(x[0])) : acc_t(0);
+      const acc_t ref = kSmooth ? sum_reference(logit_at<kTransform>(x[0], tf)) : acc_t(0);
       const V vref(ref);
       BlockedSum<V> swx;
-      const RowsLayout<scalar_t> L{C / kLanes};
-      LseState<acc_t> st = merge_lanes<acc_t>(lse_scan(L, x, [&](int64_t p, V xv) {
+      const auto L = logits_layout<kTransform>(RowsLayout<scalar_t>{C / kLanes}, tf);
+      LseState<acc_t> st = merge_lanes<acc_t>(logits_lse_scan<kTransform>(L, x, tf, [&](int64_t p, V xv) {
         if constexpr (kSmooth) swx.add(kWeighted ? L.weight(w, p) * (xv - vref) : xv - vref);
       }));
       acc_t swx_s = kSmooth ? lane_sum(swx.value()) : acc_t(0);
       for (int64_t c = L.steps * kLanes; c < C; ++c) {
-        const acc_t xc = static_cast<acc_t>(x[c]);
+        const acc_t xc = logit_at<kTransform>(x[c], tf);
         st = lse_push(st, xc);
         if (kSmooth) swx_s += weight_at(w, c) * (xc - ref);
       }
       const acc_t lse = lse_value(st);
-      lse_out[n] = lse;
-      loss_out[n] = ce_hard_row_loss(lse, static_cast<acc_t>(x[t]), weight_at(w, t), swx_s, ref, sp);
+      write_row(n, true, lse, ce_hard_row_loss(lse, logit_at<kTransform>(x[t], tf), weight_at(w, t), swx_s, ref, sp));
       return;
     }
     // a block of N-D positions
@@ -329,13 +397,13 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
       t[l] = read_target(a.target, a.target_is_byte, n * S + s0 + l);
       any |= t[l] != a.ignore_index;
     }
-    const LanesLayout<scalar_t> L{C, S, lanes};
+    const auto L = logits_layout<kTransform>(LanesLayout<scalar_t>{C, S, lanes}, tf);
     V vref(acc_t(0));
     BlockedSum<V> swx;
     LseState<V> st{V(acc_t(0)), V(acc_t(1))};
     if (any) {
       if (kSmooth) vref = lanes_reference(L.load(x, 0));
-      st = lse_scan(L, x, [&](int64_t p, V xv) {
+      st = logits_lse_scan<kTransform>(L, x, tf, [&](int64_t p, V xv) {
         if constexpr (kSmooth) swx.add(kWeighted ? L.weight(w, p) * (xv - vref) : xv - vref);
       });
     }
@@ -343,17 +411,19 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t i = n * S + s0 + l;
       if (t[l] == a.ignore_index) {
-        lse_out[i] = acc_t(0);
-        loss_out[i] = acc_t(0);
+        write_row(i, false, acc_t(0), acc_t(0));
         continue;
       }
-      lse_out[i] = lse[l];
-      loss_out[i] = ce_hard_row_loss(lse[l], static_cast<acc_t>(x[t[l] * S + l]), weight_at(w, t[l]), sx[l], ref[l], sp);
+      write_row(i, true, lse[l], ce_hard_row_loss(lse[l], logit_at<kTransform>(x[t[l] * S + l], tf),
+                                                  weight_at(w, t[l]), sx[l], ref[l], sp));
     }
   });
 }
 
-template <typename scalar_t, bool kSmooth, bool kWeighted>
+// With the z-loss on, its gradient only adds to the coefficient of p[c] (rowmath.h, z_loss_prob_coef); with
+// the transform, the gradient for z is multiplied by dz/dx. When a.logits.data == grad (the in-place
+// backward), every element is loaded before it is stored over and the target logit before its row.
+template <typename scalar_t, bool kSmooth, bool kWeighted, bool kTransform>
 void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, void* grad_v) {
   using IO = Io<scalar_t>;
   using acc_t = typename IO::acc_t;
@@ -368,6 +438,24 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
   auto row_g = [&](int64_t i) {
     return static_cast<acc_t>((g.per_row ? g.per_row[i] : 1.0) * g.scale);
   };
+  const auto tf = make_logit_transform<acc_t>(a.lm.logit_scale, a.lm.softcap);
+  const acc_t z_scale = static_cast<acc_t>(a.lm.lse_square_scale);
+  const bool z_loss = a.lm.lse_square_scale != 0.0;
+  auto coefs = [&](int64_t i, int64_t t, acc_t lse) {
+    auto k = ce_hard_grad_coefs(row_g(i), weight_at(w, t), sp);
+    if (z_loss) {
+      k.prob += z_loss_prob_coef(static_cast<acc_t>((g.per_row ? g.per_row[i] : 1.0) * g.z_scale), lse, z_scale);
+    }
+    return k;
+  };
+  // The gradient for x from the one for z.
+  auto for_x = [&](auto d, auto z) {
+    if constexpr (kTransform) {
+      return d * transform_slope(z, tf);
+    } else {
+      return d;
+    }
+  };
   // Without smoothing the class term is zero, so the weight vector need not be loaded.
   constexpr bool kLoadWeight = kSmooth && kWeighted;
 
@@ -376,51 +464,55 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
     scalar_t* out = grad + n * C * S + s0;
     if (lanes == 0) {
       const int64_t t = read_target(a.target, a.target_is_byte, n);
-      const RowsLayout<scalar_t> L{C / kLanes};
+      const auto L = logits_layout<kTransform>(RowsLayout<scalar_t>{C / kLanes}, tf);
       if (t == a.ignore_index) {
         std::fill(out, out + C, scalar_t(0));
         return;
       }
       const acc_t lse = lse_in[n];
-      const auto k = ce_hard_grad_coefs(row_g(n), weight_at(w, t), sp);
+      const acc_t zt = logit_at<kTransform>(x[t], tf);
+      const auto k = coefs(n, t, lse);
       const V vlse(lse), vprob(k.prob), vklass(k.klass), one(acc_t(1));
       store_steps(out, L.steps, [&](int64_t p) {
         const V wv = kLoadWeight ? L.weight(w, p) : one;
-        return ce_hard_grad_off_target(L.load(x, p), vlse, wv, vprob, vklass);
+        const V z = L.load(x, p);
+        return for_x(ce_hard_grad_off_target(z, vlse, wv, vprob, vklass), z);
       });
       for (int64_t c = L.steps * kLanes; c < C; ++c) {
-        out[c] = static_cast<scalar_t>(ce_hard_grad_off_target(
-            static_cast<acc_t>(x[c]), lse, weight_at(w, c), k.prob, k.klass));
+        const acc_t z = logit_at<kTransform>(x[c], tf);
+        out[c] = static_cast<scalar_t>(for_x(ce_hard_grad_off_target(z, lse, weight_at(w, c), k.prob, k.klass), z));
       }
-      out[t] = static_cast<scalar_t>(ce_hard_grad_on_target(static_cast<acc_t>(x[t]), lse, weight_at(w, t), k));
+      out[t] = static_cast<scalar_t>(for_x(ce_hard_grad_on_target(zt, lse, weight_at(w, t), k), zt));
       return;
     }
     int64_t t[kLanes];
-    acc_t lse_l[kLanes] = {}, prob_l[kLanes] = {}, klass_l[kLanes] = {}, live_l[kLanes] = {};
+    acc_t lse_l[kLanes] = {}, prob_l[kLanes] = {}, klass_l[kLanes] = {}, live_l[kLanes] = {}, zt_l[kLanes] = {};
     CeHardGradCoefs<acc_t> k[kLanes];
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t i = n * S + s0 + l;
       t[l] = read_target(a.target, a.target_is_byte, i);
       if (t[l] == a.ignore_index) continue;
-      k[l] = ce_hard_grad_coefs(row_g(i), weight_at(w, t[l]), sp);
+      k[l] = coefs(i, t[l], lse_in[i]);
+      zt_l[l] = logit_at<kTransform>(x[t[l] * S + l], tf);
       lse_l[l] = lse_in[i];
       prob_l[l] = k[l].prob;
       klass_l[l] = k[l].klass;
       live_l[l] = acc_t(1);
     }
-    const LanesLayout<scalar_t> L{C, S, lanes};
+    const auto L = logits_layout<kTransform>(LanesLayout<scalar_t>{C, S, lanes}, tf);
     const V vlse = V::loadu(lse_l), vprob = V::loadu(prob_l), vklass = V::loadu(klass_l);
     const auto live = V::loadu(live_l) == V(acc_t(1));
     const V zero(acc_t(0)), one(acc_t(1));
     for (int64_t c = 0; c < C; ++c) {
       const V wv = kLoadWeight ? L.weight(w, c) : one;
-      const V d = ce_hard_grad_off_target(L.load(x, c), vlse, wv, vprob, vklass);
+      const V z = L.load(x, c);
+      const V d = for_x(ce_hard_grad_off_target(z, vlse, wv, vprob, vklass), z);
       L.store(out, c, V::blendv(zero, d, live));  // ignored positions get exactly 0
     }
     for (int64_t l = 0; l < lanes; ++l) {
       if (t[l] == a.ignore_index) continue;
-      out[t[l] * S + l] = static_cast<scalar_t>(ce_hard_grad_on_target(
-          static_cast<acc_t>(x[t[l] * S + l]), lse_l[l], weight_at(w, t[l]), k[l]));
+      out[t[l] * S + l] = static_cast<scalar_t>(
+          for_x(ce_hard_grad_on_target(zt_l[l], lse_l[l], weight_at(w, t[l]), k[l]), zt_l[l]));
     }
   });
 }
@@ -693,23 +785,33 @@ void bce_backward_t(const BceArgs& a, const void* grad_v, double scale, void* ou
 // ------------------------------------------------------------------------------------------------
 // dtype and option dispatch into the templates above
 // ------------------------------------------------------------------------------------------------
-inline void ce_hard_forward(const CeHardArgs& a, void* lse, void* loss) {
+// Calls f(scalar_t{}, kSmooth, kWeighted, kTransform) with the flags as std::integral_constant values.
+template <typename F>
+void dispatch_ce_hard(const CeHardArgs& a, F&& f) {
   const bool smooth = a.label_smoothing > 0, weighted = a.weight != nullptr;
+  const bool transform = make_logit_transform<double>(a.lm.logit_scale, a.lm.softcap).active;
+  using yes = std::true_type;
+  using no = std::false_type;
   dispatch_dtype(a.dtype, [&](auto tag) {
-    using scalar_t = decltype(tag);
-    if (smooth && weighted) return ce_hard_forward_t<scalar_t, true, true>(a, lse, loss);
-    if (smooth) return ce_hard_forward_t<scalar_t, true, false>(a, lse, loss);
-    return ce_hard_forward_t<scalar_t, false, false>(a, lse, loss);  // weights only matter via w[y]
+    auto with_transform = [&](auto kTransform) {
+      if (smooth && weighted) return f(tag, yes{}, yes{}, kTransform);
+      if (smooth) return f(tag, yes{}, no{}, kTransform);
+      return f(tag, no{}, no{}, kTransform);  // without smoothing, weights only matter via w[y]
+    };
+    if (transform) return with_transform(yes{});
+    return with_transform(no{});
+  });
+}
+
+inline void ce_hard_forward(const CeHardArgs& a, void* lse, void* loss) {
+  dispatch_ce_hard(a, [&](auto tag, auto smooth, auto weighted, auto transform) {
+    ce_hard_forward_t<decltype(tag), smooth(), weighted(), transform()>(a, lse, loss);
   });
 }
 
 inline void ce_hard_backward(const CeHardArgs& a, const void* lse, RowGrad g, void* grad) {
-  const bool smooth = a.label_smoothing > 0, weighted = a.weight != nullptr;
-  dispatch_dtype(a.dtype, [&](auto tag) {
-    using scalar_t = decltype(tag);
-    if (smooth && weighted) return ce_hard_backward_t<scalar_t, true, true>(a, lse, g, grad);
-    if (smooth) return ce_hard_backward_t<scalar_t, true, false>(a, lse, g, grad);
-    return ce_hard_backward_t<scalar_t, false, false>(a, lse, g, grad);
+  dispatch_ce_hard(a, [&](auto tag, auto smooth, auto weighted, auto transform) {
+    ce_hard_backward_t<decltype(tag), smooth(), weighted(), transform()>(a, lse, g, grad);
   });
 }
 

@@ -2,6 +2,7 @@
 // fixed-order reductions that turn per-row values into the mean or sum.
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
@@ -46,9 +47,10 @@ double sum_of(const at::Tensor& t) {  // contiguous float or double
 }
 
 // Validates every class index (PyTorch's IndexError text) and returns the mean's denominator:
-// the sum of w[y] over rows that are not ignored.
+// the sum of w[y] over rows that are not ignored. `counted`, when given, receives the number of those rows
+// (the z-loss mean's denominator).
 double check_targets_total_weight(const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                                  int64_t ignore_index, int64_t C) {
+                                  int64_t ignore_index, int64_t C, double* counted = nullptr) {
   const at::Tensor t = target.contiguous();
   const at::Tensor w = weight.has_value() ? weight->to(at::kDouble).contiguous() : at::Tensor();
   const double* wp = w.defined() ? w.data_ptr<double>() : nullptr;
@@ -58,13 +60,15 @@ double check_targets_total_weight(const at::Tensor& target, const c10::optional<
     return y == ignore_index ? 0.0 : (wp ? wp[y] : 1.0);
   };
   double total = 0;
+  int64_t rows = 0;
   if (t.scalar_type() == at::kByte) {
     const uint8_t* p = t.data_ptr<uint8_t>();
-    for (int64_t i = 0; i < n; ++i) total += check(p[i]);
+    for (int64_t i = 0; i < n; ++i) total += check(p[i]), rows += p[i] != ignore_index;
   } else {
     const int64_t* p = t.data_ptr<int64_t>();
-    for (int64_t i = 0; i < n; ++i) total += check(p[i]);
+    for (int64_t i = 0; i < n; ++i) total += check(p[i]), rows += p[i] != ignore_index;
   }
+  if (counted) *counted = static_cast<double>(rows);
   return total;
 }
 
@@ -91,6 +95,10 @@ RowGrad row_grad(const at::Tensor& grad, const at::Tensor& logits, int64_t reduc
   }
   const double g = grad.item<double>();
   return {nullptr, reduction == kMean ? mean_divide(g, denominator) : g};
+}
+
+c10::optional<at::Tensor> contiguous_opt(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
 }
 
 CeHardArgs hard_args(const at::Tensor& kernel_logits, const CeGeometry& g, const at::Tensor& target,
@@ -138,14 +146,97 @@ at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, c
   return out;
 }
 
+// ---- class-index targets with the language-model options (op_schemas.h) ----
+// The loss is the cross-entropy of the transformed logits plus the z-loss. Both are reduced in double and
+// rounded once; the z-loss's mean divides by the number of counted rows, not by their weight.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_lm_fwd(
+    const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight_in,
+    int64_t ignore_index, double smoothing, int64_t reduction, double logit_scale, double softcap,
+    double lse_square_scale) {
+  check_ce_hard(logits, target, weight_in);
+  check_reduction(reduction);
+  check_softcap(softcap);
+  const auto g = ce_geometry(logits);
+  double counted = 0;
+  const double denominator = check_targets_total_weight(target, weight_in, ignore_index, g.C, &counted);
+  const at::Tensor x = ce_kernel_logits(logits), t = target.contiguous();
+  const auto weight = contiguous_opt(weight_in);
+  const auto row_shape = ce_row_shape(logits);
+  const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
+  at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc), z_rows = at::empty(row_shape, acc);
+  CeHardArgs args = hard_args(x, g, t, weight, ignore_index, smoothing);
+  args.lm = {logit_scale, softcap, lse_square_scale, z_rows.data_ptr()};
+  kernels().ce_hard_forward(args, lse.data_ptr(), row_loss.data_ptr());
+  at::Tensor loss, z_loss;
+  if (reduction == kNone) {
+    loss = at::add(row_loss, z_rows).to(logits.scalar_type());
+    z_loss = z_rows;
+  } else {
+    const double ce_total = sum_of(row_loss), z_total = sum_of(z_rows);
+    const double ce = reduction == kMean ? mean_divide(ce_total, denominator) : ce_total;
+    const double z = reduction == kMean ? mean_divide(z_total, counted) : z_total;
+    loss = at::scalar_tensor(ce + z, logits.options());
+    z_loss = at::scalar_tensor(z, acc);
+  }
+  if (classless_smoothing_nan(g, smoothing)) loss.fill_(std::numeric_limits<double>::quiet_NaN());
+  return {loss, lse, z_loss};
+}
+
+// The gradient of cross_entropy_lm_fwd's loss, written into `out` (a new tensor, or the logits themselves).
+void cross_entropy_lm_grad(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                           const c10::optional<at::Tensor>& weight_in, const at::Tensor& lse, int64_t ignore_index,
+                           double smoothing, int64_t reduction, double logit_scale, double softcap,
+                           double lse_square_scale, const at::Tensor& x, void* out) {
+  const auto g = ce_geometry(logits);
+  double counted = 1.0;
+  const double denominator = reduction == kMean
+      ? check_targets_total_weight(target, weight_in, ignore_index, g.C, &counted) : 1.0;
+  const at::Tensor t = target.contiguous(), l = lse.contiguous();
+  const auto weight = contiguous_opt(weight_in);
+  at::Tensor keep;
+  RowGrad rg = row_grad(grad, logits, reduction, denominator, ce_row_shape(logits), keep);
+  rg.z_scale = reduction == kNone ? 1.0 : reduction == kMean ? mean_divide(grad.item<double>(), counted)
+                                                             : grad.item<double>();
+  CeHardArgs args = hard_args(x, g, t, weight, ignore_index, smoothing);
+  args.lm = {logit_scale, softcap, lse_square_scale, nullptr};
+  kernels().ce_hard_backward(args, l.data_ptr(), rg, out);
+}
+
+void check_lm_backward(const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                       const at::Tensor& lse, int64_t reduction, double softcap) {
+  check_ce_hard(logits, target, weight);
+  check_lse(lse, logits);
+  check_reduction(reduction);
+  check_softcap(softcap);
+}
+
+at::Tensor cross_entropy_lm_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                                const c10::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t ignore_index,
+                                double smoothing, int64_t reduction, double logit_scale, double softcap,
+                                double lse_square_scale) {
+  check_lm_backward(logits, target, weight, lse, reduction, softcap);
+  const at::Tensor x = ce_kernel_logits(logits);
+  at::Tensor out = empty_large(logits.sizes(), logits.options());
+  cross_entropy_lm_grad(grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
+                        lse_square_scale, x, out.data_ptr());
+  return out;
+}
+
+void cross_entropy_lm_bwd_(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                           const c10::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t ignore_index,
+                           double smoothing, int64_t reduction, double logit_scale, double softcap,
+                           double lse_square_scale) {
+  check_lm_backward(logits, target, weight, lse, reduction, softcap);
+  check_in_place_logits(logits);
+  cross_entropy_lm_grad(grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
+                        lse_square_scale, logits, logits.data_ptr());
+  mark_overwritten(logits);
+}
+
 CeSoftArgs soft_args(const at::Tensor& x, const CeGeometry& g, const at::Tensor& target,
                      const c10::optional<at::Tensor>& weight, double smoothing) {
   return {x.scalar_type(), ce_view(x, g), target.defined() ? target.data_ptr() : nullptr,
           weight.has_value() ? weight->data_ptr() : nullptr, smoothing, weight_sum(weight, g.C)};
-}
-
-c10::optional<at::Tensor> contiguous_opt(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_soft_fwd(const at::Tensor& logits, const at::Tensor& target,
@@ -264,6 +355,9 @@ at::Tensor bce_with_logits_target_bwd(const at::Tensor& grad, const at::Tensor& 
 TORCH_LIBRARY_IMPL(fused_ce, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd);
+  m.impl("cross_entropy_lm_fwd", &cross_entropy_lm_fwd);
+  m.impl("cross_entropy_lm_bwd", &cross_entropy_lm_bwd);
+  m.impl("cross_entropy_lm_bwd_", &cross_entropy_lm_bwd_);
   m.impl("cross_entropy_soft_fwd", &cross_entropy_soft_fwd);
   m.impl("cross_entropy_soft_bwd", &cross_entropy_soft_bwd);
   m.impl("cross_entropy_soft_target_bwd", &cross_entropy_soft_target_bwd);

@@ -1,9 +1,21 @@
 // Launchers of the cross-entropy row kernels (ce_kernels.cuh): dtype dispatch, grid sizes, and the
 // merge of split rows.
+#include <type_traits>
+
 #include "cuda/ce_kernels.cuh"
 
 namespace fused_ce::cuda {
 namespace {
+
+// f(std::true_type{}) or f(std::false_type{}): a runtime flag as a template argument.
+template <typename F>
+void bool_switch(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
 
 unsigned int unit_grid(const Tiling& t) { return grid_for(t.units * t.group); }
 
@@ -41,11 +53,13 @@ void ce_hard_forward(const CeHardArgs& a, const Tiling& t, const double* weight_
   dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a.logits.data);
-    if (a.label_smoothing > 0) {
-      launch_scan<T>(CeHardForwardOp<T, true>{x, nullptr, a, weight_sum, out, t}, partials, stream);
-    } else {
-      launch_scan<T>(CeHardForwardOp<T, false>{x, nullptr, a, weight_sum, out, t}, partials, stream);
-    }
+    const auto tf = make_logit_transform<acc_of<T>>(a.lm.logit_scale, a.lm.softcap);
+    bool_switch(a.label_smoothing > 0, [&](auto smooth) {
+      bool_switch(tf.active, [&](auto transform) {
+        launch_scan<T>(CeHardForwardOp<T, smooth(), transform()>{x, nullptr, a, weight_sum, out, t, tf}, partials,
+                       stream);
+      });
+    });
   });
 }
 
@@ -53,9 +67,16 @@ void ce_hard_backward(const CeHardArgs& a, const Tiling& t, const double* weight
                       const DeviceGrad& g, void* grad, cudaStream_t stream) {
   dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_elementwise<T>(CeHardBackwardOp<T>{static_cast<const T*>(a.logits.data), nullptr, static_cast<T*>(grad), a,
-                                              weight_sum, static_cast<const acc_of<T>*>(lse), g, t},
-                          stream);
+    const auto tf = make_logit_transform<acc_of<T>>(a.lm.logit_scale, a.lm.softcap);
+    bool_switch(tf.active, [&](auto transform) {
+      bool_switch(grad == a.logits.data, [&](auto in_place) {
+        launch_elementwise<T>(
+            CeHardBackwardOp<T, transform(), in_place()>{static_cast<const T*>(a.logits.data), nullptr,
+                                                         static_cast<T*>(grad), a, weight_sum,
+                                                         static_cast<const acc_of<T>*>(lse), g, t, tf},
+            stream);
+      });
+    });
   });
 }
 

@@ -54,28 +54,43 @@ __device__ __forceinline__ void write_loss(const CeOutputs& out, int64_t r, acc_
   }
 }
 
+// The logits as the formulas of class-index cross-entropy see them: x, or with the language-model
+// options (kTransform) z = f(x), LogitTransform in rowmath.h.
+template <bool kTransform, typename A>
+__device__ __forceinline__ A hard_logit(A x, const LogitTransform<A>& tf) {
+  if constexpr (kTransform) {
+    return transform_logit(x, tf);
+  } else {
+    return x;
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Scan ops: kLse (the scan keeps a log-sum-exp), kReadsX, kReadsTarget (a dense tensor shaped like
-// the logits), active(r) (rows that are not scanned still finalize), reference(x_row) (the value
-// that the sums of x are taken relative to), add<M>(stats, x, t, c, ref), finalize(r, stats).
+// the logits), kTransform (the scan sees z = f(x), with the op's `tf`), active(r) (rows that are not
+// scanned still finalize), reference(x_row) (the value that the sums of z are taken relative to),
+// add<M>(stats, z, t, c, ref), finalize(r, stats).
 // ------------------------------------------------------------------------------------------------
-template <typename T, bool kSmooth>
+// Class-index targets, forward: s1 = sum w (z - ref) (smoothing only). With the language-model options
+// the logits are transformed (kLogitTransform) and, when lm.z_loss_rows is given, each row's z-loss is
+// written there and added to the loss of reduction='none'.
+template <typename T, bool kSmooth, bool kLogitTransform>
 struct CeHardForwardOp {
   using A = acc_of<T>;
-  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = false;
+  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = false, kTransform = kLogitTransform;
   const T* x;
   const T* target_probs;  // unused
   CeHardArgs a;
   const double* weight_sum;
   CeOutputs out;
   Tiling t;
+  LogitTransform<A> tf;
 
+  __device__ A logit(T x) const { return hard_logit<kTransform>(static_cast<A>(x), tf); }
   __device__ bool active(int64_t r) const {
     return classify(read_target(a.target, a.target_is_byte, r), a.ignore_index, t.C) == TargetState::kLive;
   }
-  __device__ A reference(const T* x_row) const {
-    return kSmooth ? sum_reference(static_cast<A>(x_row[0])) : A(0);
-  }
+  __device__ A reference(const T* x_row) const { return kSmooth ? sum_reference(logit(x_row[0])) : A(0); }
   template <int M>
   __device__ void add(RowStats<A>& st, const A (&xv)[M], const A (&)[M], int64_t c, A ref) const {
     if constexpr (kSmooth) {
@@ -87,15 +102,22 @@ struct CeHardForwardOp {
   __device__ void finalize(int64_t r, const RowStats<A>& st) const {
     const int64_t y = read_target(a.target, a.target_is_byte, r);
     const TargetState state = classify(y, a.ignore_index, t.C);
-    if (state == TargetState::kIgnored) return write_loss<T>(out, r, A(0), A(0));
+    if (state == TargetState::kIgnored) return write_row(r, A(0), A(0), A(0));
     const A lse = lse_value(LseState<A>{st.max, st.sum});
     // An out-of-range class is never used as an index: its row reads NaN (see ops_cuda.cpp).
-    if (state == TargetState::kInvalid) return write_loss<T>(out, r, lse, A(NAN));
+    if (state == TargetState::kInvalid) return write_row(r, lse, A(NAN), A(NAN));
     const T* x_row = x + row_index(t, r).x;
     const auto sp = device_smoothing<A>(a.label_smoothing, t.C, weight_sum);
-    const A loss = ce_hard_row_loss(lse, static_cast<A>(x_row[y * t.S]), weight_at(static_cast<const T*>(a.weight), y),
-                                    st.s1, reference(x_row), sp);
-    write_loss<T>(out, r, lse, loss);
+    const A loss = ce_hard_row_loss(lse, logit(x_row[y * t.S]), weight_at(static_cast<const T*>(a.weight), y), st.s1,
+                                    reference(x_row), sp);
+    write_row(r, lse, loss, z_loss_row(lse, static_cast<A>(a.lm.lse_square_scale)));
+  }
+  __device__ void write_row(int64_t r, A lse, A ce, A z_loss) const {
+    if (a.lm.z_loss_rows) {
+      static_cast<A*>(a.lm.z_loss_rows)[r] = z_loss;
+      if (out.loss_rows) ce += z_loss;  // reduction='none': one rounding of the sum to T
+    }
+    write_loss<T>(out, r, lse, ce);
   }
 };
 
@@ -103,7 +125,7 @@ struct CeHardForwardOp {
 template <typename T>
 struct CeSoftForwardOp {
   using A = acc_of<T>;
-  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = true;
+  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = true, kTransform = false;
   const T* x;
   const T* target_probs;
   const T* w;
@@ -133,7 +155,7 @@ struct CeSoftForwardOp {
 template <typename T>
 struct CeSoftRowSumOp {
   using A = acc_of<T>;
-  static constexpr bool kLse = false, kReadsX = false, kReadsTarget = true;
+  static constexpr bool kLse = false, kReadsX = false, kReadsTarget = true, kTransform = false;
   const T* x;
   const T* target_probs;
   const T* w;
@@ -153,6 +175,14 @@ struct CeSoftRowSumOp {
   }
   __device__ void finalize(int64_t r, const RowStats<A>& st) const { row_sums[r] = st.s1; }
 };
+
+template <typename Op, int M, typename A>
+__device__ __forceinline__ void to_op_logits(const Op& op, A (&xv)[M]) {
+  if constexpr (Op::kTransform) {
+#pragma unroll
+    for (int j = 0; j < M; ++j) xv[j] = transform_logit(xv[j], op.tf);
+  }
+}
 
 template <typename T, typename Op>
 __global__ void __launch_bounds__(kBlock) row_stats_kernel(Op op, RowStats<acc_of<T>>* partials) {
@@ -177,6 +207,7 @@ __global__ void __launch_bounds__(kBlock) row_stats_kernel(Op op, RowStats<acc_o
     auto one = [&](int64_t c) {
       A xv[1] = {Op::kReadsX ? static_cast<A>(x[c * t.S]) : A(0)};
       A tv[1] = {Op::kReadsTarget ? static_cast<A>(tp[c * t.S]) : A(0)};
+      to_op_logits(op, xv);
       acc.visit([&](RowStats<A>& st) {
         if constexpr (Op::kLse) lse_add<1>(st, xv);
         op.template add<1>(st, xv, tv, c0 + c, ref);
@@ -187,6 +218,7 @@ __global__ void __launch_bounds__(kBlock) row_stats_kernel(Op op, RowStats<acc_o
         A xv[kVec] = {}, tv[kVec] = {};
         if constexpr (Op::kReadsX) load_pack(x + c, xv);
         if constexpr (Op::kReadsTarget) load_pack(tp + c, tv);
+        to_op_logits(op, xv);
         acc.visit([&](RowStats<A>& st) {
           if constexpr (Op::kLse) lse_add<kVec>(st, xv);
           op.template add<kVec>(st, xv, tv, c0 + c, ref);
@@ -220,12 +252,19 @@ __global__ void __launch_bounds__(kBlock) merge_kernel(Op op, const RowStats<acc
 }
 
 // ------------------------------------------------------------------------------------------------
-// Elementwise ops: kReadsTarget, coefs(r) (per-row values), apply<M>(coefs, x, t, c, out).
+// Elementwise ops: kReadsTarget, kInPlace (grad == x: loads must not use the read-only cache),
+// coefs(r) (per-row values), apply<M>(coefs, x, t, c, out).
 // ------------------------------------------------------------------------------------------------
-template <typename T>
+// Class-index targets, backward, with the language-model options: the logits transform (kLogitTransform:
+// the gradient for z times dz/dx) and the z-loss (its term joins the coefficient of p[c]). In place
+// (kWritesOverLogits, the gradient written over the logits) every element is read, then written, by one
+// thread, and nothing else of the logits is read: the per-row coefficients come from lse, the target and
+// the upstream gradient, and the target class's own term is computed from its own element, so neither
+// split rows nor the target logit need ordering between threads.
+template <typename T, bool kLogitTransform, bool kWritesOverLogits>
 struct CeHardBackwardOp {
   using A = acc_of<T>;
-  static constexpr bool kReadsTarget = false;
+  static constexpr bool kReadsTarget = false, kInPlace = kWritesOverLogits;
   const T* x;
   const T* target_probs;  // unused
   T* grad;
@@ -234,6 +273,7 @@ struct CeHardBackwardOp {
   const A* lse;
   DeviceGrad g;
   Tiling t;
+  LogitTransform<A> tf;
 
   struct Coefs {
     TargetState state;
@@ -253,6 +293,10 @@ struct CeHardBackwardOp {
     co.w_y = weight_at(w, co.y);
     co.load_weight = sp.enabled && w != nullptr;
     co.k = ce_hard_grad_coefs(static_cast<A>(grad_value<T>(g, r)), co.w_y, sp);
+    if (a.lm.lse_square_scale != 0) {
+      co.k.prob += z_loss_prob_coef(static_cast<A>(z_grad_value<T>(g, r)), co.lse,
+                                    static_cast<A>(a.lm.lse_square_scale));
+    }
     return co;
   }
   template <int M>
@@ -264,11 +308,20 @@ struct CeHardBackwardOp {
         out[j] = A(0);
       } else if (co.state == TargetState::kInvalid) {
         out[j] = A(NAN);
-      } else if (c + j == co.y) {
-        out[j] = ce_hard_grad_on_target(xv[j], co.lse, co.w_y, co.k);
       } else {
-        const A w_c = co.load_weight ? static_cast<A>(w[c + j]) : A(1);
-        out[j] = ce_hard_grad_off_target(xv[j], co.lse, w_c, co.k.prob, co.k.klass);
+        const A z = hard_logit<kLogitTransform>(xv[j], tf);
+        A dz;
+        if (c + j == co.y) {
+          dz = ce_hard_grad_on_target(z, co.lse, co.w_y, co.k);
+        } else {
+          const A w_c = co.load_weight ? static_cast<A>(w[c + j]) : A(1);
+          dz = ce_hard_grad_off_target(z, co.lse, w_c, co.k.prob, co.k.klass);
+        }
+        if constexpr (kLogitTransform) {
+          out[j] = dz * transform_slope(z, tf);
+        } else {
+          out[j] = dz;
+        }
       }
     }
   }
@@ -277,7 +330,7 @@ struct CeHardBackwardOp {
 template <typename T>
 struct CeSoftBackwardOp {
   using A = acc_of<T>;
-  static constexpr bool kReadsTarget = true;
+  static constexpr bool kReadsTarget = true, kInPlace = false;
   const T* x;
   const T* target_probs;
   T* grad;
@@ -309,7 +362,7 @@ struct CeSoftBackwardOp {
 template <typename T>
 struct CeSoftTargetBackwardOp {
   using A = acc_of<T>;
-  static constexpr bool kReadsTarget = false;
+  static constexpr bool kReadsTarget = false, kInPlace = false;
   const T* x;
   const T* target_probs;  // unused
   T* grad;
@@ -359,7 +412,7 @@ __global__ void __launch_bounds__(kBlock) row_elementwise_kernel(Op op) {
   if (t.S == 1) {
     auto vec = [&](int64_t c) {
       A xv[kVec], tv[kVec] = {}, ov[kVec];
-      load_pack(x + c, xv);
+      load_pack<!Op::kInPlace>(x + c, xv);
       if constexpr (Op::kReadsTarget) load_pack(tp + c, tv);
       op.template apply<kVec>(co, xv, tv, c0 + c, ov);
       store_pack(out + c, ov);

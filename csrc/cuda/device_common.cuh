@@ -31,10 +31,19 @@ struct alignas(16) Pack {
 };
 
 // Moved through a uint4, so each is one 128-bit access whatever T's copy semantics. The intrinsics
-// (__ldg here, __stcg below) are also where the emulated build checks the 16-byte alignment.
-template <typename T, typename A>
+// (__ldg or __ldcg here, __stcg below) are also where the emulated build checks the 16-byte alignment.
+// __ldg goes through the non-coherent read-only cache, which is only for memory that no thread of the
+// kernel writes; a kernel that writes over what it reads (the in-place backward) passes kReadOnly =
+// false and loads through L2 (__ldcg), which is coherent.
+template <bool kReadOnly = true, typename T, typename A>
 __device__ __forceinline__ void load_pack(const T* p, A (&out)[kVecOf<T>]) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint4* q = reinterpret_cast<const uint4*>(p);
+  uint4 raw;
+  if constexpr (kReadOnly) {
+    raw = __ldg(q);
+  } else {
+    raw = __ldcg(q);
+  }
   Pack<T> pk;
   memcpy(&pk, &raw, sizeof(raw));
 #pragma unroll
@@ -189,6 +198,12 @@ __device__ __forceinline__ double grad_value(const DeviceGrad& g, int64_t i) {
   const T* p = static_cast<const T*>(g.data);
   double v = static_cast<double>(static_cast<acc_of<T>>(p[g.per_row ? i : 0]));
   return mean_divide(v, g.denominator ? *g.denominator : g.divisor);
+}
+
+// The z-loss's upstream gradient of row i (language-model options), see DeviceGrad.
+template <typename T>
+__device__ __forceinline__ double z_grad_value(const DeviceGrad& g, int64_t i) {
+  return grad_value<T>({g.data, g.per_row, g.z_denominator, g.z_divisor}, i);
 }
 
 inline unsigned int grid_for(int64_t threads) {

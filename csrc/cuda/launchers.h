@@ -84,11 +84,15 @@ inline int64_t partials_bytes(const Tiling& t, int64_t acc_size) {
 // The upstream gradient, in device memory: per-row (reduction='none') or one scalar. The mean's
 // denominator is read from device memory too (`denominator`, computed by a kernel) or known on the
 // host (`divisor`), so backward never waits for the GPU. g_i = grad[i or 0] / denominator / divisor.
+// The z-loss of the language-model options (LmOptions) has the same upstream gradient with its own
+// mean's denominator, the number of counted rows: g_z_i = grad[i or 0] / z_denominator / z_divisor.
 struct DeviceGrad {
   const void* data;  // the logits' dtype
   bool per_row;
   const double* denominator;  // or nullptr
   double divisor;
+  const double* z_denominator = nullptr;
+  double z_divisor = 1.0;
 };
 
 // Where a forward writes: lse (accumulation type) and either the loss in the logits' dtype
@@ -100,6 +104,8 @@ struct CeOutputs {
 };
 
 // Class-index targets. `weight_sum` is the device sum of the class weights (nullptr: unweighted, C).
+// The language-model options come in a.lm; the backward writes over the logits when grad is
+// a.logits.data (contiguous logits only).
 void ce_hard_forward(const CeHardArgs& a, const Tiling& t, const double* weight_sum, void* partials,
                      const CeOutputs& out, cudaStream_t stream);
 void ce_hard_backward(const CeHardArgs& a, const Tiling& t, const double* weight_sum, const void* lse,

@@ -27,11 +27,12 @@ at::Tensor device_weight_sum(const at::Tensor& weight, cudaStream_t stream) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> linear_ce_tile_(at::Tensor& tile, const at::Tensor& target_in,
-                                                   const c10::optional<at::Tensor>& weight_in, int64_t ignore_index,
-                                                   double smoothing, const c10::optional<at::Tensor>& row_grad,
-                                                   const c10::optional<at::Tensor>& denominator, bool write_grad) {
-  check_linear_ce_tile(tile, target_in, weight_in, row_grad, denominator);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_ce_tile_(
+    at::Tensor& tile, const at::Tensor& target_in, const c10::optional<at::Tensor>& weight_in, int64_t ignore_index,
+    double smoothing, const c10::optional<at::Tensor>& row_grad, const c10::optional<at::Tensor>& denominator,
+    bool write_grad, double logit_scale, double softcap, double lse_square_scale,
+    const c10::optional<at::Tensor>& z_denominator) {
+  check_linear_ce_tile(tile, target_in, weight_in, row_grad, denominator, z_denominator, softcap);
   const c10::cuda::CUDAGuard guard(tile.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto g = ce_geometry(tile);
@@ -39,24 +40,25 @@ std::tuple<at::Tensor, at::Tensor> linear_ce_tile_(at::Tensor& tile, const at::T
   const at::Tensor weight = weight_in.has_value() ? weight_in->contiguous() : at::Tensor();
   const at::Tensor wsum = weight.defined() && smoothing > 0 ? device_weight_sum(weight, stream) : at::Tensor();
   const double* wsum_ptr = wsum.defined() ? wsum.data_ptr<double>() : nullptr;
-  const CeHardArgs args{tile.scalar_type(), ce_view(tile, g), target.data_ptr(), target.scalar_type() == at::kByte,
-                        weight.defined() ? weight.data_ptr() : nullptr, ignore_index, smoothing,
-                        static_cast<double>(g.C)};
+  CeHardArgs args{tile.scalar_type(), ce_view(tile, g), target.data_ptr(), target.scalar_type() == at::kByte,
+                  weight.defined() ? weight.data_ptr() : nullptr, ignore_index, smoothing, static_cast<double>(g.C)};
   const Tiling tiling = plan_tiling(args.logits, tile.element_size());
   const int64_t partial_bytes = partials_bytes(tiling, tile.scalar_type() == at::kDouble ? 8 : 4);
   const at::Tensor partials = partial_bytes > 0 ? at::empty({partial_bytes}, tile.options().dtype(at::kByte)) : at::Tensor();
   const auto acc = tile.options().dtype(lse_dtype(tile.scalar_type()));
-  at::Tensor lse = at::empty({g.N}, acc), row_loss = at::empty({g.N}, acc);
+  at::Tensor lse = at::empty({g.N}, acc), row_loss = at::empty({g.N}, acc), z_rows = at::empty({g.N}, acc);
+  args.lm = {logit_scale, softcap, lse_square_scale, z_rows.data_ptr()};
   ce_hard_forward(args, tiling, wsum_ptr, partials.defined() ? partials.data_ptr() : nullptr,
                   CeOutputs{lse.data_ptr(), nullptr, row_loss.data_ptr()}, stream);
-  if (!write_grad) return {row_loss, lse};
+  if (!write_grad) return {row_loss, lse, z_rows};
+  args.lm.z_loss_rows = nullptr;
 
   const at::Tensor grad = row_grad.has_value() ? row_grad->to(tile.scalar_type()).contiguous()
                                                : at::ones({}, tile.options());
   const DeviceGrad dg{grad.data_ptr(), row_grad.has_value(),
                       denominator.has_value() ? denominator->data_ptr<double>() : nullptr, 1.0};
   ce_hard_backward(args, tiling, wsum_ptr, lse.data_ptr(), dg, tile.data_ptr(), stream);
-  return {row_loss, lse};
+  return {row_loss, lse, z_rows};
 }
 
 }  // namespace

@@ -69,23 +69,30 @@ at::Tensor weight_sum(const c10::optional<at::Tensor>& weight, double smoothing)
 
 const double* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<double>() : nullptr; }
 
+// w[y] of every row as doubles (see ce_target_weights); `w` holds the class weights as doubles, or is
+// undefined: every counted row is 1.
+at::Tensor row_target_weights(const at::Tensor& target, const at::Tensor& w, int64_t ignore_index, int64_t C,
+                              unsigned long long* bad_row) {
+  at::Tensor row_weights = empty_on({target.numel()}, target, at::kDouble);
+  ce_target_weights(target.data_ptr(), target.scalar_type() == at::kByte, target.numel(), C, ignore_index,
+                    ptr_or_null(w), row_weights.data_ptr<double>(), bad_row, current_stream());
+  return row_weights;
+}
+
 // The weighted mean's denominator (0-dim double) when `need_denominator`, else undefined. In the
 // check-targets mode it also validates every class index, synchronizing and raising IndexError.
 at::Tensor check_targets_and_denominator(const at::Tensor& target, const c10::optional<at::Tensor>& weight,
                                          int64_t ignore_index, int64_t C, bool need_denominator) {
   const bool check = check_targets_mode();
   if (!need_denominator && !check) return at::Tensor();
-  const cudaStream_t stream = current_stream();
   const at::Tensor w = weight.has_value() ? weight->to(at::kDouble).contiguous() : at::Tensor();
-  at::Tensor row_weights = empty_on({target.numel()}, target, at::kDouble);
   at::Tensor bad_row;
   if (check) {
     bad_row = empty_on({1}, target, at::kLong);
-    C10_CUDA_CHECK(cudaMemsetAsync(bad_row.data_ptr(), 0xff, sizeof(int64_t), stream));
+    C10_CUDA_CHECK(cudaMemsetAsync(bad_row.data_ptr(), 0xff, sizeof(int64_t), current_stream()));
   }
-  ce_target_weights(target.data_ptr(), target.scalar_type() == at::kByte, target.numel(), C, ignore_index,
-                    ptr_or_null(w), row_weights.data_ptr<double>(),
-                    check ? static_cast<unsigned long long*>(bad_row.data_ptr()) : nullptr, stream);
+  const at::Tensor row_weights = row_target_weights(
+      target, w, ignore_index, C, check ? static_cast<unsigned long long*>(bad_row.data_ptr()) : nullptr);
   if (check) {
     const int64_t row = bad_row.item<int64_t>();  // all ones (-1): every target is in range
     if (row >= 0) {
@@ -192,6 +199,104 @@ at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, c
   ce_hard_backward(args, plan_tiling(args.logits, x.element_size()), ptr_or_null(wsum), l.data_ptr(), dg,
                    out.data_ptr(), current_stream());
   return out;
+}
+
+// ---- class-index targets with the language-model options (LmOptions in kernel_args.h) ----------------
+
+// The number of rows that are not ignored (0-dim double), the z-loss's mean denominator: without class
+// weights the loss's own `denominator`.
+at::Tensor counted_rows(const at::Tensor& target, const c10::optional<at::Tensor>& weight, int64_t ignore_index,
+                        int64_t C, const at::Tensor& denominator) {
+  if (!weight.has_value()) return denominator;
+  return device_sum(row_target_weights(target, at::Tensor(), ignore_index, C, nullptr), nullptr, 1.0, at::kDouble);
+}
+
+// The loss is the cross-entropy of the transformed logits plus the z-loss. 'none': the kernel adds each
+// row's two parts and rounds once. 'sum' and 'mean': each part is summed (and divided by its own
+// denominator: the target weights, or the number of counted rows) in double, then added and rounded once.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_lm_fwd(
+    const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight_in,
+    int64_t ignore_index, double smoothing, int64_t reduction, double logit_scale, double softcap,
+    double lse_square_scale) {
+  check_ce_hard(logits, target, weight_in);
+  check_reduction(reduction);
+  check_softcap(softcap);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const auto g = ce_geometry(logits);
+  const at::Tensor x = ce_kernel_logits(logits), t = target.contiguous();
+  const auto weight = contiguous_opt(weight_in);
+  const bool mean = reduction == kMean;
+  const at::Tensor denominator = check_targets_and_denominator(t, weight, ignore_index, g.C, mean);
+  const at::Tensor count = mean ? counted_rows(t, weight, ignore_index, g.C, denominator) : at::Tensor();
+  const at::Tensor wsum = weight_sum(weight, smoothing);
+  const ForwardOutputs o = forward_outputs(logits, reduction);
+  const at::Tensor z_rows = empty_on(ce_row_shape(logits), logits, lse_dtype(logits.scalar_type()));
+  auto args = hard_args(x, g, t, weight, ignore_index, smoothing);
+  args.lm = {logit_scale, softcap, lse_square_scale, z_rows.data_ptr()};
+  const Tiling tiling = plan_tiling(args.logits, x.element_size());
+  const at::Tensor partials = partials_for(tiling, x);
+  if (g.C == 0) {
+    write_classless_hard_rows(t, ignore_index, o.lse, o.rows());
+    write_classless_hard_rows(t, ignore_index, o.lse, z_rows);
+  } else {
+    ce_hard_forward(args, tiling, ptr_or_null(wsum), data_or_null(partials), o.ptrs(), current_stream());
+  }
+  at::Tensor loss = o.loss, z_loss = z_rows;
+  if (reduction != kNone) {
+    const at::Tensor ce = device_sum(o.row_loss, mean ? ptr_or_null(denominator) : nullptr, 1.0, at::kDouble);
+    const at::Tensor z = device_sum(z_rows, mean ? ptr_or_null(count) : nullptr, 1.0, at::kDouble);
+    loss = ce.add(z).to(logits.scalar_type());
+    z_loss = z.to(z_rows.scalar_type());
+  }
+  if (classless_smoothing_nan(g, smoothing)) loss.fill_(std::numeric_limits<double>::quiet_NaN());
+  return {loss, o.lse, z_loss};
+}
+
+// The gradient into `out`: a new tensor, or (in_place) the logits themselves, which the kernel reads
+// element by element before writing over them.
+at::Tensor lm_backward(bool in_place, const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                       const c10::optional<at::Tensor>& weight_in, const at::Tensor& lse, int64_t ignore_index,
+                       double smoothing, int64_t reduction, double logit_scale, double softcap,
+                       double lse_square_scale) {
+  check_ce_hard(logits, target, weight_in);
+  check_lse(lse, logits);
+  check_reduction(reduction);
+  check_softcap(softcap);
+  if (in_place) check_logits_writable_in_place(logits);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const auto g = ce_geometry(logits);
+  const at::Tensor x = ce_kernel_logits(logits), t = target.contiguous(), l = lse.contiguous();
+  const auto weight = contiguous_opt(weight_in);
+  const bool mean = reduction == kMean;
+  const at::Tensor denominator = check_targets_and_denominator(t, weight, ignore_index, g.C, mean);
+  const at::Tensor count =
+      mean && lse_square_scale != 0 ? counted_rows(t, weight, ignore_index, g.C, denominator) : at::Tensor();
+  const at::Tensor wsum = weight_sum(weight, smoothing);
+  at::Tensor keep;
+  DeviceGrad dg = device_grad(grad, logits, reduction, ce_row_shape(logits), keep, ptr_or_null(denominator), 1.0);
+  dg.z_denominator = ptr_or_null(count);
+  auto args = hard_args(x, g, t, weight, ignore_index, smoothing);
+  args.lm = {logit_scale, softcap, lse_square_scale, nullptr};
+  const at::Tensor out = in_place ? x : at::empty(logits.sizes(), logits.options());
+  ce_hard_backward(args, plan_tiling(args.logits, x.element_size()), ptr_or_null(wsum), l.data_ptr(), dg,
+                   out.data_ptr(), current_stream());
+  return out;
+}
+
+at::Tensor cross_entropy_lm_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                                const c10::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t ignore_index,
+                                double smoothing, int64_t reduction, double logit_scale, double softcap,
+                                double lse_square_scale) {
+  return lm_backward(false, grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale,
+                     softcap, lse_square_scale);
+}
+
+void cross_entropy_lm_bwd_(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                           const c10::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t ignore_index,
+                           double smoothing, int64_t reduction, double logit_scale, double softcap,
+                           double lse_square_scale) {
+  lm_backward(true, grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
+              lse_square_scale);
 }
 
 CeSoftArgs soft_args(const at::Tensor& x, const CeGeometry& g, const at::Tensor& target,
@@ -316,6 +421,9 @@ at::Tensor bce_with_logits_target_bwd(const at::Tensor& grad, const at::Tensor& 
 void register_impls(torch::Library& m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd);
+  m.impl("cross_entropy_lm_fwd", &cross_entropy_lm_fwd);
+  m.impl("cross_entropy_lm_bwd", &cross_entropy_lm_bwd);
+  m.impl("cross_entropy_lm_bwd_", &cross_entropy_lm_bwd_);
   m.impl("cross_entropy_soft_fwd", &cross_entropy_soft_fwd);
   m.impl("cross_entropy_soft_bwd", &cross_entropy_soft_bwd);
   m.impl("cross_entropy_soft_target_bwd", &cross_entropy_soft_target_bwd);

@@ -51,6 +51,28 @@ def cross_entropy_grad(grad_loss, logits, target, weight, ignore_index, label_sm
     return (g * grad).to(logits.dtype)
 
 
+def cross_entropy_lm_grad(grad_loss, logits, target, weight, ignore_index, label_smoothing, reduction, logit_scale,
+                          softcap, lse_square_scale):
+    """The gradient of cross_entropy_lm_fwd's loss: that of plain cross-entropy for z = f(x), plus the z-loss's
+    2 * lse_square_scale * lse * softmax(z) per counted row, times dz/dx (rowmath.h, LogitTransform)."""
+    x = _acc(logits)
+    z = x * logit_scale
+    if softcap > 0:
+        z = softcap * torch.tanh(z / softcap)
+    g_z = cross_entropy_grad(grad_loss, z, target, weight, ignore_index, label_smoothing, reduction)
+    if lse_square_scale != 0:
+        counted = (target != ignore_index).to(z.dtype)
+        # Where every row is ignored, every row's term is 0: divide by 1 rather than 0.
+        g = _row_grad(grad_loss, counted.shape, reduction, counted.sum().clamp_min(1.0))
+        lse = torch.logsumexp(z, dim=1)
+        g_z = g_z + (2.0 * lse_square_scale * g * counted * lse).unsqueeze(1) * torch.softmax(z, dim=1)
+    if softcap > 0:
+        g_z = g_z * (logit_scale * (1.0 - (z / softcap) ** 2))
+    elif logit_scale != 1.0:
+        g_z = g_z * logit_scale
+    return g_z.to(logits.dtype)
+
+
 def cross_entropy_soft_grads(grad_loss, logits, target, weight, label_smoothing, reduction,
                              need_logits, need_target):
     x = _acc(logits)

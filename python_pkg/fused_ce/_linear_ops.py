@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
-from ._ops import MEAN, NONE, lse_dtype as acc_dtype  # the accumulation dtype
+from ._ops import MEAN, NONE, SUM, lse_dtype as acc_dtype  # the accumulation dtype
 
 # Rows reduced per block of the fixed-order sums below: one thread sums each block, then the block sums are
 # added in order, so the result does not depend on the number of threads.
@@ -46,17 +46,24 @@ def _target_weight_total(target, weight, ignore_index, num_classes):
     return _fixed_order_sum(torch.where(live, w_y, 0.0))
 
 
-def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
-                  chunk_rows, row_grad, denominator, need_input, need_weight, need_bias):
-    """One fixed-order pass over the row chunks. Returns the per-row losses (accumulation dtype) and the
-    gradients asked for (None otherwise) of sum_i g_i loss_i, g_i = row_grad[i] / denominator: the input's
-    in its dtype, linear_weight's and linear_bias's in the accumulation dtype (rounded by the caller)."""
+def _counted_rows(target, ignore_index):
+    """The z-loss mean's denominator: the number of rows that are not ignored (float64, 0-dim)."""
+    return _fixed_order_sum(target != ignore_index)
+
+
+def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, lm,
+                  chunk_rows, row_grad, denominator, z_denominator, need_input, need_weight, need_bias):
+    """One fixed-order pass over the row chunks. lm = (logit_scale, softcap, lse_square_scale), the
+    language-model options. Returns the per-row cross-entropy losses, z-losses and log-sum-exps (accumulation
+    dtype) and the gradients asked for (None otherwise) of sum_i g_i ce_i + g_z_i z_i, g_i = row_grad[i] /
+    denominator, g_z_i = row_grad[i] / z_denominator: the input's in its dtype, linear_weight's and
+    linear_bias's in the accumulation dtype (rounded by the caller)."""
     N = input.shape[0]
     V = linear_weight.shape[0]
     acc = acc_dtype(input.dtype)
     low_precision = input.dtype in (torch.float16, torch.bfloat16)
     grads = need_input or need_weight or need_bias
-    row_loss = input.new_empty(N, dtype=acc)
+    row_loss, z_rows, lse_rows = (input.new_empty(N, dtype=acc) for _ in range(3))
     g_input = torch.empty(input.shape, dtype=input.dtype, device=input.device) if need_input else None
     # dW and db are accumulated across chunks in fp32 (fp64 for fp64), also for fp16/bf16 weights.
     grad_dtype = acc
@@ -76,9 +83,10 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
             torch.mm(x, w_t, out=tile)
         else:
             torch.addmm(linear_bias, x, w_t, out=tile)
-        loss, _ = ops.linear_ce_tile_(tile, target[start:stop], weight, ignore_index, label_smoothing,
-                                      None if row_grad is None else row_grad[start:stop], denominator, grads)
-        row_loss[start:stop] = loss
+        loss, lse, z = ops.linear_ce_tile_(tile, target[start:stop], weight, ignore_index, label_smoothing,
+                                           None if row_grad is None else row_grad[start:stop], denominator, grads,
+                                           *lm, z_denominator)
+        row_loss[start:stop], lse_rows[start:stop], z_rows[start:stop] = loss, lse, z
         if not grads:
             continue
         if need_input:
@@ -91,7 +99,18 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
                 g_weight.addmm_(tile.t(), x)
         if need_bias:
             g_bias += tile.sum(0, dtype=acc)
-    return row_loss, g_input, g_weight, g_bias
+    return row_loss, z_rows, lse_rows, g_input, g_weight, g_bias
+
+
+def _reduce(rows, reduction, denominator):
+    """rows, their fixed-order sum, or that sum over the denominator (NaN when it is 0, as torch's mean of
+    no weight), in the rows' dtype."""
+    if reduction == NONE:
+        return rows
+    total = _fixed_order_sum(rows)
+    if reduction == MEAN:
+        total = torch.where(denominator == 0, float("nan"), total / denominator)
+    return total.to(rows.dtype)
 
 
 def _scale_ready_grads(ctx, ready, grad_loss):
@@ -121,39 +140,45 @@ def _define(lib):
     ops = getattr(torch.ops, lib)
 
     @torch.library.register_fake(f"{lib}::linear_ce_tile_")
-    def _(tile, target, weight, ignore_index, label_smoothing, row_grad, denominator, write_grad):
+    def _(tile, target, weight, ignore_index, label_smoothing, row_grad, denominator, write_grad, logit_scale=1.0,
+          softcap=0.0, lse_square_scale=0.0, z_denominator=None):
         _ops._check_ce(tile, target, weight, soft=False)
         rows = tile.new_empty(tile.shape[:1], dtype=acc_dtype(tile.dtype))
-        return rows, torch.empty_like(rows)
+        return rows, torch.empty_like(rows), torch.empty_like(rows)
 
     @torch.library.custom_op(f"{lib}::linear_cross_entropy_fwd", mutates_args=())
     def fwd(input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
             weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
-            need_input: bool, need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Loss in the accumulation dtype, then d(loss)/d(input, linear_weight, linear_bias) for mean/sum
-        when asked (empty tensors otherwise); the last two stay in the accumulation dtype until backward has
-        scaled them, so that fp16/bf16 weights are rounded once."""
+            need_input: bool, need_weight: bool, need_bias: bool, logit_scale: float = 1.0, softcap: float = 0.0,
+            lse_square_scale: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Loss in the accumulation dtype (the z-loss included), then d(loss)/d(input, linear_weight,
+        linear_bias) for mean/sum when asked (empty tensors otherwise; the last two stay in the accumulation
+        dtype until backward has scaled them, so that fp16/bf16 weights are rounded once), then the z-loss
+        reduced like the loss and the per-row log-sum-exp (0 on ignored rows)."""
         _ops._check_reduction(reduction)
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
             V = linear_weight.shape[0]
             denominator = _target_weight_total(target, weight, ignore_index, V) if reduction == MEAN else None
+            z_denominator = _counted_rows(target, ignore_index) if reduction == MEAN else None
             scalar = reduction != NONE
-            row_loss, gx, gw, gb = _chunked_pass(
-                ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, chunk_rows,
-                None, denominator, scalar and need_input, scalar and need_weight,
-                scalar and need_bias and linear_bias is not None)
+            row_loss, z_rows, lse, gx, gw, gb = _chunked_pass(
+                ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
+                (logit_scale, softcap, lse_square_scale), chunk_rows, None, denominator, z_denominator,
+                scalar and need_input, scalar and need_weight, scalar and need_bias and linear_bias is not None)
+            z_loss = _reduce(z_rows, reduction, z_denominator)
             if reduction == NONE:
-                loss = row_loss
-            else:
-                total = _fixed_order_sum(row_loss)
-                if reduction == MEAN:  # NaN when no weight is left (all ignored), as in torch
-                    total = torch.where(denominator == 0, float("nan"), total / denominator)
-                loss = total.to(row_loss.dtype)
-        return loss, *[g if g is not None else _empty(input) for g in (gx, gw, gb)]
+                loss = row_loss + z_rows
+            elif reduction == SUM:
+                loss = (_fixed_order_sum(row_loss) + _fixed_order_sum(z_rows)).to(row_loss.dtype)
+            else:  # each mean in float64, then one rounding
+                ce = torch.where(denominator == 0, float("nan"), _fixed_order_sum(row_loss) / denominator)
+                z = torch.where(z_denominator == 0, 0.0, _fixed_order_sum(z_rows) / z_denominator)
+                loss = (ce + z).to(row_loss.dtype)
+        return loss, *[g if g is not None else _empty(input) for g in (gx, gw, gb)], z_loss, lse
 
     @fwd.register_fake
     def _(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
-          need_input, need_weight, need_bias):
+          need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0):
         _ops._check_reduction(reduction)
         scalar = reduction != NONE
         loss = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=acc_dtype(input.dtype))
@@ -162,12 +187,13 @@ def _define(lib):
         gw = linear_weight.new_empty(linear_weight.shape, dtype=acc) if scalar and need_weight else _empty(input)
         gb = linear_bias.new_empty(linear_bias.shape, dtype=acc) \
             if scalar and need_bias and linear_bias is not None else _empty(input)
-        return loss, gx, gw, gb
+        return loss, gx, gw, gb, torch.empty_like(loss), input.new_empty(input.shape[:1], dtype=acc)
 
     @torch.library.custom_op(f"{lib}::linear_cross_entropy_bwd", mutates_args=())
     def bwd(grad: Tensor, input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
             weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
-            need_input: bool, need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+            need_input: bool, need_weight: bool, need_bias: bool, logit_scale: float = 1.0, softcap: float = 0.0,
+            lse_square_scale: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
         """Gradients of the loss under the upstream gradient `grad` (per row for reduction='none', else one
         value), by the chunk loop again: the backward of 'none', and a second backward of 'mean'/'sum'."""
         _ops._check_reduction(reduction)
@@ -176,16 +202,18 @@ def _define(lib):
             row_grad = grad.to(acc) if reduction == NONE else grad.to(acc).reshape(1).expand(input.shape[0])
             denominator = _target_weight_total(target, weight, ignore_index, linear_weight.shape[0]) \
                 if reduction == MEAN else None
-            _, gx, gw, gb = _chunked_pass(
-                ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, chunk_rows,
-                row_grad.contiguous(), denominator, need_input, need_weight, need_bias and linear_bias is not None)
+            z_denominator = _counted_rows(target, ignore_index) if reduction == MEAN else None
+            _, _, _, gx, gw, gb = _chunked_pass(
+                ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
+                (logit_scale, softcap, lse_square_scale), chunk_rows, row_grad.contiguous(), denominator,
+                z_denominator, need_input, need_weight, need_bias and linear_bias is not None)
         gw = gw.to(linear_weight.dtype) if gw is not None else None
         gb = gb.to(linear_bias.dtype) if gb is not None else None
         return tuple(g if g is not None else _empty(input) for g in (gx, gw, gb))
 
     @bwd.register_fake
     def _(grad, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction,
-          chunk_rows, need_input, need_weight, need_bias):
+          chunk_rows, need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0):
         _ops._check_reduction(reduction)
         gx = torch.empty_like(input) if need_input else _empty(input)
         gw = torch.empty_like(linear_weight) if need_weight else _empty(input)
@@ -194,15 +222,16 @@ def _define(lib):
 
     def setup_context(ctx, inputs, output):
         (input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
-         need_input, need_weight, need_bias) = inputs
+         need_input, need_weight, need_bias, logit_scale, softcap, lse_square_scale) = inputs
         ctx.reduction = reduction
         ctx.args = (ignore_index, label_smoothing, reduction, chunk_rows)
+        ctx.lm = (logit_scale, softcap, lse_square_scale)
         ctx.computed = (need_input, need_weight, need_bias)
         ctx.dtypes = (input.dtype, linear_weight.dtype, None if linear_bias is None else linear_bias.dtype)
         ctx.grads_spent = False
         ctx.mark_non_differentiable(*output[1:])
         ctx.save_for_backward(input, linear_weight, linear_bias, target, weight,
-                              *(output[1:] if reduction != NONE else ()))
+                              *(output[1:4] if reduction != NONE else ()))
 
     def backward(ctx, grad_loss, *_unused):
         if torch.is_grad_enabled():  # the gradients below are not differentiable functions of the inputs
@@ -213,7 +242,7 @@ def _define(lib):
         input, linear_weight, linear_bias, target, weight, *ready = ctx.saved_tensors
         if ctx.reduction == NONE or ctx.grads_spent:
             grads = ops.linear_cross_entropy_bwd(grad_loss, input, linear_weight, linear_bias, target, weight,
-                                                 *ctx.args, *need)
+                                                 *ctx.args, *need, *ctx.lm)
         else:
             missing = [name for name, n, c in zip(("input", "linear_weight", "linear_bias"), need, ctx.computed)
                        if n and not c]
@@ -221,7 +250,7 @@ def _define(lib):
                 raise RuntimeError(f"fused_ce: linear_cross_entropy_fwd was called without computing the gradient "
                                    f"of {', '.join(missing)}, which backward needs")
             grads = _scale_ready_grads(ctx, ready, grad_loss)
-        return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 9
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 12
 
     fwd.register_autograd(backward, setup_context=setup_context)
 

@@ -1,10 +1,10 @@
 """The language-model options of cross_entropy (logit_scale, softcap, lse_square_scale, return_z_loss,
-return_lse), composed from torch ops around the fused loss.
+return_lse, inplace_backward).
 
-This is the composite first step, not the fused one: the transformed logits z = softcap(logit_scale * x)
-are materialized (one N x C tensor, differentiated by autograd) and the z-loss's log-sum-exp is computed
-again by torch.logsumexp, because the fused op's log-sum-exp output is not differentiable. The math is the
-one the fused kernels are to implement:
+Class-index targets run the fused kernels (_lm_ops.py: the cross_entropy_lm_* ops, one pass per direction).
+Probability targets, and calls inside torch.func transforms, are composed from torch ops around the plain
+fused loss instead: the transformed logits z are materialized (one N x C tensor, differentiated by autograd)
+and the z-loss's log-sum-exp is computed by torch.logsumexp. Both follow the same math:
     z = s * x;  with softcap c > 0: z = c * tanh(z / c)
     lse = logsumexp(z) per row (fp32, fp64 for fp64 logits)
     z_loss = lse_square_scale * lse**2 per counted row (not weighted by class weights; ignored rows 0),
@@ -12,27 +12,52 @@ one the fused kernels are to implement:
     loss = cross_entropy(z, ...) + z_loss"""
 import torch
 
+from . import _func, _lm_ops, _validation
 from ._ops import NONE, SUM, lse_dtype
 
 
-def has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse):
-    return logit_scale != 1.0 or softcap != 0.0 or lse_square_scale != 0.0 or return_z_loss or return_lse
+def has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward=False):
+    return logit_scale != 1.0 or softcap != 0.0 or lse_square_scale != 0.0 or return_z_loss or return_lse or \
+        inplace_backward
+
+
+def check_softcap(softcap):
+    if softcap < 0:
+        raise ValueError(f"cross_entropy: softcap must be >= 0 (0 turns it off), got {softcap}")
 
 
 def transform_logits(input, logit_scale, softcap):
     """z = softcap * tanh(logit_scale * input / softcap), or logit_scale * input when softcap is 0."""
-    if softcap < 0:
-        raise ValueError(f"cross_entropy: softcap must be >= 0 (0 turns it off), got {softcap}")
+    check_softcap(softcap)
     z = input * logit_scale if logit_scale != 1.0 else input
     if softcap != 0.0:
         z = torch.tanh(z / softcap) * softcap
     return z
 
 
-def cross_entropy_with_options(loss_fn, input, target, ignore_index, reduction, logit_scale, softcap,
-                               lse_square_scale, return_z_loss, return_lse):
-    """loss_fn(z) is the plain cross-entropy of the transformed logits; returns the loss with the z-loss
-    added, or the tuple (loss, [z_loss], [lse]) of the requested parts."""
+def parts(loss, z_loss, lse, return_z_loss, return_lse):
+    """The loss, or the tuple (loss, [z_loss], [lse]) of the requested parts."""
+    if not (return_z_loss or return_lse):
+        return loss
+    return (loss,) + ((z_loss,) if return_z_loss else ()) + ((lse,) if return_lse else ())
+
+
+def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, reduction, label_smoothing, logit_scale,
+                               softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward):
+    """loss_fn(z) is the plain cross-entropy of transformed logits z (the composite path); returns the loss
+    with the z-loss added, or the tuple (loss, [z_loss], [lse]) of the requested parts. z_loss and lse are
+    detached: values for logging (the loss already holds the z-loss)."""
+    check_softcap(softcap)
+    if not _func.transforms_active():
+        c = _validation.prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
+        if not c.soft:
+            loss, lse, z_loss = _lm_ops.cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward,
+                                                         input)
+            if c.unbatched:
+                lse = lse.squeeze(0)
+                if c.reduction == NONE:
+                    loss, z_loss = loss.squeeze(0), z_loss.squeeze(0)
+            return parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)
     z = transform_logits(input, logit_scale, softcap)
     loss = loss_fn(z)
     class_dim = 0 if input.dim() == 1 else 1
@@ -50,11 +75,4 @@ def cross_entropy_with_options(loss_fn, input, target, ignore_index, reduction, 
         z_loss = per_row.sum() / counted.sum()
     if lse_square_scale != 0.0:
         loss = loss + z_loss.to(loss.dtype)
-    if not (return_z_loss or return_lse):
-        return loss
-    parts = [loss]
-    if return_z_loss:
-        parts.append(z_loss)
-    if return_lse:
-        parts.append(lse.detach() if lse_square_scale == 0.0 else lse)
-    return tuple(parts)
+    return parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)

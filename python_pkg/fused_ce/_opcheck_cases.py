@@ -12,6 +12,7 @@ from ._case_grid import Family
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 ALL_OPS = {"cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_soft_fwd", "cross_entropy_soft_bwd",
+           "cross_entropy_lm_fwd", "cross_entropy_lm_bwd", "cross_entropy_lm_bwd_",
            "linear_ce_tile_", "linear_cross_entropy_fwd", "linear_cross_entropy_bwd",
            "cross_entropy_soft_target_bwd", "bce_with_logits_fwd", "bce_with_logits_bwd",
            "bce_with_logits_target_bwd", "ce_partial_stats", "ce_partial_grad"}
@@ -51,6 +52,13 @@ def cross_entropy(device, requires_grad, shape, reduction, dtype):
         _, lse = ops.cross_entropy_fwd(x, y, w, -100, 0.1, red)
         g = _grad(red, y.shape, device).to(dtype)
         torch.library.opcheck(ops.cross_entropy_bwd.default, (g, x, y, w, lse, -100, 0.1, red))
+    # The language-model options (logit_scale, softcap, z-loss) and the in-place backward.
+    lm = (0.8, 3.0, 0.01)
+    torch.library.opcheck(ops.cross_entropy_lm_fwd.default, (x, y, w, -100, 0.1, red) + lm)
+    if not requires_grad:
+        _, lse, _ = ops.cross_entropy_lm_fwd(x, y, w, -100, 0.1, red, *lm)
+        torch.library.opcheck(ops.cross_entropy_lm_bwd.default, (g, x, y, w, lse, -100, 0.1, red) + lm)
+        torch.library.opcheck(ops.cross_entropy_lm_bwd_.default, (g, x.clone(), y, w, lse, -100, 0.1, red) + lm)
 
 
 def cross_entropy_soft(device, requires_grad, shape, reduction, dtype):
@@ -107,9 +115,15 @@ def linear_cross_entropy(device, reduction, dtype):
                    device=device)
     torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
                           (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True))
+    # The language-model options (logit_scale, softcap, z-loss).
+    torch.library.opcheck(ops.linear_cross_entropy_fwd.default,
+                          (x, w, b, t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01))
+    torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
+                          (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01))
     tile = torch.nn.functional.linear(x, w, b).detach()
-    torch.library.opcheck(ops.linear_ce_tile_.default,
-                          (tile, t, cw, 3, 0.1, None, torch.tensor(5.0, dtype=torch.float64, device=device), True))
+    den = torch.tensor(5.0, dtype=torch.float64, device=device)
+    torch.library.opcheck(ops.linear_ce_tile_.default, (tile, t, cw, 3, 0.1, None, den, True))
+    torch.library.opcheck(ops.linear_ce_tile_.default, (tile, t, cw, 3, 0.1, None, den, True, 0.8, 3.0, 0.01, den))
 
 
 def partial_stats(device, shape, smoothing, dtype):

@@ -24,8 +24,10 @@ from torch.nn._reduction import get_enum as reduction_enum  # scriptable; what t
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int, reduction: str,
-                  label_smoothing: float) -> Tensor:
+                  label_smoothing: float, logit_scale: float = 1.0, softcap: float = 0.0,
+                  lse_square_scale: float = 0.0) -> Tensor:
     red = reduction_enum(reduction)
+    lm_options = logit_scale != 1.0 or softcap != 0.0 or lse_square_scale != 0.0
     if label_smoothing > 1.0:
         raise RuntimeError("label_smoothing must be between 0.0 and 1.0. Got: " + str(label_smoothing))
     smoothing = max(label_smoothing, 0.0)
@@ -37,6 +39,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignor
             target = target.squeeze(0)
         target = target.unsqueeze(0)
     if soft:
+        if lm_options:
+            raise RuntimeError("fused_ce: logit_scale, softcap and lse_square_scale with probability targets are not "
+                               "supported under TorchScript")
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
         dtype = torch.promote_types(input.dtype, target.dtype)
@@ -49,7 +54,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignor
         if not unbatched and target.dim() >= 1 and target.shape[0] != input.shape[0]:
             raise ValueError("Expected input batch_size (" + str(input.shape[0]) + ") to match target batch_size ("
                              + str(target.shape[0]) + ").")
-        loss, lse = torch.ops.fused_ce.cross_entropy_fwd(input, target, weight, ignore_index, smoothing, red)
+        if lm_options:
+            if softcap < 0:
+                raise ValueError("cross_entropy: softcap must be >= 0 (0 turns it off), got " + str(softcap))
+            loss, lse, z_loss = torch.ops.fused_ce.cross_entropy_lm_fwd(input, target, weight, ignore_index, smoothing,
+                                                                        red, logit_scale, softcap, lse_square_scale)
+        else:
+            loss, lse = torch.ops.fused_ce.cross_entropy_fwd(input, target, weight, ignore_index, smoothing, red)
     if unbatched and red == 0:
         loss = loss.squeeze(0)
     return loss

@@ -129,14 +129,31 @@ class CrossEntropyWithLse(torch.autograd.Function):
 
 class CrossEntropyFunction(CrossEntropyWithLse):
     """CrossEntropyFunction.apply(input, target, weight=None, ignore_index=-100, reduction='mean',
-    label_smoothing=0.0): torch.nn.functional.cross_entropy as one autograd node (CrossEntropyWithLse,
-    of which apply returns the loss only)."""
+    label_smoothing=0.0, *, logit_scale=1.0, softcap=None, lse_square_scale=0.0, return_z_loss=False,
+    return_lse=False, inplace_backward=False): torch.nn.functional.cross_entropy as one autograd node
+    (CrossEntropyWithLse, of which apply returns the loss only). The keyword-only language-model options are
+    fused_ce.cross_entropy's; with class-index targets they run as one node too (_lm_ops.CrossEntropyLm),
+    with probability targets (or inside torch.func transforms) as cross_entropy composes them."""
 
     @classmethod
-    def apply(cls, *args, **kwargs):
+    def apply(cls, *args, logit_scale=1.0, softcap=None, lse_square_scale=0.0, return_z_loss=False,
+              return_lse=False, inplace_backward=False, **kwargs):
+        from . import _lm_options, functional  # both import this module
+        softcap = 0.0 if softcap is None else softcap
+        if _lm_options.has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse,
+                                   inplace_backward):
+            return functional.cross_entropy(
+                *_bind_ce_args(*args, **kwargs), logit_scale=logit_scale, softcap=softcap,
+                lse_square_scale=lse_square_scale, return_z_loss=return_z_loss, return_lse=return_lse,
+                inplace_backward=inplace_backward)
         # Not super().apply: torch.func calls the apply of the class it was given at its lowest level, and
         # that must be the node's own, which returns both outputs.
         return CrossEntropyWithLse.apply(*args, **kwargs)[0]
+
+
+def _bind_ce_args(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """CrossEntropyFunction's positional arguments, in cross_entropy's order."""
+    return input, target, weight, None, ignore_index, None, reduction, label_smoothing
 
 
 def _prepare_bce(inputs):

@@ -19,18 +19,20 @@ def _fail_as_torch_under_compile(refusal, torch_loss, *args):
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0, *, logit_scale=1.0, softcap=None, lse_square_scale=0.0,
-                  return_z_loss=False, return_lse=False):
+                  return_z_loss=False, return_lse=False, inplace_backward=False):
     """Drop-in for torch.nn.functional.cross_entropy, computed by fused kernels. The keyword-only options
     (language models; _lm_options.py has the math) scale and soft-cap the logits, add the z-loss
-    lse_square_scale * lse**2, and return (loss, z_loss, lse) with only the requested parts. softcap None (or 0)
-    turns soft-capping off."""
+    lse_square_scale * lse**2, and return (loss, z_loss, lse) with only the requested parts (z_loss and lse
+    detached, for logging). softcap None (or 0) turns soft-capping off. inplace_backward=True writes the
+    gradient over the logits' storage (_lm_ops.py says when, and what it saves)."""
     softcap = 0.0 if softcap is None else softcap
-    if _lm_options.has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse):
+    if _lm_options.has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward):
         def plain(z):
             return cross_entropy(z, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         red = _validation.reduction_enum(reduction, size_average, reduce)
-        return _lm_options.cross_entropy_with_options(plain, input, target, ignore_index, red, logit_scale,
-                                                      softcap, lse_square_scale, return_z_loss, return_lse)
+        return _lm_options.cross_entropy_with_options(plain, input, target, weight, ignore_index, red, label_smoothing,
+                                                      logit_scale, softcap, lse_square_scale, return_z_loss,
+                                                      return_lse, inplace_backward)
     refusal = None
     try:
         red = _validation.reduction_enum(reduction, size_average, reduce)

@@ -12,7 +12,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import _func, _linear_ops, _ops, _validation  # noqa: F401  (_linear_ops registers the ops)
+from . import _func, _linear_ops, _lm_options, _ops, _validation  # noqa: F401  (_linear_ops registers the ops)
 from ._dtypes import KERNEL_DTYPES
 from .functional import cross_entropy
 
@@ -84,38 +84,57 @@ def _autocast(input, linear_weight, linear_bias):
 
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
-                         ignore_index=None, label_smoothing=0.0, options=None):
+                         ignore_index=None, label_smoothing=0.0, options=None, logit_scale=1.0, softcap=None,
+                         lse_square_scale=0.0, return_z_loss=False, return_lse=False):
     """Drop-in for torch.nn.functional.linear_cross_entropy (torch 2.13): the loss of
     cross_entropy(linear(input, linear_weight, linear_bias), target, ...), computed in row chunks that never
     hold the N x V logits. ignore_index=None means -100. `options` (a LinearCrossEntropyOptions) is accepted;
-    only its batch_chunk_size is used (see the module's memory knob)."""
+    only its batch_chunk_size is used (see the module's memory knob). The language-model options are
+    fused_ce.cross_entropy's (logit_scale, softcap, lse_square_scale, return_z_loss, return_lse), applied to the
+    logits of each chunk inside the same kernels."""
     logits_shape, probabilities = _check_shapes(input, linear_weight, target, linear_bias, ignore_index)
     ignore_index = -100 if ignore_index is None else ignore_index
     red = _validation.reduction_enum(reduction)
+    softcap = 0.0 if softcap is None else float(softcap)
+    _lm_options.check_softcap(softcap)
+    lm = dict(logit_scale=logit_scale, softcap=softcap, lse_square_scale=lse_square_scale,
+              return_z_loss=return_z_loss, return_lse=return_lse)
     # Under autocast the logits are fp16/bf16 but torch's loss reads class weights in fp32: the reference path.
     if (label_smoothing > 1.0 or (weight is not None and torch.is_autocast_enabled(input.device.type))
             or not _fused_path_applies(input, linear_weight, target, linear_bias, weight, probabilities)):
         logits = F.linear(input, linear_weight.reshape(math.prod(logits_shape[input.dim() - 1:]), input.shape[-1]),
                           None if linear_bias is None else linear_bias.reshape(-1))
         return cross_entropy(logits.reshape(logits_shape), target, weight=weight, reduction=reduction,
-                             ignore_index=ignore_index, label_smoothing=label_smoothing)
+                             ignore_index=ignore_index, label_smoothing=label_smoothing, **lm)
     x, w, b, autocast = _autocast(input, linear_weight, linear_bias)
     unbatched = x.dim() == 1
     if unbatched:
         x, target = x.unsqueeze(0), target.unsqueeze(0)
     grad = torch.is_grad_enabled()
-    loss, *_ = _ops.kernel_ops().linear_cross_entropy_fwd(
+    loss, _, _, _, z_loss, lse = _ops.kernel_ops().linear_cross_entropy_fwd(
         x, w, b, target, weight, ignore_index, label_smoothing, red,
         chunk_rows(x.shape[0], w.shape[0], x.dtype, options),
-        grad and x.requires_grad, grad and w.requires_grad, grad and b is not None and b.requires_grad)
-    if unbatched and red == _ops.NONE:
-        loss = loss.squeeze(0)
-    return loss if autocast else loss.to(input.dtype)
+        grad and x.requires_grad, grad and w.requires_grad, grad and b is not None and b.requires_grad,
+        float(logit_scale), softcap, float(lse_square_scale))
+    if unbatched:
+        lse = lse.squeeze(0)
+        if red == _ops.NONE:
+            loss, z_loss = loss.squeeze(0), z_loss.squeeze(0)
+    loss = loss if autocast else loss.to(input.dtype)
+    return _lm_options.parts(loss, z_loss, lse, return_z_loss, return_lse)
 
 
 class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
     """Drop-in for torch.nn.LinearCrossEntropyLoss: the same constructor, parameters (linear.weight,
-    linear.bias), buffers and state_dict keys; forward runs fused_ce.linear_cross_entropy."""
+    linear.bias), buffers and state_dict keys; forward runs fused_ce.linear_cross_entropy. The constructor also
+    takes its keyword-only language-model options (logit_scale, softcap, lse_square_scale, return_z_loss,
+    return_lse)."""
+
+    def __init__(self, *args, logit_scale=1.0, softcap=None, lse_square_scale=0.0, return_z_loss=False,
+                 return_lse=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lm_options = dict(logit_scale=float(logit_scale), softcap=softcap, lse_square_scale=float(lse_square_scale),
+                               return_z_loss=bool(return_z_loss), return_lse=bool(return_lse))
 
     def forward(self, input, target):
         linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features, self.linear.in_features))
@@ -123,7 +142,7 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
                        if self.linear.bias is not None else None)
         return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                     reduction=self.reduction, ignore_index=self.ignore_index,
-                                    label_smoothing=self.label_smoothing, options=self.options)
+                                    label_smoothing=self.label_smoothing, options=self.options, **self.lm_options)
 
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy", "chunk_rows", "workspace_mib"]

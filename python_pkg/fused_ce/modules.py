@@ -14,23 +14,25 @@ from .functional import binary_cross_entropy_with_logits, cross_entropy
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """Drop-in for torch.nn.CrossEntropyLoss, with cross_entropy's keyword-only language-model options
-    (logit_scale, softcap, lse_square_scale, return_z_loss, return_lse; not under TorchScript)."""
+    (logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward). Under TorchScript,
+    logit_scale, softcap and lse_square_scale work with class-index targets; the others, which change what
+    forward returns or how backward runs, are refused."""
 
     def __init__(self, *args, logit_scale: float = 1.0, softcap: Optional[float] = None, lse_square_scale: float = 0.0,
-                 return_z_loss: bool = False, return_lse: bool = False, **kwargs):
+                 return_z_loss: bool = False, return_lse: bool = False, inplace_backward: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.logit_scale, self.softcap, self.lse_square_scale = float(logit_scale), float(softcap or 0.0), \
             float(lse_square_scale)
         self.return_z_loss, self.return_lse = bool(return_z_loss), bool(return_lse)
+        self.inplace_backward = bool(inplace_backward)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         if torch.jit.is_scripting():
-            if self.logit_scale != 1.0 or self.softcap != 0.0 or self.lse_square_scale != 0.0 or \
-                    self.return_z_loss or self.return_lse:
-                raise RuntimeError("fused_ce.CrossEntropyLoss: logit_scale, softcap, lse_square_scale, "
-                                   "return_z_loss and return_lse are not supported under TorchScript")
+            if self.return_z_loss or self.return_lse or self.inplace_backward:
+                raise RuntimeError("fused_ce.CrossEntropyLoss: return_z_loss, return_lse and inplace_backward are "
+                                   "not supported under TorchScript")
             return _script.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
-                                         self.label_smoothing)
+                                         self.label_smoothing, self.logit_scale, self.softcap, self.lse_square_scale)
         return self._eager(input, target)
 
     @torch.jit.unused
@@ -39,7 +41,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              logit_scale=self.logit_scale, softcap=self.softcap,
                              lse_square_scale=self.lse_square_scale, return_z_loss=self.return_z_loss,
-                             return_lse=self.return_lse)
+                             return_lse=self.return_lse, inplace_backward=self.inplace_backward)
 
 
 class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):

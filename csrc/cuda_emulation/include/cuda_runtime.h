@@ -64,6 +64,12 @@ T __ldg(const T* p) {
 }
 
 template <typename T>
+T __ldcg(const T* p) {
+  ::cuda_emulation::check_alignment(p, alignof(T), "__ldcg");
+  return *p;
+}
+
+template <typename T>
 void __stcg(T* p, T value) {
   ::cuda_emulation::check_alignment(p, alignof(T), "__stcg");
   *p = value;
