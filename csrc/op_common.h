@@ -172,17 +172,6 @@ inline void check_lse(const at::Tensor& lse, const at::Tensor& logits) {
               "fused_ce: lse must be the forward's second output");
 }
 
-// Checks of the language-model options (ops cross_entropy_lm_*), shared by the CPU and CUDA glue.
-inline void check_softcap(double softcap) {
-  TORCH_CHECK(softcap >= 0, "fused_ce: softcap must be >= 0 (0 turns it off), got ", softcap);
-}
-
-// The in-place backward writes the gradient with the dense (N, C, S) layout over the logits' storage.
-inline void check_logits_writable_in_place(const at::Tensor& logits) {
-  TORCH_CHECK(logits.is_contiguous(),
-              "fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous");
-}
-
 inline void check_bce(const at::Tensor& input, const at::Tensor& target) {
   check_floating(input, "input");
   TORCH_CHECK(target.sizes() == input.sizes(), "Target size (", target.sizes(),

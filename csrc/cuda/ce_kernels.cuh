@@ -176,6 +176,7 @@ struct CeSoftRowSumOp {
   __device__ void finalize(int64_t r, const RowStats<A>& st) const { row_sums[r] = st.s1; }
 };
 
+// Loaded logits become what the scan op's formulas read: z = f(x) for an op with kTransform, else x.
 template <typename Op, int M, typename A>
 __device__ __forceinline__ void to_op_logits(const Op& op, A (&xv)[M]) {
   if constexpr (Op::kTransform) {

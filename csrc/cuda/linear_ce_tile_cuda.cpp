@@ -55,8 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_ce_tile_(
 
   const at::Tensor grad = row_grad.has_value() ? row_grad->to(tile.scalar_type()).contiguous()
                                                : at::ones({}, tile.options());
-  const DeviceGrad dg{grad.data_ptr(), row_grad.has_value(),
-                      denominator.has_value() ? denominator->data_ptr<double>() : nullptr, 1.0};
+  DeviceGrad dg{grad.data_ptr(), row_grad.has_value(),
+                denominator.has_value() ? denominator->data_ptr<double>() : nullptr, 1.0};
+  dg.z_denominator = z_denominator.has_value() ? z_denominator->data_ptr<double>() : nullptr;
   ce_hard_backward(args, tiling, wsum_ptr, lse.data_ptr(), dg, tile.data_ptr(), stream);
   return {row_loss, lse, z_rows};
 }

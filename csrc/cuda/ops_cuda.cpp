@@ -262,7 +262,7 @@ at::Tensor lm_backward(bool in_place, const at::Tensor& grad, const at::Tensor& 
   check_lse(lse, logits);
   check_reduction(reduction);
   check_softcap(softcap);
-  if (in_place) check_logits_writable_in_place(logits);
+  if (in_place) check_in_place_logits(logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto g = ce_geometry(logits);
   const at::Tensor x = ce_kernel_logits(logits), t = target.contiguous(), l = lse.contiguous();
@@ -297,6 +297,7 @@ void cross_entropy_lm_bwd_(const at::Tensor& grad, const at::Tensor& logits, con
                            double lse_square_scale) {
   lm_backward(true, grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
               lse_square_scale);
+  mark_overwritten(logits);
 }
 
 CeSoftArgs soft_args(const at::Tensor& x, const CeGeometry& g, const at::Tensor& target,
