@@ -13,7 +13,7 @@ namespace {
 template <typename T, bool kSmooth>
 struct CePartialStatsOp {
   using A = acc_of<T>;
-  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = false;
+  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = false, kTransform = false;
   const T* x;
   const T* target_probs;  // unused
   PartialStatsArgs a;
@@ -53,7 +53,7 @@ struct CePartialStatsOp {
 template <typename T>
 struct CePartialGradOp {
   using A = acc_of<T>;
-  static constexpr bool kReadsTarget = false;
+  static constexpr bool kReadsTarget = false, kInPlace = false;
   const T* x;
   const T* target_probs;  // unused
   T* grad;
