@@ -124,6 +124,8 @@ def _worker(rank, world, port, sizes, out_dir):
     logits, weight, target = _problem("rows", C)
     results["errors"] = _errors(_bad_calls(parallel.cross_entropy, _slice(logits, lo, hi, "rows"), target,
                                            weight[lo:hi]))
+    results["offsets_error"] = _errors([lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target,
+                                                                       class_offsets=offsets[:-1])])
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
 
@@ -184,3 +186,5 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
         assert parallel_errors[:4] == torch_errors[:4]
         assert parallel_errors[4] == ("RuntimeError", "weight tensor should be defined either for all "
                                       f"{hi - lo} classes or no classes but got weight tensor of shape: [{hi - lo + 1}]")
+        ((kind, message),) = results["offsets_error"]
+        assert kind == "ValueError" and message.startswith(f"class_offsets must hold {world + 1} increasing offsets")

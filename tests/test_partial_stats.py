@@ -115,3 +115,26 @@ def test_partial_stats_argument_checks(device):
 @parametrize_grid(OPCHECK_PARTIAL_STATS)
 def test_opcheck_partial_stats(shape, smoothing, dtype, device):
     OPCHECK_PARTIAL_STATS.run(device, shape=shape, smoothing=smoothing, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(40, 3000), (3, 50, 700)], ids=str)
+def test_partial_ops_bitwise_identical_at_any_thread_count(shape):
+    """Rows are spread over threads but each row is summed in one fixed order (CPU kernels)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g) * 4
+    rows = (shape[0],) + tuple(shape[2:])
+    y = torch.randint(0, 2 * shape[1], rows, generator=g)
+    w = torch.rand(shape[1], generator=g) + 0.5
+    coefs = torch.rand((4,) + rows, generator=g)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append((torch.ops.fused_ce.ce_partial_stats(x, y, w, shape[1] // 2, -100, True),
+                            torch.ops.fused_ce.ce_partial_grad(x, y, w, coefs, shape[1] // 2, -100)))
+    finally:
+        torch.set_num_threads(before)
+    for stats, grad in results[1:]:
+        assert torch.equal(stats.view(torch.int32), results[0][0].view(torch.int32))
+        assert torch.equal(grad.view(torch.int32), results[0][1].view(torch.int32))
