@@ -124,6 +124,10 @@ def _worker(rank, world, port, sizes, out_dir):
     logits, weight, target = _problem("rows", C)
     results["errors"] = _errors(_bad_calls(parallel.cross_entropy, _slice(logits, lo, hi, "rows"), target,
                                            weight[lo:hi]))
+    ignored = _slice(logits, lo, hi, "rows").clone().requires_grad_()
+    all_ignored_loss = parallel.cross_entropy(ignored, torch.full_like(target, -100), label_smoothing=0.1)
+    all_ignored_loss.backward()
+    results["all_ignored"] = (all_ignored_loss.detach(), ignored.grad)
     results["offsets_error"] = _errors([lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target,
                                                                        class_offsets=offsets[:-1])])
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
@@ -186,5 +190,10 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
         assert parallel_errors[:4] == torch_errors[:4]
         assert parallel_errors[4] == ("RuntimeError", "weight tensor should be defined either for all "
                                       f"{hi - lo} classes or no classes but got weight tensor of shape: [{hi - lo + 1}]")
+        rows_logits, _, rows_target = _problem("rows", C)
+        x = rows_logits.clone().requires_grad_()
+        F.cross_entropy(x, torch.full_like(rows_target, -100), label_smoothing=0.1).backward()
+        loss, grad = results["all_ignored"]
+        assert loss.isnan() and torch.equal(grad, x.grad[:, lo:hi]), "mean over no counted row: NaN, gradient 0"
         ((kind, message),) = results["offsets_error"]
         assert kind == "ValueError" and message.startswith(f"class_offsets must hold {world + 1} increasing offsets")

@@ -72,13 +72,14 @@ def _assert_rows_close(actual, expected, tol, what):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_partial_stats_match_fp64_reference(layout, dtype, device):
     logits, target, weight = _problem(layout, dtype, device)
-    for w, smoothing in [(weight, True), (None, True), (weight, False)]:
-        stats = ops().ce_partial_stats(logits, target, w, OFFSET, -100, smoothing)
+    # The last: an ignore_index that is the slice's first class, whose rows then have no target term.
+    for w, smoothing, ignore in [(weight, True, -100), (None, True, -100), (weight, False, -100), (weight, True, OFFSET)]:
+        stats = ops().ce_partial_stats(logits, target, w, OFFSET, ignore, smoothing)
         assert stats.dtype == fused_ce._ops.lse_dtype(dtype)
-        expected = partial_stats(logits.cpu(), target.cpu(), None if w is None else w.cpu(), OFFSET, -100, smoothing)
+        expected = partial_stats(logits.cpu(), target.cpu(), None if w is None else w.cpu(), OFFSET, ignore, smoothing)
         # The max and the target's logit and weight are values of the input: exact.
         for k in (P.MAX, P.TARGET_LOGIT, P.TARGET_WEIGHT):
-            assert torch.equal(stats[k].cpu().double(), expected[k]), (layout, k, w is None, smoothing)
+            assert torch.equal(stats[k].cpu().double(), expected[k]), (layout, k, w is None, smoothing, ignore)
         _assert_rows_close(stats.cpu(), expected, ACC_TOL[dtype], f"{layout} weighted={w is not None}")
 
 

@@ -104,6 +104,8 @@ class _VocabParallelCE(torch.autograd.Function):
         prob = prob + 2 * z_scale * lse * validf * scale_z
         on_target = (1 - eps) * tgt_weight * scale_ce
         klass = (eps / total_classes) * validf * scale_ce
+        # Ignored rows have gradient 0, also when a 'mean' over no counted row (0 / 0) made their scale inf.
+        prob, on_target, klass = (torch.where(valid, c, torch.zeros_like(c)) for c in (prob, on_target, klass))
         ctx.save_for_backward(logits, target, weight, torch.stack([prob, on_target, klass]), lse)
         ctx.args = (offsets[rank], ignore_index, ops)
         return out.to(logits.dtype)
