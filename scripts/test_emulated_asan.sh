@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the emulated CUDA extension with AddressSanitizer and UndefinedBehaviorSanitizer and runs the
 # tiling-path tests (tests/test_emulated_cuda.py; tests/test_lm_ops_emulated.py for the language-model
-# options and the in-place backward) through it: an out-of-bounds read or write of a kernel, an overrun of
+# options and the in-place backward; tests/test_partial_stats.py for the vocabulary-parallel slice ops) through it: an out-of-bounds read or write of a kernel, an overrun of
 # its shared memory, or undefined behaviour ends the run with a report. scripts/test.sh runs it.
 # Usage: scripts/test_emulated_asan.sh [VENV] [PYTEST ARGS...]   (VENV: a venv with torch, default .venv-cuda)
 set -euo pipefail
@@ -28,7 +28,8 @@ LD_PRELOAD="$preload" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$reports/asan \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan \
 FUSED_CE_EMULATED_CUDA_LIBRARY="$lib" \
-  "$py" -m pytest tests/test_emulated_cuda.py tests/test_lm_ops_emulated.py -q -p no:cacheprovider "$@"
+  "$py" -m pytest tests/test_emulated_cuda.py tests/test_lm_ops_emulated.py tests/test_partial_stats.py::test_partial_stats_match_fp64_reference \
+    tests/test_partial_stats.py::test_partial_grad_matches_fp64_reference -q -p no:cacheprovider "$@"
 rc=$?
 set -e
 for f in "$reports"/*; do
