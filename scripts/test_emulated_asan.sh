@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the emulated CUDA extension with AddressSanitizer and UndefinedBehaviorSanitizer and runs the
 # tiling-path tests (tests/test_emulated_cuda.py; tests/test_lm_ops_emulated.py for the language-model
-# options and the in-place backward; tests/test_partial_stats.py for the vocabulary-parallel slice ops) through it: an out-of-bounds read or write of a kernel, an overrun of
-# its shared memory, or undefined behaviour ends the run with a report. scripts/test.sh runs it.
+# options and the in-place backward; tests/test_partial_stats.py for the vocabulary-parallel slice ops)
+# through it: an out-of-bounds read or write of a kernel, an overrun of its shared memory, or undefined
+# behaviour ends the run with a report. scripts/test.sh runs it.
 # Usage: scripts/test_emulated_asan.sh [VENV] [PYTEST ARGS...]   (VENV: a venv with torch, default .venv-cuda)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
