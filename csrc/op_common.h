@@ -172,6 +172,16 @@ inline void check_lse(const at::Tensor& lse, const at::Tensor& logits) {
               "fused_ce: lse must be the forward's second output");
 }
 
+// The arguments of the cross_entropy_lm_* ops (language-model options), for the CPU and the CUDA glue alike;
+// `lse` is given by the backward ops only.
+inline void check_ce_lm(const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                        int64_t reduction, double softcap, const at::Tensor* lse = nullptr) {
+  check_ce_hard(logits, target, weight);
+  if (lse != nullptr) check_lse(*lse, logits);
+  check_reduction(reduction);
+  check_softcap(softcap);
+}
+
 inline void check_bce(const at::Tensor& input, const at::Tensor& target) {
   check_floating(input, "input");
   TORCH_CHECK(target.sizes() == input.sizes(), "Target size (", target.sizes(),

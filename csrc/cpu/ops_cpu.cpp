@@ -153,9 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_lm_fwd(
     const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight_in,
     int64_t ignore_index, double smoothing, int64_t reduction, double logit_scale, double softcap,
     double lse_square_scale) {
-  check_ce_hard(logits, target, weight_in);
-  check_reduction(reduction);
-  check_softcap(softcap);
+  check_ce_lm(logits, target, weight_in, reduction, softcap);
   const auto g = ce_geometry(logits);
   double counted = 0;
   const double denominator = check_targets_total_weight(target, weight_in, ignore_index, g.C, &counted);
@@ -202,19 +200,11 @@ void cross_entropy_lm_grad(const at::Tensor& grad, const at::Tensor& logits, con
   kernels().ce_hard_backward(args, l.data_ptr(), rg, out);
 }
 
-void check_lm_backward(const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                       const at::Tensor& lse, int64_t reduction, double softcap) {
-  check_ce_hard(logits, target, weight);
-  check_lse(lse, logits);
-  check_reduction(reduction);
-  check_softcap(softcap);
-}
-
 at::Tensor cross_entropy_lm_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
                                 const c10::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t ignore_index,
                                 double smoothing, int64_t reduction, double logit_scale, double softcap,
                                 double lse_square_scale) {
-  check_lm_backward(logits, target, weight, lse, reduction, softcap);
+  check_ce_lm(logits, target, weight, reduction, softcap, &lse);
   const at::Tensor x = ce_kernel_logits(logits);
   at::Tensor out = empty_large(logits.sizes(), logits.options());
   cross_entropy_lm_grad(grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
@@ -226,7 +216,7 @@ void cross_entropy_lm_bwd_(const at::Tensor& grad, const at::Tensor& logits, con
                            const c10::optional<at::Tensor>& weight, const at::Tensor& lse, int64_t ignore_index,
                            double smoothing, int64_t reduction, double logit_scale, double softcap,
                            double lse_square_scale) {
-  check_lm_backward(logits, target, weight, lse, reduction, softcap);
+  check_ce_lm(logits, target, weight, reduction, softcap, &lse);
   check_in_place_logits(logits);
   cross_entropy_lm_grad(grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
                         lse_square_scale, logits, logits.data_ptr());

@@ -218,9 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_lm_fwd(
     const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight_in,
     int64_t ignore_index, double smoothing, int64_t reduction, double logit_scale, double softcap,
     double lse_square_scale) {
-  check_ce_hard(logits, target, weight_in);
-  check_reduction(reduction);
-  check_softcap(softcap);
+  check_ce_lm(logits, target, weight_in, reduction, softcap);
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto g = ce_geometry(logits);
   const at::Tensor x = ce_kernel_logits(logits), t = target.contiguous();
@@ -258,10 +256,7 @@ at::Tensor lm_backward(bool in_place, const at::Tensor& grad, const at::Tensor& 
                        const c10::optional<at::Tensor>& weight_in, const at::Tensor& lse, int64_t ignore_index,
                        double smoothing, int64_t reduction, double logit_scale, double softcap,
                        double lse_square_scale) {
-  check_ce_hard(logits, target, weight_in);
-  check_lse(lse, logits);
-  check_reduction(reduction);
-  check_softcap(softcap);
+  check_ce_lm(logits, target, weight_in, reduction, softcap, &lse);
   if (in_place) check_in_place_logits(logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto g = ce_geometry(logits);
