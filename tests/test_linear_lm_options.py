@@ -1,31 +1,22 @@
 """The language-model options (logit_scale, softcap, lse_square_scale, return_z_loss, return_lse) of
-fused_ce.linear_cross_entropy and LinearCrossEntropyLoss, on every device, against a float64 reference written
-here in plain PyTorch: the loss and z-loss, and the gradients of input, linear_weight and linear_bias, with
-chunks that do not divide N."""
+fused_ce.linear_cross_entropy and LinearCrossEntropyLoss, on every device, against the float64 reference of
+tests/lm_reference.py (plain PyTorch): the loss and z-loss, and the gradients of input, linear_weight and
+linear_bias, with chunks that do not divide N."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fused_ce
 from helpers import DEVICES
+from lm_reference import reference as lm_reference, rel_err
 
 N, H, V = 23, 8, 29
 OPTIONS = [(1.0, 0.0, 1e-2), (0.7, 2.5, 0.0), (1.2, 4.0, 1e-3)]  # (logit_scale, softcap, lse_square_scale)
 
 
 def reference(x, w, b, t, cw, reduction, smoothing, scale, cap, zscale, ignore_index=3):
-    z = F.linear(x, w, b) * scale
-    if cap:
-        z = cap * torch.tanh(z / cap)
-    loss = F.cross_entropy(z, t, cw, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
-    counted = (t != ignore_index).double()
-    per_row = zscale * torch.logsumexp(z, 1) ** 2 * counted
-    z_loss = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / counted.sum()}[reduction]
-    return loss + z_loss, z_loss, torch.logsumexp(z, 1)
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
+    """(loss, z_loss, lse) of the options on the logits F.linear(x, w, b), in fp64."""
+    return lm_reference(F.linear(x, w, b), t, cw, reduction, smoothing, scale, cap, zscale, ignore_index)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,37 +1,18 @@
 """The fused kernels of the language-model options (cross_entropy_lm_* ops: logit_scale, softcap, z-loss,
 in-place backward) on every device (the CPU kernels, and the CUDA kernels through the emulated build),
-against a float64 reference written here in plain PyTorch."""
+against the float64 reference of tests/lm_reference.py (plain PyTorch)."""
 import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fused_ce
 from helpers import DEVICES
+from lm_reference import reference, rel_err
 
 OPTIONS = [  # (logit_scale, softcap, lse_square_scale)
     (1.0, 0.0, 1e-2), (0.7, 0.0, 0.0), (1.3, 2.5, 0.0), (0.9, 4.0, 1e-3), (1.0, 50.0, 1e-4)]
 REDUCTIONS = ["none", "mean", "sum"]
-
-
-def reference(x, target, weight, reduction, smoothing, scale, cap, zscale, ignore_index=-100):
-    """(loss, z_loss, lse) in fp64, written independently of fused_ce."""
-    x = x.double()
-    z = x * scale
-    if cap:
-        z = cap * torch.tanh(z / cap)
-    w = None if weight is None else weight.double()
-    loss = F.cross_entropy(z, target, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
-    lse = torch.logsumexp(z, dim=1)
-    counted = (target != ignore_index).double()
-    per_row = zscale * lse ** 2 * counted
-    z_loss = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / counted.sum()}[reduction]
-    return loss + z_loss, z_loss, lse
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
 
 
 def make_case(shape, dtype, device, scale=3.0, seed=0):
