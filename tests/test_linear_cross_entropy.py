@@ -16,7 +16,7 @@ N, H, V = 37, 8, 29
 OPTIONS = torch.nn.LinearCrossEntropyOptions
 
 
-def _problem(dtype=torch.float64, bias=True, weighted=False, ignore=False, n=N, seed=0):
+def _problem(dtype=torch.float64, bias=True, weighted=False, ignore=False, n=N, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, H, generator=gen, dtype=torch.float64).to(dtype)
     w = torch.randn(V, H, generator=gen, dtype=torch.float64).to(dtype)
@@ -25,7 +25,7 @@ def _problem(dtype=torch.float64, bias=True, weighted=False, ignore=False, n=N, 
     if ignore:
         t[::4] = 3  # ignore_index=3 below: also a valid class, so the kernels must skip it by value
     cw = (torch.rand(V, generator=gen, dtype=torch.float64) + 0.1).to(dtype) if weighted else None
-    return x, w, b, t, cw
+    return [None if a is None else a.to(device) for a in (x, w, b, t, cw)]
 
 
 def _losses_and_grads(fn, x, w, b, grad_seed=1, unit_scalar=False):
@@ -35,7 +35,7 @@ def _losses_and_grads(fn, x, w, b, grad_seed=1, unit_scalar=False):
              ([b.clone().requires_grad_()] if b is not None else [])
     loss = fn(*leaves, *([None] if b is None else []))
     gen = torch.Generator().manual_seed(grad_seed)
-    g = (torch.rand(loss.shape, generator=gen, dtype=torch.float64) + 0.5).to(loss.dtype)
+    g = (torch.rand(loss.shape, generator=gen, dtype=torch.float64) + 0.5).to(loss)
     if unit_scalar and loss.dim() == 0:
         g = torch.ones_like(loss)
     return [loss] + list(torch.autograd.grad(loss, leaves, g))
@@ -72,7 +72,7 @@ def test_fp64_parity_every_option(ignore, weighted, bias, smoothing, reduction):
 def test_parity_per_device(all_options, reduction, device):
     """The CPU kernels and the CUDA kernels (emulated_cuda: the CUDA glue and kernels, run on the CPU),
     one-row and uneven chunks."""
-    x, w, b, t, cw = _problem(bias=all_options, weighted=all_options, ignore=all_options, n=11)
+    x, w, b, t, cw = _problem(bias=all_options, weighted=all_options, ignore=all_options, n=11, device=device)
     for chunk in (1, 4):
         _compare(x, w, b, t, cw, reduction, 0.2 if all_options else 0.0, 3 if all_options else None, chunk)
 
@@ -82,7 +82,7 @@ def test_parity_per_device(all_options, reduction, device):
 def test_bf16_per_device(reduction, device):
     """bf16 tiles through each device's kernels (in place on the tile), against fp64 on the same rounded
     inputs: within a few bf16 roundings (the logits tile and dlogits are bf16, as torch's eager ones)."""
-    x, w, b, t, cw = _problem(dtype=torch.bfloat16, bias=True, weighted=True, ignore=True, n=11)
+    x, w, b, t, cw = _problem(dtype=torch.bfloat16, bias=True, weighted=True, ignore=True, n=11, device=device)
     kwargs = dict(weight=cw, reduction=reduction, label_smoothing=0.1, ignore_index=3)
     ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
         xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=4), **kwargs), x, w, b, unit_scalar=True)

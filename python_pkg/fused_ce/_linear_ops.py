@@ -18,22 +18,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _ops, _vocab_tiles
 from ._ops import MEAN, NONE, SUM, lse_dtype as acc_dtype  # the accumulation dtype
-
-# Rows reduced per block of the fixed-order sums below: one thread sums each block, then the block sums are
-# added in order, so the result does not depend on the number of threads.
-_SUM_BLOCK = 4096
-
-
-def _fixed_order_sum(values):
-    """sum(values) in float64, in an order that depends only on len(values)."""
-    v = values.to(torch.float64)
-    pad = (-v.numel()) % _SUM_BLOCK
-    if pad:
-        v = torch.cat([v, v.new_zeros(pad)])
-    return v.view(-1, _SUM_BLOCK).sum(1).sum()
-
+from ._vocab_stats import fixed_order_sum as _fixed_order_sum
 
 def _target_weight_total(target, weight, ignore_index, num_classes):
     """The weighted mean's denominator: sum of w[y] over rows that are not ignored (float64, 0-dim)."""
@@ -52,14 +39,19 @@ def _counted_rows(target, ignore_index):
 
 
 def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, lm,
-                  chunk_rows, row_grad, denominator, z_denominator, need_input, need_weight, need_bias):
+                  chunk_rows, tile_classes, row_grad, denominator, z_denominator, need_input, need_weight, need_bias):
     """One fixed-order pass over the row chunks. lm = (logit_scale, softcap, lse_square_scale), the
     language-model options. Returns the per-row cross-entropy losses, z-losses and log-sum-exps (accumulation
     dtype) and the gradients asked for (None otherwise) of sum_i g_i ce_i + g_z_i z_i, g_i = row_grad[i] /
     denominator, g_z_i = row_grad[i] / z_denominator: the input's in its dtype, linear_weight's and
-    linear_bias's in the accumulation dtype (rounded by the caller)."""
+    linear_bias's in the accumulation dtype (rounded by the caller). With 0 < tile_classes < V the logits are
+    taken tile_classes classes at a time (_vocab_tiles.py)."""
     N = input.shape[0]
     V = linear_weight.shape[0]
+    if 0 < tile_classes < V:
+        return _vocab_tiles.vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index,
+                                             label_smoothing, lm, chunk_rows, tile_classes, row_grad, denominator,
+                                             z_denominator, need_input, need_weight, need_bias)
     acc = acc_dtype(input.dtype)
     low_precision = input.dtype in (torch.float16, torch.bfloat16)
     grads = need_input or need_weight or need_bias
@@ -150,7 +142,7 @@ def _define(lib):
     def fwd(input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
             weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
             need_input: bool, need_weight: bool, need_bias: bool, logit_scale: float = 1.0, softcap: float = 0.0,
-            lse_square_scale: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+            lse_square_scale: float = 0.0, tile_classes: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Loss in the accumulation dtype (the z-loss included), then d(loss)/d(input, linear_weight,
         linear_bias) for mean/sum when asked (empty tensors otherwise; the last two stay in the accumulation
         dtype until backward has scaled them, so that fp16/bf16 weights are rounded once), then the z-loss
@@ -163,7 +155,7 @@ def _define(lib):
             scalar = reduction != NONE
             row_loss, z_rows, lse, gx, gw, gb = _chunked_pass(
                 ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
-                (logit_scale, softcap, lse_square_scale), chunk_rows, None, denominator, z_denominator,
+                (logit_scale, softcap, lse_square_scale), chunk_rows, tile_classes, None, denominator, z_denominator,
                 scalar and need_input, scalar and need_weight, scalar and need_bias and linear_bias is not None)
             z_loss = _reduce(z_rows, reduction, z_denominator)
             if reduction == NONE:
@@ -178,7 +170,7 @@ def _define(lib):
 
     @fwd.register_fake
     def _(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
-          need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0):
+          need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0, tile_classes=0):
         _ops._check_reduction(reduction)
         scalar = reduction != NONE
         loss = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=acc_dtype(input.dtype))
@@ -193,7 +185,7 @@ def _define(lib):
     def bwd(grad: Tensor, input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
             weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
             need_input: bool, need_weight: bool, need_bias: bool, logit_scale: float = 1.0, softcap: float = 0.0,
-            lse_square_scale: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+            lse_square_scale: float = 0.0, tile_classes: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Gradients of the loss under the upstream gradient `grad` (per row for reduction='none', else one
         value), by the chunk loop again: the backward of 'none', and a second backward of 'mean'/'sum'."""
         _ops._check_reduction(reduction)
@@ -205,7 +197,7 @@ def _define(lib):
             z_denominator = _counted_rows(target, ignore_index) if reduction == MEAN else None
             _, _, _, gx, gw, gb = _chunked_pass(
                 ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
-                (logit_scale, softcap, lse_square_scale), chunk_rows, row_grad.contiguous(), denominator,
+                (logit_scale, softcap, lse_square_scale), chunk_rows, tile_classes, row_grad.contiguous(), denominator,
                 z_denominator, need_input, need_weight, need_bias and linear_bias is not None)
         gw = gw.to(linear_weight.dtype) if gw is not None else None
         gb = gb.to(linear_bias.dtype) if gb is not None else None
@@ -213,7 +205,7 @@ def _define(lib):
 
     @bwd.register_fake
     def _(grad, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction,
-          chunk_rows, need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0):
+          chunk_rows, need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0, tile_classes=0):
         _ops._check_reduction(reduction)
         gx = torch.empty_like(input) if need_input else _empty(input)
         gw = torch.empty_like(linear_weight) if need_weight else _empty(input)
@@ -222,10 +214,10 @@ def _define(lib):
 
     def setup_context(ctx, inputs, output):
         (input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
-         need_input, need_weight, need_bias, logit_scale, softcap, lse_square_scale) = inputs
+         need_input, need_weight, need_bias, logit_scale, softcap, lse_square_scale, tile_classes) = inputs
         ctx.reduction = reduction
         ctx.args = (ignore_index, label_smoothing, reduction, chunk_rows)
-        ctx.lm = (logit_scale, softcap, lse_square_scale)
+        ctx.lm = (logit_scale, softcap, lse_square_scale, tile_classes)
         ctx.computed = (need_input, need_weight, need_bias)
         ctx.dtypes = (input.dtype, linear_weight.dtype, None if linear_bias is None else linear_bias.dtype)
         ctx.grads_spent = False
@@ -250,7 +242,7 @@ def _define(lib):
                 raise RuntimeError(f"fused_ce: linear_cross_entropy_fwd was called without computing the gradient "
                                    f"of {', '.join(missing)}, which backward needs")
             grads = _scale_ready_grads(ctx, ready, grad_loss)
-        return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 12
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 13
 
     fwd.register_autograd(backward, setup_context=setup_context)
 

@@ -3,7 +3,8 @@ torch.nn.LinearCrossEntropyLoss (torch 2.13) that never hold the N x V logits (s
 
 Memory knob: each row chunk's logits tile takes at most `workspace_mib` MiB (plus an fp32 copy of it for
 fp16/bf16 when linear_weight needs a gradient), so chunk rows = workspace / (V * bytes per logit), at least
-one row. The default is 32 MiB, or FUSED_CE_LINEAR_CE_WORKSPACE_MIB when set at import; assign
+one row. Vocabularies so wide that fewer than MIN_CHUNK_ROWS whole rows fit are cut into tiles of fewer
+classes (tile_shape). The default is 32 MiB, or FUSED_CE_LINEAR_CE_WORKSPACE_MIB when set at import; assign
 fused_ce.linear.workspace_mib to change it. An explicit LinearCrossEntropyOptions(batch_chunk_size=k) wins.
 """
 import math
@@ -29,6 +30,24 @@ def chunk_rows(num_rows, num_classes, dtype, options=None):
         itemsize += 4  # the fp32 copy of the tile for dW
     rows = int(workspace_mib * 2**20) // max(1, num_classes * itemsize)
     return max(1, min(rows, num_rows))
+
+
+# With fewer whole rows than this in the workspace, its tiles take this many rows and fewer classes instead.
+MIN_CHUNK_ROWS = 32
+
+
+def tile_shape(num_rows, num_classes, dtype, options=None):
+    """(rows, classes) of each logits tile: whole rows (chunk_rows) while the workspace holds MIN_CHUNK_ROWS of
+    them, all rows, or an explicit batch_chunk_size; else MIN_CHUNK_ROWS rows of as many classes as fit, for
+    vocabularies too wide for whole rows (each tile is then computed twice, _vocab_tiles.py). A tile then takes
+    its logits, their gradient, and an fp32 copy of that for fp16/bf16."""
+    rows = chunk_rows(num_rows, num_classes, dtype, options)
+    if getattr(options, "batch_chunk_size", None) is not None or rows >= min(num_rows, MIN_CHUNK_ROWS):
+        return rows, num_classes
+    rows = min(num_rows, MIN_CHUNK_ROWS)
+    bytes_per_logit = 2 * dtype.itemsize + (4 if dtype in (torch.float16, torch.bfloat16) else 0)
+    classes = int(workspace_mib * 2**20) // (rows * bytes_per_logit)
+    return rows, max(1, min(classes, num_classes))
 
 
 def _check_shapes(input, linear_weight, target, linear_bias, ignore_index):
@@ -111,11 +130,11 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     if unbatched:
         x, target = x.unsqueeze(0), target.unsqueeze(0)
     grad = torch.is_grad_enabled()
+    rows, classes = tile_shape(x.shape[0], w.shape[0], x.dtype, options)
     loss, _, _, _, z_loss, lse = _ops.kernel_ops().linear_cross_entropy_fwd(
-        x, w, b, target, weight, ignore_index, label_smoothing, red,
-        chunk_rows(x.shape[0], w.shape[0], x.dtype, options),
+        x, w, b, target, weight, ignore_index, label_smoothing, red, rows,
         grad and x.requires_grad, grad and w.requires_grad, grad and b is not None and b.requires_grad,
-        float(logit_scale), softcap, float(lse_square_scale))
+        float(logit_scale), softcap, float(lse_square_scale), classes if classes < w.shape[0] else 0)
     if unbatched:
         lse = lse.squeeze(0)
         if red == _ops.NONE:
@@ -145,4 +164,4 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
                                     label_smoothing=self.label_smoothing, options=self.options, **self.lm_options)
 
 
-__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy", "chunk_rows", "workspace_mib"]
+__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy", "chunk_rows", "tile_shape", "workspace_mib"]

@@ -11,9 +11,8 @@ per-row coefficients saved in forward, with no N x V_local buffer besides the gr
 import torch
 import torch.distributed as dist
 
-from . import _parallel_ops as P
 from . import _validation
-from ._linear_ops import _fixed_order_sum
+from . import _vocab_stats as S
 from ._ops import MEAN, NONE, kernel_ops
 
 
@@ -36,86 +35,33 @@ def _checked_offsets(class_offsets, local_classes, rank, size):
     return offsets
 
 
-def _check_global_targets(target, ignore_index, num_classes):
-    """torch's IndexError for the first target that is neither ignored nor a class of any slice. Only for CPU
-    tensors: on CUDA the check would wait for the GPU, so such rows read NaN instead, as with fused_ce's CUDA
-    kernels."""
-    if target.device.type != "cpu":
-        return
-    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
-        raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
-
-
-def _total(values, dtype):
-    """sum(values) in an order that depends only on their number (so not on the number of threads), as dtype."""
-    return _fixed_order_sum(values.reshape(-1)).to(dtype)
-
-
-def _shift(m):
-    """rowmath.h's lse_shift: the exponent shift for a max, 0 where every logit is -inf."""
-    return torch.where(m == -float("inf"), torch.zeros_like(m), m)
-
-
 class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, reduction, eps, z_scale, group, offsets, ops):
         rank = dist.get_rank(group)
-        total_classes = offsets[-1]
-        smoothing = eps > 0
-        stats = ops.ce_partial_stats(logits, target, weight, offsets[rank], ignore_index, smoothing)
-        row_max = stats[P.MAX].clone()
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        shift = _shift(row_max)
-        parts = [stats[P.SUM_EXP] * torch.exp(stats[P.MAX] - shift), stats[P.TARGET_LOGIT], stats[P.TARGET_WEIGHT]]
-        if smoothing:  # sum_c w[c] (shift - x[c]) and sum_c w[c], moved from the slice's max to the global one
-            parts += [stats[P.SMOOTHING] + stats[P.WEIGHT_SUM] * (shift - _shift(stats[P.MAX])), stats[P.WEIGHT_SUM]]
-        packed = torch.stack(parts)
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
-        lse = shift + torch.log(packed[0])
-        tgt_logit, tgt_weight = packed[1], packed[2]
-        valid = target != ignore_index
-        validf = valid.to(lse.dtype)
-        # A target of no slice (CUDA only; the CPU raises before) gives a NaN row, loss and gradient alike.
-        out_of_range = valid & ((target < 0) | (target >= total_classes))
-        validf = torch.where(out_of_range, torch.full_like(validf, float("nan")), validf)
-        tgt_weight = tgt_weight * validf
-        loss = (1 - eps) * tgt_weight * (lse - tgt_logit)
-        w_sum = torch.zeros_like(lse)
-        if smoothing:
-            w_sum = packed[4]
-            loss = loss + (eps / total_classes) * (w_sum * (lse - shift) + packed[3]) * validf
-        zrow = z_scale * lse * lse * validf
+        stats = ops.ce_partial_stats(logits, target, weight, offsets[rank], ignore_index, eps > 0)
+        rows = S.RowTerms(S.all_reduce(stats, group), target, ignore_index, eps, offsets[-1], z_scale)
         if reduction == MEAN:
-            # torch divides the smoothing term by the same weight sum of the non-ignored targets; the z-loss
-            # divides by the number of counted rows.
-            denom, zden = _total(tgt_weight, lse.dtype), _total(valid, lse.dtype)
-            out = _total(loss, lse.dtype) / denom + _total(zrow, lse.dtype) / zden
-            scale_ce, scale_z = 1 / denom, 1 / zden
+            denom, z_denom = rows.mean_denominators()
+            out = S.total(rows.ce, denom.dtype) / denom + S.total(rows.z, denom.dtype) / z_denom
+            ce_scale, z_scale_rows = 1 / denom, 1 / z_denom
         elif reduction == NONE:
-            out = loss + zrow
-            scale_ce = scale_z = 1.0
+            out = rows.ce + rows.z
+            ce_scale = z_scale_rows = 1.0
         else:
-            out = _total(loss + zrow, lse.dtype)
-            scale_ce = scale_z = 1.0
-        # Per-row gradient coefficients of ce_partial_grad, before the upstream gradient (rowmath.h's
-        # ce_hard_grad_coefs and z_loss_prob_coef, with the global target weight, weight sum and class count).
-        prob = ((1 - eps) * tgt_weight + (eps / total_classes) * w_sum * validf) * scale_ce
-        prob = prob + 2 * z_scale * lse * validf * scale_z
-        on_target = (1 - eps) * tgt_weight * scale_ce
-        klass = (eps / total_classes) * validf * scale_ce
-        # Ignored rows have gradient 0, also when a 'mean' over no counted row (0 / 0) made their scale inf.
-        prob, on_target, klass = (torch.where(valid, c, torch.zeros_like(c)) for c in (prob, on_target, klass))
-        ctx.save_for_backward(logits, target, weight, torch.stack([prob, on_target, klass]), lse)
+            out = S.total(rows.ce + rows.z, rows.lse.dtype)
+            ce_scale = z_scale_rows = 1.0
+        coefs = rows.grad_coefs(ce_scale, z_scale_rows)
+        ctx.save_for_backward(logits, target, weight, coefs)
         ctx.args = (offsets[rank], ignore_index, ops)
         return out.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, target, weight, coefs, lse = ctx.saved_tensors
+        logits, target, weight, coefs = ctx.saved_tensors
         offset, ignore_index, ops = ctx.args
-        g = grad_out.to(lse.dtype).expand_as(lse)
-        grad = ops.ce_partial_grad(logits, target, weight, torch.cat([lse.unsqueeze(0), coefs * g]), offset,
+        g = grad_out.to(coefs.dtype).expand_as(coefs[0])
+        grad = ops.ce_partial_grad(logits, target, weight, torch.cat([coefs[:1], coefs[1:] * g]), offset,
                                    ignore_index)
         return grad, None, None, None, None, None, None, None, None, None
 
@@ -140,7 +86,7 @@ def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     offsets = (_checked_offsets(class_offsets, local_classes, rank, size) if class_offsets is not None
                else _class_offsets(local_classes, group, c.logits.device))
-    _check_global_targets(c.target, c.ignore_index, offsets[-1])
+    S.check_targets(c.target, c.ignore_index, offsets[-1])
     loss = _VocabParallelCE.apply(c.logits, c.target, c.weight, c.ignore_index, red, c.label_smoothing,
                                   float(lse_square_scale), group, offsets, kernel_ops())
     return loss.squeeze(0) if c.unbatched and red == NONE else loss
