@@ -366,10 +366,11 @@ def test_all_rows_ignored_and_no_rows():
 
 
 
-def test_bitwise_identical_at_one_and_two_threads(monkeypatch):
-    """The chunks (here of 64 rows, from the workspace knob) are the same and run in a fixed order whatever
-    the number of threads, and so do the reductions."""
-    monkeypatch.setattr(fused_ce.linear, "workspace_mib", 64 * V * 8 / 2**20)
+@pytest.mark.parametrize("workspace_bytes", [64 * V * 8, 32 * 8 * 16], ids=["whole_rows", "vocabulary_tiles"])
+def test_bitwise_identical_at_one_and_two_threads(monkeypatch, workspace_bytes):
+    """The chunks (from the workspace knob: 64 whole rows, or 32-row tiles of 8 classes) are the same and run
+    in a fixed order whatever the number of threads, and so do the reductions."""
+    monkeypatch.setattr(fused_ce.linear, "workspace_mib", workspace_bytes / 2**20)
     x, w, b, t, cw = _problem(n=300, weighted=True)
     threads = torch.get_num_threads()
     results = []

@@ -61,19 +61,19 @@ def tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_i
 def tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, ignore_index, transform, rows, cols,
                 need_input, need_weight, need_bias, class_offset=0):
     """Pass 2: the gradients asked for (None otherwise) of the loss whose ce_partial_grad coefficients per row are
-    `coefs` (4, N): the input's (this slice's share, summed over ranks by the caller) in the input's dtype,
-    linear_weight's and linear_bias's in the accumulation dtype (rounded by the caller)."""
+    `coefs` (4, N), in the accumulation dtype (rounded by the caller): the input's (of this slice's classes; the
+    caller sums it over ranks), linear_weight's and linear_bias's."""
     N, V = input.shape[0], linear_weight.shape[0]
     acc = acc_dtype(input.dtype)
     low_precision = input.dtype != acc
-    g_input = torch.empty(input.shape, dtype=input.dtype, device=input.device) if need_input else None
+    g_input = torch.empty(input.shape, dtype=acc, device=input.device) if need_input else None
     g_weight = torch.zeros(linear_weight.shape, dtype=acc, device=input.device) if need_weight else None
     g_bias = torch.zeros(V, dtype=acc, device=input.device) if need_bias else None
     workspace = input.new_empty(min(rows, N) * min(cols, V))
     for rs, class_slices in _tiles(N, V, rows, cols):
         x, t = input[rs], target[rs]
         x_acc = x.to(acc) if low_precision else x
-        gx = torch.zeros((x.shape[0], input.shape[1]), dtype=acc, device=input.device) if need_input else None
+        gx = g_input[rs].zero_() if need_input else None
         for cs in class_slices:
             tile = _logits(workspace, x, linear_weight, linear_bias, cs)
             dlogits = ops.ce_partial_grad(tile, t, _part(weight, cs), coefs[:, rs], class_offset + cs.start,
@@ -84,8 +84,6 @@ def tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, i
                 g_weight[cs].addmm_(dlogits.t(), x_acc)
             if need_bias:
                 g_bias[cs] += dlogits.sum(0)
-        if need_input:
-            g_input[rs] = gx
     return g_input, g_weight, g_bias
 
 
@@ -109,6 +107,7 @@ def vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ign
         ce_scale = g if denominator is None else g / denominator
         z_scale_rows = g if z_denominator is None else g / z_denominator
         coefs = terms.grad_coefs(ce_scale, z_scale_rows).to(terms.lse.dtype)
-        grads = tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, ignore_index,
-                            (logit_scale, softcap), rows, cols, need_input, need_weight, need_bias)
+        gx, gw, gb = tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, ignore_index,
+                                 (logit_scale, softcap), rows, cols, need_input, need_weight, need_bias)
+        grads = (None if gx is None else gx.to(input.dtype), gw, gb)
     return (row_loss, z_rows, lse_rows, *grads)

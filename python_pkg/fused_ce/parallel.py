@@ -11,9 +11,10 @@ per-row coefficients saved in forward, with no N x V_local buffer besides the gr
 import torch
 import torch.distributed as dist
 
-from . import _validation
+from . import _lm_options, _validation, linear
 from . import _vocab_stats as S
-from ._ops import MEAN, NONE, kernel_ops
+from ._ops import NONE, kernel_ops
+from ._parallel_linear import VocabParallelLinearCE, check_arguments, reduce_rows
 
 
 def _class_offsets(local_classes, group, device):
@@ -41,16 +42,7 @@ class _VocabParallelCE(torch.autograd.Function):
         rank = dist.get_rank(group)
         stats = ops.ce_partial_stats(logits, target, weight, offsets[rank], ignore_index, eps > 0)
         rows = S.RowTerms(S.all_reduce(stats, group), target, ignore_index, eps, offsets[-1], z_scale)
-        if reduction == MEAN:
-            denom, z_denom = rows.mean_denominators()
-            out = S.total(rows.ce, denom.dtype) / denom + S.total(rows.z, denom.dtype) / z_denom
-            ce_scale, z_scale_rows = 1 / denom, 1 / z_denom
-        elif reduction == NONE:
-            out = rows.ce + rows.z
-            ce_scale = z_scale_rows = 1.0
-        else:
-            out = S.total(rows.ce + rows.z, rows.lse.dtype)
-            ce_scale = z_scale_rows = 1.0
+        out, ce_scale, z_scale_rows = reduce_rows(rows, reduction)
         coefs = rows.grad_coefs(ce_scale, z_scale_rows)
         ctx.save_for_backward(logits, target, weight, coefs)
         ctx.args = (offsets[rank], ignore_index, ops)
@@ -90,3 +82,49 @@ def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index
     loss = _VocabParallelCE.apply(c.logits, c.target, c.weight, c.ignore_index, red, c.label_smoothing,
                                   float(lse_square_scale), group, offsets, kernel_ops())
     return loss.squeeze(0) if c.unbatched and red == NONE else loss
+
+
+def linear_cross_entropy(input, linear_weight_shard, target, *, group=None, linear_bias=None, weight=None,
+                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None, logit_scale=1.0,
+                         softcap=None, lse_square_scale=0.0, class_offsets=None):
+    """fused_ce.linear_cross_entropy for an LM head whose classes are split over the ranks of ``group``.
+
+    ``input`` (N, H) or (H,) is the same on every rank; ``linear_weight_shard`` (V_local, H), ``linear_bias``
+    (V_local,) and ``weight`` (V_local,) hold this rank's consecutive slice of the classes, in rank order;
+    ``target`` holds global class indices. Every rank returns the loss of fused_ce.linear_cross_entropy on the
+    full weight, with the language-model options applied to every logit. Backward gives each rank the gradient
+    of its slices and the whole input's gradient. The logits exist only one workspace tile at a time
+    (fused_ce.linear.workspace_mib; options.batch_chunk_size sets the rows per tile as there).
+
+    Collectives: forward, an all_gather of the slice sizes (skipped when ``class_offsets`` is given), one
+    all_reduce MAX and one all_reduce SUM; backward, one all_reduce SUM of the input's gradient when the input
+    requires it.
+    """
+    _, probabilities = linear._check_shapes(input, linear_weight_shard, target, linear_bias, ignore_index)
+    if probabilities or linear_weight_shard.dim() != 2:
+        raise NotImplementedError("fused_ce.parallel.linear_cross_entropy: class-probability targets and "
+                                  "K-dimensional linear weights are not supported; pass class indices")
+    ignore_index = -100 if ignore_index is None else ignore_index
+    red = _validation.reduction_enum(reduction)
+    softcap = 0.0 if softcap is None else float(softcap)
+    _lm_options.check_softcap(softcap)
+    x, w, b, autocast = linear._autocast(input, linear_weight_shard, linear_bias)
+    if autocast and weight is not None:  # the logits' dtype under autocast, which the kernels read them in
+        weight = weight.to(x.dtype)
+    check_arguments(x, w, b, target, weight, label_smoothing)
+    unbatched = x.dim() == 1
+    if unbatched:
+        x, target = x.unsqueeze(0), target.unsqueeze(0)
+    local_classes = w.shape[0]
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    offsets = (_checked_offsets(class_offsets, local_classes, rank, size) if class_offsets is not None
+               else _class_offsets(local_classes, group, x.device))
+    S.check_targets(target, ignore_index, offsets[-1])
+    rows, classes = linear.tile_shape(x.shape[0], local_classes, x.dtype, options)
+    loss = VocabParallelLinearCE.apply(
+        x, w, b, target, weight, ignore_index, red, float(label_smoothing),
+        (float(logit_scale), softcap, float(lse_square_scale)), group, offsets, (rows, max(1, classes)),
+        kernel_ops())
+    if unbatched and red == NONE:
+        loss = loss.squeeze(0)
+    return loss if autocast else loss.to(input.dtype)
