@@ -16,6 +16,8 @@ struct PartialStatsArgs {
   const void* weight;    // the slice's C class weights of `dtype`, or nullptr
   int64_t class_offset;  // global index of the slice's first class
   int64_t ignore_index;
+  double logit_scale;    // the language-model options' logits transform (rowmath.h, make_logit_transform)
+  double softcap;        // 0: no soft-capping
 };
 
 }  // namespace fused_ce

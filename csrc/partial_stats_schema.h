@@ -19,14 +19,17 @@ inline void define_partial_stats_ops(torch::Library& m) {
   // One pass over the logits of this rank's classes [class_offset, class_offset + C): returns the
   // (kPartialStatCount, N, d1..dk) per-row statistics of rowmath.h's PartialStat in the accumulation dtype
   // (fp32; fp64 for fp64 logits). Without `smoothing` the smoothing rows are 0 and no weight is read for them.
+  // With the language-model options (rowmath.h's LogitTransform; softcap 0: none) the statistics are those of
+  // the transformed logits z = softcap * tanh(logit_scale * x / softcap), or logit_scale * x.
   m.def(
       "ce_partial_stats(Tensor logits, Tensor target, Tensor? weight, int class_offset, int ignore_index, "
-      "bool smoothing) -> Tensor");
-  // The gradient of the slice: dx[c] = exp(x[c] - lse) * prob - klass * w[c] - [c == y - class_offset] * tgt,
-  // with coefs = (lse, prob, tgt, klass) stacked as a (4, N, d1..dk) tensor of the accumulation dtype.
+      "bool smoothing, float logit_scale=1., float softcap=0.) -> Tensor");
+  // The gradient of the slice: dx[c] = (exp(z[c] - lse) * prob - klass * w[c] - [c == y - class_offset] * tgt)
+  // * dz/dx[c], with coefs = (lse, prob, tgt, klass) stacked as a (4, N, d1..dk) tensor of the accumulation
+  // dtype; z = x and dz/dx = 1 without the options.
   m.def(
       "ce_partial_grad(Tensor logits, Tensor target, Tensor? weight, Tensor coefs, int class_offset, "
-      "int ignore_index) -> Tensor");
+      "int ignore_index, float logit_scale=1., float softcap=0.) -> Tensor");
 }
 
 // The number of per-row coefficients of ce_partial_grad.
@@ -39,7 +42,8 @@ inline std::vector<int64_t> partial_rows_shape(const at::Tensor& logits, int64_t
 }
 
 // A call's inputs in the layout the kernels read (op_common.h's ce_kernel_logits), checked as for
-// cross_entropy_fwd (target: the logits' row shape, Long or Byte; weight: one per class of the slice), and
+// cross_entropy_fwd (target: the logits' row shape, Long or Byte; weight: one per class of the slice) and
+// cross_entropy_lm_fwd (softcap), and
 // their description; the tensors keep the described memory alive for as long as the args are used.
 struct PartialStatsCall {
   at::Tensor logits, target, weight;
@@ -48,13 +52,14 @@ struct PartialStatsCall {
 
 inline PartialStatsCall partial_stats_call(const at::Tensor& logits, const at::Tensor& target,
                                            const c10::optional<at::Tensor>& weight, int64_t class_offset,
-                                           int64_t ignore_index) {
+                                           int64_t ignore_index, double logit_scale, double softcap) {
   check_ce_hard(logits, target, weight);
+  check_softcap(softcap);
   PartialStatsCall c{ce_kernel_logits(logits), target.contiguous(),
                      weight.has_value() ? weight->contiguous() : at::Tensor(), {}};
   c.args = {c.logits.scalar_type(), ce_view(c.logits, ce_geometry(c.logits)), c.target.data_ptr(),
             c.target.scalar_type() == at::kByte, c.weight.defined() ? c.weight.data_ptr() : nullptr, class_offset,
-            ignore_index};
+            ignore_index, logit_scale, softcap};
   return c;
 }
 

@@ -5,13 +5,16 @@ import torch
 import torch.nn.functional as F
 
 
+def transformed(x, scale, cap):
+    """z = cap * tanh(scale * x / cap), or scale * x without a cap (cap 0 or None), in fp64."""
+    z = x.double() * scale
+    return cap * torch.tanh(z / cap) if cap else z
+
+
 def reference(x, target, weight, reduction, smoothing, scale, cap, zscale, ignore_index=-100):
     """(loss, z_loss, lse) in fp64: the cross-entropy of z = cap * tanh(scale * x / cap) (scale * x without a
     cap) plus zscale * logsumexp(z)**2 per counted row, reduced like the loss ('mean' over counted rows)."""
-    x = x.double()
-    z = x * scale
-    if cap:
-        z = cap * torch.tanh(z / cap)
+    z = transformed(x, scale, cap)
     w = None if weight is None else weight.double()
     loss = F.cross_entropy(z, target, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
     lse = torch.logsumexp(z, dim=1)

@@ -1,11 +1,15 @@
 """fp64 references of the vocabulary-parallel cross-entropy's slice ops, written with torch operations: what
 ce_partial_stats and ce_partial_grad (csrc/partial_stats_schema.h, rowmath.h's PartialStat) compute for the
-classes [offset, offset + C) of every row, logits (N, C, d1..dk) or (N, C)."""
+classes [offset, offset + C) of every row, logits (N, C, d1..dk) or (N, C). With the language-model options
+(logit_scale, softcap) the statistics are those of the transformed logits z (lm_reference.transformed) and the
+gradient is the one for z times dz/dx, here from autograd through the transform."""
 import torch
 
+from lm_reference import transformed
 
-def _rows_last(logits):
-    return logits.double().movedim(1, -1)  # (N, d1..dk, C)
+
+def _rows_last(logits, scale=1.0, cap=0.0):
+    return transformed(logits, scale, cap).movedim(1, -1)  # (N, d1..dk, C)
 
 
 def _weights(weight, C):
@@ -17,10 +21,10 @@ def _in_slice(target, ignore_index, offset, C):
     return on, torch.where(on, target - offset, torch.zeros_like(target)).long()
 
 
-def partial_stats(logits, target, weight, offset, ignore_index, smoothing):
-    """(6, N, d1..dk) float64: max, sum exp(x - shift), x[y], w[y], sum w (shift - x), sum w (shift: the max,
+def partial_stats(logits, target, weight, offset, ignore_index, smoothing, logit_scale=1.0, softcap=0.0):
+    """(6, N, d1..dk) float64: max, sum exp(z - shift), z[y], w[y], sum w (shift - z), sum w (shift: the max,
     or 0 where it is -inf); the last two are 0 without smoothing."""
-    x = _rows_last(logits)
+    x = _rows_last(logits, logit_scale, softcap)
     C = x.shape[-1]
     w = _weights(weight, C)
     rows = x.shape[:-1]
@@ -35,10 +39,13 @@ def partial_stats(logits, target, weight, offset, ignore_index, smoothing):
     return torch.stack([m, torch.exp(x - shift.unsqueeze(-1)).sum(-1), x_t, w_t, smooth, w_sum])
 
 
-def partial_grad(logits, target, weight, coefs, offset, ignore_index):
-    """dx[c] = exp(x[c] - lse) prob - klass w[c] - [c == y - offset] tgt, with coefs = (lse, prob, tgt, klass),
-    in float64 and the logits' layout."""
-    x = _rows_last(logits)
+def partial_grad(logits, target, weight, coefs, offset, ignore_index, logit_scale=1.0, softcap=0.0):
+    """dx[c] = (exp(z[c] - lse) prob - klass w[c] - [c == y - offset] tgt) dz[c]/dx[c], with coefs = (lse, prob,
+    tgt, klass), in float64 and the logits' layout."""
+    x_in = logits.double().detach().requires_grad_()
+    with torch.enable_grad():
+        z = transformed(x_in, logit_scale, softcap)
+    x = z.detach().movedim(1, -1)
     C = x.shape[-1]
     w = _weights(weight, C)
     lse, prob, tgt, klass = (v.double().unsqueeze(-1) for v in coefs)
@@ -47,4 +54,5 @@ def partial_grad(logits, target, weight, coefs, offset, ignore_index):
     onehot = torch.zeros_like(g)
     if C:
         onehot.scatter_(-1, local.unsqueeze(-1), on.double().unsqueeze(-1))
-    return (g - onehot * tgt).movedim(-1, 1)
+    (dx,) = torch.autograd.grad(z, x_in, (g - onehot * tgt).movedim(-1, 1))
+    return dx

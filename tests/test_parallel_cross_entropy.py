@@ -1,7 +1,8 @@
 """fused_ce.parallel.cross_entropy over gloo, world sizes 2, 3 and 4 with uneven and one-class slices: on every
 rank the loss and the gradient of the rank's slice match torch on the full logits (fp64, and fp32 against the
 fp64 answer), and single-process fused_ce, for (N, C), N-D and unbatched logits, every reduction, smoothing,
-class weights, z-loss and ignored rows, on the CPU kernels and on the emulated CUDA kernels. Each rank's fused
+class weights, z-loss, the logits transform (logit_scale, softcap) and ignored rows, on the CPU kernels and on
+the emulated CUDA kernels. Each rank's fused
 ce_partial_stats is checked against the torch-op statistics of partial_stats_reference.py; the forward runs 3
 collectives (2 with class_offsets) and backward none; bad arguments raise torch's errors.
 
@@ -18,13 +19,18 @@ import torch.nn.functional as F
 
 import fused_ce
 import fused_ce.testing
+from lm_reference import reference
 from partial_stats_reference import partial_stats
 
 CASES = [
-    # (reduction, label_smoothing, weighted, lse_square_scale)
-    ("mean", 0.0, False, 0.0), ("sum", 0.1, True, 0.0), ("none", 0.2, True, 0.0), ("mean", 0.1, True, 0.0),
-    ("mean", 0.0, False, 1e-2), ("none", 0.0, True, 1e-2),
+    # (reduction, label_smoothing, weighted, lse_square_scale, logit_scale, softcap)
+    ("mean", 0.0, False, 0.0, 1.0, None), ("sum", 0.1, True, 0.0, 1.0, None), ("none", 0.2, True, 0.0, 1.0, None),
+    ("mean", 0.1, True, 0.0, 1.0, None), ("mean", 0.0, False, 1e-2, 1.0, None), ("none", 0.0, True, 1e-2, 1.0, None),
+    # every option at once (the cap bends the logits, about 5 +- 9, without flattening them), and a scale alone
+    ("mean", 0.1, True, 1e-2, 1.3, 6.0), ("none", 0.0, False, 0.0, 0.7, None),
 ]
+# The options of the LM-options case, for the fused statistics of each slice.
+LM_TRANSFORM = (1.3, 6.0)
 LAYOUTS = ["rows", "nd", "unbatched"]
 # Error relative to the largest magnitude of the fp64 answer: fp64 logits, and fp32 logits (fp32 accumulation).
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
@@ -102,12 +108,13 @@ def _worker(rank, world, port, sizes, out_dir):
                 logits, weight, target = _problem(layout, C)
                 for dtype in (torch.float64, torch.float32):
                     for case in CASES:
-                        reduction, eps, weighted, z = case
+                        reduction, eps, weighted, z, scale, cap = case
                         shard = _slice(logits, lo, hi, layout).to(dtype).clone().requires_grad_()
                         w = weight[lo:hi].to(dtype) if weighted else None
                         calls["n"] = 0
                         loss = parallel.cross_entropy(shard, target, weight=w, reduction=reduction,
-                                                      label_smoothing=eps, lse_square_scale=z)
+                                                      label_smoothing=eps, lse_square_scale=z, logit_scale=scale,
+                                                      softcap=cap)
                         n_forward = calls["n"]
                         loss.sum().backward()
                         results[backend, layout, dtype, case] = (loss.detach(), shard.grad, n_forward,
@@ -117,6 +124,9 @@ def _worker(rank, world, port, sizes, out_dir):
                 x, t = (x, target) if layout != "unbatched" else (x.unsqueeze(0), target.unsqueeze(0))
                 results[backend, layout, "stats"] = (ops.ce_partial_stats(x, t, weight[lo:hi], lo, -100, True),
                                                      partial_stats(x, t, weight[lo:hi], lo, -100, True))
+                results[backend, layout, "lm_stats"] = (
+                    ops.ce_partial_stats(x, t, weight[lo:hi], lo, -100, True, *LM_TRANSFORM),
+                    partial_stats(x, t, weight[lo:hi], lo, -100, True, *LM_TRANSFORM))
         logits, _, target = _problem("rows", C)
         calls["n"] = 0
         parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target, class_offsets=offsets)
@@ -130,18 +140,28 @@ def _worker(rank, world, port, sizes, out_dir):
     results["all_ignored"] = (all_ignored_loss.detach(), ignored.grad)
     results["offsets_error"] = _errors([lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target,
                                                                        class_offsets=offsets[:-1])])
+    results["softcap_error"] = _errors([lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target,
+                                                                       softcap=-1.0)])
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
 
 
-def _reference(fn, logits, target, weight, reduction, eps, z):
-    """Loss and gradient of fn (torch's or fused_ce's cross_entropy), plus the z-loss, on the full logits."""
+def _torch_reference(logits, target, weight, reduction, eps, z, scale, cap):
+    """Loss and gradient on the full logits of lm_reference.reference (plain torch in fp64: cross-entropy of
+    the transformed logits plus the z-loss); unbatched logits as one row."""
     x = logits.clone().requires_grad_()
-    loss = fn(x, target, weight=weight, reduction=reduction, label_smoothing=eps)
-    if z:
-        valid = target != -100
-        zrow = z * torch.logsumexp(x, 0 if x.dim() == 1 else 1) ** 2 * valid
-        loss = loss + {"none": zrow, "sum": zrow.sum(), "mean": zrow.sum() / valid.sum()}[reduction]
+    rows, t = (x, target) if x.dim() > 1 else (x.unsqueeze(0), target.unsqueeze(0))
+    loss = reference(rows, t, weight, reduction, eps, scale, cap, z)[0]
+    loss = loss.squeeze(0) if x.dim() == 1 and reduction == "none" else loss
+    loss.sum().backward()
+    return loss.detach(), x.grad
+
+
+def _fused_reference(logits, target, weight, reduction, eps, z, scale, cap):
+    """Loss and gradient of single-process fused_ce.cross_entropy on the full logits."""
+    x = logits.clone().requires_grad_()
+    loss = fused_ce.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=eps,
+                                  lse_square_scale=z, logit_scale=scale, softcap=cap)
     loss.sum().backward()
     return loss.detach(), x.grad
 
@@ -168,14 +188,14 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
         for backend in backends:
             for layout in LAYOUTS:
                 logits, weight, target = _problem(layout, C)
-                fused, expected = results[backend, layout, "stats"]
-                _assert_close(fused, expected, 1e-12, f"{backend} {layout} partial stats, rank {rank}")
+                for stats in ("stats", "lm_stats"):
+                    fused, expected = results[backend, layout, stats]
+                    _assert_close(fused, expected, 1e-12, f"{backend} {layout} partial {stats}, rank {rank}")
                 for case in CASES:
-                    reduction, eps, weighted, z = case
-                    w = weight if weighted else None
-                    ref_loss, ref_grad = _reference(F.cross_entropy, logits, target, w, reduction, eps, z)
-                    fused_loss, _ = _reference(fused_ce.cross_entropy, logits, target, w, reduction, eps, z)
-                    ref_slice = _slice(ref_grad, lo, hi, layout)
+                    w = weight if case[2] else None
+                    ref_loss, ref_grad = _torch_reference(logits, target, w, case[0], case[1], *case[3:])
+                    fused_loss, fused_grad = _fused_reference(logits, target, w, case[0], case[1], *case[3:])
+                    ref_slice, fused_slice = _slice(ref_grad, lo, hi, layout), _slice(fused_grad, lo, hi, layout)
                     for dtype in (torch.float64, torch.float32):
                         loss, grad, n, n_backward = results[backend, layout, dtype, case]
                         what = f"{backend} {layout} {dtype} {case} rank {rank}"
@@ -185,6 +205,7 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
                         _assert_close(loss, ref_loss, TOL[dtype], "loss " + what)
                         _assert_close(loss, fused_loss, TOL[dtype], "loss vs fused_ce " + what)
                         _assert_close(grad, ref_slice, TOL[dtype], "grad " + what)
+                        _assert_close(grad, fused_slice.double(), TOL[dtype], "grad vs fused_ce " + what)
             assert results[backend, "collectives_with_offsets"] == 2
         parallel_errors = results["errors"]
         assert parallel_errors[:4] == torch_errors[:4]
@@ -197,3 +218,6 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
         assert loss.isnan() and torch.equal(grad, x.grad[:, lo:hi]), "mean over no counted row: NaN, gradient 0"
         ((kind, message),) = results["offsets_error"]
         assert kind == "ValueError" and message.startswith(f"class_offsets must hold {world + 1} increasing offsets")
+        assert results["softcap_error"] == _errors([lambda: fused_ce.cross_entropy(rows_logits, rows_target,
+                                                                                   softcap=-1.0)])
+        assert results["softcap_error"][0][0] == "ValueError"

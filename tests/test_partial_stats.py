@@ -2,7 +2,8 @@
 (csrc/partial_stats_schema.h), on the CPU kernels and on the CUDA kernels (emulated or real), against the fp64
 references of partial_stats_reference.py: every layout the CUDA tiling distinguishes (a group of threads per
 row, rows split into chunks and merged, the N-D layout, also split), one-class and class-less slices, rows that
-start at any offset of a wider tensor, targets below, in and above the slice, and ignored ones."""
+start at any offset of a wider tensor, targets below, in and above the slice, and ignored ones; also with the
+language-model options (logit_scale, softcap), whose statistics are those of the transformed logits."""
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ import fused_ce
 from fused_ce import _parallel_ops as P
 from fused_ce._opcheck_cases import OPCHECK_PARTIAL_STATS
 from helpers import DEVICES, parametrize_grid
+from lm_reference import transformed
 from partial_stats_reference import partial_grad, partial_stats
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -19,6 +21,8 @@ ACC_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-5, torch
 # The gradient rounds to the logits' dtype.
 GRAD_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 OFFSET = 10
+# (logit_scale, softcap): a scale alone, and a scale with a cap that the logits (about 30 +- 9) do not saturate.
+LM_OPTIONS = [(0.5, 0.0), (1.3, 50.0)]
 
 # name: logits shape (the slice), and whether its rows are a column range of a wider tensor
 LAYOUTS = {
@@ -102,6 +106,32 @@ def test_partial_grad_matches_fp64_reference(layout, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["rows", "split_rows", "row_stride", "nd_split"])
+def test_partial_ops_with_lm_options_match_fp64_reference(layout, dtype, device):
+    """Statistics of z = f(x) and the gradient for z times dz/dx; z is computed in the kernels, so even the max
+    and the target logit are compared within the tolerance."""
+    logits, target, weight = _problem(layout, dtype, device)
+    acc = fused_ce._ops.lse_dtype(dtype)
+    rows = (logits.shape[0],) + tuple(logits.shape[2:])
+    g = torch.Generator().manual_seed(4)
+    prob, tgt, klass = (torch.rand(rows, generator=g, dtype=torch.float64) + 0.5 for _ in range(3))
+    for scale, cap in LM_OPTIONS:
+        for w, smoothing in [(weight, True), (None, True), (weight, False)]:
+            what = f"{layout} {scale} {cap} weighted={w is not None} smoothing={smoothing}"
+            w_cpu = None if w is None else w.cpu()
+            stats = ops().ce_partial_stats(logits, target, w, OFFSET, -100, smoothing, scale, cap)
+            expected = partial_stats(logits.cpu(), target.cpu(), w_cpu, OFFSET, -100, smoothing, scale, cap)
+            assert torch.equal(stats[P.TARGET_WEIGHT].cpu().double(), expected[P.TARGET_WEIGHT]), what
+            _assert_rows_close(stats.cpu(), expected, ACC_TOL[dtype], what)
+        lse = torch.logsumexp(transformed(logits.cpu(), scale, cap), 1) + 1.0
+        coefs = torch.stack([lse, prob, tgt, klass]).to(acc)
+        grad = ops().ce_partial_grad(logits, target, weight, coefs.to(device), OFFSET, -100, scale, cap)
+        expected = partial_grad(logits.cpu(), target.cpu(), weight.cpu(), coefs, OFFSET, -100, scale, cap)
+        _assert_rows_close(grad.cpu().unsqueeze(0), expected.unsqueeze(0), GRAD_TOL[dtype], f"{layout} grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_partial_stats_argument_checks(device):
     x = torch.randn(4, 5, device=device)
     y = torch.zeros(4, dtype=torch.long, device=device)
@@ -111,6 +141,11 @@ def test_partial_stats_argument_checks(device):
         ops().ce_partial_stats(x, y, torch.ones(6, device=device), 0, -100, True)
     with pytest.raises(RuntimeError, match=r"coefs must have shape \[4, 4\] and dtype Float"):
         ops().ce_partial_grad(x, y, None, torch.zeros(4, 3, device=device), 0, -100)
+    softcap_error = r"fused_ce: softcap must be >= 0 \(0 turns it off\), got -1"
+    with pytest.raises(RuntimeError, match=softcap_error):
+        ops().ce_partial_stats(x, y, None, 0, -100, False, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match=softcap_error):
+        ops().ce_partial_grad(x, y, None, torch.zeros(4, 4, device=device), 0, -100, 1.0, -1.0)
 
 
 @parametrize_grid(OPCHECK_PARTIAL_STATS)

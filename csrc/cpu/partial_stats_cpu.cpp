@@ -1,8 +1,9 @@
 // CPU impls of the vocabulary-parallel cross-entropy's slice ops (schemas in partial_stats_schema.h, math in
 // rowmath.h). A scalar loop per row: the scan takes a block of kBlockedSumTerms classes, finds its max, then
 // sums the exponentials (and, with smoothing, the weighted logits) over the same block while it is in L1,
-// so each logit is read from memory once. Rows are spread over threads; a row's sums always run in the same
-// order, so the results are bitwise identical at any thread count.
+// so each logit is read from memory once; with the language-model options the block's transformed logits
+// are kept in a small buffer, so each tanh is computed once. Rows are spread over threads; a row's sums
+// always run in the same order, so the results are bitwise identical at any thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 
 #include "cpu/grain.h"
+#include "dtype_dispatch.h"
 #include "partial_stats_schema.h"
 
 namespace fused_ce::cpu {
@@ -37,53 +39,77 @@ void parallel_rows(const LogitsView& v, F&& f) {
   });
 }
 
-template <typename scalar_t, bool kSmooth>
+// The logit as the formulas read it: z = f(x) with the language-model options (kTransform), else x.
+template <bool kTransform, typename scalar_t, typename acc_t>
+acc_t slice_logit(scalar_t x, const LogitTransform<acc_t>& tf) {
+  if constexpr (kTransform) {
+    return transform_logit(static_cast<acc_t>(x), tf);
+  } else {
+    return static_cast<acc_t>(x);
+  }
+}
+
+template <typename scalar_t, bool kSmooth, bool kTransform>
 void partial_stats_kernel(const PartialStatsArgs& a, typename AccOf<scalar_t>::type* out) {
   using acc_t = typename AccOf<scalar_t>::type;
   const LogitsView& v = a.logits;
   const int64_t C = v.C, S = v.S, rows = v.N * v.S;
   const auto* w = static_cast<const scalar_t*>(a.weight);
+  const auto tf = make_logit_transform<acc_t>(a.logit_scale, a.softcap);
   parallel_rows<scalar_t>(v, [&](int64_t r, const scalar_t* x) {
-    const acc_t ref = kSmooth ? sum_reference(static_cast<acc_t>(x[0])) : acc_t(0);
+    const acc_t ref = kSmooth ? sum_reference(slice_logit<kTransform>(x[0], tf)) : acc_t(0);
     LseState<acc_t> st = lse_empty<acc_t>();
-    acc_t swx = 0, ws = 0;  // sum w (x - ref) and sum w, added up block by block
+    acc_t swz = 0, ws = 0;  // sum w (z - ref) and sum w, added up block by block
+    acc_t z[kBlockedSumTerms];
     for (int64_t c0 = 0; c0 < C; c0 += kBlockedSumTerms) {
       const int64_t c1 = std::min(C, c0 + kBlockedSumTerms);
       acc_t m = st.max;
-      for (int64_t c = c0; c < c1; ++c) m = math_nan_max(m, static_cast<acc_t>(x[c * S]));
+      for (int64_t c = c0; c < c1; ++c) {
+        z[c - c0] = slice_logit<kTransform>(x[c * S], tf);
+        m = math_nan_max(m, z[c - c0]);
+      }
       st = lse_rescale(st, m);
       const acc_t shift = lse_shift(m);
-      acc_t sum = st.sum, block_swx = 0, block_ws = 0;
+      acc_t sum = st.sum, block_swz = 0, block_ws = 0;
       for (int64_t c = c0; c < c1; ++c) {
-        const acc_t xc = static_cast<acc_t>(x[c * S]);
-        sum += math_exp(xc - shift);
+        const acc_t zc = z[c - c0];
+        sum += math_exp(zc - shift);
         if constexpr (kSmooth) {
           const acc_t wc = weight_at(w, c);
-          block_swx += wc * (xc - ref);
+          block_swz += wc * (zc - ref);
           block_ws += wc;
         }
       }
       st.sum = sum;
-      swx += block_swx;
+      swz += block_swz;
       ws += block_ws;
     }
     const int64_t y = target_at(a, r);
     const bool on = target_in_slice(y, a.ignore_index, a.class_offset, C);
     out[kPartialMax * rows + r] = st.max;
     out[kPartialSumExp * rows + r] = st.sum;
-    out[kPartialTargetLogit * rows + r] = on ? static_cast<acc_t>(x[(y - a.class_offset) * S]) : acc_t(0);
+    out[kPartialTargetLogit * rows + r] = on ? slice_logit<kTransform>(x[(y - a.class_offset) * S], tf) : acc_t(0);
     out[kPartialTargetWeight * rows + r] = on ? weight_at(w, y - a.class_offset) : acc_t(0);
-    out[kPartialSmoothing * rows + r] = kSmooth ? partial_smoothing_sum(swx, ws, ref, st.max) : acc_t(0);
+    out[kPartialSmoothing * rows + r] = kSmooth ? partial_smoothing_sum(swz, ws, ref, st.max) : acc_t(0);
     out[kPartialWeightSum * rows + r] = ws;
   });
 }
 
-template <typename scalar_t>
+// The gradient for z (ce_hard_grad_*), times dz/dx with the language-model options.
+template <typename scalar_t, bool kTransform>
 void partial_grad_kernel(const PartialStatsArgs& a, const typename AccOf<scalar_t>::type* coefs, scalar_t* grad) {
   using acc_t = typename AccOf<scalar_t>::type;
   const LogitsView& v = a.logits;
   const int64_t C = v.C, S = v.S, rows = v.N * v.S;
   const auto* w = static_cast<const scalar_t*>(a.weight);
+  const auto tf = make_logit_transform<acc_t>(a.logit_scale, a.softcap);
+  auto for_x = [&](acc_t d, acc_t z) {
+    if constexpr (kTransform) {
+      return d * transform_slope(z, tf);
+    } else {
+      return d;
+    }
+  };
   parallel_rows<scalar_t>(v, [&](int64_t r, const scalar_t* x) {
     const int64_t n = r / S, s = r - n * S;
     scalar_t* out = grad + n * C * S + s;
@@ -92,44 +118,52 @@ void partial_grad_kernel(const PartialStatsArgs& a, const typename AccOf<scalar_
     const bool load_weight = w != nullptr && k.klass != acc_t(0);
     for (int64_t c = 0; c < C; ++c) {
       const acc_t w_c = load_weight ? static_cast<acc_t>(w[c]) : acc_t(1);
-      out[c * S] = static_cast<scalar_t>(ce_hard_grad_off_target(static_cast<acc_t>(x[c * S]), lse, w_c, k.prob, k.klass));
+      const acc_t z = slice_logit<kTransform>(x[c * S], tf);
+      out[c * S] = static_cast<scalar_t>(for_x(ce_hard_grad_off_target(z, lse, w_c, k.prob, k.klass), z));
     }
     const int64_t y = target_at(a, r);
     if (target_in_slice(y, a.ignore_index, a.class_offset, C)) {
       const int64_t c = y - a.class_offset;
-      const acc_t xc = static_cast<acc_t>(x[c * S]);
-      out[c * S] = static_cast<scalar_t>(ce_hard_grad_on_target(xc, lse, weight_at(w, c), k));
+      const acc_t z = slice_logit<kTransform>(x[c * S], tf);
+      out[c * S] = static_cast<scalar_t>(for_x(ce_hard_grad_on_target(z, lse, weight_at(w, c), k), z));
     }
   });
 }
 
 at::Tensor ce_partial_stats(const at::Tensor& logits, const at::Tensor& target,
                             const c10::optional<at::Tensor>& weight, int64_t class_offset, int64_t ignore_index,
-                            bool smoothing) {
-  const PartialStatsCall p = partial_stats_call(logits, target, weight, class_offset, ignore_index);
+                            bool smoothing, double logit_scale, double softcap) {
+  const PartialStatsCall p =
+      partial_stats_call(logits, target, weight, class_offset, ignore_index, logit_scale, softcap);
   at::Tensor out = at::empty(partial_rows_shape(logits, kPartialStatCount),
                              logits.options().dtype(lse_dtype(logits.scalar_type())));
   if (p.args.logits.C == 0) return classless_partial_stats(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "ce_partial_stats", [&] {
     using acc_t = typename AccOf<scalar_t>::type;
-    if (smoothing) {
-      partial_stats_kernel<scalar_t, true>(p.args, out.data_ptr<acc_t>());
-    } else {
-      partial_stats_kernel<scalar_t, false>(p.args, out.data_ptr<acc_t>());
-    }
+    bool_switch(make_logit_transform<double>(logit_scale, softcap).active, [&](auto transform) {
+      if (smoothing) {
+        partial_stats_kernel<scalar_t, true, transform()>(p.args, out.data_ptr<acc_t>());
+      } else {
+        partial_stats_kernel<scalar_t, false, transform()>(p.args, out.data_ptr<acc_t>());
+      }
+    });
   });
   return out;
 }
 
 at::Tensor ce_partial_grad(const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                           const at::Tensor& coefs_in, int64_t class_offset, int64_t ignore_index) {
-  const PartialStatsCall p = partial_stats_call(logits, target, weight, class_offset, ignore_index);
+                           const at::Tensor& coefs_in, int64_t class_offset, int64_t ignore_index, double logit_scale,
+                           double softcap) {
+  const PartialStatsCall p =
+      partial_stats_call(logits, target, weight, class_offset, ignore_index, logit_scale, softcap);
   check_partial_coefs(coefs_in, logits);
   const at::Tensor coefs = coefs_in.contiguous();
   at::Tensor grad = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "ce_partial_grad", [&] {
     using acc_t = typename AccOf<scalar_t>::type;
-    partial_grad_kernel<scalar_t>(p.args, coefs.data_ptr<acc_t>(), grad.data_ptr<scalar_t>());
+    bool_switch(make_logit_transform<double>(logit_scale, softcap).active, [&](auto transform) {
+      partial_grad_kernel<scalar_t, transform()>(p.args, coefs.data_ptr<acc_t>(), grad.data_ptr<scalar_t>());
+    });
   });
   return grad;
 }

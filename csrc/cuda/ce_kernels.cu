@@ -7,16 +7,6 @@
 namespace fused_ce::cuda {
 namespace {
 
-// f(std::true_type{}) or f(std::false_type{}): a runtime flag as a template argument.
-template <typename F>
-void bool_switch(bool flag, F&& f) {
-  if (flag) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
 unsigned int unit_grid(const Tiling& t) { return grid_for(t.units * t.group); }
 
 // The scan of every unit, then (split rows only) the merge of each row's partials.

@@ -9,21 +9,22 @@
 namespace fused_ce::cuda {
 namespace {
 
-// Scan: s1 = sum w (x - ref), s2 = sum w (smoothing only); the whole row is scanned whatever its target.
-template <typename T, bool kSmooth>
+// Scan: s1 = sum w (z - ref), s2 = sum w (smoothing only); the whole row is scanned whatever its target. The
+// scan sees z = f(x) with the language-model options (kLogitTransform), x itself otherwise.
+template <typename T, bool kSmooth, bool kLogitTransform>
 struct CePartialStatsOp {
   using A = acc_of<T>;
-  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = false, kTransform = false;
+  static constexpr bool kLse = true, kReadsX = true, kReadsTarget = false, kTransform = kLogitTransform;
   const T* x;
   const T* target_probs;  // unused
   PartialStatsArgs a;
   A* out;
   Tiling t;
+  LogitTransform<A> tf;
 
+  __device__ A logit(T x) const { return hard_logit<kTransform>(static_cast<A>(x), tf); }
   __device__ bool active(int64_t) const { return true; }
-  __device__ A reference(const T* x_row) const {
-    return kSmooth ? sum_reference(static_cast<A>(x_row[0])) : A(0);
-  }
+  __device__ A reference(const T* x_row) const { return kSmooth ? sum_reference(logit(x_row[0])) : A(0); }
   template <int M>
   __device__ void add(RowStats<A>& st, const A (&xv)[M], const A (&)[M], int64_t c, A ref) const {
     if constexpr (kSmooth) {
@@ -43,14 +44,15 @@ struct CePartialStatsOp {
     const bool on = target_in_slice(y, a.ignore_index, a.class_offset, t.C);
     out[kPartialMax * rows + r] = st.max;
     out[kPartialSumExp * rows + r] = st.sum;
-    out[kPartialTargetLogit * rows + r] = on ? static_cast<A>(x_row[(y - a.class_offset) * t.S]) : A(0);
+    out[kPartialTargetLogit * rows + r] = on ? logit(x_row[(y - a.class_offset) * t.S]) : A(0);
     out[kPartialTargetWeight * rows + r] = on ? weight_at(static_cast<const T*>(a.weight), y - a.class_offset) : A(0);
     out[kPartialSmoothing * rows + r] = kSmooth ? partial_smoothing_sum(st.s1, st.s2, reference(x_row), st.max) : A(0);
     out[kPartialWeightSum * rows + r] = kSmooth ? st.s2 : A(0);
   }
 };
 
-template <typename T>
+// The gradient for z (ce_hard_grad_*), times dz/dx with the language-model options (kLogitTransform).
+template <typename T, bool kLogitTransform>
 struct CePartialGradOp {
   using A = acc_of<T>;
   static constexpr bool kReadsTarget = false, kInPlace = false;
@@ -60,6 +62,7 @@ struct CePartialGradOp {
   PartialStatsArgs a;
   const A* row_coefs;  // (4, rows): lse, prob, tgt, klass
   Tiling t;
+  LogitTransform<A> tf;
 
   struct Coefs {
     A lse;
@@ -80,8 +83,14 @@ struct CePartialGradOp {
 #pragma unroll
     for (int j = 0; j < M; ++j) {
       const A w_c = co.load_weight ? static_cast<A>(w[c + j]) : A(1);
-      out[j] = c + j == co.y ? ce_hard_grad_on_target(xv[j], co.lse, w_c, co.k)
-                             : ce_hard_grad_off_target(xv[j], co.lse, w_c, co.k.prob, co.k.klass);
+      const A z = hard_logit<kLogitTransform>(xv[j], tf);
+      const A dz = c + j == co.y ? ce_hard_grad_on_target(z, co.lse, w_c, co.k)
+                                 : ce_hard_grad_off_target(z, co.lse, w_c, co.k.prob, co.k.klass);
+      if constexpr (kLogitTransform) {
+        out[j] = dz * transform_slope(z, tf);
+      } else {
+        out[j] = dz;
+      }
     }
   }
 };
@@ -105,11 +114,14 @@ void ce_partial_stats_forward(const PartialStatsArgs& a, bool smoothing, const T
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     };
-    if (smoothing) {
-      scan(CePartialStatsOp<T, true>{x, nullptr, a, o, t});
-    } else {
-      scan(CePartialStatsOp<T, false>{x, nullptr, a, o, t});
-    }
+    const auto tf = make_logit_transform<acc_of<T>>(a.logit_scale, a.softcap);
+    bool_switch(tf.active, [&](auto transform) {
+      if (smoothing) {
+        scan(CePartialStatsOp<T, true, transform()>{x, nullptr, a, o, t, tf});
+      } else {
+        scan(CePartialStatsOp<T, false, transform()>{x, nullptr, a, o, t, tf});
+      }
+    });
   });
 }
 
@@ -118,11 +130,14 @@ void ce_partial_grad_backward(const PartialStatsArgs& a, const Tiling& t, const 
   if (t.units == 0) return;
   dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    const CePartialGradOp<T> op{static_cast<const T*>(a.logits.data), nullptr, static_cast<T*>(grad), a,
-                                static_cast<const acc_of<T>*>(coefs), t};
-    launch_kernel(FUSED_CE_KERNEL(row_elementwise_kernel<T, CePartialGradOp<T>>), grid_for(t.units * t.group),
-                  kBlock, stream, op);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto tf = make_logit_transform<acc_of<T>>(a.logit_scale, a.softcap);
+    bool_switch(tf.active, [&](auto transform) {
+      using Op = CePartialGradOp<T, transform()>;
+      const Op op{static_cast<const T*>(a.logits.data), nullptr, static_cast<T*>(grad), a,
+                  static_cast<const acc_of<T>*>(coefs), t, tf};
+      launch_kernel(FUSED_CE_KERNEL(row_elementwise_kernel<T, Op>), grid_for(t.units * t.group), kBlock, stream, op);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 

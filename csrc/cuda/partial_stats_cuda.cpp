@@ -14,10 +14,11 @@ namespace {
 
 at::Tensor ce_partial_stats(const at::Tensor& logits, const at::Tensor& target,
                             const c10::optional<at::Tensor>& weight, int64_t class_offset, int64_t ignore_index,
-                            bool smoothing) {
+                            bool smoothing, double logit_scale, double softcap) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const PartialStatsCall p = partial_stats_call(logits, target, weight, class_offset, ignore_index);
+  const PartialStatsCall p =
+      partial_stats_call(logits, target, weight, class_offset, ignore_index, logit_scale, softcap);
   const Tiling tiling = plan_tiling(p.args.logits, logits.element_size());
   at::Tensor out = at::empty(partial_rows_shape(logits, kPartialStatCount),
                              logits.options().dtype(lse_dtype(logits.scalar_type())));
@@ -30,10 +31,12 @@ at::Tensor ce_partial_stats(const at::Tensor& logits, const at::Tensor& target,
 }
 
 at::Tensor ce_partial_grad(const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-                           const at::Tensor& coefs_in, int64_t class_offset, int64_t ignore_index) {
+                           const at::Tensor& coefs_in, int64_t class_offset, int64_t ignore_index, double logit_scale,
+                           double softcap) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const PartialStatsCall p = partial_stats_call(logits, target, weight, class_offset, ignore_index);
+  const PartialStatsCall p =
+      partial_stats_call(logits, target, weight, class_offset, ignore_index, logit_scale, softcap);
   const Tiling tiling = plan_tiling(p.args.logits, logits.element_size());
   check_partial_coefs(coefs_in, logits);
   const at::Tensor coefs = coefs_in.contiguous();

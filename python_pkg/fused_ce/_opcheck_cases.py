@@ -127,7 +127,8 @@ def linear_cross_entropy(device, reduction, dtype):
 
 
 def partial_stats(device, shape, smoothing, dtype):
-    """The vocabulary-parallel slice ops (parallel.py): targets below, in and above the slice [2, 2 + C)."""
+    """The vocabulary-parallel slice ops (parallel.py): targets below, in and above the slice [2, 2 + C); also
+    with the language-model options (logit_scale, softcap)."""
     ops = _ops.kernel_ops()
     x = torch.randn(shape, dtype=dtype, device=device)
     rows = (shape[0],) + tuple(shape[2:])
@@ -136,8 +137,10 @@ def partial_stats(device, shape, smoothing, dtype):
     w = torch.rand(shape[1], dtype=dtype, device=device) + 0.1
     torch.library.opcheck(ops.ce_partial_stats.default, (x, y, w, 2, -100, smoothing))
     torch.library.opcheck(ops.ce_partial_stats.default, (x, y, None, 2, -100, smoothing))
+    torch.library.opcheck(ops.ce_partial_stats.default, (x, y, w, 2, -100, smoothing, 0.8, 3.0))
     coefs = torch.rand((4,) + rows, dtype=_ops.lse_dtype(dtype), device=device)
     torch.library.opcheck(ops.ce_partial_grad.default, (x, y, w, coefs, 2, -100))
+    torch.library.opcheck(ops.ce_partial_grad.default, (x, y, w, coefs, 2, -100, 0.8, 3.0))
 
 
 # requires_grad first: the --quick walk then alternates it, so it reaches the backward ops (False) early.

@@ -5,6 +5,7 @@ parallel.py's autograd.Function calls ce_partial_stats in forward and ce_partial
 import torch
 
 from . import _ops
+from ._lm_ops import _check_softcap
 from ._dtypes import dtype_name
 
 # Rows of ce_partial_stats's result (rowmath.h, PartialStat).
@@ -16,13 +17,15 @@ GRAD_COEFS = 4
 
 def _register_fakes(lib):
     @torch.library.register_fake(f"{lib}::ce_partial_stats")
-    def _(logits, target, weight, class_offset, ignore_index, smoothing):
+    def _(logits, target, weight, class_offset, ignore_index, smoothing, logit_scale=1.0, softcap=0.0):
         _ops._check_ce(logits, target, weight, soft=False)
+        _check_softcap(softcap)
         return logits.new_empty((PARTIAL_STATS,) + _ops.row_shape(logits), dtype=_ops.lse_dtype(logits.dtype))
 
     @torch.library.register_fake(f"{lib}::ce_partial_grad")
-    def _(logits, target, weight, coefs, class_offset, ignore_index):
+    def _(logits, target, weight, coefs, class_offset, ignore_index, logit_scale=1.0, softcap=0.0):
         _ops._check_ce(logits, target, weight, soft=False)
+        _check_softcap(softcap)
         _ops._check_devices(logits, coefs=coefs)
         shape = [GRAD_COEFS] + list(_ops.row_shape(logits))
         acc = _ops.lse_dtype(logits.dtype)

@@ -32,10 +32,6 @@ def _logits(workspace, x, linear_weight, linear_bias, cs):
     return torch.addmm(linear_bias[cs], x, linear_weight[cs].t(), out=tile)
 
 
-def _transform_args(transform):
-    return () if tuple(transform) == (1.0, 0.0) else tuple(transform)
-
-
 def _part(t, cs):
     return None if t is None else t[cs]
 
@@ -52,7 +48,7 @@ def tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_i
         for cs in class_slices:
             tile = _logits(workspace, x, linear_weight, linear_bias, cs)
             part = ops.ce_partial_stats(tile, t, _part(weight, cs), class_offset + cs.start, ignore_index, smoothing,
-                                        *_transform_args(transform))
+                                        *transform)
             acc = part if acc is None else S.merge(acc, part)
         out[:, rs] = acc
     return out
@@ -77,7 +73,7 @@ def tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, i
         for cs in class_slices:
             tile = _logits(workspace, x, linear_weight, linear_bias, cs)
             dlogits = ops.ce_partial_grad(tile, t, _part(weight, cs), coefs[:, rs], class_offset + cs.start,
-                                          ignore_index, *_transform_args(transform)).to(acc)
+                                          ignore_index, *transform).to(acc)
             if need_input:
                 gx.addmm_(dlogits, linear_weight[cs].to(acc))
             if need_weight:

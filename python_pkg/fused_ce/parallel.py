@@ -7,6 +7,11 @@ partials. The local work is one fused kernel, ce_partial_stats (csrc/partial_sta
 logit of the slice once; the per-row statistics it returns are combined with O(N) torch operations. The backward
 pass needs no collective: the fused ce_partial_grad writes the slice's gradient from the global log-sum-exp and
 per-row coefficients saved in forward, with no N x V_local buffer besides the gradient itself.
+
+The language-model options of ``fused_ce.cross_entropy`` (``logit_scale``, ``softcap``, ``lse_square_scale``)
+work the same way: both slice ops apply the logits transform z = softcap * tanh(logit_scale * x / softcap) as
+they read the logits (and the chain rule's dz/dx in backward), so the statistics, the loss and the z-loss are
+those of z, with no extra collective.
 """
 import torch
 import torch.distributed as dist
@@ -38,37 +43,41 @@ def _checked_offsets(class_offsets, local_classes, rank, size):
 
 class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, z_scale, group, offsets, ops):
+    def forward(ctx, logits, target, weight, ignore_index, reduction, eps, transform, z_scale, group, offsets, ops):
         rank = dist.get_rank(group)
-        stats = ops.ce_partial_stats(logits, target, weight, offsets[rank], ignore_index, eps > 0)
+        # transform = (logit_scale, softcap): the statistics are those of the transformed logits z.
+        stats = ops.ce_partial_stats(logits, target, weight, offsets[rank], ignore_index, eps > 0, *transform)
         rows = S.RowTerms(S.all_reduce(stats, group), target, ignore_index, eps, offsets[-1], z_scale)
         out, ce_scale, z_scale_rows = reduce_rows(rows, reduction)
         coefs = rows.grad_coefs(ce_scale, z_scale_rows)
         ctx.save_for_backward(logits, target, weight, coefs)
-        ctx.args = (offsets[rank], ignore_index, ops)
+        ctx.args = (offsets[rank], ignore_index, transform, ops)
         return out.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         logits, target, weight, coefs = ctx.saved_tensors
-        offset, ignore_index, ops = ctx.args
+        offset, ignore_index, transform, ops = ctx.args
         g = grad_out.to(coefs.dtype).expand_as(coefs[0])
         grad = ops.ce_partial_grad(logits, target, weight, torch.cat([coefs[:1], coefs[1:] * g]), offset,
-                                   ignore_index)
-        return grad, None, None, None, None, None, None, None, None, None
+                                   ignore_index, *transform)
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, lse_square_scale=0.0, class_offsets=None):
+                  label_smoothing=0.0, logit_scale=1.0, softcap=None, lse_square_scale=0.0, class_offsets=None):
     """Cross-entropy over logits whose class dimension is split over the ranks of ``group``.
 
     ``logits_shard`` has the shapes torch.nn.functional.cross_entropy accepts, (N, C_local, d1..dk) or
     unbatched (C_local,), with this rank's consecutive slice of the classes; ``target`` holds global class
     indices (the same on every rank); ``weight`` is this rank's slice of the class weights. ``class_offsets``
     (the first global class of every rank, then the total) saves the all_gather that finds them. Every rank
-    returns the same loss as ``fused_ce.cross_entropy`` on the full logits, plus ``lse_square_scale`` times
-    the mean (or sum) of lse^2 over the rows that are not ignored (the z-loss).
+    returns the same loss as ``fused_ce.cross_entropy`` on the full logits with the same ``logit_scale``,
+    ``softcap`` (None or 0: none) and ``lse_square_scale`` (the z-loss: lse_square_scale times the mean, or sum,
+    of lse(z)^2 over the rows that are not ignored).
     """
+    softcap = 0.0 if softcap is None else softcap
+    _lm_options.check_softcap(softcap)
     red = _validation.reduction_enum(reduction)
     c = _validation.prepare_cross_entropy(logits_shard, target, weight, ignore_index, red, label_smoothing)
     if c.soft:
@@ -80,7 +89,8 @@ def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index
                else _class_offsets(local_classes, group, c.logits.device))
     S.check_targets(c.target, c.ignore_index, offsets[-1])
     loss = _VocabParallelCE.apply(c.logits, c.target, c.weight, c.ignore_index, red, c.label_smoothing,
-                                  float(lse_square_scale), group, offsets, kernel_ops())
+                                  (float(logit_scale), float(softcap)), float(lse_square_scale), group, offsets,
+                                  kernel_ops())
     return loss.squeeze(0) if c.unbatched and red == NONE else loss
 
 
