@@ -143,8 +143,8 @@ def test_long_smoothing_and_target_sums(dtype, shape, target, options, isa_devic
 def special_rows(C, B):
     """(logits, hard target) of rows holding -inf, +inf and NaN at block edges (B: the block length),
     and one ordinary row that must stay unaffected."""
-    x = randn(9, C)
-    y = torch.tensor([5, B + 1, C - 1, 5, 5, 5, B, 5, 5])
+    x = randn(10, C)
+    y = torch.tensor([5, B + 1, C - 1, 5, 5, 5, B, 5, 5, B + 2])
     x[0, B - 1: B + 1] = -INF  # both sides of a block edge; finite loss
     x[1, :B] = -INF  # a whole first block; the running max starts at -inf
     x[2, : C - 1] = -INF  # all but the scalar tail's last class, the target
@@ -153,6 +153,8 @@ def special_rows(C, B):
     x[5, C - 1] = NAN
     x[6, B] = -INF  # the target: loss inf
     x[7] = -INF  # the whole row: NaN, as torch
+    x[9, :B] = -INF  # a first block of -inf, then logits near -200 whose exps underflow unless shifted by their
+    x[9, B:] -= 200.0  # own max (a reference of 0 for the -inf lanes would lose them all); finite loss
     return x, y
 
 
@@ -168,7 +170,7 @@ def test_infinities_and_nan_at_block_edges(dtype, layout, soft, smoothing, isa_d
         L = lanes(isa, dtype)
         C, B = 2 * SCAN_STEPS * L + 3, SCAN_STEPS * L
         x, y = special_rows(C, B)
-    else:  # the nine rows are positions of one (1, C, 9) input: one full vector of lanes and a partial one
+    else:  # the ten rows are positions of one (1, C, 10) input: one full vector of lanes and a partial one
         C, B = 2 * SCAN_STEPS + 3, SCAN_STEPS
         x, y = special_rows(C, B)
         x, y = x.t().unsqueeze(0).contiguous(), y.unsqueeze(0)
@@ -177,6 +179,7 @@ def test_infinities_and_nan_at_block_edges(dtype, layout, soft, smoothing, isa_d
     rows = out.reshape(-1)
     # row 0's -inf logits enter the loss only through soft targets or smoothing (as -inf * weight)
     assert bool(torch.isfinite(rows[0])) == (not soft and smoothing == 0)
+    assert bool(torch.isfinite(rows[9])) == (not soft and smoothing == 0)
     assert torch.isfinite(rows[8])
     assert rows[3].isnan() and rows[4].isnan() and rows[5].isnan() and rows[7].isnan()
 

@@ -155,28 +155,44 @@ struct LanesLayout {
 
 // Online log-sum-exp over the layout's steps; `extra(p, x)` sees every loaded vector once (for the
 // smoothing and soft-target sums), so the whole forward is a single pass over memory.
+//
+// Each block of kChunkSteps vectors is read once: its exps are summed against the current reference (per
+// lane: the first vector's value, later a block's max that went above it) while the block's max is found
+// alongside. Terms above the reference are fine while they stay below exp(kRedoAbove): the block's sum
+// cannot overflow, and an fp32 sum is equally precise at any scale. Terms far below it are negligible, as
+// the reference's own term, exp(0) = 1, is in the sum. Only a block whose max exceeds the reference by more
+// than kRedoAbove in some lane (rare after the first block) is summed again, from L1, against its own max.
+// Measured on a 2-core EPYC VM (4096x32000 forward, median of 5 processes): fp32 25.4 -> 14.1 ms and bf16
+// 21.8 -> 13.4 ms against a max pass and then a sum pass over each block.
 template <typename Layout, typename scalar_t, typename Extra>
 LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, Extra&& extra) {
   using V = typename Io<scalar_t>::V;
   using acc_t = typename Io<scalar_t>::acc_t;
+  constexpr acc_t kRedoAbove = acc_t(20);
+  constexpr int kAllLanes = (1 << V::size()) - 1;
   LseState<V> st{V(-std::numeric_limits<acc_t>::infinity()), V(acc_t(0))};
+  if (L.steps == 0) return st;
+  st.max = L.load(x, 0);
   for (int64_t p0 = 0; p0 < L.steps; p0 += kChunkSteps) {
     const int64_t p1 = std::min(L.steps, p0 + kChunkSteps);
+    const V shift = lse_shift(st.max);
     V block_max = st.max;
-    for (int64_t p = p0; p < p1; ++p) {
-      block_max = math_nan_max(block_max, L.load(x, p));
-    }
-    st = lse_rescale(st, block_max);
-    const V shift = lse_shift(block_max);
     V sum = st.sum;
     for (int64_t p = p0; p < p1; ++p) {
-      // Prefetching again here is deliberate. Measured without it: bf16 (32, 1000, 2048) forward+backward
-      // 88 -> 207 ms. Likely cause: in the lanes layout a block's lines lie S elements apart, often a
-      // multiple of 4 KiB, so they compete for one L1 set and are gone by the second pass.
       const V xv = L.load(x, p);
+      block_max = math_nan_max(block_max, xv);
       sum = sum + math_exp(xv - shift);
       extra(p, xv);
     }
+    // Per lane; false where NaN was seen (the sum carries it already) and for -inf after -inf.
+    if ((block_max - st.max > V(kRedoAbove)).zero_mask() == kAllLanes) {
+      st.sum = sum;
+      continue;
+    }
+    st = lse_rescale(st, block_max);
+    const V redo_shift = lse_shift(block_max);
+    sum = st.sum;
+    for (int64_t p = p0; p < p1; ++p) sum = sum + math_exp(L.load(x, p) - redo_shift);
     st.sum = sum;
   }
   return st;

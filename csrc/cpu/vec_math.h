@@ -15,6 +15,30 @@ using Vec = at::vec::Vectorized<T>;
 // input, so NaN is put back explicitly (a NaN logit must give a NaN loss and gradient, as in PyTorch).
 template <typename T>
 inline Vec<T> math_exp(Vec<T> x) { return Vec<T>::blendv(x.exp_u20(), x, x != x); }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// fp32 exp in 11 AVX-512 instructions where exp_u20 and the NaN blend above take 21: the forward pass is
+// bound by this exp (one per logit; bf16 forward 4096x32000 ran at a third of the memory bandwidth).
+// exp(x) = 2^n * e^r with n = round(x / ln 2) and r = x - n ln 2 in two parts (Cody-Waite: n * kLn2Hi is
+// exact for |n| < 2^15), so |r| <= ln(2) / 2; e^r by the degree-5 polynomial of exp_u20 (relative error
+// 9e-8 on that interval); 2^n applied by vscalefps, which gives inf and 0 when it overflows or underflows.
+// Measured against fp64 in fp32 arithmetic: at most 3 ulp (exp_u20: 20). The clamp keeps n * ln 2 finite,
+// so -inf gives exactly 0 (x = -120 is below 2^-150) and +inf gives inf; max/min return their second
+// operand when one is NaN, so NaN stays NaN.
+inline Vec<float> math_exp(Vec<float> v) {
+  const __m512 x = _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-120.f), v));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00828929059f), r, _mm512_set1_ps(0.0418978221f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.999999701f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+#endif
 template <typename T>
 inline Vec<T> math_log(Vec<T> x) { return x.log(); }
 template <typename T>
@@ -26,9 +50,14 @@ inline Vec<T> math_abs(Vec<T> x) { return x.abs(); }
 // here). Its absolute error is a few 1e-8 (the rounding of 2 / (1 + e) near 1), which the cap c multiplies as it
 // multiplies the fp32 rounding of torch's own c * tanh(x / c); the fast exp_u20 would be 20 times coarser.
 // +-inf and large |x| give +-1 exactly (exp overflows to inf, or underflows to 0); NaN stays NaN.
+// Under AVX-512 the exp is the 3-ulp math_exp above, which adds about 1e-7 to that error.
 inline Vec<float> math_tanh(Vec<float> x) {
   const Vec<float> one(1.f), two(2.f);
+#if defined(CPU_CAPABILITY_AVX512)
+  return one - two / (one + math_exp(x + x));
+#else
   return one - two / (one + (x + x).exp());
+#endif
 }
 inline Vec<double> math_tanh(Vec<double> x) { return x.tanh(); }
 template <typename T>
