@@ -31,6 +31,11 @@ class CaseResult:
     memory: dict = field(default_factory=dict)  # provider -> peak extra bytes
     notes: dict = field(default_factory=dict)   # provider -> why it has no time or memory
     load: object = None                          # load.Window over the case's timing, or None
+    copy_bandwidth: float = None                 # bytes/s of the copy probe timed in the case's rounds, or None
+
+    def copy_bw(self, run_copy_bandwidth):
+        """The copy bandwidth this case's byte floor uses: its own when measured, else the run's."""
+        return self.copy_bandwidth or run_copy_bandwidth
 
     @property
     def ok(self):
@@ -43,9 +48,10 @@ class CaseResult:
         return None
 
     def floor_fraction(self, copy_bandwidth):
-        """fused_ce's byte floor / its median time: the share of the copy bandwidth it reaches, or None."""
+        """fused_ce's byte floor / its median time: the share of the copy bandwidth it reaches, or None.
+        `copy_bandwidth` (the run's) counts only where the case has no copy bandwidth of its own."""
         t = self.times.get(OURS)
-        return None if t is None else floor_seconds(self.case, copy_bandwidth) / t[1]
+        return None if t is None else floor_seconds(self.case, self.copy_bw(copy_bandwidth)) / t[1]
 
     def bandwidth(self, provider):
         """(p20, p50, p80) bytes/s of the minimum traffic; the p20 bandwidth comes from the p80 time."""
@@ -84,8 +90,13 @@ def csv_rows(results, meta, providers):
         c = r.case
         base = dict(env, loss=c.loss, mode=c.mode, dtype=c.dtype, N=c.N, C=c.C, options=c.options, check=r.check,
                     **_load_columns(r.load))
+        copy_bw = r.copy_bw(meta["copy_bandwidth"])
+        if r.copy_bandwidth:
+            rows.append(dict(base, provider="copy", metric="copy_bandwidth", unit="GB/s", p50=r.copy_bandwidth / 1e9,
+                             p20="", p80="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB timed in this "
+                             "case's rounds, read+write bytes, fastest"))
         rows.append(dict(base, provider="floor", metric="byte_floor", unit="ms", note=BYTES_MODEL,
-                         p50=floor_seconds(c, meta["copy_bandwidth"]) * 1e3, p20="", p80=""))
+                         p50=floor_seconds(c, copy_bw) * 1e3, p20="", p80=""))
         for p in providers:
             note = r.notes.get(p, "")
             t = r.times.get(p)
@@ -100,7 +111,7 @@ def csv_rows(results, meta, providers):
                 rows.append(dict(base, provider=p, metric="bandwidth", unit="GB/s", note=BYTES_MODEL,
                                  p20=bw[0] / 1e9, p50=bw[1] / 1e9, p80=bw[2] / 1e9))
                 rows.append(dict(base, provider=p, metric="copy_bandwidth_fraction", unit="%", note="",
-                                 **{k: 100 * v / meta["copy_bandwidth"] for k, v in zip(("p20", "p50", "p80"), bw)}))
+                                 **{k: 100 * v / copy_bw for k, v in zip(("p20", "p50", "p80"), bw)}))
             if p != OURS and r.speedup(p) is not None:
                 rows.append(dict(base, provider=OURS, metric=f"speedup_vs_{p}", unit="x",
                                  note=f"time_{p} / time_{OURS} at p50", p50=r.speedup(p), p20="", p80=""))
@@ -121,6 +132,11 @@ def _load_cell(w):
     if w is None or w.other_cores is None:
         return "–"
     return f"**{w.other_cores:.2f} busy**" if w.busy else f"{w.other_cores:.2f}"
+
+
+def _per_case_copy_range(results):
+    bws = [r.copy_bandwidth for r in results if r.copy_bandwidth]
+    return f", {min(bws) / 1e9:.1f}–{max(bws) / 1e9:.1f} GB/s in the cases' own rounds" if bws else ""
 
 
 def _load_line(meta):
@@ -156,12 +172,13 @@ def markdown(results, meta, providers):
     head = (["case", "check", f"{OURS} ms p50 [p20–p80]", "byte floor ms", "% copy BW (floor / time)"]
             + [f"× vs {SHORT[p]}" for p in others]
             + [f"{p} ms p50 [p20–p80]" for p in others]
-            + ["fused GB/s", "peak extra MiB (" + " / ".join(SHORT[p] for p in providers) + ")",
+            + ["fused GB/s", "copy GB/s", "peak extra MiB (" + " / ".join(SHORT[p] for p in providers) + ")",
                "others' CPU, cores"])
     lines = [
         f"Device: {meta['device_name']} ({meta['device']}), torch {meta['torch_version']}, "
         f"fused_ce {meta['fused_ce_version']}, threads {meta['threads']}. "
-        f"Measured copy bandwidth: {meta['copy_bandwidth'] / 1e9:.1f} GB/s (read+write). " + _load_line(meta),
+        f"Measured copy bandwidth: {meta['copy_bandwidth'] / 1e9:.1f} GB/s (read+write) at the end of the run"
+        + _per_case_copy_range(results) + ". " + _load_line(meta),
         "",
     ]
     if meta.get("thp_note"):
@@ -183,19 +200,22 @@ def markdown(results, meta, providers):
 
     for r in results:
         cells = [r.case.label, "ok" if r.ok else f"**{r.check}**", time_cell(r, OURS),
-                 _fmt(floor_seconds(r.case, meta["copy_bandwidth"]) * 1e3)]
+                 _fmt(floor_seconds(r.case, r.copy_bw(meta["copy_bandwidth"])) * 1e3)]
         fraction = r.floor_fraction(meta["copy_bandwidth"])
         cells.append(_fmt(100 * fraction) if fraction is not None else "–")
         cells += [(_fmt(r.speedup(p), 2) + "×") if r.speedup(p) else "–" for p in others]
         cells += [time_cell(r, p) for p in others]
         bw = r.bandwidth(OURS)
         cells.append(_fmt(bw[1] / 1e9) if bw else "–")
+        cells.append(_fmt(r.copy_bw(meta["copy_bandwidth"]) / 1e9))
         cells.append(" / ".join(_fmt(r.memory[p] / MiB) if p in r.memory else "–" for p in providers))
         cells.append(_load_cell(r.load))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _floor_line(results, meta), "",
-              f"Byte floor: {BYTES_MODEL}; its time is those bytes at the measured copy bandwidth, and "
-              "% copy BW is that time over fused_ce's median (fused GB/s over the copy bandwidth).",
+              f"Byte floor: {BYTES_MODEL}; its time is those bytes at the copy bandwidth, and "
+              "% copy BW is that time over fused_ce's median (fused GB/s over the copy bandwidth). Copy GB/s: "
+              "on CPU, the fastest of a copy timed once in every round of the case, beside the providers (the "
+              "machine's bandwidth varies over minutes); elsewhere, the run's copy above.",
               meta["memory_note"] + ".",
               "Providers are timed in interleaved rounds (A B A B ...). Others' CPU: CPU time that processes other "
               "than this benchmark took while the case was timed, in cores (from /proc/stat); above "

@@ -72,7 +72,7 @@ def environment(device):
     }
 
 
-def run_group(group, providers, device, args, bar, thp_worker):
+def run_group(group, providers, device, args, bar, thp_worker, probe=None):
     """All cases sharing one set of inputs: check once, build each provider once, time every mode with the
     providers interleaved (and on CUDA measure their memory); then the THP providers in their process."""
     first = group[0]
@@ -106,8 +106,12 @@ def run_group(group, providers, device, args, bar, thp_worker):
         bar.set_postfix_str(c.label)
         started = []
         samples, errors = timing.time_interleaved(fns, inputs, c.mode, c.repeats, warmup, device,
-                                                  on_timing_start=lambda: started.append(load.snapshot()))
+                                                  on_timing_start=lambda: started.append(load.snapshot()),
+                                                  probe=probe)
         r.load = load.window(started[0], load.snapshot())
+        copy_samples = samples.pop(timing.COPY, None)
+        if copy_samples:
+            r.copy_bandwidth = probe.bandwidth(copy_samples)
         # A failure (a compile error, an unsupported option) shows up in the provider's first call.
         for p, e in errors.items():
             r.notes[p] = f"failed: {providers_mod.describe_error(e)}"
@@ -204,17 +208,20 @@ def main(argv=None):
     for c in cases:
         groups.setdefault(c.input_key, []).append(c)
     results = []
+    probe = timing.CopyProbe(device, meta["copy_bytes"]) if device == "cpu" else None
     try:
         with tqdm(total=len(cases), file=sys.stderr, desc="bench", unit="case", dynamic_ncols=True) as bar:
             for group in groups.values():
-                results += run_group(group, providers, device, args, bar, thp_worker)
+                results += run_group(group, providers, device, args, bar, thp_worker, probe)
                 bar.update(len(group))
         if thp_worker is not None:
             meta["thp_note"] = thp_note(*thp_worker.ready())
     finally:
         if thp_worker is not None:
             thp_worker.close()
-    # After the timings, so that it cannot overlap the THP worker's start-up; warm, in the same run.
+    del probe
+    # After the timings, so that it cannot overlap the THP worker's start-up; warm, in the same run. On CPU the
+    # byte floors use each case's own copy bandwidth (the probe); this one is for cases without it.
     meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
     meta["load_end"] = load.load_average()
     meta["load_warning"] = load.describe([r.load for r in results if r.load], meta["load_start"], meta["load_end"],

@@ -51,7 +51,29 @@ def run_once(fn, inputs, mode):
     _step(fn, inputs, mode, pre)
 
 
-def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start=None):
+# The key of time_interleaved's samples that holds the copy probe's seconds.
+COPY = "copy"
+
+
+class CopyProbe:
+    """dst.copy_(src) of `nbytes`, timed once per round beside the providers on CPU: the memory bandwidth the
+    machine gave while each case ran. On the 2-core VM it swung between about 44 and 78 GB/s within minutes
+    (other tenants), so one copy timed at the end of the run could halve or double every case's byte floor."""
+
+    def __init__(self, device, nbytes):
+        self.src = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
+        self.dst = torch.empty_like(self.src)
+        self.dst.copy_(self.src)
+
+    def __call__(self):
+        self.dst.copy_(self.src)
+
+    def bandwidth(self, samples):
+        """Bytes/s (read + write) of the fastest copy among `samples` (seconds)."""
+        return 2 * self.src.numel() * 4 / min(samples)
+
+
+def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start=None, probe=None):
     """Seconds per call of each provider in `fns` (name -> callable), timed in rounds that call every
     provider once (A B A B ...), so that a burst of other work on the machine lands on all of them alike
     rather than on whichever happened to be timed during it. Returns (samples, errors): name -> list of
@@ -60,7 +82,8 @@ def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start
     Warm-up: each provider's first call runs alone (torch.compile compiles there), then interleaved rounds
     until every provider made `warmup` calls and the rounds took MIN_WARMUP_S per provider: the first calls
     pay for cold caches and sleeping threads. `on_timing_start` is called after the first calls, so a load
-    reading can skip the compilation (which runs in worker processes of its own)."""
+    reading can skip the compilation (which runs in worker processes of its own). A `probe` (CopyProbe, CPU
+    only) is timed once per timed round too; its seconds come back under samples[COPY]."""
     errors = {}
     live = {}
     for name, fn in fns.items():
@@ -101,6 +124,10 @@ def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start
                 out = _step(fn, inputs, mode, pre)
                 samples[name].append(time.perf_counter() - t0)
                 del out, pre
+            if probe is not None:
+                t0 = time.perf_counter()
+                probe()
+                samples.setdefault(COPY, []).append(time.perf_counter() - t0)
     return samples, errors
 
 

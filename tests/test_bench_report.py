@@ -88,6 +88,24 @@ def test_table_leads_with_torch_at_its_best():
     assert floor_row["p50"] == pytest.approx(6.0)
 
 
+def test_a_cases_own_copy_bandwidth_sets_its_floor_and_the_runs_serves_the_others():
+    own = _result(5000, 0.010)
+    own.copy_bandwidth = 20e9  # the copy probe in this case's rounds: twice the run's 10 GB/s
+    other = _result(6000, 0.010)
+    assert own.floor_fraction(10e9) == pytest.approx(0.3)    # 60e6 bytes at 20 GB/s = 3 ms, of 10 ms
+    assert other.floor_fraction(10e9) == pytest.approx(0.72)  # 72e6 bytes at 10 GB/s
+    assert report.at_floor([own, other], 10e9) == ([other.case.label], 2)
+    text = report.markdown([own, other], META, ["fused_ce"])
+    assert "20.0–20.0 GB/s in the cases' own rounds" in text
+    row = next(line for line in text.splitlines() if line.startswith("| ce fp32 full 1000x5000"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "3.00" and cells[4] == "30.0" and "20.0" in cells
+    rows = report.csv_rows([own, other], META, ["fused_ce"])
+    floors = [row["p50"] for row in rows if row["metric"] == "byte_floor"]
+    assert floors == [pytest.approx(3.0), pytest.approx(7.2)]
+    assert [row["p50"] for row in rows if row["metric"] == "copy_bandwidth" and row["C"] == 5000] == [20.0]
+
+
 def test_the_busier_of_two_load_windows_wins():
     quiet = load.Window(1.0, 1.0, 0.1, 2.0)
     busy = load.Window(1.0, 1.0, 0.5, 2.0)

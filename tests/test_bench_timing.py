@@ -5,6 +5,7 @@ import os
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
@@ -35,6 +36,23 @@ def test_providers_are_timed_in_interleaved_rounds(monkeypatch):
     assert set(errors) == {"broken"} and isinstance(errors["broken"], ValueError)
     assert marks == [2], "the load window must start after every provider's first (compiling) call"
     assert calls == ["a", "b"] * (3 + 4), calls  # 3 warm-up calls each, then 4 timed rounds: A B A B ...
+
+
+def test_the_copy_probe_is_timed_once_in_every_timed_round(monkeypatch):
+    monkeypatch.setattr(timing, "MIN_WARMUP_S", 0.0)
+    calls = []
+    inputs = SimpleNamespace(x=torch.ones(3, requires_grad=True), target=None)
+    probe = timing.CopyProbe("cpu", 1 << 20)
+
+    def probe_call():
+        calls.append("copy")
+        probe()
+    fns = {"a": _recorder("a", calls), "b": _recorder("b", calls)}
+    samples, errors = timing.time_interleaved(fns, inputs, "forward", repeats=4, warmup=2, device="cpu",
+                                              probe=lambda: probe_call())
+    assert errors == {} and len(samples[timing.COPY]) == 4 and min(samples[timing.COPY]) > 0
+    assert calls == ["a", "b"] * 2 + ["a", "b", "copy"] * 4, calls  # not in the warm-up rounds
+    assert probe.bandwidth([0.5, 0.001]) == pytest.approx(2 * (1 << 20) / 0.001)  # the fastest copy
 
 
 def _snap(wall, machine_busy, own, load_avg=1.0):

@@ -180,11 +180,11 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
     V sum = st.sum;
     for (int64_t p = p0; p < p1; ++p) {
       const V xv = L.load(x, p);
-      block_max = math_nan_max(block_max, xv);
+      block_max = math_running_max(block_max, xv);
       sum = sum + math_exp(xv - shift);
       extra(p, xv);
     }
-    // Per lane; false where NaN was seen (the sum carries it already) and for -inf after -inf.
+    // Per lane; false where the first logit was NaN (the sum carries every NaN) and for -inf after -inf.
     if ((block_max - st.max > V(kRedoAbove)).zero_mask() == kAllLanes) {
       st.sum = sum;
       continue;
