@@ -94,7 +94,7 @@ def csv_rows(results, meta, providers):
         if r.copy_bandwidth:
             rows.append(dict(base, provider="copy", metric="copy_bandwidth", unit="GB/s", p50=r.copy_bandwidth / 1e9,
                              p20="", p80="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB timed in this "
-                             "case's rounds, read+write bytes, fastest"))
+                             "case's rounds, read+write bytes, median"))
         rows.append(dict(base, provider="floor", metric="byte_floor", unit="ms", note=BYTES_MODEL,
                          p50=floor_seconds(c, copy_bw) * 1e3, p20="", p80=""))
         for p in providers:
@@ -214,7 +214,7 @@ def markdown(results, meta, providers):
     lines += ["", _floor_line(results, meta), "",
               f"Byte floor: {BYTES_MODEL}; its time is those bytes at the copy bandwidth, and "
               "% copy BW is that time over fused_ce's median (fused GB/s over the copy bandwidth). Copy GB/s: "
-              "on CPU, the fastest of a copy timed once in every round of the case, beside the providers (the "
+              "on CPU, the median of a copy timed once in every round of the case, beside the providers (the "
               "machine's bandwidth varies over minutes); elsewhere, the run's copy above.",
               meta["memory_note"] + ".",
               "Providers are timed in interleaved rounds (A B A B ...). Others' CPU: CPU time that processes other "

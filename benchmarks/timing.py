@@ -69,8 +69,9 @@ class CopyProbe:
         self.dst.copy_(self.src)
 
     def bandwidth(self, samples):
-        """Bytes/s (read + write) of the fastest copy among `samples` (seconds)."""
-        return 2 * self.src.numel() * 4 / min(samples)
+        """Bytes/s (read + write) at the median of `samples` (seconds): the providers' times are medians of the
+        same rounds, so a floor from the fastest copy would set one lucky round against a typical one."""
+        return 2 * self.src.numel() * 4 / float(np.median(samples))
 
 
 def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start=None, probe=None):
