@@ -199,15 +199,16 @@ def markdown(results, meta, providers):
         return f"skipped[{len(footnotes)}]"
 
     for r in results:
+        copy_bw = r.copy_bw(meta["copy_bandwidth"])
         cells = [r.case.label, "ok" if r.ok else f"**{r.check}**", time_cell(r, OURS),
-                 _fmt(floor_seconds(r.case, r.copy_bw(meta["copy_bandwidth"])) * 1e3)]
+                 _fmt(floor_seconds(r.case, copy_bw) * 1e3)]
         fraction = r.floor_fraction(meta["copy_bandwidth"])
         cells.append(_fmt(100 * fraction) if fraction is not None else "–")
         cells += [(_fmt(r.speedup(p), 2) + "×") if r.speedup(p) else "–" for p in others]
         cells += [time_cell(r, p) for p in others]
         bw = r.bandwidth(OURS)
         cells.append(_fmt(bw[1] / 1e9) if bw else "–")
-        cells.append(_fmt(r.copy_bw(meta["copy_bandwidth"]) / 1e9))
+        cells.append(_fmt(copy_bw / 1e9))
         cells.append(" / ".join(_fmt(r.memory[p] / MiB) if p in r.memory else "–" for p in providers))
         cells.append(_load_cell(r.load))
         lines.append("| " + " | ".join(cells) + " |")

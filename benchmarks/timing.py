@@ -56,8 +56,8 @@ COPY = "copy"
 
 
 class CopyProbe:
-    """dst.copy_(src) of `nbytes`, timed once per round beside the providers on CPU: the memory bandwidth the
-    machine gave while each case ran. On the 2-core VM it swung between about 44 and 78 GB/s within minutes
+    """dst.copy_(src) of `nbytes`: the copy behind every bandwidth figure. On CPU it is also timed once per round
+    beside the providers: the memory bandwidth the machine gave while each case ran. On the 2-core VM it swung between about 44 and 78 GB/s within minutes
     (other tenants), so one copy timed at the end of the run could halve or double every case's byte floor."""
 
     def __init__(self, device, nbytes):
@@ -68,10 +68,15 @@ class CopyProbe:
     def __call__(self):
         self.dst.copy_(self.src)
 
+    @property
+    def bytes_moved(self):
+        """Bytes one copy reads and writes."""
+        return 2 * self.src.numel() * self.src.element_size()
+
     def bandwidth(self, samples):
         """Bytes/s (read + write) at the median of `samples` (seconds): the providers' times are medians of the
         same rounds, so a floor from the fastest copy would set one lucky round against a typical one."""
-        return 2 * self.src.numel() * 4 / float(np.median(samples))
+        return self.bytes_moved / float(np.median(samples))
 
 
 def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start=None, probe=None):
@@ -136,24 +141,22 @@ def copy_bandwidth(device, nbytes, repeats=9):
     """Measured copy bandwidth in bytes/s, counting read + write, from the fastest of `repeats` copies: what the
     machine can reach, so that other processes' memory traffic during one copy cannot lower the byte floor
     (and raise fused_ce's share of it)."""
-    src = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
+    probe = CopyProbe(device, nbytes)
     _sync(device)
     samples = []
     for _ in range(repeats):
         if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            dst.copy_(src)
+            probe()
             end.record()
             end.synchronize()
             samples.append(start.elapsed_time(end) / 1e3)
         else:
             t0 = time.perf_counter()
-            dst.copy_(src)
+            probe()
             samples.append(time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / min(samples)
+    return probe.bytes_moved / min(samples)
 
 
 # ---- memory ----------------------------------------------------------------------------------------------

@@ -36,8 +36,6 @@ FUSED_CE_HD float math_exp(float x) { return expf(x); }
 FUSED_CE_HD double math_exp(double x) { return exp(x); }
 FUSED_CE_HD float math_log(float x) { return logf(x); }
 FUSED_CE_HD double math_log(double x) { return log(x); }
-FUSED_CE_HD float math_log1p(float x) { return log1pf(x); }
-FUSED_CE_HD double math_log1p(double x) { return log1p(x); }
 // log1p for arguments in [0, 1] (log1p(exp(-|x|)) of the BCE formulas); the CPU's AVX-512 vector form is
 // faster than a general log1p (vec_math.h), the scalar one is log1p itself.
 FUSED_CE_HD float math_log1p_unit(float x) { return log1pf(x); }

@@ -47,9 +47,10 @@ def test_the_copy_probe_is_timed_once_in_every_timed_round(monkeypatch):
     def probe_call():
         calls.append("copy")
         probe()
+
     fns = {"a": _recorder("a", calls), "b": _recorder("b", calls)}
     samples, errors = timing.time_interleaved(fns, inputs, "forward", repeats=4, warmup=2, device="cpu",
-                                              probe=lambda: probe_call())
+                                              probe=probe_call)
     assert errors == {} and len(samples[timing.COPY]) == 4 and min(samples[timing.COPY]) > 0
     assert calls == ["a", "b"] * 2 + ["a", "b", "copy"] * 4, calls  # not in the warm-up rounds
     assert probe.bandwidth([0.5, 0.002, 0.001]) == pytest.approx(2 * (1 << 20) / 0.002)  # the median copy

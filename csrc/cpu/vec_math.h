@@ -41,8 +41,6 @@ inline Vec<float> math_exp(Vec<float> v) {
 #endif
 template <typename T>
 inline Vec<T> math_log(Vec<T> x) { return x.log(); }
-template <typename T>
-inline Vec<T> math_log1p(Vec<T> x) { return x.log1p(); }
 // log1p(e) for e in [0, 1] or NaN: the BCE kernels' log1p(exp(-|x|)). at::vec's log1p (Sleef's, 1 ulp, any
 // argument) bound the BCE forward.
 template <typename T>
