@@ -119,6 +119,7 @@ def default_cases(device, quick):
         Case("ce", "backward", "fp32", 2048, 8000, repeats=7),
         Case("ce", "full", "fp32", 2048, 8000, feature="ignore", value=0.3, repeats=7),
         Case("bce", "full", "fp32", 4096, 4096, repeats=7),
+        Case("bce", "full", "bf16", 4096, 4096, repeats=7),
     ]
 
 
