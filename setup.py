@@ -147,8 +147,9 @@ def _pip_cuda_include_dirs():
 CPU_ISA_FLAGS = {
     "default": ["-DCPU_CAPABILITY=DEFAULT"],
     "avx2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    # -mavx512bf16 only for vec_math.h's bf16 stores, which check the CPU for it at run time first.
     "avx512": ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
-               "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
+               "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx512bf16"],
 }
 
 

@@ -85,6 +85,11 @@ struct Io {
     if constexpr (kSame) {
       v.store(p, n);
     } else {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        if (store_bf16_native(p, v, n)) return;
+      }
+#endif
       at::vec::convert_from_float<scalar_t>(v, v).store(p, n);
     }
   }
@@ -94,6 +99,11 @@ struct Io {
       a.store(p);
       b.store(p + kLanes);
     } else {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        if (store_bf16_native(p, a, b)) return;
+      }
+#endif
       at::vec::convert_from_float<scalar_t>(a, b).store(p);
     }
   }
