@@ -48,6 +48,9 @@ struct CeHardArgs {
   double label_smoothing;
   double weight_sum;  // sum of the class weights (C when unweighted)
   LmOptions lm = {};
+  // CPU backward: the gradient buffer is a fresh anonymous mapping (large_buffers.cpp), which the OS hands over
+  // zeroed, so ignored rows are left unwritten; their 0 is already there.
+  bool grad_zeroed = false;
 };
 
 struct CeSoftArgs {

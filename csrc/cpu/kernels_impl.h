@@ -502,7 +502,7 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
       const int64_t t = read_target(a.target, a.target_is_byte, n);
       const auto L = logits_layout<kTransform>(RowsLayout<scalar_t>{C / kLanes}, tf);
       if (t == a.ignore_index) {
-        std::fill(out, out + C, scalar_t(0));
+        if (!a.grad_zeroed) std::fill(out, out + C, scalar_t(0));
         return;
       }
       const acc_t lse = lse_in[n];

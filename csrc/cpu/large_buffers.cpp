@@ -104,10 +104,12 @@ LargeBufferAllocator* allocator() {
 
 }  // namespace
 
-at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
+at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options, bool* zeroed) {
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
+  const bool mapped = nbytes >= kLargeBytes && huge_pages_usable();  // what allocator() will do
+  if (zeroed != nullptr) *zeroed = mapped;  // anonymous mappings start zero-filled
   if (nbytes < kLargeBytes) return at::empty(sizes, options);
   return at::detail::empty_generic(sizes, allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    c10::typeMetaToScalarType(options.dtype()), c10::nullopt);

@@ -7,6 +7,7 @@ namespace fused_ce::cpu {
 
 // at::empty for small tensors. Large ones (4 MiB or more) get their own 2 MiB-aligned mapping advised
 // as transparent huge pages, returned to the system when the tensor dies (see large_buffers.cpp).
-at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options);
+// *zeroed (when given) says whether the tensor is such a fresh mapping, which holds zeros.
+at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options, bool* zeroed = nullptr);
 
 }  // namespace fused_ce::cpu

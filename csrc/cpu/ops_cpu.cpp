@@ -141,8 +141,11 @@ at::Tensor cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, c
       weight_in.has_value() ? c10::optional<at::Tensor>(weight_in->contiguous()) : c10::nullopt;
   at::Tensor keep;
   const RowGrad rg = row_grad(grad, logits, reduction, denominator, ce_row_shape(logits), keep);
-  at::Tensor out = empty_large(logits.sizes(), logits.options());
-  kernels().ce_hard_backward(hard_args(x, g, t, weight, ignore_index, smoothing), l.data_ptr(), rg, out.data_ptr());
+  bool zeroed = false;
+  at::Tensor out = empty_large(logits.sizes(), logits.options(), &zeroed);
+  CeHardArgs args = hard_args(x, g, t, weight, ignore_index, smoothing);
+  args.grad_zeroed = zeroed;
+  kernels().ce_hard_backward(args, l.data_ptr(), rg, out.data_ptr());
   return out;
 }
 
@@ -180,11 +183,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_lm_fwd(
   return {loss, lse, z_loss};
 }
 
-// The gradient of cross_entropy_lm_fwd's loss, written into `out` (a new tensor, or the logits themselves).
+// The gradient of cross_entropy_lm_fwd's loss, written into `out` (a new tensor, or the logits themselves;
+// out_zeroed: out is known to hold zeros, see CeHardArgs::grad_zeroed).
 void cross_entropy_lm_grad(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
                            const c10::optional<at::Tensor>& weight_in, const at::Tensor& lse, int64_t ignore_index,
                            double smoothing, int64_t reduction, double logit_scale, double softcap,
-                           double lse_square_scale, const at::Tensor& x, void* out) {
+                           double lse_square_scale, const at::Tensor& x, void* out, bool out_zeroed) {
   const auto g = ce_geometry(logits);
   double counted = 1.0;
   const double denominator = reduction == kMean
@@ -197,6 +201,7 @@ void cross_entropy_lm_grad(const at::Tensor& grad, const at::Tensor& logits, con
                                                              : grad.item<double>();
   CeHardArgs args = hard_args(x, g, t, weight, ignore_index, smoothing);
   args.lm = {logit_scale, softcap, lse_square_scale, nullptr};
+  args.grad_zeroed = out_zeroed;
   kernels().ce_hard_backward(args, l.data_ptr(), rg, out);
 }
 
@@ -206,9 +211,10 @@ at::Tensor cross_entropy_lm_bwd(const at::Tensor& grad, const at::Tensor& logits
                                 double lse_square_scale) {
   check_ce_lm(logits, target, weight, reduction, softcap, &lse);
   const at::Tensor x = ce_kernel_logits(logits);
-  at::Tensor out = empty_large(logits.sizes(), logits.options());
+  bool zeroed = false;
+  at::Tensor out = empty_large(logits.sizes(), logits.options(), &zeroed);
   cross_entropy_lm_grad(grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
-                        lse_square_scale, x, out.data_ptr());
+                        lse_square_scale, x, out.data_ptr(), zeroed);
   return out;
 }
 
@@ -219,7 +225,7 @@ void cross_entropy_lm_bwd_(const at::Tensor& grad, const at::Tensor& logits, con
   check_ce_lm(logits, target, weight, reduction, softcap, &lse);
   check_in_place_logits(logits);
   cross_entropy_lm_grad(grad, logits, target, weight, lse, ignore_index, smoothing, reduction, logit_scale, softcap,
-                        lse_square_scale, logits, logits.data_ptr());
+                        lse_square_scale, logits, logits.data_ptr(), /*out_zeroed=*/false);
   mark_overwritten(logits);
 }
 
