@@ -21,15 +21,14 @@ import time
 
 
 def timed(fn, rounds, variants):
+    """Median of fn(name), which returns the seconds its timed part took, over alternating rounds after two
+    warm-up rounds."""
     times = {name: [] for name in variants}
-    for _ in range(2):
+    for r in range(rounds + 2):
         for name in variants:
-            fn(name)
-    for _ in range(rounds):
-        for name in variants:
-            start = time.perf_counter()
-            fn(name)
-            times[name].append(time.perf_counter() - start)
+            elapsed = fn(name)
+            if r >= 2:
+                times[name].append(elapsed)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -42,8 +41,10 @@ def measure(mib, rounds):
     dst = torch.empty_like(src).fill_(1.0)
 
     def copy(name):
+        start = time.perf_counter()
         out = dst if name == "existing" else torch.empty_like(src)
         out.copy_(src)
+        return time.perf_counter() - start
 
     copies = timed(copy, rounds, ("existing", "fresh"))
 
@@ -64,13 +65,7 @@ def measure(mib, rounds):
         del grad, loss, logits
         return elapsed
 
-    bwd_times = {"fresh": [], "in place": []}
-    for r in range(rounds + 2):
-        for name in bwd_times:
-            elapsed = backward(name)
-            if r >= 2:
-                bwd_times[name].append(elapsed)
-    bwd = {name: statistics.median(ts) for name, ts in bwd_times.items()}
+    bwd = timed(backward, rounds, ("fresh", "in place"))
     nbytes = 2 * n * 4
     gbs = lambda s: nbytes / s / 1e9
     print(f"{mib} MiB fp32: copy into existing memory {copies['existing'] * 1e3:.2f} ms ({gbs(copies['existing']):.1f} GB/s), "

@@ -242,16 +242,26 @@ LseState<acc_t> merge_lanes(const LseState<V>& st) {
   return {m, lane_sum(lse_rescale(st, V(m)).sum)};
 }
 
-// The last n < kLanes classes of a row (those past its whole vectors) as a per-lane state: lane l holds
+// The last n < kLanes classes of a row (those past its whole vectors) in one vector, transformed when
+// kTransform, as the forward and the backward load them.
+template <bool kTransform, typename scalar_t, typename acc_t>
+typename Io<scalar_t>::V row_tail_logits(const scalar_t* x, int64_t n, const LogitTransform<acc_t>& tf) {
+  const auto z = Io<scalar_t>::load_partial(x, n);  // lanes from n on: 0
+  if constexpr (kTransform) {
+    return transform_logit(z, tf);
+  } else {
+    return z;
+  }
+}
+
+// The last n < kLanes classes of a row as a per-lane state: lane l holds
 // class l's logit, transformed when kTransform, with sum exp(0) = 1, and the lanes from n on are empty
 // (-inf, 0). lse_merge of it into the scan's state counts those classes in vector arithmetic, where
 // lse_push took two scalar exps per class.
 template <bool kTransform, typename scalar_t, typename acc_t>
 LseState<typename Io<scalar_t>::V> row_tail_state(const scalar_t* x, int64_t n, const LogitTransform<acc_t>& tf) {
   using V = typename Io<scalar_t>::V;
-  V z = Io<scalar_t>::load_partial(x, n);
-  if constexpr (kTransform) z = transform_logit(z, tf);
-  return {V::set(V(neg_inf<acc_t>()), z, n), V::set(V(acc_t(0)), V(acc_t(1)), n)};
+  return {V::set(V(neg_inf<acc_t>()), row_tail_logits<kTransform>(x, n, tf), n), V::set(V(acc_t(0)), V(acc_t(1)), n)};
 }
 
 // Per lane: the first logit where finite, else 0 (see sum_reference).
@@ -518,8 +528,7 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
       const int64_t tail = L.steps * kLanes;
       if (tail < C) {
         const int64_t m = C - tail;
-        V z = IO::load_partial(x + tail, m);
-        if constexpr (kTransform) z = transform_logit(z, tf);
+        const V z = row_tail_logits<kTransform>(x + tail, m, tf);
         const V wv = kLoadWeight ? IO::load_partial(w + tail, m) : one;
         IO::store(out + tail, for_x(ce_hard_grad_off_target(z, vlse, wv, vprob, vklass), z), m);
       }

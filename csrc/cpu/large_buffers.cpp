@@ -108,11 +108,13 @@ at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options, 
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
-  const bool mapped = nbytes >= kLargeBytes && huge_pages_usable();  // what allocator() will do
-  if (zeroed != nullptr) *zeroed = mapped;  // anonymous mappings start zero-filled
+  if (zeroed != nullptr) *zeroed = false;
   if (nbytes < kLargeBytes) return at::empty(sizes, options);
-  return at::detail::empty_generic(sizes, allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), c10::nullopt);
+  at::Tensor out = at::detail::empty_generic(sizes, allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                             c10::typeMetaToScalarType(options.dtype()), c10::nullopt);
+  // map_huge's own mappings (not the fallback to torch's allocator) are anonymous, so they start zero-filled.
+  if (zeroed != nullptr) *zeroed = out.storage().data_ptr().get_deleter() == &unmap;
+  return out;
 }
 
 }  // namespace fused_ce::cpu

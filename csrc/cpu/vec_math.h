@@ -57,19 +57,17 @@ inline const bool kNativeBf16Stores = [] {
 // nearest even, overflow to inf) and returns true; or returns false and stores nothing. The instruction reads
 // denormal inputs as zero, so a pair holding one (a probability below 2^-126, e.g. a logit 88 below the row's
 // log-sum-exp) is left to at::vec. NaN stays NaN but keeps its sign, where c10 gives +NaN (0x7fc0).
+inline __mmask16 denormal_lanes(__m512 v) { return _mm512_fpclass_ps_mask(v, 0x20); }  // vfpclassps category
+
 inline bool store_bf16_native(c10::BFloat16* p, __m512 a, __m512 b) {
-  constexpr int kDenormal = 0x20;  // vfpclassps category
-  if (!kNativeBf16Stores || (_mm512_fpclass_ps_mask(a, kDenormal) | _mm512_fpclass_ps_mask(b, kDenormal)) != 0) {
-    return false;
-  }
+  if (!kNativeBf16Stores || (denormal_lanes(a) | denormal_lanes(b)) != 0) return false;
   _mm512_storeu_si512(p, (__m512i)_mm512_cvtne2ps_pbh(b, a));
   return true;
 }
 
 // The same for the first n values of one vector.
 inline bool store_bf16_native(c10::BFloat16* p, __m512 a, int64_t n) {
-  constexpr int kDenormal = 0x20;
-  if (!kNativeBf16Stores || _mm512_fpclass_ps_mask(a, kDenormal) != 0) return false;
+  if (!kNativeBf16Stores || denormal_lanes(a) != 0) return false;
   _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((uint32_t(1) << n) - 1), (__m256i)_mm512_cvtneps_pbh(a));
   return true;
 }
