@@ -760,7 +760,8 @@ void for_each_bce_chunk(const BceArgs& a, F&& f) {
   });
 }
 
-template <typename scalar_t>
+// kUnweighted: neither weight nor pos_weight (the formulas without them, rowmath.h).
+template <typename scalar_t, bool kUnweighted>
 void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
   using IO = Io<scalar_t>;
   using acc_t = typename IO::acc_t;
@@ -773,9 +774,16 @@ void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
     acc_t sum = 0;
     for_each_run<scalar_t>(a, i0, i1, [&](int64_t i, int64_t len, const Operand<scalar_t>& w, const Operand<scalar_t>& pw) {
       const int64_t vecs = len / kLanes;
+      auto elem = [&](auto xv, auto yv, int64_t j) {
+        if constexpr (kUnweighted) {
+          return bce_loss_unweighted(xv, yv);
+        } else {
+          return bce_loss(xv, yv, w.load(j), pw.load(j));
+        }
+      };
       auto loss = [&](int64_t v) {
         const int64_t j = v * kLanes;
-        return bce_loss(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j));
+        return elem(IO::load(x + i + j), IO::load(y + i + j), j);
       };
       if (elementwise) {
         store_steps(static_cast<scalar_t*>(out_v) + i, vecs, loss);
@@ -784,7 +792,8 @@ void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
       }
       int64_t j = vecs * kLanes;
       for (; j < len; ++j) {
-        const acc_t l = bce_loss(static_cast<acc_t>(x[i + j]), static_cast<acc_t>(y[i + j]), w.at(j), pw.at(j));
+        const acc_t xs = static_cast<acc_t>(x[i + j]), ys = static_cast<acc_t>(y[i + j]);
+        const acc_t l = kUnweighted ? bce_loss_unweighted(xs, ys) : bce_loss(xs, ys, w.at(j), pw.at(j));
         if (elementwise) {
           static_cast<scalar_t*>(out_v)[i + j] = static_cast<scalar_t>(l);
         } else {
@@ -796,7 +805,7 @@ void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
   });
 }
 
-template <typename scalar_t, bool kTargetGrad>
+template <typename scalar_t, bool kTargetGrad, bool kUnweighted>
 void bce_backward_t(const BceArgs& a, const void* grad_v, double scale, void* out_v) {
   using IO = Io<scalar_t>;
   using acc_t = typename IO::acc_t;
@@ -810,6 +819,8 @@ void bce_backward_t(const BceArgs& a, const void* grad_v, double scale, void* ou
   auto elem = [&](auto xv, auto yv, auto wv, auto pwv) {
     if constexpr (kTargetGrad) {
       return bce_grad_target(xv, wv, pwv);
+    } else if constexpr (kUnweighted) {
+      return bce_grad_input_unweighted(xv, yv);
     } else {
       return bce_grad_input(xv, yv, wv, pwv);
     }
@@ -889,16 +900,25 @@ inline void ce_soft_target_backward(const CeSoftArgs& a, const void* lse, RowGra
   });
 }
 
+inline bool bce_unweighted(const BceArgs& a) { return a.weight.data == nullptr && a.pos_weight.data == nullptr; }
+
 inline void bce_forward(const BceArgs& a, bool elementwise, void* out) {
-  dispatch_dtype(a.dtype, [&](auto tag) { bce_forward_t<decltype(tag)>(a, elementwise, out); });
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    if (bce_unweighted(a)) return bce_forward_t<decltype(tag), true>(a, elementwise, out);
+    bce_forward_t<decltype(tag), false>(a, elementwise, out);
+  });
 }
 
 inline void bce_backward(const BceArgs& a, const void* grad, double scale, void* out) {
-  dispatch_dtype(a.dtype, [&](auto tag) { bce_backward_t<decltype(tag), false>(a, grad, scale, out); });
+  dispatch_dtype(a.dtype, [&](auto tag) {
+    if (bce_unweighted(a)) return bce_backward_t<decltype(tag), false, true>(a, grad, scale, out);
+    bce_backward_t<decltype(tag), false, false>(a, grad, scale, out);
+  });
 }
 
+// The target's gradient is rarely asked for: one generic instance.
 inline void bce_target_backward(const BceArgs& a, const void* grad, double scale, void* out) {
-  dispatch_dtype(a.dtype, [&](auto tag) { bce_backward_t<decltype(tag), true>(a, grad, scale, out); });
+  dispatch_dtype(a.dtype, [&](auto tag) { bce_backward_t<decltype(tag), true, false>(a, grad, scale, out); });
 }
 
 inline const KernelTable& table() {
