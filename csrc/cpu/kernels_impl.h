@@ -191,7 +191,7 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
     for (int64_t p = p0; p < p1; ++p) {
       const V xv = L.load(x, p);
       block_max = math_running_max(block_max, xv);
-      sum = sum + math_exp(xv - shift);
+      sum = sum + math_exp_scan_term(xv - shift);
       extra(p, xv);
     }
     // Per lane; false where the first logit was NaN (the sum carries every NaN) and for -inf after -inf.

@@ -18,6 +18,11 @@ using Vec = at::vec::Vectorized<T>;
 // input, so NaN is put back explicitly (a NaN logit must give a NaN loss and gradient, as in PyTorch).
 template <typename T>
 inline Vec<T> math_exp(Vec<T> x) { return Vec<T>::blendv(x.exp_u20(), x, x != x); }
+// exp of lse_scan's terms x - shift. Where one exceeds 20 the scan sums its block again against the block's own
+// max and drops this sum, so arguments above 89 may give anything there; under AVX-512 the clamp of the
+// argument at 89 is left out (one of the 17 instructions per vector of the bf16 forward).
+template <typename T>
+inline Vec<T> math_exp_scan_term(Vec<T> x) { return math_exp(x); }
 
 #if defined(CPU_CAPABILITY_AVX512)
 // fp32 exp in 11 AVX-512 instructions where exp_u20 and the NaN blend above take 21: the forward pass is
@@ -28,8 +33,9 @@ inline Vec<T> math_exp(Vec<T> x) { return Vec<T>::blendv(x.exp_u20(), x, x != x)
 // Measured against fp64 in fp32 arithmetic: at most 3 ulp (exp_u20: 20). The clamp keeps n * ln 2 finite,
 // so -inf gives exactly 0 (x = -120 is below 2^-150) and +inf gives inf; max/min return their second
 // operand when one is NaN, so NaN stays NaN.
-inline Vec<float> math_exp(Vec<float> v) {
-  const __m512 x = _mm512_min_ps(_mm512_set1_ps(89.f), _mm512_max_ps(_mm512_set1_ps(-120.f), v));
+// exp_up_to_89 is that exp for arguments up to 89 (or +-inf, NaN); math_exp clamps its argument there first.
+inline __m512 exp_up_to_89(__m512 v) {
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-120.f), v);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -41,6 +47,8 @@ inline Vec<float> math_exp(Vec<float> v) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
   return _mm512_scalef_ps(p, n);
 }
+inline Vec<float> math_exp(Vec<float> v) { return exp_up_to_89(_mm512_min_ps(_mm512_set1_ps(89.f), v)); }
+inline Vec<float> math_exp_scan_term(Vec<float> v) { return exp_up_to_89(v); }
 #endif
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 // Whether bf16 stores may use vcvtne2ps2bf16 (AVX512_BF16: Cooper Lake, Sapphire Rapids, Zen 4 and later): one
