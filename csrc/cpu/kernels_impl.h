@@ -769,21 +769,21 @@ void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
   constexpr int64_t kLanes = IO::kLanes;
   const auto* x = static_cast<const scalar_t*>(a.input);
   const auto* y = static_cast<const scalar_t*>(a.target);
+  auto elem = [&](auto xv, auto yv, auto wv, auto pwv) {
+    if constexpr (kUnweighted) {
+      return bce_loss_unweighted(xv, yv);
+    } else {
+      return bce_loss(xv, yv, wv, pwv);
+    }
+  };
   for_each_bce_chunk<scalar_t>(a, [&](int64_t k, int64_t i0, int64_t i1) {
     V vsum(acc_t(0));
     acc_t sum = 0;
     for_each_run<scalar_t>(a, i0, i1, [&](int64_t i, int64_t len, const Operand<scalar_t>& w, const Operand<scalar_t>& pw) {
       const int64_t vecs = len / kLanes;
-      auto elem = [&](auto xv, auto yv, int64_t j) {
-        if constexpr (kUnweighted) {
-          return bce_loss_unweighted(xv, yv);
-        } else {
-          return bce_loss(xv, yv, w.load(j), pw.load(j));
-        }
-      };
       auto loss = [&](int64_t v) {
         const int64_t j = v * kLanes;
-        return elem(IO::load(x + i + j), IO::load(y + i + j), j);
+        return elem(IO::load(x + i + j), IO::load(y + i + j), w.load(j), pw.load(j));
       };
       if (elementwise) {
         store_steps(static_cast<scalar_t*>(out_v) + i, vecs, loss);
@@ -792,8 +792,7 @@ void bce_forward_t(const BceArgs& a, bool elementwise, void* out_v) {
       }
       int64_t j = vecs * kLanes;
       for (; j < len; ++j) {
-        const acc_t xs = static_cast<acc_t>(x[i + j]), ys = static_cast<acc_t>(y[i + j]);
-        const acc_t l = kUnweighted ? bce_loss_unweighted(xs, ys) : bce_loss(xs, ys, w.at(j), pw.at(j));
+        const acc_t l = elem(static_cast<acc_t>(x[i + j]), static_cast<acc_t>(y[i + j]), w.at(j), pw.at(j));
         if (elementwise) {
           static_cast<scalar_t*>(out_v)[i + j] = static_cast<scalar_t>(l);
         } else {

@@ -33,13 +33,23 @@ inline Vec<T> math_exp_scan_term(Vec<T> x) { return math_exp(x); }
 // Measured against fp64 in fp32 arithmetic: at most 3 ulp (exp_u20: 20). The clamp keeps n * ln 2 finite,
 // so -inf gives exactly 0 (x = -120 is below 2^-150) and +inf gives inf; max/min return their second
 // operand when one is NaN, so NaN stays NaN.
-// exp_up_to_89 is that exp for arguments up to 89 (or +-inf, NaN); math_exp clamps its argument there first.
-inline __m512 exp_up_to_89(__m512 v) {
+// exp_reduce is the clamp below and the split of x into n and r, shared with the BCE's exp_non_positive;
+// exp_up_to_89 is the exp for arguments up to 89 (or +-inf, NaN); math_exp clamps its argument there first.
+struct ExpReduced {
+  __m512 n, r;  // x = n ln 2 + r
+};
+
+inline ExpReduced exp_reduce(__m512 v) {
   const __m512 x = _mm512_max_ps(_mm512_set1_ps(-120.f), v);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  return {n, r};
+}
+
+inline __m512 exp_up_to_89(__m512 v) {
+  const auto [n, r] = exp_reduce(v);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00828929059f), r, _mm512_set1_ps(0.0418978221f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
@@ -98,11 +108,7 @@ inline Vec<T> math_log1p_exp_neg_abs(Vec<T> x) { return math_exp(Vec<T>(T(0)) - 
 // through the loss at target 1 (tests/test_vector_log1p.py): 3.4 ulp of 2^-24 relative; 3.3 before.
 // -inf and large |x| give e = 0 and 0; NaN stays NaN (max returns its second operand for NaN).
 inline __m512 exp_non_positive(__m512 v) {
-  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-120.f), v);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  const auto [n, r] = exp_reduce(v);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.38436002e-3f), r, _mm512_set1_ps(8.37414060e-3f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16680016e-2f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66664317e-1f));
