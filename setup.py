@@ -17,6 +17,7 @@ toolkit that cannot compile gives a CPU-only build with a warning. Environment:
 """
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 
 def _locate_cuda_toolkit():
@@ -104,6 +106,28 @@ def _cuda_probe_error():
     return None
 
 
+def _toolkit_cuda_version():
+    """The toolkit's CUDA version as nvcc prints it ("13.0"), or None when nvcc does not answer."""
+    try:
+        out = subprocess.run([os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"), "--version"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else None
+
+
+def _cuda_major_mismatch():
+    """Why the toolkit cannot build for this torch, or None. torch refuses a toolkit whose CUDA major version
+    differs from the one torch was built with (e.g. an older torch built with CUDA 12 beside a CUDA 13 nvcc):
+    the build would stop only after the CPU half was compiled."""
+    toolkit = _toolkit_cuda_version()
+    if toolkit is None or toolkit.split(".")[0] == torch.version.cuda.split(".")[0]:
+        return None
+    return (f"the CUDA toolkit at {cpp_extension.CUDA_HOME} is CUDA {toolkit}, torch {torch.__version__} was built "
+            f"with CUDA {torch.version.cuda}; their major versions must match")
+
+
 def _want_cuda():
     flag = os.environ.get("USE_CUDA", "").strip()
     toolkit = cpp_extension.CUDA_HOME is not None
@@ -117,12 +141,20 @@ def _want_cuda():
                 f"CUDA toolkit {'found' if toolkit else 'not found (set CUDA_HOME)'}, "
                 f"torch {torch.__version__} is {'a CUDA' if torch_cuda else 'a CPU-only'} build."
             )
+        mismatch = _cuda_major_mismatch()
+        if mismatch:
+            sys.exit(f"USE_CUDA=1 but {mismatch}. Set CUDA_HOME to a matching toolkit.")
         error = _cuda_probe_error()
         if error:
             sys.exit(f"USE_CUDA=1 but the CUDA toolkit at {cpp_extension.CUDA_HOME} cannot compile:\n{error}\n"
                      "Set CUDA_HOME to the toolkit's folder (the one holding bin/nvcc and include/).")
         return True
     if not (toolkit and torch_cuda):
+        return False
+    mismatch = _cuda_major_mismatch()
+    if mismatch:
+        print(f"fused_ce: WARNING: building WITHOUT CUDA kernels: {mismatch} (set CUDA_HOME to a matching toolkit, "
+              "or USE_CUDA=0 to silence this)", file=sys.stderr)
         return False
     error = _cuda_probe_error()
     if error:  # auto mode: the CPU build still works; say loudly why CUDA was left out
@@ -220,6 +252,7 @@ def get_extensions():
         print("fused_ce: building only the emulated CUDA extension, with AddressSanitizer and UBSan")
         return [emulated_cuda_extension(sanitize=True)]
     use_cuda = _want_cuda()
+    BUILD["cuda_kernels"] = use_cuda
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     # -fopenmp: at::parallel_for is inline and runs serially unless the extension itself is built with
     # OpenMP (torch's CPU build uses OpenMP; its runtime is already loaded with torch).
@@ -236,6 +269,8 @@ def get_extensions():
     ext_cls = cpp_extension.CppExtension
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        BUILD["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]
+        BUILD["cuda_toolkit"] = _toolkit_cuda_version()
         print(f"fused_ce: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         sources += _rel(glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
         include_dirs += _pip_cuda_include_dirs()
@@ -261,11 +296,57 @@ def get_extensions():
     return extensions
 
 
+# What the build was made for, written into the package as fused_ce/_build_info.py (BuildPyWithBuildInfo):
+# fused_ce's import compares it with the torch it finds, so a build or wheel made for another torch fails with
+# an ImportError that says so, instead of an undefined symbol or a crash.
+BUILD = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_kernels": False,
+         "cuda_toolkit": None, "cuda_arch_list": None, "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI)}
+
+
+def _base_version():
+    with open(os.path.join(ROOT, "python_pkg", "fused_ce", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def torch_label(torch_version, cuda_kernels, toolkit):
+    """The local version label of a build: the torch it is for, then cuXYZ (the CUDA kernels' toolkit) or cpu
+    (CPU kernels only, usable with a CPU or a CUDA build of that torch): 2.13.0+cpu -> pt2130cpu."""
+    release = re.match(r"\d+(\.\d+)*", torch_version).group(0)
+    kernels = "cu" + toolkit.replace(".", "") if cuda_kernels else "cpu"
+    return "pt" + release.replace(".", "") + kernels
+
+
+def version():
+    """The base version; with FUSED_CE_VERSION_LABEL=1 (scripts/build_wheel.sh) plus the torch label, as
+    0.1.0+pt2130cpu, so that wheels for different torch builds have different names. Plain source builds keep
+    the base version (a local label is not allowed in an sdist on PyPI)."""
+    base = _base_version()
+    if os.environ.get("FUSED_CE_VERSION_LABEL", "0") != "1":
+        return base
+    return f"{base}+{torch_label(BUILD['torch'], BUILD['cuda_kernels'], BUILD['cuda_toolkit'] or '')}"
+
+
+class BuildPyWithBuildInfo(build_py):
+    """setuptools' build_py, plus fused_ce/_build_info.py: the versions this build was made with."""
+
+    def run(self):
+        super().run()
+        path = os.path.join(self.build_lib, "fused_ce", "_build_info.py")
+        with open(path, "w") as f:
+            f.write('"""Written by setup.py at build time: what this fused_ce was built for."""\n')
+            f.write(f"VERSION = {self.distribution.get_version()!r}\n")
+            for key, value in BUILD.items():
+                f.write(f"{key.upper()} = {value!r}\n")
+
+
+EXTENSIONS = get_extensions()
+
 setup(
+    version=version(),
     packages=["fused_ce", "fused_ce.check", "fused_ce.integrations"],
     package_dir={"": "python_pkg"},
-    ext_modules=get_extensions(),
-    cmdclass={"build_ext": CpuIsaBuildExtension},
+    ext_modules=EXTENSIONS,
+    cmdclass={"build_ext": CpuIsaBuildExtension, "build_py": BuildPyWithBuildInfo},
     options={
         "bdist_wheel": {"py_limited_api": "cp39"},
         "build": {"build_base": os.environ.get("FUSED_CE_BUILD_BASE", "build")},

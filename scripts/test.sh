@@ -3,7 +3,10 @@
 # extension (the same CUDA kernels run on the CPU) into .venv-cuda, runs the whole test suite, then the
 # tiling-path tests once more through an AddressSanitizer + UBSan build of the emulated extension. CUDA tests
 # run where a GPU is visible and skip cleanly elsewhere; emulated_cuda cases run everywhere.
-# Extra arguments go to pytest, e.g. scripts/test.sh -k bce (FUSED_CE_SKIP_ASAN=1 skips the sanitizer run).
+# Last, the oldest supported torch (pyproject.toml's floor) in a clean venv: its install, self-check, compatibility
+# tests and wheel (scripts/compat.sh --wheel --floor).
+# Extra arguments go to pytest, e.g. scripts/test.sh -k bce (FUSED_CE_SKIP_ASAN=1 skips the sanitizer run,
+# FUSED_CE_SKIP_FLOOR=1 the oldest-torch run).
 # --cpu (first argument): for contributors without a CUDA toolkit, or in a hurry: torch 2.13.0 CPU wheel in
 # .venv-cpu, CPU kernels plus the emulated CUDA extension (the CUDA kernels still run, on the emulator); the
 # CUDA compile is skipped. CI uses the default (full) mode.
@@ -29,4 +32,10 @@ if [ $rc -ne 0 ]; then
 fi
 if [ "${FUSED_CE_SKIP_ASAN:-0}" != 1 ]; then
   bash "$root/scripts/test_emulated_asan.sh" "$venv"
+fi
+# The oldest torch that pyproject.toml claims: a clean venv with it, the README's plain install, the self-check
+# and the compatibility tests, then a wheel built there and installed into a second venv without a compiler,
+# where the self-check runs again (scripts/compat.sh; FUSED_CE_SKIP_FLOOR=1 skips it).
+if [ "${FUSED_CE_SKIP_FLOOR:-0}" != 1 ]; then
+  bash "$root/scripts/compat.sh" --wheel --floor --out "$root/compat_out/floor"
 fi

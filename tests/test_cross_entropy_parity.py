@@ -10,6 +10,7 @@ from fused_ce._parity_cases import (CE_HARD, CE_LM_SHAPES, CE_NON_CONTIGUOUS_2D,
                                     CE_SOFT, REDUCTIONS, make_hard_target, make_logits, make_soft_target,
                                     make_weight, num_classes_of)
 from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch, parametrize_grid
+import torch_compat
 
 
 @parametrize_grid(CE_HARD)
@@ -66,6 +67,7 @@ def test_soft_targets_weight_dtype_promotes(input_dtype, weight_dtype, reduction
                        kwargs=dict(weight=w, reduction=reduction, label_smoothing=0.1))
 
 
+@torch_compat.needs_torch_2_13_semantics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("ignored", [False, True])

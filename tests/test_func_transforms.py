@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fused_ce
 import fused_ce.testing
 from helpers import DEVICES, assert_close, input_magnitude
+import torch_compat
 
 DT = torch.float64
 REDUCTIONS = ["none", "mean", "sum"]
@@ -247,6 +248,7 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@torch_compat.needs_register_vmap
 @pytest.mark.parametrize("device", DEVICES)
 @API
 @pytest.mark.parametrize("case", ["hard2d", "soft", "bce"])
@@ -326,6 +328,7 @@ def test_modules_under_transforms(device):
         close(hessian(ours)(x, y), hessian(ref)(x, y))
 
 
+@torch_compat.needs_register_vmap
 @pytest.mark.parametrize("device", DEVICES)
 @API
 def test_vmap_batched_weight_out_of_range_target(device, api):

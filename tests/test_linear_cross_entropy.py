@@ -11,9 +11,10 @@ import fused_ce
 import fused_ce.linear
 from fused_ce._opcheck_cases import OPCHECK_LINEAR_CE
 from helpers import DEVICES, assert_close, parametrize_grid
+import torch_compat
 
 N, H, V = 37, 8, 29
-OPTIONS = torch.nn.LinearCrossEntropyOptions
+OPTIONS = torch_compat.LinearCrossEntropyOptions
 
 
 def _problem(dtype=torch.float64, bias=True, weighted=False, ignore=False, n=N, seed=0, device="cpu"):
@@ -45,7 +46,7 @@ def _compare(x, w, b, t, cw, reduction, smoothing, ignore_index, chunk, tol_dtyp
     kwargs = dict(weight=cw, reduction=reduction, label_smoothing=smoothing, ignore_index=ignore_index)
     ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
         xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=chunk), **kwargs), x, w, b)
-    ref = _losses_and_grads(lambda xi, wi, bi: F.linear_cross_entropy(
+    ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(
         xi.double(), wi.double(), t, linear_bias=None if bi is None else bi.double(),
         **{**kwargs, "weight": None if cw is None else cw.double()}), x, w, b)
     for name, o, r in zip(["loss", "grad input", "grad linear_weight", "grad linear_bias"], ours, ref):
@@ -86,7 +87,7 @@ def test_bf16_per_device(reduction, device):
     kwargs = dict(weight=cw, reduction=reduction, label_smoothing=0.1, ignore_index=3)
     ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
         xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=4), **kwargs), x, w, b, unit_scalar=True)
-    ref = _losses_and_grads(lambda xi, wi, bi: F.linear_cross_entropy(
+    ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(
         xi, wi, t, linear_bias=bi, **{**kwargs, "weight": cw.double()}), x.double(), w.double(), b.double(),
         unit_scalar=True)
     for name, o, r in zip(["loss", "dX", "dW", "db"], ours, ref):
@@ -107,7 +108,7 @@ def test_workspace_knob_sets_the_chunk_rows(monkeypatch):
     monkeypatch.setattr(fused_ce.linear, "workspace_mib", 2 * V * 8 / 2**20)
     x, w, b, t, cw = _problem()
     ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2]), x, w, b)
-    ref = _losses_and_grads(lambda *a: F.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2]), x, w, b)
+    ref = _losses_and_grads(lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2]), x, w, b)
     for o, r in zip(ours, ref):
         assert_close(o, r, input_scale=10.0, terms=N)
 
@@ -159,7 +160,7 @@ def test_fp32_weight_gradient_accumulates_in_fp32_for_bf16():
     x, w, b, t, _ = _problem(dtype=torch.bfloat16, n=256)
     ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
         xi, wi, t, linear_bias=bi, reduction="sum", options=OPTIONS(batch_chunk_size=1)), x, w, b)
-    ref = _losses_and_grads(lambda xi, wi, bi: F.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction="sum"),
+    ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction="sum"),
                             x.double(), w.double(), b.double())
     for name, o, r in zip(["loss", "dX", "dW", "db"], ours, ref):
         err = ((o.double() - r).abs().max() / r.abs().max()).item()
@@ -202,7 +203,7 @@ def test_backward_twice_and_scaled_upstream_gradient(reduction):
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
     kwargs = dict(linear_bias=leaves[2], weight=cw, ignore_index=3, reduction=reduction, label_smoothing=0.1)
     loss = fused_ce.linear_cross_entropy(*leaves[:2], t, options=OPTIONS(batch_chunk_size=5), **kwargs)
-    ref = F.linear_cross_entropy(*leaves[:2], t, **kwargs)
+    ref = torch_compat.linear_cross_entropy(*leaves[:2], t, **kwargs)
     for g in (0.5, 3.0):
         grad = torch.tensor(g, dtype=x.dtype)
         ours = torch.autograd.grad(loss, leaves, grad, retain_graph=True)
@@ -224,10 +225,10 @@ def test_unbatched_and_uint8_targets():
     for i in range(3):
         for reduction in ("mean", "none"):
             ours = fused_ce.linear_cross_entropy(x[i], w, t[i], linear_bias=b, reduction=reduction)
-            ref = F.linear_cross_entropy(x[i], w, t[i], linear_bias=b, reduction=reduction)
+            ref = torch_compat.linear_cross_entropy(x[i], w, t[i], linear_bias=b, reduction=reduction)
             assert ours.shape == ref.shape
             assert_close(ours, ref)
-    assert_close(fused_ce.linear_cross_entropy(x, w, t.to(torch.uint8)), F.linear_cross_entropy(x, w, t))
+    assert_close(fused_ce.linear_cross_entropy(x, w, t.to(torch.uint8)), torch_compat.linear_cross_entropy(x, w, t))
 
 
 @pytest.mark.parametrize("case", ["probabilities", "k_dim"])
@@ -241,7 +242,7 @@ def test_reference_path_cases(case):
         w, b, t = w[:28].reshape(7, 4, H), b[:28].reshape(7, 4), t.remainder(7)[:, None].expand(6, 4).contiguous()
     ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2],
                                                                       label_smoothing=0.1), x, w, b)
-    ref = _losses_and_grads(lambda *a: F.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], label_smoothing=0.1),
+    ref = _losses_and_grads(lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], label_smoothing=0.1),
                             x, w, b)
     for o, r in zip(ours, ref):
         assert_close(o, r)
@@ -263,12 +264,13 @@ ERROR_CASES = {
 }
 
 
+@torch_compat.needs_torch_linear_ce
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_errors_as_torch(case):
     x, w, _, t, _ = _problem()
     x, w, t, kwargs = ERROR_CASES[case](x, w, t)
     with pytest.raises(Exception) as expected:
-        F.linear_cross_entropy(x, w, t, **kwargs)
+        torch_compat.linear_cross_entropy(x, w, t, **kwargs)
     with pytest.raises(expected.type) as got:
         fused_ce.linear_cross_entropy(x, w, t, **kwargs)
     assert str(got.value) == str(expected.value)
@@ -317,6 +319,7 @@ def _torch_module(**kwargs):
     return torch.nn.LinearCrossEntropyLoss(H, V, **kwargs)
 
 
+@torch_compat.needs_torch_linear_ce
 @pytest.mark.parametrize("bias", [False, True])
 def test_module_matches_torch_and_state_dict_loads_both_ways(bias):
     cw = torch.rand(V) + 0.1
@@ -343,7 +346,7 @@ def test_autocast_bf16_matches_torch():
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = fused_ce.linear_cross_entropy(*leaves[:2], t, linear_bias=leaves[2])
-        ref = F.linear_cross_entropy(x.bfloat16().double(), w.bfloat16().double(), t,
+        ref = torch_compat.linear_cross_entropy(x.bfloat16().double(), w.bfloat16().double(), t,
                                      linear_bias=b.bfloat16().double())
     assert ours.dtype == torch.float32
     ours.backward()

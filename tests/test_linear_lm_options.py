@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import fused_ce
 from helpers import DEVICES
 from lm_reference import reference as lm_reference, rel_err
+import torch_compat
 
 N, H, V = 23, 8, 29
 OPTIONS = [(1.0, 0.0, 1e-2), (0.7, 2.5, 0.0), (1.2, 4.0, 1e-3)]  # (logit_scale, softcap, lse_square_scale)
@@ -36,7 +37,7 @@ def test_fp64_matches_the_reference(device, scale, cap, zscale, reduction, extra
     ref_leaves = [a.clone().requires_grad_() for a in leaves]
     loss, z_loss, lse = fused_ce.linear_cross_entropy(
         leaves[0], leaves[1], t, linear_bias=leaves[2] if extras else None, weight=cw, reduction=reduction,
-        ignore_index=3, label_smoothing=smoothing, options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=7),
+        ignore_index=3, label_smoothing=smoothing, options=torch_compat.LinearCrossEntropyOptions(batch_chunk_size=7),
         logit_scale=scale, softcap=cap, lse_square_scale=zscale, return_z_loss=True, return_lse=True)
     ref_loss, ref_z, ref_lse = reference(ref_leaves[0], ref_leaves[1], ref_leaves[2] if extras else None, t, cw,
                                          reduction, smoothing, scale, cap, zscale)
@@ -69,7 +70,7 @@ def test_gradcheck_with_every_option():
 
     def f(x, w, b):
         return fused_ce.linear_cross_entropy(x, w, t, linear_bias=b, label_smoothing=0.1, logit_scale=0.8, softcap=2.0,
-                                             lse_square_scale=0.1, options=torch.nn.LinearCrossEntropyOptions(
+                                             lse_square_scale=0.1, options=torch_compat.LinearCrossEntropyOptions(
                                                  batch_chunk_size=2))
 
     torch.autograd.gradcheck(f, (x, w, b))

@@ -11,6 +11,7 @@ import fused_ce
 import fused_ce.linear
 from helpers import DEVICES, assert_close
 from lm_reference import reference as lm_reference, rel_err
+import torch_compat
 
 N, H, V = 37, 8, 300  # 37 rows: a chunk of 32 (MIN_CHUNK_ROWS) and one of 5
 
@@ -59,7 +60,7 @@ def test_fp64_parity_every_option(vocab_tiles, ignore, weighted, bias, smoothing
     kwargs = dict(weight=cw, reduction=reduction, label_smoothing=smoothing, ignore_index=3 if ignore else None)
     ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs),
                              x, w, b)
-    ref = _losses_and_grads(lambda *a: F.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs), x, w, b)
+    ref = _losses_and_grads(lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs), x, w, b)
     for name, o, r in zip(["loss", "grad input", "grad linear_weight", "grad linear_bias"], ours, ref):
         assert o.dtype == x.dtype, name
         assert_close(o, r, msg=f"{name} ({reduction}, eps={smoothing})", input_scale=10.0, terms=N)
@@ -146,4 +147,4 @@ def test_tile_shape_follows_the_workspace(monkeypatch):
     assert fused_ce.linear.tile_shape(3, 10**5, torch.float32) == (3, 2**20 // 24)
     # An explicit batch_chunk_size keeps whole rows.
     assert fused_ce.linear.tile_shape(100, 10**6, torch.float32,
-                                      torch.nn.LinearCrossEntropyOptions(batch_chunk_size=7)) == (7, 10**6)
+                                      torch_compat.LinearCrossEntropyOptions(batch_chunk_size=7)) == (7, 10**6)

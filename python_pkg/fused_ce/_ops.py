@@ -13,9 +13,11 @@ import os
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library: static registration of schemas and kernels)
-from . import _double_backward, _transform_levels
+from . import _build_check, _double_backward, _transform_levels
 from ._dtypes import KERNEL_DTYPES, dtype_name
+
+# Loads fused_ce._C (static registration of schemas and kernels), or says why this build cannot run here.
+_build_check.load_extension()
 
 LIBRARY = "fused_ce"
 EMULATED_LIBRARY = "fused_ce_emulated_cuda"

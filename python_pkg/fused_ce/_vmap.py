@@ -18,6 +18,7 @@ import os
 import torch
 from torch._C import _functorch
 
+from . import _torch_features
 from ._ops import EMULATED_LIBRARY, MEAN, NONE
 
 
@@ -288,7 +289,11 @@ def _fp32_for_reductions(rule, logits_at):
 
 
 def register(lib):
-    """Registers the vmap rules of every op of the library `lib` (fused_ce or its emulated CUDA twin)."""
+    """Registers the vmap rules of every op of the library `lib` (fused_ce or its emulated CUDA twin). A torch
+    without torch.library.register_vmap gets none: torch.func.vmap then runs functorch's fallback, one call
+    per sample (with its performance warning)."""
+    if not _torch_features.REGISTER_VMAP:
+        return
     ops = getattr(torch.ops, lib)
     rules = {  # rule, position of the logits among the op's arguments
         "cross_entropy_fwd": (_ce_fwd_vmap(ops), 0),

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import _func, _linear_ops, _lm_options, _ops, _validation  # noqa: F401  (_linear_ops registers the ops)
 from ._dtypes import KERNEL_DTYPES
+from ._linear_loss_base import LinearCrossEntropyLossBase
 from .functional import cross_entropy
 
 workspace_mib = float(os.environ.get("FUSED_CE_LINEAR_CE_WORKSPACE_MIB", "32"))
@@ -143,11 +144,12 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     return _lm_options.parts(loss, z_loss, lse, return_z_loss, return_lse)
 
 
-class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
+class LinearCrossEntropyLoss(LinearCrossEntropyLossBase):
     """Drop-in for torch.nn.LinearCrossEntropyLoss: the same constructor, parameters (linear.weight,
     linear.bias), buffers and state_dict keys; forward runs fused_ce.linear_cross_entropy. The constructor also
     takes its keyword-only language-model options (logit_scale, softcap, lse_square_scale, return_z_loss,
-    return_lse)."""
+    return_lse). A subclass of torch's class where torch has one (2.13 and newer); on older torch it stands alone
+    with the same state (_linear_loss_base.py)."""
 
     def __init__(self, *args, logit_scale=1.0, softcap=None, lse_square_scale=0.0, return_z_loss=False,
                  return_lse=False, **kwargs):

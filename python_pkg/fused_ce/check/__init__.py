@@ -40,7 +40,11 @@ def _arguments(argv):
 
 def _print_environment(env):
     v, b = env["versions"], env["build"]
-    print(f"fused_ce {v['fused_ce']} ({v['fused_ce_path']}), torch {v['torch']} (CUDA {v['torch_cuda']}), "
+    built = b["built_for"]
+    built_for = (f"built for torch {built['torch']}" + (f", CUDA {built['cuda_toolkit']} for archs "
+                                                        f"{built['cuda_arch_list']}" if built["cuda_kernels"] else "")
+                 if built else "build not recorded")
+    print(f"fused_ce {built['version'] if built else v['fused_ce']} ({v['fused_ce_path']}; {built_for}), torch {v['torch']} (CUDA {v['torch_cuda']}), "
           f"python {v['python']}; CPU kernels built for {', '.join(b['cpu_isas_built'])}, using "
           f"{b['cpu_isa_chosen']}; CUDA kernels: {'yes' if b['cuda_kernels'] else 'no'}; emulated CUDA build: "
           f"{'yes' if b['emulated_cuda'] else 'no'}")

@@ -22,6 +22,7 @@ def build_flags():
         "cpu_isa_chosen": _cpu_isas.chosen_isa(),
         "cuda_kernels": torch._C._dispatch_has_kernel_for_dispatch_key(f"{_ops.LIBRARY}::cross_entropy_fwd", "CUDA"),
         "emulated_cuda": emulated_cuda_available(),
+        "built_for": fused_ce.build_info(),
     }
 
 
