@@ -8,6 +8,7 @@ toolkit that cannot compile gives a CPU-only build with a warning. Environment:
   MAX_JOBS              parallel compile jobs (read by torch's ninja builder)
   DEBUG=1               -O0 -g (otherwise -O3 and no debug info for the host compiler)
   FUSED_CE_BUILD_BASE   build folder (default "build"), so CPU-only and CUDA builds can live side by side
+  FUSED_CE_VERSION_LABEL=1  the version gets the torch label, e.g. 0.1.0+pt2130cpu (scripts/build_wheel.sh)
   FUSED_CE_EMULATED_CUDA=1     also build fused_ce._C_emulated_cuda: the CUDA glue and kernels of csrc/cuda
                         compiled by the host compiler against the CUDA emulator (csrc/cuda_emulation), so they
                         run on CPU tensors (fused_ce.testing.emulated_cuda()); needs no CUDA toolkit
@@ -15,6 +16,7 @@ toolkit that cannot compile gives a CPU-only build with a warning. Environment:
                         (load it with FUSED_CE_EMULATED_CUDA_LIBRARY and libasan preloaded, see
                         scripts/test_emulated_asan.sh)
 """
+import functools
 import glob
 import os
 import re
@@ -106,6 +108,7 @@ def _cuda_probe_error():
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _toolkit_cuda_version():
     """The toolkit's CUDA version as nvcc prints it ("13.0"), or None when nvcc does not answer."""
     try:

