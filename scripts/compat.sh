@@ -5,9 +5,11 @@
 # compiler on PATH, where the self-check runs again. Prints a markdown table (docs/support.md holds the
 # latest one) and writes it with a CSV to OUT_DIR.
 #   usage: scripts/compat.sh [--wheel] [--out OUT_DIR] [--floor | VERSION...]
-#   default versions: the floor of pyproject.toml's `torch>=` (2.4 -> 2.4.0), 2.6.0, 2.9.1, 2.12.1, 2.13.0, 2.14.1;
+#   default versions: the floor of pyproject.toml's `torch>=` (2.4 -> 2.4.0), 2.6.0, 2.9.1, 2.11.0, 2.12.1, 2.13.0,
+#   2.14.1;
 #   --floor: the floor alone (what scripts/test.sh, and so CI, runs)
-# Environment: FUSED_CE_COMPAT_DIR (venvs; default /tmp/fused_ce_compat, each one made anew), PYTHON,
+# Environment: FUSED_CE_COMPAT_DIR (venvs; default /tmp/fused_ce_compat, each one made anew and removed after its
+# release unless FUSED_CE_COMPAT_KEEP=1), PYTHON,
 # FUSED_CE_COMPAT_TESTS (the pytest arguments; default below), MAX_JOBS, USE_CUDA (default 0: the CPU kernels,
 # whatever toolkit is found; the CUDA build is scripts/test.sh's). torch comes from PyPI: on Linux a CUDA build
 # of 2.5 to 5 GB, whose CPU kernels and self-check run without a GPU.
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
     --wheel) wheel=1 ;;
     --out) out=$2; shift ;;
     --floor) floor_only=1 ;;
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) versions+=("$1") ;;
   esac
   shift
@@ -34,7 +36,7 @@ floor=$(sed -n 's/^dependencies = .*"torch>=\([0-9.]*\)".*/\1/p' "$root/pyprojec
 if [ $floor_only = 1 ]; then
   versions=("$floor")
 elif [ ${#versions[@]} = 0 ]; then
-  versions=("$floor" 2.6.0 2.9.1 2.12.1 2.13.0 2.14.1)
+  versions=("$floor" 2.6.0 2.9.1 2.11.0 2.12.1 2.13.0 2.14.1)
 fi
 export USE_CUDA=${USE_CUDA:-0}
 base=${FUSED_CE_COMPAT_DIR:-/tmp/fused_ce_compat}
@@ -79,15 +81,16 @@ for v in "${versions[@]}"; do
   echo "== torch $v ($venv)" >&2
   t=$(date +%s)
   fresh_venv "$venv"
+  build_ok=1
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "torch==$v" numpy pytest hypothesis expecttest \
-    > "$log/install.log" 2>&1
+    > "$log/install.log" 2>&1 || build_ok=0
   install_s=$(seconds "$t")
+  [ $build_ok = 1 ] || install_s="FAILED"
   pyver=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   # The README's install: `pip install .` (pip's build isolation; the build compiles against this torch).
   t=$(date +%s)
-  build_ok=1
-  (cd "$root" && FUSED_CE_BUILD_BASE=build/compat-$v "$venv/bin/python" -m pip install --disable-pip-version-check .) \
-    > "$log/build.log" 2>&1 || build_ok=0
+  [ $build_ok = 0 ] || (cd "$root" && FUSED_CE_BUILD_BASE=build/compat-$v "$venv/bin/python" -m pip install \
+    --disable-pip-version-check .) > "$log/build.log" 2>&1 || build_ok=0
   build_s=$(seconds "$t")
   check="not run"; result="not run"; wheel_name="-"; wheel_install_s="-"; wheel_check="-"
   if [ $build_ok = 1 ]; then
@@ -111,12 +114,14 @@ for v in "${versions[@]}"; do
       wheel_name=$(basename "$whl")
       clean=$base/torch-$v-wheel
       fresh_venv "$clean"
-      "$clean/bin/python" -m pip install -q --disable-pip-version-check "torch==$v" numpy >> "$log/wheel.log" 2>&1
+      "$clean/bin/python" -m pip install -q --disable-pip-version-check "torch==$v" numpy >> "$log/wheel.log" 2>&1 \
+        || echo "scripts/compat.sh: installing torch $v into $clean failed" >> "$log/wheel.log"
       # No compiler can be reached: PATH holds only the venv, and CC/CXX/CUDA_HOME name nothing.
-      t=$(date +%s)
+      t=$(date +%s.%N)
       env -i HOME="$HOME" PATH="$clean/bin" CC=/nonexistent CXX=/nonexistent \
         "$clean/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$whl" >> "$log/wheel.log" 2>&1 \
-        && wheel_install_s=$(seconds "$t") || wheel_install_s="FAILED"
+        && wheel_install_s=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') \
+        || wheel_install_s="FAILED"
       (cd "$out" && env -i HOME="$HOME" PATH="$clean/bin" "$clean/bin/python" -m fused_ce.check --quick) \
         > "$log/wheel_self_check.log" 2>&1 || true
       wheel_check=$(check_result "$log/wheel_self_check.log")
@@ -124,6 +129,8 @@ for v in "${versions[@]}"; do
       wheel_name="FAILED"
     fi
   fi
+  # A CUDA build of torch takes 3 to 6 GB per venv: a whole matrix would fill a disk.
+  [ "${FUSED_CE_COMPAT_KEEP:-0}" = 1 ] || rm -rf "$venv" "$base/torch-$v-wheel"
   echo "torch $v: build $build_s s, self-check $check, tests $result, wheel $wheel_name ($wheel_install_s s, $wheel_check)" >&2
   echo "$v,$pyver,$install_s,$build_s,$check,$result,$wheel_name,$wheel_install_s,$wheel_check" >> "$csv"
   case "$check $result $wheel_name $wheel_check" in
