@@ -51,13 +51,13 @@ tests/test_double_backward.py tests/test_func_transforms.py tests/test_compile.p
 
 seconds() { echo $(( $(date +%s) - $1 )); }
 
-# pytest's summary line -> "P passed, F failed, S skipped"
+# pytest's summary line -> "P passed; F failed; S skipped" (no commas: it is one field of the CSV)
 summary() {
   local line; line=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$1" | tail -n 1 || true)
   local p f e s
   p=$(grep -oE '[0-9]+ passed' <<<"$line" | cut -d' ' -f1); f=$(grep -oE '[0-9]+ failed' <<<"$line" | cut -d' ' -f1)
   e=$(grep -oE '[0-9]+ errors?' <<<"$line" | cut -d' ' -f1); s=$(grep -oE '[0-9]+ skipped' <<<"$line" | cut -d' ' -f1)
-  echo "${p:-0} passed, $(( ${f:-0} + ${e:-0} )) failed, ${s:-0} skipped"
+  echo "${p:-0} passed; $(( ${f:-0} + ${e:-0} )) failed; ${s:-0} skipped"
 }
 
 # the self-check's verdict line -> "81/81"

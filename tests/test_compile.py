@@ -149,7 +149,7 @@ def _summary(error):
 AOT_EAGER_CASES = ["batch_size_mismatch", "bce_target_size_mismatch", "bad_reduction", "weight_wrong_size", "int32_target"]
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.parametrize("case,backend", [(c, "eager") for c in ERROR_CASES] + [(c, "aot_eager") for c in AOT_EAGER_CASES])
 def test_error_cases_under_compile_as_torch(case, backend):
     torch_call, ours_call = ERROR_CASES[case]("cpu")
@@ -167,7 +167,7 @@ def test_error_cases_under_compile_as_torch(case, backend):
     assert _summary(got) == _summary(expected)
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.parametrize("case", ["batch_size_mismatch", "bce_target_size_mismatch"])
 def test_error_cases_under_compile_with_inductor(case):
     torch_call, ours_call = ERROR_CASES[case]("cpu")
@@ -175,7 +175,7 @@ def test_error_cases_under_compile_with_inductor(case):
     assert type(got) is type(expected) and _summary(got) == _summary(expected)
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 def test_tensor_on_another_device_under_compile_as_torch():
     x, y, w = torch.randn(4, 5), torch.tensor([1, 2, 2, 3]), torch.ones(5, device="meta")
     expected = _compiled_error(lambda: F.cross_entropy(x, y, weight=w), "eager")

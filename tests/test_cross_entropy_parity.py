@@ -67,7 +67,7 @@ def test_soft_targets_weight_dtype_promotes(input_dtype, weight_dtype, reduction
                        kwargs=dict(weight=w, reduction=reduction, label_smoothing=0.1))
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("ignored", [False, True])

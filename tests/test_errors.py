@@ -87,7 +87,7 @@ CE_CASES = {
 CPU_ONLY_TEXT = {"integer_input", "integer_input_nd"}
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CE_CASES))
 def test_cross_entropy_errors_match_torch(case, device):
@@ -124,7 +124,7 @@ def test_out_of_range_target_message_text(device):
         fused_ce.cross_entropy(x, torch.tensor([1, 5, 2, 3], device=device))
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("module", ["cross_entropy", "bce"])
 def test_errors_through_modules_and_function_classes(module, device):
@@ -171,7 +171,7 @@ BCE_CASES = {
 }
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(BCE_CASES))
 def test_bce_errors_match_torch(case, device):
@@ -379,7 +379,7 @@ def same_outcome(torch_call, ours_call):
     torch.testing.assert_close(result.double(), expected.double(), rtol=5e-3, atol=1e-3)
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.filterwarnings("ignore:size_average and reduce args will be deprecated")
 @pytest.mark.parametrize("case", list(TYPE_CASES))
 def test_argument_types_as_torch_parses_them(case):
@@ -460,7 +460,7 @@ COMPLEX_RESULT = {("ce_soft_weight", torch.complex64), ("ce_soft_weight", torch.
                   ("bce_target", torch.complex64), ("bce_target", torch.complex128)}
 
 
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("role", list(DTYPE_ROLES))
 def test_every_dtype_in_every_role_as_torch(role, dtype):

@@ -181,7 +181,7 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
     C = sum(sizes)
     logits, weight, target = _problem("rows", C)
     # fused_ce raises torch 2.13's errors; an older torch words some of them differently (torch_compat.py)
-    reference = F.cross_entropy if torch_compat.FOLLOWS_TORCH_2_13 else fused_ce.cross_entropy
+    reference = F.cross_entropy if torch_compat.FOLLOWS_CURRENT_TORCH else fused_ce.cross_entropy
     torch_errors = _errors(_bad_calls(reference, logits, target, weight))
     for rank in range(world):
         results = torch.load(os.path.join(tmp_path, f"{rank}.pt"))

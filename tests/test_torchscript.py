@@ -139,7 +139,7 @@ def _error(fn):
 
 @pytest.mark.parametrize("bad", ["reduction", "smoothing", "batch", "target_dtype", "weight", "bce_shape",
                                  "soft_ignore"])
-@torch_compat.needs_torch_2_13_semantics
+@torch_compat.needs_current_torch_semantics
 def test_scripted_errors_carry_torchs_message(bad):
     """Where eager torch raises, a scripted module raises, with a message that names torch's exception type
     and carries torch's message. The type differs (documented): TorchScript turns an exception raised by

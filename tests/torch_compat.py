@@ -54,15 +54,16 @@ def _error_of(fn):
     return None
 
 
-# Where torch changed an error or an edge case, fused_ce follows torch 2.13: int32 targets raise "expected target
+# Where torch changed an error or an edge case, fused_ce follows current torch (2.12 and newer, measured by
+# scripts/compat.sh): int32 targets raise "expected target
 # dtype to be Long or Byte, but got Int" (older torch: "expected scalar type Long but found Int"), and a (C,)
 # input with a (1,) target is accepted (older torch's forward raises "size mismatch"). Tests that compare those
 # with the installed torch run where torch behaves so, and skip on older torch (docs/support.md).
-FOLLOWS_TORCH_2_13 = (
+FOLLOWS_CURRENT_TORCH = (
     _error_of(lambda: F.cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int32)))
     == ("RuntimeError", "expected target dtype to be Long or Byte, but got Int")
     and _error_of(lambda: F.cross_entropy(torch.zeros(3), torch.zeros(1, dtype=torch.int64))) is None)
 
-needs_torch_2_13_semantics = pytest.mark.skipif(
-    not FOLLOWS_TORCH_2_13,
-    reason=f"torch {torch.__version__}'s errors and edge cases predate torch 2.13's, which fused_ce follows")
+needs_current_torch_semantics = pytest.mark.skipif(
+    not FOLLOWS_CURRENT_TORCH,
+    reason=f"torch {torch.__version__}'s errors and edge cases predate those of torch 2.12+, which fused_ce follows")
