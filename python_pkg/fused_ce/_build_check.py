@@ -42,9 +42,12 @@ def mismatch(info, torch_version, torch_cuda):
 
 def _message(info, reason):
     found = f"torch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only'})"
-    built = describe_build(info) if info is not None else "an unrecorded torch"
-    return (f"fused_ce {info.VERSION if info is not None else ''} was built for {built}, but {found} is "
-            f"installed ({reason}). Install the fused_ce wheel made for this torch (its version label names it: "
+    if info is not None:
+        head = f"fused_ce {info.VERSION} was built for {describe_build(info)}, but {found} is installed ({reason})."
+    else:
+        head = (f"fused_ce cannot be loaded beside {found} ({reason}); its build did not record which torch it was "
+                f"made for.")
+    return (f"{head} Install the fused_ce wheel made for this torch (its version label names it: "
             f"+pt<torch version><cpu|cuXYZ>), or build fused_ce from source against this torch: "
             f"pip install --no-cache-dir --force-reinstall <fused_ce source folder or sdist>.")
 

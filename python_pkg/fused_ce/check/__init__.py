@@ -38,14 +38,19 @@ def _arguments(argv):
     return parser.parse_args(argv)
 
 
+def _built_for(built):
+    """What the build recorded (fused_ce.build_info()), in words."""
+    if built is None:
+        return "build not recorded"
+    cuda = f", CUDA {built['cuda_toolkit']} for archs {built['cuda_arch_list']}" if built["cuda_kernels"] else ""
+    return f"built for torch {built['torch']}{cuda}"
+
+
 def _print_environment(env):
     v, b = env["versions"], env["build"]
-    built = b["built_for"]
-    built_for = (f"built for torch {built['torch']}" + (f", CUDA {built['cuda_toolkit']} for archs "
-                                                        f"{built['cuda_arch_list']}" if built["cuda_kernels"] else "")
-                 if built else "build not recorded")
-    print(f"fused_ce {built['version'] if built else v['fused_ce']} ({v['fused_ce_path']}; {built_for}), torch {v['torch']} (CUDA {v['torch_cuda']}), "
-          f"python {v['python']}; CPU kernels built for {', '.join(b['cpu_isas_built'])}, using "
+    version = b["built_for"]["version"] if b["built_for"] else v["fused_ce"]
+    print(f"fused_ce {version} ({v['fused_ce_path']}; {_built_for(b['built_for'])}), torch {v['torch']} "
+          f"(CUDA {v['torch_cuda']}), python {v['python']}; CPU kernels built for {', '.join(b['cpu_isas_built'])}, using "
           f"{b['cpu_isa_chosen']}; CUDA kernels: {'yes' if b['cuda_kernels'] else 'no'}; emulated CUDA build: "
           f"{'yes' if b['emulated_cuda'] else 'no'}")
     for label, device in env["devices"].items():
