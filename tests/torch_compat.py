@@ -55,10 +55,10 @@ def _error_of(fn):
 
 
 # Where torch changed an error or an edge case, fused_ce follows current torch (2.12 and newer, measured by
-# scripts/compat.sh): int32 targets raise "expected target
-# dtype to be Long or Byte, but got Int" (older torch: "expected scalar type Long but found Int"), and a (C,)
-# input with a (1,) target is accepted (older torch's forward raises "size mismatch"). Tests that compare those
-# with the installed torch run where torch behaves so, and skip on older torch (docs/support.md).
+# scripts/compat.sh): int32 targets raise "expected target dtype to be Long or Byte, but got Int" (older torch:
+# "expected scalar type Long but found Int"), and a (C,) input with a (1,) target is accepted (older torch's
+# forward raises "size mismatch"). Tests that compare those with the installed torch run where torch behaves so,
+# and skip on older torch (docs/support.md).
 FOLLOWS_CURRENT_TORCH = (
     _error_of(lambda: F.cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int32)))
     == ("RuntimeError", "expected target dtype to be Long or Byte, but got Int")
