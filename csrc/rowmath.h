@@ -42,6 +42,16 @@ FUSED_CE_HD float math_log1p_exp_neg_abs(float x) { return log1pf(expf(0.f - fab
 FUSED_CE_HD double math_log1p_exp_neg_abs(double x) { return log1p(exp(0. - fabs(x))); }
 FUSED_CE_HD float math_tanh(float x) { return tanhf(x); }
 FUSED_CE_HD double math_tanh(double x) { return tanh(x); }
+// q + (x - q c) r: with q = x * r and r = fl(1 / c), the quotient x / c rounded to nearest (but in rare ties),
+// as a division gives it; x - q c is exact in one FMA. Where x is infinite that remainder is NaN and q stays.
+FUSED_CE_HD float math_quotient_step(float q, float x, float c, float r) {
+  const float rem = fmaf(-q, c, x);
+  return rem == rem ? fmaf(rem, r, q) : q;
+}
+FUSED_CE_HD double math_quotient_step(double q, double x, double c, double r) {
+  const double rem = fma(-q, c, x);
+  return rem == rem ? fma(rem, r, q) : q;
+}
 // max(x, 0)
 FUSED_CE_HD float math_relu(float x) { return x > 0.f ? x : 0.f; }
 FUSED_CE_HD double math_relu(double x) { return x > 0. ? x : 0.; }
@@ -91,10 +101,37 @@ FUSED_CE_HD LseState<acc_t> lse_push(LseState<acc_t> s, acc_t x) {
   return lse_merge(s, LseState<acc_t>{x, acc_t(1)});
 }
 
+// A row's log-sum-exp in its two parts, lse = shift + log(sum) (shift: lse_shift(max)). A loss needs lse - x,
+// which lse_minus forms from the parts: rounding lse first would add up to ulp(lse) / 2 to every row's loss,
+// large against a confident row's small loss (fp32, randn(256, 1024) * 2, reduction 'none': 1.2e-7 from
+// fp64 where torch's log_softmax, which rounds (x - max) - log(sum), is 6.6e-8; issue 27).
+template <typename T>
+struct LseParts {
+  T shift;
+  T log_sum;
+};
+
+template <typename T>
+FUSED_CE_HD LseParts<T> lse_parts(LseState<T> s) {
+  return {lse_shift(s.max), math_log(s.sum)};
+}
+
 // log(sum(exp(x))): -inf for an all -inf row, NaN when a NaN (or a +inf) was seen.
 template <typename T>
+FUSED_CE_HD T lse_value(LseParts<T> p) {
+  return p.shift + p.log_sum;
+}
+
+template <typename T>
 FUSED_CE_HD T lse_value(LseState<T> s) {
-  return lse_shift(s.max) + math_log(s.sum);
+  return lse_value(lse_parts(s));
+}
+
+// lse - x (see LseParts), formed in double and rounded once: only log(sum)'s own rounding remains, which is
+// small when the row's probabilities are not spread thin (fp32 per-row losses then closer to fp64 than torch's).
+template <typename T>
+FUSED_CE_HD T lse_minus(LseParts<T> p, T x) {
+  return static_cast<T>((static_cast<double>(p.shift) - static_cast<double>(x)) + static_cast<double>(p.log_sum));
 }
 
 // Terms per block of a blocked sum (the CPU kernels' BlockedSum, the CUDA kernels' BlockedRowStats). A
@@ -135,11 +172,11 @@ FUSED_CE_HD SmoothingParams<acc_t> make_smoothing(double eps, int64_t num_classe
 // sum_wx_ref = sum_c w[c] * (x[c] - ref), see sum_reference.
 template <typename acc_t>
 FUSED_CE_HD acc_t ce_hard_row_loss(
-    acc_t lse, acc_t x_target, acc_t w_target, acc_t sum_wx_ref, acc_t ref,
+    LseParts<acc_t> lse, acc_t x_target, acc_t w_target, acc_t sum_wx_ref, acc_t ref,
     const SmoothingParams<acc_t>& sp) {
-  acc_t loss = (acc_t(1) - sp.eps) * w_target * (lse - x_target);
+  acc_t loss = (acc_t(1) - sp.eps) * w_target * lse_minus(lse, x_target);
   if (sp.enabled) {
-    loss += sp.eps_per_class * (sp.weight_sum * (lse - ref) - sum_wx_ref);
+    loss += sp.eps_per_class * (sp.weight_sum * lse_minus(lse, ref) - sum_wx_ref);
   }
   return loss;
 }
@@ -183,8 +220,8 @@ FUSED_CE_HD T smoothed_target(T t, const SmoothingParams<acc_t>& sp) {
 
 // sum_wt = sum w t', sum_wtx_ref = sum w t' (x - ref)
 template <typename acc_t>
-FUSED_CE_HD acc_t ce_soft_row_loss(acc_t lse, acc_t sum_wt, acc_t sum_wtx_ref, acc_t ref) {
-  return sum_wt * (lse - ref) - sum_wtx_ref;
+FUSED_CE_HD acc_t ce_soft_row_loss(LseParts<acc_t> lse, acc_t sum_wt, acc_t sum_wtx_ref, acc_t ref) {
+  return sum_wt * lse_minus(lse, ref) - sum_wtx_ref;
 }
 
 // g_sum_wt = g * sum(w t'), wt_c = w[c] t'[c]
@@ -228,10 +265,19 @@ FUSED_CE_HD LogitTransform<acc_t> make_logit_transform(double logit_scale, doubl
           capped ? static_cast<acc_t>(1.0 / softcap) : acc_t(0), capped, capped || logit_scale != 1.0};
 }
 
+// The tanh's argument s * x / c. With s == 1 (soft-capping alone, as Gemma 2 uses it) it is x / c rounded as
+// torch's own x / cap rounds it, not x times a rounded 1 / c: one more rounding per logit made fp32 capped
+// losses measurably less accurate than torch's composite (issue 27).
+template <typename T, typename acc_t>
+FUSED_CE_HD T capped_argument(T x, const LogitTransform<acc_t>& tf) {
+  const T u = x * T(tf.scale_over_cap);
+  return tf.scale == acc_t(1) ? math_quotient_step(u, x, T(tf.cap), T(tf.inv_cap)) : u;
+}
+
 // z from x; T is the accumulation type or a vector of it.
 template <typename T, typename acc_t>
 FUSED_CE_HD T transform_logit(T x, const LogitTransform<acc_t>& tf) {
-  return tf.capped ? T(tf.cap) * math_tanh(x * T(tf.scale_over_cap)) : x * T(tf.scale);
+  return tf.capped ? T(tf.cap) * math_tanh(capped_argument(x, tf)) : x * T(tf.scale);
 }
 
 // dz/dx, from z itself (so the backward needs no second tanh).

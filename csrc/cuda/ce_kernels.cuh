@@ -103,12 +103,13 @@ struct CeHardForwardOp {
     const int64_t y = read_target(a.target, a.target_is_byte, r);
     const TargetState state = classify(y, a.ignore_index, t.C);
     if (state == TargetState::kIgnored) return write_row(r, A(0), A(0), A(0));
-    const A lse = lse_value(LseState<A>{st.max, st.sum});
+    const LseParts<A> parts = lse_parts(LseState<A>{st.max, st.sum});
+    const A lse = lse_value(parts);
     // An out-of-range class is never used as an index: its row reads NaN (see ops_cuda.cpp).
     if (state == TargetState::kInvalid) return write_row(r, lse, A(NAN), A(NAN));
     const T* x_row = x + row_index(t, r).x;
     const auto sp = device_smoothing<A>(a.label_smoothing, t.C, weight_sum);
-    const A loss = ce_hard_row_loss(lse, logit(x_row[y * t.S]), weight_at(static_cast<const T*>(a.weight), y), st.s1,
+    const A loss = ce_hard_row_loss(parts, logit(x_row[y * t.S]), weight_at(static_cast<const T*>(a.weight), y), st.s1,
                                     reference(x_row), sp);
     write_row(r, lse, loss, z_loss_row(lse, static_cast<A>(a.lm.lse_square_scale)));
   }
@@ -146,8 +147,8 @@ struct CeSoftForwardOp {
     }
   }
   __device__ void finalize(int64_t r, const RowStats<A>& st) const {
-    const A lse = lse_value(LseState<A>{st.max, st.sum});
-    write_loss<T>(out, r, lse, ce_soft_row_loss(lse, st.s1, st.s2, reference(x + row_index(t, r).x)));
+    const LseParts<A> parts = lse_parts(LseState<A>{st.max, st.sum});
+    write_loss<T>(out, r, lse_value(parts), ce_soft_row_loss(parts, st.s1, st.s2, reference(x + row_index(t, r).x)));
   }
 };
 
