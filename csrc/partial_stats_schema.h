@@ -26,7 +26,8 @@ inline void define_partial_stats_ops(torch::Library& m) {
       "bool smoothing, float logit_scale=1., float softcap=0.) -> Tensor");
   // The gradient of the slice: dx[c] = (exp(z[c] - lse) * prob - klass * w[c] - [c == y - class_offset] * tgt)
   // * dz/dx[c], with coefs = (lse, prob, tgt, klass) stacked as a (4, N, d1..dk) tensor of the accumulation
-  // dtype; z = x and dz/dx = 1 without the options.
+  // dtype; z = x and dz/dx = 1 without the options. An ignored row (target == ignore_index) gets dx = 0 whatever
+  // its logits and coefs hold.
   m.def(
       "ce_partial_grad(Tensor logits, Tensor target, Tensor? weight, Tensor coefs, int class_offset, "
       "int ignore_index, float logit_scale=1., float softcap=0.) -> Tensor");

@@ -41,7 +41,7 @@ def partial_stats(logits, target, weight, offset, ignore_index, smoothing, logit
 
 def partial_grad(logits, target, weight, coefs, offset, ignore_index, logit_scale=1.0, softcap=0.0):
     """dx[c] = (exp(z[c] - lse) prob - klass w[c] - [c == y - offset] tgt) dz[c]/dx[c], with coefs = (lse, prob,
-    tgt, klass), in float64 and the logits' layout."""
+    tgt, klass), in float64 and the logits' layout; 0 on ignored rows, whatever their logits and coefs."""
     x_in = logits.double().detach().requires_grad_()
     with torch.enable_grad():
         z = transformed(x_in, logit_scale, softcap)
@@ -55,4 +55,4 @@ def partial_grad(logits, target, weight, coefs, offset, ignore_index, logit_scal
     if C:
         onehot.scatter_(-1, local.unsqueeze(-1), on.double().unsqueeze(-1))
     (dx,) = torch.autograd.grad(z, x_in, (g - onehot * tgt).movedim(-1, 1))
-    return dx
+    return torch.where((target == ignore_index).unsqueeze(1), 0.0, dx)

@@ -113,6 +113,11 @@ void partial_grad_kernel(const PartialStatsArgs& a, const typename AccOf<scalar_
   parallel_rows<scalar_t>(v, [&](int64_t r, const scalar_t* x) {
     const int64_t n = r / S, s = r - n * S;
     scalar_t* out = grad + n * C * S + s;
+    const int64_t y = target_at(a, r);
+    if (y == a.ignore_index) {  // 0 whatever the row's logits hold: the formula gives 0 * inf = NaN for +-inf, NaN
+      for (int64_t c = 0; c < C; ++c) out[c * S] = scalar_t(0);
+      return;
+    }
     const acc_t lse = coefs[r];
     const CeHardGradCoefs<acc_t> k{coefs[rows + r], coefs[2 * rows + r], coefs[3 * rows + r]};
     const bool load_weight = w != nullptr && k.klass != acc_t(0);
@@ -121,7 +126,6 @@ void partial_grad_kernel(const PartialStatsArgs& a, const typename AccOf<scalar_
       const acc_t z = slice_logit<kTransform>(x[c * S], tf);
       out[c * S] = static_cast<scalar_t>(for_x(ce_hard_grad_off_target(z, lse, w_c, k.prob, k.klass), z));
     }
-    const int64_t y = target_at(a, r);
     if (target_in_slice(y, a.ignore_index, a.class_offset, C)) {
       const int64_t c = y - a.class_offset;
       const acc_t z = slice_logit<kTransform>(x[c * S], tf);

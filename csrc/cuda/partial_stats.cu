@@ -69,19 +69,24 @@ struct CePartialGradOp {
     CeHardGradCoefs<A> k;
     int64_t y;          // the target's class in the slice, or -1
     bool load_weight;   // the class term is zero without smoothing, so weights are not read
+    bool ignored;       // the gradient is 0 whatever the logits hold (the formula gives 0 * inf = NaN)
   };
   __device__ Coefs coefs(int64_t r) const {
     const int64_t rows = t.rows;
     const int64_t y = read_target(a.target, a.target_is_byte, r);
     const CeHardGradCoefs<A> k{row_coefs[rows + r], row_coefs[2 * rows + r], row_coefs[3 * rows + r]};
     return {row_coefs[r], k, target_in_slice(y, a.ignore_index, a.class_offset, t.C) ? y - a.class_offset : -1,
-            a.weight != nullptr && k.klass != A(0)};
+            a.weight != nullptr && k.klass != A(0), y == a.ignore_index};
   }
   template <int M>
   __device__ void apply(const Coefs& co, const A (&xv)[M], const A (&)[M], int64_t c, A (&out)[M]) const {
     const T* w = static_cast<const T*>(a.weight);
 #pragma unroll
     for (int j = 0; j < M; ++j) {
+      if (co.ignored) {
+        out[j] = A(0);
+        continue;
+      }
       const A w_c = co.load_weight ? static_cast<A>(w[c + j]) : A(1);
       const A z = hard_logit<kLogitTransform>(xv[j], tf);
       const A dz = c + j == co.y ? ce_hard_grad_on_target(z, co.lse, w_c, co.k)

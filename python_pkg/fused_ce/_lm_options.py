@@ -58,15 +58,18 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
                 if c.reduction == NONE:
                     loss, z_loss = loss.squeeze(0), z_loss.squeeze(0)
             return parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)
+    class_dim = 0 if input.dim() == 1 else 1
+    soft = target.is_floating_point()  # probability targets: every row counts
+    if not soft:
+        # An ignored row counts for nothing whatever its logits hold (NaN, +-inf): zeroed here, its gradient is 0
+        # rather than the 0 * NaN of logsumexp's and tanh's backward.
+        input = torch.where((target != ignore_index).unsqueeze(class_dim), input, input.new_zeros(()))
     z = transform_logits(input, logit_scale, softcap)
     loss = loss_fn(z)
-    class_dim = 0 if input.dim() == 1 else 1
     lse = torch.logsumexp(z.to(lse_dtype(input.dtype)), dim=class_dim)
-    if target.is_floating_point():  # probability targets: every row counts
-        counted = torch.ones_like(lse, dtype=torch.bool)
-    else:
-        counted = target != ignore_index
-    per_row = torch.where(counted, lse_square_scale * lse * lse, lse.new_zeros(()))
+    counted = torch.ones_like(lse, dtype=torch.bool) if soft else target != ignore_index
+    lse = torch.where(counted, lse, lse.new_zeros(()))  # 0 on ignored rows, as the kernels return it
+    per_row = lse_square_scale * lse * lse
     if reduction == NONE:
         z_loss = per_row
     elif reduction == SUM:

@@ -10,8 +10,9 @@ upstream gradients the same way (a per-sample scalar spread over the sample's ro
 
 A class weight batched along with the samples, shape (B, C), cannot be one kernel argument. For class
 indices the rule then folds it into a probability target, t[b, i, c] = w[b, c] * ((1 - eps) onehot(y)
-+ eps / C) (0 on ignored rows), for which the probability-target kernels compute the same loss and
-gradient with no weight; for probability targets the weight multiplies the smoothed target alike.
++ eps / C) (0 on ignored rows, whose logits are replaced by 0 too, as they may hold NaN or +-inf), for
+which the probability-target kernels compute the same loss and gradient with no weight; for probability
+targets the weight multiplies the smoothed target alike.
 """
 import os
 
@@ -102,9 +103,10 @@ def _checks_targets(ops, target):
     return not cuda_like or os.environ.get("FUSED_CE_CUDA_CHECK_TARGETS") == "1"
 
 
-def _hard_as_soft_target(ops, logits, target, weight, ignore_index, label_smoothing):
-    """The probability target (B, N, C, d..) whose weightless soft loss is the class-index loss with the
-    per-sample weight (B, C): w[b, c] * ((1 - eps) onehot(y) + eps / C), 0 on ignored rows. An out-of-range
+def _hard_as_soft(ops, logits, target, weight, ignore_index, label_smoothing):
+    """(logits, probability target) (B, N, C, d..) whose weightless soft loss is the class-index loss with the
+    per-sample weight (B, C): the target is w[b, c] * ((1 - eps) onehot(y) + eps / C), and the target and logits
+    are 0 on ignored rows (whose logits may hold NaN or +-inf: 0 * (lse - x) would be NaN). An out-of-range
     class index, which the probability-target kernel cannot see, raises as the class-index kernels do
     (torch's IndexError), or makes its row NaN where they would."""
     num_classes = logits.shape[2]
@@ -118,7 +120,8 @@ def _hard_as_soft_target(ops, logits, target, weight, ignore_index, label_smooth
     t = one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
     w = weight.to(logits.dtype).reshape(weight.shape[:2] + (1,) * (logits.dim() - 3))
     t = t * w.unsqueeze(1) * keep.unsqueeze(2).to(logits.dtype)
-    return t.masked_fill(bad.unsqueeze(2), float("nan"))
+    return (torch.where(keep.unsqueeze(2), logits, logits.new_zeros(())),
+            t.masked_fill(bad.unsqueeze(2), float("nan")))
 
 
 def _ce_fwd_vmap(ops):
@@ -129,7 +132,7 @@ def _ce_fwd_vmap(ops):
         batched_weight = in_dims[2] is not None
         w = _front(weight, in_dims[2], batch) if batched_weight else weight
         if batched_weight:
-            soft = _hard_as_soft_target(ops, x, y, w, ignore_index, max(label_smoothing, 0.0))
+            x, soft = _hard_as_soft(ops, x, y, w, ignore_index, max(label_smoothing, 0.0))
             loss, lse = ops.cross_entropy_soft_fwd(_fold(x), _fold(soft), None, 0.0, NONE)
         else:
             loss, lse = ops.cross_entropy_fwd(_fold(x), _fold(y), w, ignore_index, label_smoothing, NONE)
@@ -158,7 +161,7 @@ def _ce_bwd_vmap(ops):
             denominator = torch.where(kept | (denominator != 0), denominator, 1.0)
         g = _fold(_row_grad(grad, in_dims[0], batch, y.shape[1:], reduction, denominator))
         if batched_weight:
-            soft = _hard_as_soft_target(ops, x, y, w, ignore_index, max(label_smoothing, 0.0))
+            x, soft = _hard_as_soft(ops, x, y, w, ignore_index, max(label_smoothing, 0.0))
             out = ops.cross_entropy_soft_bwd(g, _fold(x), _fold(soft), None, lse_f, 0.0, NONE)
         else:
             out = ops.cross_entropy_bwd(g, _fold(x), _fold(y), w, lse_f, ignore_index, label_smoothing, NONE)

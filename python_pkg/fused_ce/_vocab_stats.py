@@ -77,7 +77,9 @@ def total(values, dtype):
 class RowTerms:
     """Per-row cross-entropy of whole rows from their statistics: `ce` (the loss of torch's cross_entropy with
     reduction 'none', label smoothing eps over `classes` classes), `z` (z_scale lse^2, the z-loss), `lse`, and
-    `valid` (not ignored). A target of no class gives a NaN row (only reached on CUDA: the CPU raises first)."""
+    `valid` (not ignored). A target of no class gives a NaN row (only reached on CUDA: the CPU raises first).
+    An ignored row's `ce` and `z` are 0 whatever its logits hold: its lse may be -inf, inf or NaN, so its terms
+    are selected away (torch.where), not multiplied by 0."""
 
     def __init__(self, stats, target, ignore_index, eps, classes, z_scale):
         self.eps, self.classes, self.z_scale = eps, classes, z_scale
@@ -88,11 +90,16 @@ class RowTerms:
         self.validf = torch.where(out_of_range, torch.full_like(validf, float("nan")), validf)
         self.target_weight = stats[TARGET_WEIGHT] * self.validf
         self.weight_sum = stats[WEIGHT_SUM] if eps > 0 else torch.zeros_like(self.lse)
-        self.ce = (1 - eps) * self.target_weight * (self.lse - stats[TARGET_LOGIT])
+        ce = (1 - eps) * self.target_weight * (self.lse - stats[TARGET_LOGIT])
         if eps > 0:
-            self.ce = self.ce + (eps / classes) * (self.weight_sum * (self.lse - shift(stats[MAX]))
-                                                   + stats[SMOOTHING]) * self.validf
-        self.z = z_scale * self.lse * self.lse * self.validf
+            ce = ce + (eps / classes) * (self.weight_sum * (self.lse - shift(stats[MAX]))
+                                         + stats[SMOOTHING]) * self.validf
+        self.ce = self.counted(ce)
+        self.z = self.counted(z_scale * self.lse * self.lse * self.validf)
+
+    def counted(self, per_row):
+        """per_row on the rows that are not ignored, 0 on the others."""
+        return torch.where(self.valid, per_row, torch.zeros_like(per_row))
 
     def mean_denominators(self):
         """torch's weighted-mean denominator (sum of w[y] over counted rows; it divides the smoothing term too)
@@ -102,12 +109,12 @@ class RowTerms:
     def grad_coefs(self, ce_scale, z_scale):
         """ce_partial_grad's (4, R) coefs (lse, prob, tgt, klass) for the gradient of sum_i ce_scale_i ce_i +
         z_scale_i z_i (scales per row or scalars): rowmath.h's ce_hard_grad_coefs and z_loss_prob_coef, with the
-        whole row's target weight, weight sum and class count. Ignored rows get 0, also when a 'mean' over no
-        counted row (0 / 0) made their scale inf."""
+        whole row's target weight, weight sum and class count. Ignored rows get 0 (their lse too, which may be
+        non-finite), also when a 'mean' over no counted row (0 / 0) made their scale inf; ce_partial_grad writes 0
+        for them whatever the coefficients."""
         eps, validf = self.eps, self.validf
         prob = ((1 - eps) * self.target_weight + (eps / self.classes) * self.weight_sum * validf) * ce_scale
         prob = prob + 2 * self.z_scale * self.lse * validf * z_scale
         on_target = (1 - eps) * self.target_weight * ce_scale
         klass = (eps / self.classes) * validf * ce_scale
-        coefs = [torch.where(self.valid, c, torch.zeros_like(c)) for c in (prob, on_target, klass)]
-        return torch.stack([self.lse] + coefs)
+        return torch.stack([self.counted(c) for c in (self.lse, prob, on_target, klass)])
