@@ -7,7 +7,6 @@ import pathlib
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 import fused_ce
@@ -195,7 +194,8 @@ def _parallel_linear_cross_entropy(ops, reduction):
 
 
 def _on_one_rank():
-    """The parallel entry points on the one rank of the one_rank_group fixture, which holds every class."""
+    """The parallel entry points on the one rank of the one_rank_group fixture (conftest.py), which holds every
+    class."""
     return dict(class_offsets=[0, C])
 
 
@@ -247,19 +247,6 @@ ENTRY_POINTS = {
     "`use_fused_ce`, ForSequenceClassification, multi label": _hugging_face("ForSequenceClassification", True),
 }
 CALLS = documented_calls()
-
-
-@pytest.fixture(scope="module")
-def one_rank_group():
-    """A gloo process group of one rank, in this process, for fused_ce.parallel's entry points."""
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def _call_id(call):
