@@ -7,6 +7,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import fused_ce
 import fused_ce.testing
@@ -36,3 +37,17 @@ def _emulated_cuda(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_rank_group():
+    """A gloo process group of one rank in this process, for fused_ce.parallel's entry points in tests that check
+    what does not need several ranks (their dtypes, their kernels on every path); destroyed after the module."""
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

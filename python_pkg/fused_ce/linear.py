@@ -94,9 +94,10 @@ def _fused_path_applies(input, linear_weight, target, linear_bias, weight, proba
 
 
 def _autocast(input, linear_weight, linear_bias):
-    """Under autocast, torch's reference path runs the linear in the autocast dtype and the loss in fp32."""
+    """Under autocast, torch's reference path runs the linear in the autocast dtype and the loss in fp32; fp64
+    inputs are left as they are (autocast casts no fp64 tensor), so their loss is fp64, as without autocast."""
     device = input.device.type
-    if not torch.is_autocast_enabled(device):
+    if not torch.is_autocast_enabled(device) or input.dtype == torch.float64:
         return input, linear_weight, linear_bias, False
     dtype = torch.get_autocast_dtype(device)
     cast = lambda t: t if t is None or not t.is_floating_point() else t.to(dtype)  # noqa: E731
