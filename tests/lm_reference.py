@@ -13,12 +13,13 @@ def transformed(x, scale, cap):
 
 def reference(x, target, weight, reduction, smoothing, scale, cap, zscale, ignore_index=-100):
     """(loss, z_loss, lse) in fp64: the cross-entropy of z = cap * tanh(scale * x / cap) (scale * x without a
-    cap) plus zscale * logsumexp(z)**2 per counted row, reduced like the loss ('mean' over counted rows)."""
+    cap) plus zscale * logsumexp(z)**2 per counted row, reduced like the loss ('mean' over counted rows).
+    Probability targets (floating, x's shape) count every row."""
     z = transformed(x, scale, cap)
     w = None if weight is None else weight.double()
     loss = F.cross_entropy(z, target, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
     lse = torch.logsumexp(z, dim=1)
-    counted = (target != ignore_index).double()
+    counted = torch.ones_like(lse) if target.is_floating_point() else (target != ignore_index).double()
     per_row = zscale * lse ** 2 * counted
     z_loss = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / counted.sum()}[reduction]
     return loss + z_loss, z_loss, lse

@@ -272,16 +272,20 @@ def _bce_bwd_vmap(ops, name):
     return rule
 
 
-def _fp32_for_reductions(rule, logits_at):
-    """For fp16/bf16 'mean' and 'sum' the rule runs on fp32 copies of its floating arguments and rounds
-    its result once, at the end. Run in the low precision, the 'none' kernels would round every per-row
-    loss before the per-sample sum, and the per-row upstream gradient g / total weight before the
-    backward kernel: one rounding more than the unbatched call, which exceeded the suite's error bound
-    (bf16 'mean' gradient 4.5e-3 relative error against a bound of 3.9e-3). The price is an fp32 copy of
-    the logits in those cases."""
+def _fp32_for_reductions(rule, logits_at, weight_at=None):
+    """For fp16/bf16 'mean' and 'sum', and for a class weight batched per sample (the argument at
+    weight_at), the rule runs on fp32 copies of its floating arguments and rounds its result once, at the
+    end. Run in the low precision, the 'none' kernels would round every per-row loss before the per-sample
+    sum, and the per-row upstream gradient g / total weight before the backward kernel; and the target that
+    a batched weight and the smoothing are folded into would be rounded before the kernel reads it (and the
+    target's gradient once more after it is multiplied by the weight): one rounding more than the unbatched
+    call, which exceeded the suite's error bound (bf16 'mean' gradient 4.5e-3 relative error against a bound
+    of 3.9e-3; fp16 'none' with a batched weight, loss and gradient 1.02 and 1.08 times the bound). The price
+    is an fp32 copy of the logits in those cases."""
     def wrapped(info, in_dims, *args):
         dtype = args[logits_at].dtype
-        if args[-1] == NONE or dtype not in (torch.float16, torch.bfloat16):
+        folds_weight = weight_at is not None and in_dims[weight_at] is not None
+        if (args[-1] == NONE and not folds_weight) or dtype not in (torch.float16, torch.bfloat16):
             return rule(info, in_dims, *args)
         up = [a.float() if isinstance(a, torch.Tensor) and a.dtype == dtype else a for a in args]
         out, out_dims = rule(info, in_dims, *up)
@@ -298,15 +302,15 @@ def register(lib):
     if not _torch_features.REGISTER_VMAP:
         return
     ops = getattr(torch.ops, lib)
-    rules = {  # rule, position of the logits among the op's arguments
-        "cross_entropy_fwd": (_ce_fwd_vmap(ops), 0),
-        "cross_entropy_bwd": (_ce_bwd_vmap(ops), 1),
-        "cross_entropy_soft_fwd": (_ce_soft_fwd_vmap(ops), 0),
-        "cross_entropy_soft_bwd": (_ce_soft_bwd_vmap(ops), 1),
-        "cross_entropy_soft_target_bwd": (_ce_soft_target_bwd_vmap(ops), 1),
-        "bce_with_logits_fwd": (_bce_fwd_vmap(ops), 0),
-        "bce_with_logits_bwd": (_bce_bwd_vmap(ops, "bce_with_logits_bwd"), 1),
-        "bce_with_logits_target_bwd": (_bce_bwd_vmap(ops, "bce_with_logits_target_bwd"), 1),
+    rules = {  # rule, positions of the logits and of the class weight (folded into the target when batched)
+        "cross_entropy_fwd": (_ce_fwd_vmap(ops), 0, 2),
+        "cross_entropy_bwd": (_ce_bwd_vmap(ops), 1, 3),
+        "cross_entropy_soft_fwd": (_ce_soft_fwd_vmap(ops), 0, 2),
+        "cross_entropy_soft_bwd": (_ce_soft_bwd_vmap(ops), 1, 3),
+        "cross_entropy_soft_target_bwd": (_ce_soft_target_bwd_vmap(ops), 1, 2),
+        "bce_with_logits_fwd": (_bce_fwd_vmap(ops), 0, None),
+        "bce_with_logits_bwd": (_bce_bwd_vmap(ops, "bce_with_logits_bwd"), 1, None),
+        "bce_with_logits_target_bwd": (_bce_bwd_vmap(ops, "bce_with_logits_target_bwd"), 1, None),
     }
-    for name, (rule, logits_at) in rules.items():
-        torch.library.register_vmap(f"{lib}::{name}", _fp32_for_reductions(rule, logits_at))
+    for name, (rule, logits_at, weight_at) in rules.items():
+        torch.library.register_vmap(f"{lib}::{name}", _fp32_for_reductions(rule, logits_at, weight_at))
