@@ -109,8 +109,9 @@ def default_cases(device, quick):
     return [
         Case("ce", "full", "fp32", 4096, 32000, repeats=5),
         Case("ce", "full", "bf16", 4096, 32000, repeats=5),
-        # The language-model options against the plain loss of the same shape. One case, few rounds: torch's
-        # composite of them (the eager-thp baseline) takes seconds per call here.
+        # The language-model options against the plain loss of the same shape, in both dtypes. Few rounds:
+        # torch's composite of them (the eager-thp baseline) takes seconds per call here.
+        Case("ce", "full", "fp32", 4096, 32000, feature="softcap_zloss", repeats=3),
         Case("ce", "full", "bf16", 4096, 32000, feature="softcap_zloss", repeats=3),
         Case("ce", "full", "fp32", 16384, 1000, repeats=7, series=series),
         Case("ce", "full", "fp32", 2048, 8000, repeats=7, series=series),
