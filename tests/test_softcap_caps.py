@@ -69,26 +69,14 @@ def check_cross_entropy(x, target, cap):
     assert_close(lse, capped_lse(x, cap), msg="log-sum-exp", input_scale=input_magnitude(x))
 
 
-def expect_cpu_tanh_failure(request, dtype, cap, kind, device):
-    """Marks the case an expected failure where the CPU kernels' vectorized fp32 tanh (csrc/cpu/vec_math.h,
-    math_tanh; fp32 and bf16 inputs) meets rows far inside a cap of 1000: its error, times the cap, is above the
-    judge's bound there (measured: the fp32 log-sum-exp 7e-6 and the gradient 2e-5 off, against a bound of
-    4.6e-6; bf16's log-sum-exp likewise). A more accurate tanh is under way; strict=False lets it pass then."""
-    cpu_kernels = device == "cpu" and request.node.get_closest_marker("emulated_cuda") is None
-    if cpu_kernels and dtype != torch.float64 and cap == 1000.0 and kind == "moderate":
-        request.applymarker(pytest.mark.xfail(strict=False, reason="the CPU fp32 tanh is not yet accurate enough "
-                                                                   "for the judge at cap 1000"))
-
-
 def cases(dtypes):
     return [pytest.param(d, c, k, id=f"{str(d)[6:]}-cap{c:g}-{k}") for d in dtypes for c in CAPS for k in KINDS]
 
 
 @pytest.mark.parametrize("layout", ["rows", "nd"])
 @pytest.mark.parametrize("dtype,cap,kind", cases(DTYPES))
-def test_cpu_kernels(dtype, cap, kind, layout, isa_device, request):
+def test_cpu_kernels(dtype, cap, kind, layout, isa_device):
     device, _ = isa_device
-    expect_cpu_tanh_failure(request, dtype, cap, kind, device)
     x = capped_logits((ROWS, CLASSES) if layout == "rows" else ND_SHAPE, cap, kind).to(dtype).to(device)
     check_cross_entropy(x, class_targets(x.shape).to(device), cap)
 
@@ -121,11 +109,10 @@ def linear_problem(cap, kind, dtype, device, H=5):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,cap,kind", cases([torch.float32, torch.float64]))
-def test_linear_cross_entropy(dtype, cap, kind, device, request):
+def test_linear_cross_entropy(dtype, cap, kind, device):
     """The fused linear loss (each tile's logits through the class-index kernels): loss per row, log-sum-exp
     and the gradients of input and linear_weight, judged at the logits' magnitude, as the linear loss's own
     tests judge it."""
-    expect_cpu_tanh_failure(request, dtype, cap, kind, device)
     x, w = linear_problem(cap, kind, dtype, device)
     target = class_targets((ROWS, CLASSES)).to(device)
     leaves = [x.detach().requires_grad_(), w.detach().requires_grad_()]
