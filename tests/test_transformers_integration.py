@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 import fused_ce  # noqa: E402
+import fused_ce._row_loss_sum  # noqa: E402
 from fused_ce.integrations.transformers import FusedLoss, restore, use_fused_ce  # noqa: E402
 
 from helpers import relative_error  # noqa: E402
@@ -111,13 +112,14 @@ def _assert_near(actual, expected, what, tol=TOL):
 def fused_calls(monkeypatch):
     """The dtypes fused_ce's losses compute in (autocast would make them fp32)."""
     calls = []
-    for name in ("cross_entropy", "binary_cross_entropy_with_logits"):
-        original = getattr(fused_ce.functional, name)
+    for module, name in ((fused_ce.functional, "cross_entropy"), (fused_ce.functional, "binary_cross_entropy_with_logits"),
+                         (fused_ce._row_loss_sum, "summed_row_losses")):
+        original = getattr(module, name)
 
         def recorded(input, *args, _original=original, **kwargs):
             calls.append(fused_ce._validation.autocast_fp32(input)[0].dtype)
             return _original(input, *args, **kwargs)
-        monkeypatch.setattr(fused_ce.functional, name, recorded)
+        monkeypatch.setattr(module, name, recorded)
     return calls
 
 

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from fused_ce.integrations.transformers import use_fused_ce  # noqa: E402
 
-from helpers import assert_close, input_magnitude  # noqa: E402
+from helpers import DEVICES, assert_close, input_magnitude  # noqa: E402
 
 VOCAB, BATCH, SEQ = 101, 2, 64
 # None (a mean over the batch's tokens), a small count and one beyond fp16's range, each as an int and as a tensor
@@ -58,13 +58,19 @@ def test_causal_lm_loss_with_num_items_in_batch(monkeypatch, dtype, num_items):
                  msg=f"loss, num_items_in_batch={num_items!r}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("num_items", NUM_ITEMS)
-def test_causal_lm_gradient_with_num_items_in_batch(monkeypatch, num_items):
-    """fp32 logits: their gradient against that of transformers' loss in fp64."""
-    logits, labels = _problem(torch.float32)
+def test_causal_lm_gradient_with_num_items_in_batch(monkeypatch, dtype, num_items, device):
+    """The logits' gradient against that of transformers' loss in fp64, within one rounding to the logits' dtype:
+    fp16/bf16 logits get their exact gradient rounded once (the per-row losses' fp32 upstream gradient, 1 / count,
+    reaches the kernels unrounded: in fp16 it is subnormal for counts above 16384)."""
+    logits, labels = _problem(dtype)
+    logits, labels = logits.to(device), labels.to(device)
     leaf = logits.clone().requires_grad_()
     _loss_function()(logits=leaf, labels=labels, vocab_size=VOCAB, num_items_in_batch=num_items).backward()
     exact = logits.double().requires_grad_()
     _transformers_in_fp64(monkeypatch, exact, labels, num_items).backward()
+    assert leaf.grad.dtype == dtype
     assert_close(leaf.grad, exact.grad, input_scale=input_magnitude(logits), terms=logits.numel(),
                  msg=f"logits' gradient, num_items_in_batch={num_items!r}")

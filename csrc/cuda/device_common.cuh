@@ -195,8 +195,8 @@ __device__ __forceinline__ double block_sum(double v) {
 // Upstream gradient of row (or element) i, in double as on the CPU, see DeviceGrad.
 template <typename T>
 __device__ __forceinline__ double grad_value(const DeviceGrad& g, int64_t i) {
-  const T* p = static_cast<const T*>(g.data);
-  double v = static_cast<double>(static_cast<acc_of<T>>(p[g.per_row ? i : 0]));
+  const double v = g.per_row ? static_cast<double>(static_cast<acc_of<T>>(static_cast<const T*>(g.data)[i]))
+                             : *static_cast<const double*>(g.data);
   return mean_divide(v, g.denominator ? *g.denominator : g.divisor);
 }
 

@@ -87,7 +87,7 @@ inline int64_t partials_bytes(const Tiling& t, int64_t acc_size) {
 // The z-loss of the language-model options (LmOptions) has the same upstream gradient with its own
 // mean's denominator, the number of counted rows: g_z_i = grad[i or 0] / z_denominator / z_divisor.
 struct DeviceGrad {
-  const void* data;  // the logits' dtype
+  const void* data;  // per_row: the logits' dtype; else one double
   bool per_row;
   const double* denominator;  // or nullptr
   double divisor;

@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_ce_tile_(
   args.lm.z_loss_rows = nullptr;
 
   const at::Tensor grad = row_grad.has_value() ? row_grad->to(tile.scalar_type()).contiguous()
-                                               : at::ones({}, tile.options());
+                                               : at::ones({}, tile.options().dtype(at::kDouble));  // DeviceGrad
   DeviceGrad dg{grad.data_ptr(), row_grad.has_value(),
                 denominator.has_value() ? denominator->data_ptr<double>() : nullptr, 1.0};
   dg.z_denominator = z_denominator.has_value() ? z_denominator->data_ptr<double>() : nullptr;

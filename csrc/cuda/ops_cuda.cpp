@@ -103,11 +103,13 @@ at::Tensor check_targets_and_denominator(const at::Tensor& target, const c10::op
   return need_denominator ? device_sum(row_weights, nullptr, 1.0, at::kDouble) : at::Tensor();
 }
 
-// The upstream gradient in the logits' dtype: `loss_shape` values for reduction='none', else one scalar.
+// The upstream gradient: `loss_shape` values in the logits' dtype for reduction='none', else one scalar in
+// double, as the CPU ops read it: a scalar of another dtype than the logits' (the fp32 gradient of an fp32 sum of
+// fp16 per-row losses, _row_loss_sum.py) is not rounded to the logits' dtype first.
 DeviceGrad device_grad(const at::Tensor& grad, const at::Tensor& like, int64_t reduction, at::IntArrayRef loss_shape,
                        at::Tensor& keep, const double* denominator, double divisor) {
   check_grad(grad, like, reduction, loss_shape);
-  keep = grad.to(like.scalar_type()).contiguous();
+  keep = grad.to(reduction == kNone ? like.scalar_type() : at::kDouble).contiguous();
   if (reduction == kNone) return {keep.data_ptr(), true, nullptr, 1.0};
   return {keep.data_ptr(), false, reduction == kMean ? denominator : nullptr,
           reduction == kMean && denominator == nullptr ? divisor : 1.0};

@@ -16,12 +16,14 @@ Regression (sequence classification with problem_type 'regression') stays with t
 """
 import torch
 
-from .. import _validation, functional
+from .. import _func, _row_loss_sum, _validation, functional
 
 _MISSING = ("fused_ce.integrations.transformers needs transformers 4.46 or newer, whose models take their loss from "
             "transformers.loss.loss_utils.LOSS_MAPPING (pip install 'fused-ce[transformers]')")
 # Set by transformers' loss functions themselves; an option with the same name would silently fight them.
 _RESERVED_OPTIONS = ("reduction", "ignore_index")
+# The options that _row_loss_sum takes (the rest, e.g. inplace_backward, go through fused_ce.cross_entropy).
+_ROW_SUM_OPTIONS = {"label_smoothing", "logit_scale", "softcap", "lse_square_scale"}
 
 
 def _loss_utils():
@@ -40,10 +42,14 @@ def _fixed_cross_entropy(source, target, options, num_items_in_batch=None, ignor
     by it. Like the stock function, it ignores the other keyword arguments a model's forward passes along."""
     if source.dtype in (torch.float16, torch.bfloat16) and "weight" not in options:
         # The kernels' fp16/bf16 mean or sum is rounded to 3 significant digits, where transformers' is fp32:
-        # per-row losses summed in fp32 keep (nearly) its precision without an fp32 copy of the logits.
+        # per-row losses summed in fp32 keep (nearly) its precision without an fp32 copy of the logits, and
+        # their fp32 upstream gradient reaches the kernels unrounded (_row_loss_sum).
         with torch.autocast(source.device.type, enabled=False):  # no fp32 copy of the logits under autocast
-            rows = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none", **options)
-        loss = rows.float().sum()
+            if _func.transforms_active() or not set(options) <= _ROW_SUM_OPTIONS:
+                loss = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none",
+                                                **options).float().sum()
+            else:
+                loss = _row_loss_sum.summed_row_losses(source, target, ignore_index, **options)
         if num_items_in_batch is None:
             num_items_in_batch = (target != ignore_index).sum()
     else:

@@ -1,0 +1,50 @@
+"""The fp32 sum of the per-row cross-entropy losses of fp16/bf16 logits, whose backward hands the kernels the fp32
+upstream gradient: the loss of the transformers integration (transformers upcasts the logits and returns an
+fp32 loss; fused_ce keeps the logits as they are).
+
+Through fused_ce.cross_entropy(reduction='none') the per-row losses are fp16/bf16 tensors, so autograd hands
+their backward its upstream gradient (1 / num_items_in_batch, typically) rounded to fp16/bf16 first, and the
+logits' gradient is rounded twice. In fp16, 1 / n is a subnormal number beyond n = 16384 items, with a few
+significant bits left: the gradient was 2.5 times the error bound of one rounding at n = 70001. The backward ops
+take a 0-dim upstream gradient of any floating dtype (the kernels read it in double), so here they get the fp32
+one, and the logits' gradient is the exact one rounded once, as for fp32 logits. The per-row losses are still
+rounded to the logits' dtype by the forward op before their fp32 sum (one rounding each).
+"""
+import torch
+
+from . import _double_backward, _lm_options, _transform_levels, _validation
+from ._ops import NONE, SUM, kernel_ops
+
+
+class SummedRowLosses(torch.autograd.Function):
+    """sum over rows of the loss (z-loss included) of class-index logits (N, C, ...), in fp32."""
+
+    @staticmethod
+    def forward(ctx, logits, target, args):
+        # args: (ignore_index, label_smoothing, logit_scale, softcap, lse_square_scale)
+        ignore_index, label_smoothing, *lm = args
+        ops = kernel_ops()
+        rows, lse, _ = ops.cross_entropy_lm_fwd(logits, target, None, ignore_index, label_smoothing, NONE, *lm)
+        ctx.save_for_backward(logits, target, lse)
+        ctx.ops, ctx.args = ops, (ignore_index, label_smoothing, SUM, *lm)
+        return rows.float().sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, target, lse = ctx.saved_tensors
+        if _transform_levels.backward_needs_graph(grad, logits):  # create_graph: differentiable torch ops
+            return _double_backward.cross_entropy_lm_grad(grad, logits, target, None, *ctx.args), None, None
+        return ctx.ops.cross_entropy_lm_bwd(grad, logits, target, None, lse, *ctx.args), None, None
+
+
+def summed_row_losses(input, target, ignore_index=-100, label_smoothing=0.0, logit_scale=1.0, softcap=None,
+                      lse_square_scale=0.0):
+    """The fp32 sum of fused_ce.cross_entropy(input, target, reduction='none', ...) for class-index targets and
+    no class weight, computed as the module docstring says."""
+    softcap = 0.0 if softcap is None else softcap
+    _lm_options.check_softcap(softcap)
+    c = _validation.prepare_cross_entropy(input, target, None, ignore_index, NONE, label_smoothing)
+    if c.soft:
+        raise ValueError("summed_row_losses takes class-index targets")
+    args = (c.ignore_index, c.label_smoothing, float(logit_scale), float(softcap), float(lse_square_scale))
+    return SummedRowLosses.apply(c.logits, c.target, args)
