@@ -24,7 +24,7 @@ import fused_ce.parallel
 import fused_ce.testing
 from fused_ce._parity_cases import make_hard_target, make_logits, make_soft_target, make_weight
 from cpu_isas import SUPPORTED_ISAS
-from helpers import Tol, assert_close, compare_with_torch, input_magnitude, relative_error
+from helpers import assert_close, compare_with_torch, input_magnitude, relative_error
 from pairwise import covering_rows, pairs_of, required_pairs
 import torch_compat
 
@@ -58,17 +58,14 @@ def describe(row):
     return "-".join(str(v) for v in row.values())
 
 
-def lm_reference(x, target, weight=None, *, reduction, smoothing, ignore_index, lm, round_z=None):
+def lm_reference(x, target, weight=None, *, reduction, smoothing, ignore_index, lm):
     """torch's cross-entropy of z = softcap * tanh(logit_scale * x / softcap) (or logit_scale * x) plus the z-loss
     lse_square_scale * logsumexp(z)**2 per counted row (every row for probability targets), reduced like the loss
-    ('mean' over the counted rows): in x's dtype, so that the judge can evaluate it in fp64 and fp32; with z
-    rounded to round_z first (and its gradient on the way back) when given."""
+    ('mean' over the counted rows): in x's dtype, so that the judge can evaluate it in fp64 and fp32."""
     scale, cap, zscale = LM[lm]
     z = x * scale
     if cap:
         z = cap * torch.tanh(z / cap)
-    if round_z is not None:
-        z = z.to(round_z).to(x.dtype)
     loss = F.cross_entropy(z, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
     if zscale:
         lse = torch.logsumexp(z, dim=0 if x.dim() == 1 else 1)
@@ -170,27 +167,13 @@ def ce_allowed(row):
 CE_ROWS = covering_rows(CE_AXES, ce_allowed)
 
 
-def composite_in_low_precision(row):
-    """Whether cross_entropy runs the row's language-model options as torch ops around the plain loss (probability
-    targets, torch.func transforms) on fp16/bf16 logits. That path materializes z in the logits' dtype, rounding it
-    before the loss is computed, and rounds the z-loss and the loss apart before adding them: errors up to about 2.3
-    units of roundoff (relative to the result's size; measured over 20 draws), where the fused kernels round once,
-    as README ("Differences from PyTorch") says of fp16/bf16 results (docs/test_coverage.md, findings)."""
-    return row["lm"] != "off" and row["dtype"] in LOW and (row["target"] == "probs" or row["transform"] in
-                                                          ("vmap", "grad"))
-
-
 def _ce_functions(row, weight):
     kwargs = dict(reduction=row["reduction"], label_smoothing=SMOOTHING[row["smoothing"]], ignore_index=-100)
     options = lm_kwargs(row["lm"])
-    rounded = composite_in_low_precision(row)
 
     def reference(x, t, weight=None):
-        # The judge's baseline is this function in fp32: for the composite path, fp32 with z rounded as that path
-        # rounds it, so that the bound allows that rounding (and no more than torch_multiple times its effect).
-        round_z = row["dtype"] if rounded and x.dtype == torch.float32 else None
         return lm_reference(x, t, weight, reduction=kwargs["reduction"], smoothing=kwargs["label_smoothing"],
-                            ignore_index=-100, lm=row["lm"], round_z=round_z)
+                            ignore_index=-100, lm=row["lm"])
     if row["api"] == "module":
         module = fused_ce.CrossEntropyLoss(weight=weight, **kwargs, **options)
         return (lambda x, t, weight=None: module(x, t)), reference
@@ -499,11 +482,9 @@ def test_transformers_losses_pairs(row, monkeypatch):
     # loss is returned in fp32, as transformers returns it.
     assert_close(loss, ref, dtype=dtype if dtype in LOW else loss.dtype, msg="loss", input_scale=scale,
                  terms=logits.numel())
-    # The rows' upstream gradient (1 / rows) reaches them rounded to fp16/bf16 too: two roundings, where the stock
-    # loss, on an fp32 copy of the logits, rounds once (docs/test_coverage.md, findings).
-    rows_rounded = dtype in LOW and kind != "multi_label"
-    assert_close(grad, ref_grad, tol=Tol(rounding=2.0) if rows_rounded else None, msg="gradient", input_scale=scale,
-                 terms=logits.numel())
+    # One rounding of the gradient, as the stock loss on an fp32 copy of the logits: the rows' fp32 upstream
+    # gradient reaches the kernels unrounded (fused_ce/_row_loss_sum.py).
+    assert_close(grad, ref_grad, msg="gradient", input_scale=scale, terms=logits.numel())
 
 
 # ---- the arrays themselves ------------------------------------------------------------------------------------

@@ -44,8 +44,8 @@ def parts(loss, z_loss, lse, return_z_loss, return_lse):
 
 def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, reduction, label_smoothing, logit_scale,
                                softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward):
-    """loss_fn(z) is the plain cross-entropy of transformed logits z (the composite path); returns the loss
-    with the z-loss added, or the tuple (loss, [z_loss], [lse]) of the requested parts. z_loss and lse are
+    """loss_fn(z, weight) is the plain cross-entropy of transformed logits z (the composite path); returns the
+    loss with the z-loss added, or the tuple (loss, [z_loss], [lse]) of the requested parts. z_loss and lse are
     detached: values for logging (the loss already holds the z-loss)."""
     check_softcap(softcap)
     if not _func.transforms_active():
@@ -64,8 +64,13 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
         # An ignored row counts for nothing whatever its logits hold (NaN, +-inf): zeroed here, its gradient is 0
         # rather than the 0 * NaN of logsumexp's and tanh's backward.
         input = torch.where((target != ignore_index).unsqueeze(class_dim), input, input.new_zeros(()))
-    z = transform_logits(input, logit_scale, softcap)
-    loss = loss_fn(z)
+    # fp16/bf16 logits: z, the loss and the z-loss in fp32, and the loss rounded once at the end, as the kernels
+    # round it (z in the logits' dtype, and the loss and z-loss rounded apart, put errors up to 2.3 units of
+    # roundoff into fp16/bf16 results). A weight of another dtype keeps the logits' dtype: torch's error for it.
+    out_dtype = _loss_dtype(input, target, weight)
+    acc = lse_dtype(input.dtype) if weight is None or weight.dtype == input.dtype else input.dtype
+    z = transform_logits(input.to(acc), logit_scale, softcap)
+    loss = loss_fn(z, None if weight is None else weight.to(acc))
     lse = torch.logsumexp(z.to(lse_dtype(input.dtype)), dim=class_dim)
     counted = torch.ones_like(lse, dtype=torch.bool) if soft else target != ignore_index
     lse = torch.where(counted, lse, lse.new_zeros(()))  # 0 on ignored rows, as the kernels return it
@@ -78,4 +83,17 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
         z_loss = per_row.sum() / counted.sum()
     if lse_square_scale != 0.0:
         loss = loss + z_loss.to(loss.dtype)
-    return parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)
+    return parts(loss.to(out_dtype), z_loss.detach(), lse.detach(), return_z_loss, return_lse)
+
+
+def _loss_dtype(input, target, weight):
+    """The dtype of the plain loss of these arguments: the logits' (promoted with probability targets and their
+    weight), or fp32 where autocast runs cross-entropy in fp32."""
+    if _validation.autocast_runs_fp32(input):
+        return torch.float32
+    dtype = input.dtype
+    if target.is_floating_point():
+        dtype = torch.promote_types(dtype, target.dtype)
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+    return dtype

@@ -27,7 +27,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     gradient over the logits' storage (_lm_ops.py says when, and what it saves)."""
     softcap = 0.0 if softcap is None else softcap
     if _lm_options.has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward):
-        def plain(z):
+        def plain(z, weight=weight):
             return cross_entropy(z, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         red = _validation.reduction_enum(reduction, size_average, reduce)
         return _lm_options.cross_entropy_with_options(plain, input, target, weight, ignore_index, red, label_smoothing,
