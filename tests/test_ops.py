@@ -1,6 +1,6 @@
 """torch.library.opcheck on every op of torch.ops.fused_ce (schema, fake kernel, autograd registration,
 aot_dispatch) over dtypes and reductions (the families of fused_ce._opcheck_cases, which python -m
-fused_ce.check runs too), and the fake kernels' shapes under FakeTensorMode."""
+fused_ce.check runs too), and the fake kernels' shapes, strides and dtypes under FakeTensorMode."""
 import re
 
 import pytest
@@ -117,3 +117,17 @@ def test_fake_gradients_have_the_real_strides():
             fake = _backward_ops(*(mode.from_tensor(a) for a in (x, y, t, g, lse)))
         for i, (r, f) in enumerate(zip(real, fake)):
             assert (f.shape, f.stride(), f.dtype) == (r.shape, r.stride(), r.dtype), f"op {i}, logits {tuple(x.shape)}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", list(REDUCTIONS))
+def test_fake_lm_forward_matches_the_real_outputs(reduction, dtype):
+    """cross_entropy_lm_fwd's (loss, lse, z_loss): the fake kernel's shapes and dtypes are the kernel's (the lse
+    and z-loss in fp32 for fp16/bf16 logits), so that return_z_loss under torch.compile keeps them."""
+    x = torch.randn(3, 5, 2).to(dtype)
+    y = torch.tensor([[0, 4], [-100, 2], [1, 3]])
+    args = (None, -100, 0.0, REDUCTIONS[reduction], 1.2, 3.0, 1e-2)
+    real = ops().cross_entropy_lm_fwd(x, y, *args)
+    with FakeTensorMode() as mode:
+        fake = ops().cross_entropy_lm_fwd(mode.from_tensor(x), mode.from_tensor(y), *args)
+    assert [(f.shape, f.dtype) for f in fake] == [(r.shape, r.dtype) for r in real]
