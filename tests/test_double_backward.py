@@ -225,3 +225,29 @@ def test_bce(shape, option, reduction, api, device):
                                                   pos_weight=_cast(pw, dtype))
 
     compare_double_backward(ours, theirs, (x, y), (w, pw))
+
+
+# ---- language-model options --------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("scale,cap,zscale", [(1.3, 2.5, 0.1), (0.7, 0.0, 0.0)], ids=str)
+def test_lm_options(scale, cap, zscale, reduction, device):
+    # The differentiable gradient of the options (create_graph) against torch ops on the transformed logits:
+    # each option's factor in dz/dx (logit_scale also under a cap) shows in the gradient and the Hessian.
+    x = (torch.randn(4, 6, dtype=F64) * 2).to(device)
+    y = torch.tensor([1, -100, 5, 0], device=device)
+    w = (torch.rand(6, dtype=F64) + 0.2).to(device)
+
+    def ours(x):
+        return fused_ce.cross_entropy(x, y, weight=w, reduction=reduction, label_smoothing=0.1, logit_scale=scale,
+                                      softcap=cap, lse_square_scale=zscale)
+
+    def theirs(x, dtype=F64):
+        z = x * scale
+        z = cap * torch.tanh(z / cap) if cap else z
+        loss = F.cross_entropy(z, y, weight=_cast(w, dtype), reduction=reduction, label_smoothing=0.1)
+        counted = (y != -100).to(dtype)
+        per_row = zscale * torch.logsumexp(z, 1) ** 2 * counted
+        return loss + {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / counted.sum()}[reduction]
+
+    compare_double_backward(ours, theirs, (x,), (w,))

@@ -1,6 +1,6 @@
 """torch.library.opcheck on every op of torch.ops.fused_ce (schema, fake kernel, autograd registration,
 aot_dispatch) over dtypes and reductions (the families of fused_ce._opcheck_cases, which python -m
-fused_ce.check runs too), and the fake kernels' shapes under FakeTensorMode."""
+fused_ce.check runs too), and the fake kernels' shapes, strides and dtypes under FakeTensorMode."""
 import re
 
 import pytest
@@ -90,3 +90,44 @@ def test_public_api_traces_to_the_ops():
     gm = torch.fx.experimental.proxy_tensor.make_fx(
         lambda x, y: fused_ce.cross_entropy(x, y, label_smoothing=0.1))(torch.randn(3, 4), torch.tensor([0, 1, 2]))
     assert any(n.target is ops().cross_entropy_fwd.default for n in gm.graph.nodes)
+
+
+
+def _backward_ops(x, y, t, g, lse):
+    """Every backward op of the class-index, probability-target, BCE and LM losses on the same arguments."""
+    lm_args = (-100, 0.0, 1, 1.3, 2.0, 0.1)
+    return [ops().cross_entropy_bwd(g, x, y, None, lse, -100, 0.0, 1),
+            ops().cross_entropy_soft_bwd(g, x, t, None, lse, 0.0, 1),
+            ops().cross_entropy_soft_target_bwd(g, x, None, lse, 0.0, 1),
+            ops().bce_with_logits_bwd(g, x, t, None, None, 1),
+            ops().bce_with_logits_target_bwd(g, x, t, None, None, 1),
+            ops().cross_entropy_lm_bwd(g, x, y, None, lse, *lm_args)]
+
+
+def test_fake_gradients_have_the_real_strides():
+    """The backward ops write their gradient contiguous whatever the logits' layout; the fake kernels must say
+    so, since a compiled graph reads the real gradient with the strides its fake one had (transposed rows,
+    a permuted N-D layout)."""
+    for x in (torch.randn(7, 5).t(), torch.randn(2, 4, 3).permute(0, 2, 1)):  # (5, 7) and (2, 3, 4)
+        y = torch.zeros((x.shape[0],) + tuple(x.shape[2:]), dtype=torch.long)
+        t = torch.softmax(torch.randn(x.shape), 1)
+        g, lse = torch.ones(()), ops().cross_entropy_fwd(x, y, None, -100, 0.0, 1)[1]
+        real = _backward_ops(x, y, t, g, lse)
+        with FakeTensorMode() as mode:
+            fake = _backward_ops(*(mode.from_tensor(a) for a in (x, y, t, g, lse)))
+        for i, (r, f) in enumerate(zip(real, fake)):
+            assert (f.shape, f.stride(), f.dtype) == (r.shape, r.stride(), r.dtype), f"op {i}, logits {tuple(x.shape)}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", list(REDUCTIONS))
+def test_fake_lm_forward_matches_the_real_outputs(reduction, dtype):
+    """cross_entropy_lm_fwd's (loss, lse, z_loss): the fake kernel's shapes and dtypes are the kernel's (the lse
+    and z-loss in fp32 for fp16/bf16 logits), so that return_z_loss under torch.compile keeps them."""
+    x = torch.randn(3, 5, 2).to(dtype)
+    y = torch.tensor([[0, 4], [-100, 2], [1, 3]])
+    args = (None, -100, 0.0, REDUCTIONS[reduction], 1.2, 3.0, 1e-2)
+    real = ops().cross_entropy_lm_fwd(x, y, *args)
+    with FakeTensorMode() as mode:
+        fake = ops().cross_entropy_lm_fwd(mode.from_tensor(x), mode.from_tensor(y), *args)
+    assert [(f.shape, f.dtype) for f in fake] == [(r.shape, r.dtype) for r in real]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import fused_ce
 import fused_ce.testing
+from helpers import random_grad_output
 from lm_reference import reference
 from partial_stats_reference import partial_stats
 import torch_compat
@@ -117,7 +118,8 @@ def _worker(rank, world, port, sizes, out_dir):
                                                       label_smoothing=eps, lse_square_scale=z, logit_scale=scale,
                                                       softcap=cap)
                         n_forward = calls["n"]
-                        loss.sum().backward()
+                        # A non-uniform upstream gradient: backward must scale each row by its own.
+                        loss.backward(random_grad_output(loss).to(dtype))
                         results[backend, layout, dtype, case] = (loss.detach(), shard.grad, n_forward,
                                                                  calls["n"] - n_forward)
                 # The fused statistics of this rank's slice against the torch-op ones.
@@ -154,7 +156,7 @@ def _torch_reference(logits, target, weight, reduction, eps, z, scale, cap):
     rows, t = (x, target) if x.dim() > 1 else (x.unsqueeze(0), target.unsqueeze(0))
     loss = reference(rows, t, weight, reduction, eps, scale, cap, z)[0]
     loss = loss.squeeze(0) if x.dim() == 1 and reduction == "none" else loss
-    loss.sum().backward()
+    loss.backward(random_grad_output(loss))
     return loss.detach(), x.grad
 
 
@@ -163,7 +165,7 @@ def _fused_reference(logits, target, weight, reduction, eps, z, scale, cap):
     x = logits.clone().requires_grad_()
     loss = fused_ce.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=eps,
                                   lse_square_scale=z, logit_scale=scale, softcap=cap)
-    loss.sum().backward()
+    loss.backward(random_grad_output(loss))
     return loss.detach(), x.grad
 
 
