@@ -25,14 +25,15 @@ def _row_grad(grad_loss, rows_shape, reduction, denominator):
     return (g / denominator if reduction == MEAN else g).expand(rows_shape)
 
 
-def _ignored_rows_zeroed(x, target, ignore_index):
+def ignored_rows_zeroed(x, target, ignore_index, class_dim=1):
     """x with the rows of ignored targets replaced by 0: their gradient is then 0 whatever the logits held, where
-    softmax of a row of NaN or +-inf would make it 0 * NaN = NaN."""
-    return torch.where((target == ignore_index).unsqueeze(1), x.new_zeros(()), x)
+    softmax of a row of NaN or +-inf would make it 0 * NaN = NaN. Also the LM options' composite path's
+    (_lm_options.py), whose 1-D logits have their classes in dim 0."""
+    return torch.where((target == ignore_index).unsqueeze(class_dim), x.new_zeros(()), x)
 
 
 def cross_entropy_grad(grad_loss, logits, target, weight, ignore_index, label_smoothing, reduction):
-    x = _ignored_rows_zeroed(_acc(logits), target, ignore_index)
+    x = ignored_rows_zeroed(_acc(logits), target, ignore_index)
     num_classes, dims = x.shape[1], x.dim()
     eps = max(float(label_smoothing), 0.0)
     w = _acc(weight) if weight is not None else x.new_ones(num_classes)
@@ -61,7 +62,7 @@ def cross_entropy_lm_grad(grad_loss, logits, target, weight, ignore_index, label
                           softcap, lse_square_scale):
     """The gradient of cross_entropy_lm_fwd's loss: that of plain cross-entropy for z = f(x), plus the z-loss's
     2 * lse_square_scale * lse * softmax(z) per counted row, times dz/dx (rowmath.h, LogitTransform)."""
-    x = _ignored_rows_zeroed(_acc(logits), target, ignore_index)
+    x = ignored_rows_zeroed(_acc(logits), target, ignore_index)
     z = x * logit_scale
     if softcap > 0:
         z = softcap * torch.tanh(z / softcap)

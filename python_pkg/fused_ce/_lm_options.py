@@ -12,7 +12,7 @@ and the z-loss's log-sum-exp is computed by torch.logsumexp. Both follow the sam
     loss = cross_entropy(z, ...) + z_loss"""
 import torch
 
-from . import _func, _lm_ops, _validation
+from . import _double_backward, _func, _lm_ops, _validation
 from ._ops import NONE, SUM, lse_dtype
 
 
@@ -63,7 +63,7 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
     if not soft:
         # An ignored row counts for nothing whatever its logits hold (NaN, +-inf): zeroed here, its gradient is 0
         # rather than the 0 * NaN of logsumexp's and tanh's backward.
-        input = torch.where((target != ignore_index).unsqueeze(class_dim), input, input.new_zeros(()))
+        input = _double_backward.ignored_rows_zeroed(input, target, ignore_index, class_dim)
     # fp16/bf16 logits: z, the loss and the z-loss in fp32, and the loss rounded once at the end, as the kernels
     # round it (z in the logits' dtype, and the loss and z-loss rounded apart, put errors up to 2.3 units of
     # roundoff into fp16/bf16 results). A weight of another dtype keeps the logits' dtype: torch's error for it.

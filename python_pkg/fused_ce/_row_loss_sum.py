@@ -12,7 +12,7 @@ rounded to the logits' dtype by the forward op before their fp32 sum (one roundi
 """
 import torch
 
-from . import _double_backward, _lm_options, _transform_levels, _validation
+from . import _lm_ops, _lm_options, _validation
 from ._ops import NONE, SUM, kernel_ops
 
 
@@ -32,9 +32,7 @@ class SummedRowLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, target, lse = ctx.saved_tensors
-        if _transform_levels.backward_needs_graph(grad, logits):  # create_graph: differentiable torch ops
-            return _double_backward.cross_entropy_lm_grad(grad, logits, target, None, *ctx.args), None, None
-        return ctx.ops.cross_entropy_lm_bwd(grad, logits, target, None, lse, *ctx.args), None, None
+        return _lm_ops.lm_backward(ctx.ops, grad, logits, target, None, lse, ctx.args), None, None
 
 
 def summed_row_losses(input, target, ignore_index=-100, label_smoothing=0.0, logit_scale=1.0, softcap=None,
