@@ -16,9 +16,14 @@
 
 namespace fused_ce {
 
+// The accumulation dtype: of the per-row losses, z-losses and statistics, and of the lse users see.
 inline at::ScalarType lse_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+// The lse a forward saves for its backward (the cross-entropy ops' second output): fp64 for every input
+// dtype, so that the backward's probabilities carry no rounding of the lse (rowmath.h, lse_saved).
+constexpr at::ScalarType kSavedLseDtype = at::kDouble;
 
 inline void check_reduction(int64_t reduction) {
   TORCH_CHECK(reduction == kNone || reduction == kMean || reduction == kSum,
@@ -167,7 +172,7 @@ inline double soft_mean_divisor(const at::Tensor& logits, const CeGeometry& g) {
 
 inline void check_lse(const at::Tensor& lse, const at::Tensor& logits) {
   check_device(lse, logits, "lse");
-  TORCH_CHECK(lse.scalar_type() == lse_dtype(logits.scalar_type()) &&
+  TORCH_CHECK(lse.scalar_type() == kSavedLseDtype &&
                   lse.sizes() == at::IntArrayRef(ce_row_shape(logits)),
               "fused_ce: lse must be the forward's second output");
 }

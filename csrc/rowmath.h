@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "capped_logit.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FUSED_CE_HD __host__ __device__ __forceinline__
 #else
@@ -34,14 +36,34 @@ enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 // including this header, so the templates below serve scalars (CUDA, CPU tails) and vectors alike.
 FUSED_CE_HD float math_exp(float x) { return expf(x); }
 FUSED_CE_HD double math_exp(double x) { return exp(x); }
+// The exp of a backward's probabilities, exp(x - lse): each is one entry of the gradient, so its error is the
+// entry's own (no sum averages it), and the CPU's fast vector exps (up to 3 and 20 ulp) made fp32 gradients
+// further from fp64 than torch's softmax (issue 27). Scalars take the C library's, vectors their most accurate.
+FUSED_CE_HD float math_exp_prob(float x) { return expf(x); }
+FUSED_CE_HD double math_exp_prob(double x) { return exp(x); }
+FUSED_CE_HD float math_fma(float a, float b, float c) { return fmaf(a, b, c); }
+FUSED_CE_HD double math_fma(double a, double b, double c) { return fma(a, b, c); }
 FUSED_CE_HD float math_log(float x) { return logf(x); }
 FUSED_CE_HD double math_log(double x) { return log(x); }
 // log1p(exp(-|x|)), what softplus adds to relu (softplus(z) = max(z, 0) + log1p(exp(-|z|))), the one
 // transcendental term of the BCE formulas; the CPU's AVX-512 vector form is its own (vec_math.h).
 FUSED_CE_HD float math_log1p_exp_neg_abs(float x) { return log1pf(expf(0.f - fabsf(x))); }
 FUSED_CE_HD double math_log1p_exp_neg_abs(double x) { return log1p(exp(0. - fabs(x))); }
-FUSED_CE_HD float math_tanh(float x) { return tanhf(x); }
-FUSED_CE_HD double math_tanh(double x) { return tanh(x); }
+// c * tanh(u) of a soft-capped logit, given sx = s * x, of which u = s x / c is the rounded quotient
+// (capped_argument). For |u| < kTanhOddPolyBelow (capped_logit.h), c tanh(u) = c u (1 + v P(v)) with v = u^2, and
+// c u is s x but for u's rounding: so the parts are head sx and q = v P(v), in which neither the tanh's rounding
+// nor the product by c touches the leading term (torch's composite rounds x / c, the tanh and the product).
+// NaN fails the comparison and takes tanhf, which carries it; +-inf gives +-c.
+FUSED_CE_HD LogitParts<float> math_capped_tanh(float u, float sx, float c) {
+  if (!(fabsf(u) < kTanhOddPolyBelow)) return {c * tanhf(u), 0.f};
+  const float v = u * u;
+  float p = fmaf(v, kTanhP4, kTanhP3);
+  p = fmaf(p, v, kTanhP2);
+  p = fmaf(p, v, kTanhP1);
+  p = fmaf(p, v, kTanhP0);
+  return {sx, v * p};
+}
+FUSED_CE_HD LogitParts<double> math_capped_tanh(double u, double, double c) { return {c * tanh(u), 0.}; }
 // q + (x - q c) r: with q = x * r and r = fl(1 / c), the quotient x / c rounded to nearest (but in rare ties),
 // as a division gives it; x - q c is exact in one FMA. Where x is infinite that remainder is NaN and q stays.
 FUSED_CE_HD float math_quotient_step(float q, float x, float c, float r) {
@@ -82,10 +104,11 @@ FUSED_CE_HD LseState<acc_t> lse_empty() {
   return {neg_inf<acc_t>(), acc_t(0)};
 }
 
-// The same state expressed against a larger (or NaN) max.
+// The same state expressed against a larger (or NaN) max. Its exp scales sums that may hold most of a row, so it
+// is the accurate one (math_exp_prob); it runs once per block or merge, not per logit.
 template <typename T>
 FUSED_CE_HD LseState<T> lse_rescale(LseState<T> s, T new_max) {
-  return {new_max, s.sum * math_exp(s.max - lse_shift(new_max))};
+  return {new_max, s.sum * math_exp_prob(s.max - lse_shift(new_max))};
 }
 
 template <typename T>
@@ -134,6 +157,66 @@ FUSED_CE_HD T lse_minus(LseParts<T> p, T x) {
   return static_cast<T>((static_cast<double>(p.shift) - static_cast<double>(x)) + static_cast<double>(p.log_sum));
 }
 
+// The lse a forward saves for its backward: shift + log(sum) in double, whatever the input dtype. The
+// backward's probabilities are exp(x - lse), and an fp32 lse puts up to ulp(lse) / 2 into every one of them
+// (2.4e-7 relative at lse near 5), where torch's log_softmax, (x - max) - log(sum), carries only the rounding of
+// log(sum), small in the confident rows whose large probabilities dominate a gradient: fp32 gradients were
+// twice as far from fp64 as torch's (issue 27). The user sees lse in the accumulation type (lse_value).
+template <typename T>
+FUSED_CE_HD double lse_saved(LseParts<T> p) {
+  return static_cast<double>(p.shift) + static_cast<double>(p.log_sum);
+}
+
+// The saved lse as hi + lo in the accumulation type (lo 0 for double, and where lse is not finite, so that such
+// rows keep what hi gives them). p = exp(x - hi) * exp(-lo): x - hi (log_prob) is exact where the probability is
+// large (x near hi), and exp(-lo) joins each row's coefficient of p (lse_lo_factor), so a logit costs one
+// subtraction as with an unsplit lse.
+template <typename T>
+struct LseSplit {
+  T hi;
+  T lo;
+};
+
+template <typename acc_t>
+FUSED_CE_HD LseSplit<acc_t> split_lse(double lse) {
+  const acc_t hi = static_cast<acc_t>(lse);
+  const double rest = lse - static_cast<double>(hi);
+  return {hi, rest - rest == 0.0 ? static_cast<acc_t>(rest) : acc_t(0)};
+}
+
+// An lse held only in the accumulation type (the vocabulary-parallel statistics), as a split.
+template <typename acc_t>
+FUSED_CE_HD LseSplit<acc_t> whole_lse(acc_t lse) {
+  return {lse, acc_t(0)};
+}
+
+// exp(-lo), by which exp(x - hi) exceeds p; the kernels multiply each row's coefficient of p by it.
+template <typename acc_t>
+FUSED_CE_HD acc_t lse_lo_factor(LseSplit<acc_t> lse) {
+  return static_cast<acc_t>(exp(-static_cast<double>(lse.lo)));
+}
+
+// log p + lo = x - hi; T may be a vector, with the split's parts broadcast.
+template <typename T>
+FUSED_CE_HD T log_prob(T x, LseSplit<T> lse) {
+  return x - lse.hi;
+}
+
+// The same of a soft-capped logit's parts, head q + (head - hi): head - hi is exact where the probability is
+// large (x near hi), and head q is small, so one rounding there.
+template <typename T>
+FUSED_CE_HD T log_prob(LogitParts<T> z, LseSplit<T> lse) {
+  return math_fma(z.head, z.q, z.head - lse.hi);
+}
+
+// lse - z of the parts, as lse_minus (q == 0 also stands for infinite heads, where head * q would be NaN).
+template <typename T>
+FUSED_CE_HD T lse_minus(LseParts<T> p, LogitParts<T> z) {
+  const double head = static_cast<double>(z.head);
+  const double zq = z.q == T(0) ? 0.0 : head * static_cast<double>(z.q);
+  return static_cast<T>(((static_cast<double>(p.shift) - head) - zq) + static_cast<double>(p.log_sum));
+}
+
 // Terms per block of a blocked sum (the CPU kernels' BlockedSum, the CUDA kernels' BlockedRowStats). A
 // plain running sum of n terms has a rounding error that grows with n, and with n similar terms (uniform
 // label smoothing or near-uniform soft targets over thousands of classes) it does not average out: a
@@ -169,10 +252,10 @@ FUSED_CE_HD SmoothingParams<acc_t> make_smoothing(double eps, int64_t num_classe
   return {e, num_classes > 0 ? e / static_cast<acc_t>(num_classes) : acc_t(0), weight_sum, eps > 0};
 }
 
-// sum_wx_ref = sum_c w[c] * (x[c] - ref), see sum_reference.
-template <typename acc_t>
+// sum_wx_ref = sum_c w[c] * (x[c] - ref), see sum_reference. The target's logit is a value or LogitParts.
+template <typename acc_t, typename Z>
 FUSED_CE_HD acc_t ce_hard_row_loss(
-    LseParts<acc_t> lse, acc_t x_target, acc_t w_target, acc_t sum_wx_ref, acc_t ref,
+    LseParts<acc_t> lse, Z x_target, acc_t w_target, acc_t sum_wx_ref, acc_t ref,
     const SmoothingParams<acc_t>& sp) {
   acc_t loss = (acc_t(1) - sp.eps) * w_target * lse_minus(lse, x_target);
   if (sp.enabled) {
@@ -196,14 +279,15 @@ FUSED_CE_HD CeHardGradCoefs<acc_t> ce_hard_grad_coefs(
   return {g * prob, g * on_target, sp.enabled ? g * sp.eps_per_class : acc_t(0)};
 }
 
-// dx[c] for c != y; T may be a vector of classes (or of rows) sharing the coefficients.
-template <typename T>
-FUSED_CE_HD T ce_hard_grad_off_target(T x, T lse, T w_c, T coef_prob, T coef_klass) {
-  return math_exp(x - lse) * coef_prob - coef_klass * w_c;
+// dx[c] for c != y; T may be a vector of classes (or of rows) sharing the coefficients, x (Z) a value of T or
+// LogitParts of it. coef_prob holds the row's lse_lo_factor (see LseSplit).
+template <typename T, typename Z>
+FUSED_CE_HD T ce_hard_grad_off_target(Z x, LseSplit<T> lse, T w_c, T coef_prob, T coef_klass) {
+  return math_exp_prob(log_prob(x, lse)) * coef_prob - coef_klass * w_c;
 }
 
-template <typename acc_t>
-FUSED_CE_HD acc_t ce_hard_grad_on_target(acc_t x, acc_t lse, acc_t w_c, const CeHardGradCoefs<acc_t>& k) {
+template <typename acc_t, typename Z>
+FUSED_CE_HD acc_t ce_hard_grad_on_target(Z x, LseSplit<acc_t> lse, acc_t w_c, const CeHardGradCoefs<acc_t>& k) {
   return ce_hard_grad_off_target(x, lse, w_c, k.prob, k.klass) - k.target;
 }
 
@@ -224,16 +308,16 @@ FUSED_CE_HD acc_t ce_soft_row_loss(LseParts<acc_t> lse, acc_t sum_wt, acc_t sum_
   return sum_wt * lse_minus(lse, ref) - sum_wtx_ref;
 }
 
-// g_sum_wt = g * sum(w t'), wt_c = w[c] t'[c]
+// g_sum_wt = g * sum(w t') * lse_lo_factor (see LseSplit), wt_c = w[c] t'[c]
 template <typename T>
-FUSED_CE_HD T ce_soft_grad(T x, T lse, T wt_c, T g_sum_wt, T g) {
-  return math_exp(x - lse) * g_sum_wt - g * wt_c;
+FUSED_CE_HD T ce_soft_grad(T x, LseSplit<T> lse, T wt_c, T g_sum_wt, T g) {
+  return math_exp_prob(log_prob(x, lse)) * g_sum_wt - g * wt_c;
 }
 
 // g_keep = g * (1 - eps)
 template <typename T>
-FUSED_CE_HD T ce_soft_target_grad(T x, T lse, T w_c, T g_keep) {
-  return g_keep * w_c * (lse - x);
+FUSED_CE_HD T ce_soft_target_grad(T x, LseSplit<T> lse, T w_c, T g_keep) {
+  return g_keep * w_c * ((lse.hi - x) + lse.lo);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,18 +358,53 @@ FUSED_CE_HD T capped_argument(T x, const LogitTransform<acc_t>& tf) {
   return tf.scale == acc_t(1) ? math_quotient_step(u, x, T(tf.cap), T(tf.inv_cap)) : u;
 }
 
-// z from x; T is the accumulation type or a vector of it.
+// A soft-capped z's parts (LogitParts) from x (tf.capped); T is the accumulation type or a vector of it.
 template <typename T, typename acc_t>
-FUSED_CE_HD T transform_logit(T x, const LogitTransform<acc_t>& tf) {
-  return tf.capped ? T(tf.cap) * math_tanh(capped_argument(x, tf)) : x * T(tf.scale);
+FUSED_CE_HD LogitParts<T> capped_parts(T x, const LogitTransform<acc_t>& tf) {
+  const T sx = tf.scale == acc_t(1) ? x : x * T(tf.scale);
+  return math_capped_tanh(capped_argument(x, tf), sx, T(tf.cap));
 }
 
-// dz/dx, from z itself (so the backward needs no second tanh).
+// z of its parts, rounded once.
+template <typename T>
+FUSED_CE_HD T logit_value(LogitParts<T> z) {
+  return math_fma(z.head, z.q, z.head);
+}
+
+// z from x.
 template <typename T, typename acc_t>
-FUSED_CE_HD T transform_slope(T z, const LogitTransform<acc_t>& tf) {
-  if (!tf.capped) return T(tf.scale);
+FUSED_CE_HD T transform_logit(T x, const LogitTransform<acc_t>& tf) {
+  return tf.capped ? logit_value(capped_parts(x, tf)) : x * T(tf.scale);
+}
+
+// z from x as parts, capped or not (an uncapped z is its head, with q 0), for a row's loss.
+template <typename acc_t>
+FUSED_CE_HD LogitParts<acc_t> transform_to_parts(acc_t x, const LogitTransform<acc_t>& tf) {
+  return tf.capped ? capped_parts(x, tf) : LogitParts<acc_t>{x * tf.scale, acc_t(0)};
+}
+
+// The gradient for x from the one for z, d: d * dz/dx, with dz/dx from z itself (so the backward needs no
+// second tanh). Capped, d s (1 - t^2) with t = z / c is formed as d' - (d' t) t (d' = d s): the terms in t^2 are
+// small where the slope is not, so that is one rounding, where rounding 1 - t^2 first and then the product was
+// two, and left fp32 capped gradients further from fp64 than torch's composite (issue 27).
+template <typename T, typename acc_t>
+FUSED_CE_HD T chain_to_x(T d, T z, const LogitTransform<acc_t>& tf) {
+  const T ds = tf.scale == acc_t(1) ? d : d * T(tf.scale);
+  if (!tf.capped) return ds;
   const T t = z * T(tf.inv_cap);
-  return T(tf.scale) * (T(acc_t(1)) - t * t);
+  return ds - (ds * t) * t;
+}
+
+// The gradient for x of one logit x (or vector of them) under the transform: dz(z) is the gradient for z given z
+// (a capped z as LogitParts, so that log p carries no rounding of z), times dz/dx.
+template <typename T, typename acc_t, typename DzOfZ>
+FUSED_CE_HD T grad_for_x(T x, const LogitTransform<acc_t>& tf, DzOfZ&& dz) {
+  if (tf.capped) {
+    const LogitParts<T> parts = capped_parts(x, tf);
+    return chain_to_x(dz(parts), logit_value(parts), tf);
+  }
+  const T z = x * T(tf.scale);
+  return chain_to_x(dz(z), z, tf);
 }
 
 // The z-loss of a counted row.

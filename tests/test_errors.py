@@ -201,7 +201,7 @@ def _ops_bad_calls(device):
     f = dict(device=device)
     x = torch.randn(4, 5, **f)
     y = torch.tensor([1, 2, 2, 3], **f)
-    lse = torch.zeros(4, **f)
+    lse = torch.zeros(4, dtype=torch.float64, **f)  # the forward saves it in fp64
     g = torch.tensor(1.0, **f)
     return {
         "ce_fwd_1d_logits": lambda: ops.cross_entropy_fwd(torch.randn(5, **f), torch.tensor(1, **f), None, -100, 0.0, 1),
@@ -213,7 +213,7 @@ def _ops_bad_calls(device):
         "ce_fwd_int_logits": lambda: ops.cross_entropy_fwd(x.long(), y, None, -100, 0.0, 1),
         "ce_fwd_reduction": lambda: ops.cross_entropy_fwd(x, y, None, -100, 0.0, 3),
         "ce_bwd_lse_shape": lambda: ops.cross_entropy_bwd(g, x, y, None, torch.zeros(3, **f), -100, 0.0, 1),
-        "ce_bwd_lse_dtype": lambda: ops.cross_entropy_bwd(g, x, y, None, lse.double(), -100, 0.0, 1),
+        "ce_bwd_lse_dtype": lambda: ops.cross_entropy_bwd(g, x, y, None, lse.float(), -100, 0.0, 1),
         "ce_bwd_target_oob": lambda: ops.cross_entropy_bwd(g, x, torch.tensor([1, 2, 99, 3], **f), None, lse, -100, 0.0, 1),
         "ce_bwd_grad_shape_none": lambda: ops.cross_entropy_bwd(torch.ones(3, **f), x, y, None, lse, -100, 0.0, 0),
         "ce_bwd_grad_not_scalar_mean": lambda: ops.cross_entropy_bwd(torch.ones(4, **f), x, y, None, lse, -100, 0.0, 1),
@@ -542,7 +542,7 @@ def _op_calls(lib):
     """Each op of `lib` with valid CPU arguments: name -> (op, args, names of its tensor arguments)."""
     ops = getattr(torch.ops, lib)
     x, y, t, w = torch.randn(4, 5), torch.tensor([1, 2, 2, 3]), torch.rand(4, 5), torch.ones(5)
-    lse, g = torch.zeros(4), torch.tensor(1.0)
+    lse, g = torch.zeros(4, dtype=torch.float64), torch.tensor(1.0)  # lse: saved in fp64
     return {
         "cross_entropy_fwd": (ops.cross_entropy_fwd, (x, y, w, -100, 0.0, 1), ("logits", "target", "weight")),
         "cross_entropy_bwd": (ops.cross_entropy_bwd, (g, x, y, w, lse, -100, 0.0, 1),

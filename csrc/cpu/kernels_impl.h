@@ -140,6 +140,7 @@ template <typename scalar_t>
 struct RowsLayout {
   using IO = Io<scalar_t>;
   using V = typename IO::V;
+  static constexpr bool kLanesShareRow = true;  // lanes are classes of one row
   int64_t steps;  // full vectors in the row; classes from steps * kLanes on are the scalar tail
   V load(const scalar_t* base, int64_t p) const { return IO::load(base + p * IO::kLanes); }
   V weight(const scalar_t* w, int64_t p) const { return IO::load(w + p * IO::kLanes); }
@@ -150,6 +151,7 @@ template <typename scalar_t>
 struct LanesLayout {
   using IO = Io<scalar_t>;
   using V = typename IO::V;
+  static constexpr bool kLanesShareRow = false;  // each lane is a row of its own
   using acc_t = typename IO::acc_t;
   int64_t steps;  // C
   int64_t S;      // stride between classes
@@ -174,6 +176,43 @@ struct LanesLayout {
 // than kRedoAbove in some lane (rare after the first block) is summed again, from L1, against its own max.
 // Measured on a 2-core EPYC VM (4096x32000 forward, median of 5 processes): fp32 25.4 -> 14.1 ms and bf16
 // 21.8 -> 13.4 ms against a max pass and then a sum pass over each block.
+// What a layout's load gives the scans: a vector of logits (the value itself), or LogitParts of soft-capped ones
+// (CappedLoads), whose exp(z - shift) is formed from the parts (rowmath.h says why).
+template <typename V>
+V value_of(V v) { return v; }
+template <typename V>
+V value_of(LogitParts<V> z) { return logit_value(z); }
+template <typename V>
+V minus_shift(V v, V shift) { return v - shift; }
+template <typename V>
+V minus_shift(LogitParts<V> z, V shift) { return math_fma(z.head, z.q, z.head - shift); }
+
+// The scan's sums are against the shift each lane began its last block with, which may sit far below the lane's
+// max: log(sum) is then large, and its rounding, with the exps that merge the lanes against each other, reached
+// every probability of the row (fp32 lse up to 5.5e-7 from fp64 on randn(256, 1024) * 2 rows, where torch's
+// two-pass log-softmax takes log(sum) against the max; issue 27). So each lane's state is moved to its own max at
+// the end, in double (two vector exps a row). Lanes whose max is not finite keep their state (their lse is NaN or
+// inf either way).
+template <typename V>
+LseState<V> lse_at_lane_max(LseState<V> st, V lane_max) {
+  using T = typename V::value_type;
+  using D = Vec<double>;
+  constexpr int64_t kN = V::size();
+  T shift[kN], sum[kN], top[kN];
+  double factor[kN];
+  st.max.store(shift);
+  st.sum.store(sum);
+  lane_max.store(top);
+  for (int64_t l = 0; l < kN; ++l) {
+    const bool keep = !(top[l] > shift[l]) || top[l] - top[l] != T(0);
+    if (keep) top[l] = shift[l];
+    factor[l] = keep ? 0.0 : static_cast<double>(lse_shift(shift[l])) - static_cast<double>(top[l]);
+  }
+  for (int64_t l = 0; l < kN; l += D::size()) D::loadu(factor + l).exp().store(factor + l);
+  for (int64_t l = 0; l < kN; ++l) sum[l] = static_cast<T>(static_cast<double>(sum[l]) * factor[l]);
+  return {V::loadu(top), V::loadu(sum)};
+}
+
 template <typename Layout, typename scalar_t, typename Extra>
 LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, Extra&& extra) {
   using V = typename Io<scalar_t>::V;
@@ -182,18 +221,27 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
   constexpr int kAllLanes = (1 << V::size()) - 1;
   LseState<V> st{V(-std::numeric_limits<acc_t>::infinity()), V(acc_t(0))};
   if (L.steps == 0) return st;
-  st.max = L.load(x, 0);
+  st.max = value_of(L.load(x, 0));
+  V lane_max = st.max;
+  // Lanes of one row start from the first vector's largest logit, not each from its own: the terms near the
+  // row's max, which hold most of its sum, are then exps of small differences, exact to rounding, where a large
+  // z - shift rounded to fp32 (ulp 9.5e-7 from 8 on) put up to half its ulp into a dominant term (issue 27).
+  if constexpr (Layout::kLanesShareRow) {
+    st.max = V(at::vec::vec_reduce_all<acc_t>([](V a, V b) { return math_nan_max(a, b); }, st.max));
+  }
   for (int64_t p0 = 0; p0 < L.steps; p0 += kChunkSteps) {
     const int64_t p1 = std::min(L.steps, p0 + kChunkSteps);
     const V shift = lse_shift(st.max);
     V block_max = st.max;
     V sum = st.sum;
     for (int64_t p = p0; p < p1; ++p) {
-      const V xv = L.load(x, p);
+      const auto loaded = L.load(x, p);
+      const V xv = value_of(loaded);
       block_max = math_running_max(block_max, xv);
-      sum = sum + math_exp_scan_term(xv - shift);
+      sum = sum + math_exp_scan_term(minus_shift(loaded, shift));
       extra(p, xv);
     }
+    lane_max = math_running_max(lane_max, block_max);
     // Per lane; false where the first logit was NaN (the sum carries every NaN) and for -inf after -inf.
     if ((block_max - st.max > V(kRedoAbove)).zero_mask() == kAllLanes) {
       st.sum = sum;
@@ -202,10 +250,10 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
     st = lse_rescale(st, block_max);
     const V redo_shift = lse_shift(block_max);
     sum = st.sum;
-    for (int64_t p = p0; p < p1; ++p) sum = sum + math_exp(L.load(x, p) - redo_shift);
+    for (int64_t p = p0; p < p1; ++p) sum = sum + math_exp(minus_shift(L.load(x, p), redo_shift));
     st.sum = sum;
   }
-  return st;
+  return lse_at_lane_max(st, lane_max);
 }
 
 // A running sum of vectors added up in blocks of kBlock terms (rowmath.h, kBlockedSumTerms, says why).
@@ -232,18 +280,31 @@ typename V::value_type lane_sum(V v) {
   return at::vec::vec_reduce_all<T>([](V a, V b) { return a + b; }, v);
 }
 
-// A row's state from the per-lane states of its scan: the lanes' largest max (NaN when one lane's is NaN),
-// then every lane's sum rescaled to it by one vector exp and added up. Merging lane by lane took two scalar
-// exps per lane, 32 per row under AVX-512: with 1000 classes a row, they and the scalar tail below cost
-// about as much as the row's own logits (measured: 16384x1000 against 16384x1008 fp32).
+// A row's lse parts from the per-lane states of its scan: the lanes' largest max m (NaN when one lane's is
+// NaN), then every lane's sum rescaled to it and added up in double, and its log taken in double, so that the
+// row's log(sum) is rounded once: the fp32 sum, near 1 / p for a row whose largest probability is p, carried
+// roundings of 2^-23 relative that reached every probability of the row (issue 27). The rescaling takes vector
+// exps of doubles (two a row under AVX-512): merging lane by lane with scalar exps, 32 a row, cost about as
+// much as a 1000-class row's own logits (measured: 16384x1000 against 16384x1008 fp32).
 template <typename acc_t, typename V>
-LseState<acc_t> merge_lanes(const LseState<V>& st) {
+LseParts<acc_t> merged_lane_parts(const LseState<V>& st) {
+  using D = Vec<double>;
+  constexpr int64_t kN = V::size();
   const acc_t m = at::vec::vec_reduce_all<acc_t>([](V a, V b) { return math_nan_max(a, b); }, st.max);
-  return {m, lane_sum(lse_rescale(st, V(m)).sum)};
+  const acc_t shift = lse_shift(m);
+  acc_t maxes[kN], sums[kN];
+  double factor[kN];
+  st.max.store(maxes);
+  st.sum.store(sums);
+  for (int64_t l = 0; l < kN; ++l) factor[l] = static_cast<double>(maxes[l]) - static_cast<double>(shift);
+  for (int64_t l = 0; l < kN; l += D::size()) D::loadu(factor + l).exp().store(factor + l);
+  double total = 0.0;
+  for (int64_t l = 0; l < kN; ++l) total += static_cast<double>(sums[l]) * factor[l];
+  return {shift, static_cast<acc_t>(std::log(total))};
 }
 
 // The last n < kLanes classes of a row (those past its whole vectors) in one vector, transformed when
-// kTransform, as the forward and the backward load them.
+// kTransform, as the forward's scan loads them.
 template <bool kTransform, typename scalar_t, typename acc_t>
 typename Io<scalar_t>::V row_tail_logits(const scalar_t* x, int64_t n, const LogitTransform<acc_t>& tf) {
   const auto z = Io<scalar_t>::load_partial(x, n);  // lanes from n on: 0
@@ -331,9 +392,18 @@ void for_each_unit(const LogitsView& v, Body&& body) {
 // ------------------------------------------------------------------------------------------------
 template <typename Layout, typename acc_t>
 struct TransformedLoads : Layout {
+  using Base = Layout;
   LogitTransform<acc_t> tf;
   template <typename scalar_t>
   auto load(const scalar_t* base, int64_t p) const { return transform_logit(Layout::load(base, p), tf); }
+};
+
+// The scans' loads of soft-capped logits: LogitParts.
+template <typename Layout, typename acc_t>
+struct CappedLoads : Layout {
+  LogitTransform<acc_t> tf;
+  template <typename scalar_t>
+  auto load(const scalar_t* base, int64_t p) const { return capped_parts(Layout::load(base, p), tf); }
 };
 
 // The layout as the class-index kernels read logits through it: plain, or transformed.
@@ -355,29 +425,14 @@ acc_t logit_at(scalar_t x, const LogitTransform<acc_t>& tf) {
   }
 }
 
-// Largest soft cap c for which exp(-2c), the smallest term of a capped row shifted by c, is a normal
-// number of acc_t: up to it the capped scan below is exact to rounding.
-template <typename acc_t>
-constexpr acc_t kMaxShiftedCap = std::is_same_v<acc_t, double> ? acc_t(300) : acc_t(40);
-
-// With soft-capping every z lies in [-c, c], so c can be the exp shift of the whole row: one pass that
-// computes each z (a tanh) once, where lse_scan's max pass and sum pass would compute it twice. The state
-// is then moved to the row's own max (one exp per lane), so that the row's lse is max + log(sum) with log(sum)
-// near 0, as lse_scan gives it: c + log(sum) with log(sum) near max - c carries the rounding of that large
-// log into the loss (fp32, cap 30, logits within 7: 1.2e-7 per row from fp64 where torch is 6.6e-8).
-template <typename Layout, typename scalar_t, typename acc_t, typename Extra>
-LseState<typename Io<scalar_t>::V> lse_scan_capped(const Layout& L, const scalar_t* x, acc_t cap, Extra&& extra) {
-  using V = typename Io<scalar_t>::V;
-  const V shift(cap);
-  V sum(acc_t(0));
-  V max(-std::numeric_limits<acc_t>::infinity());
-  for (int64_t p = 0; p < L.steps; ++p) {
-    const V zv = L.load(x, p);
-    sum = sum + math_exp(zv - shift);
-    max = math_running_max(max, zv);
-    extra(p, zv);
+// The target's logit as a row's loss reads it: transformed, as parts (rowmath.h, LogitParts).
+template <bool kTransform, typename scalar_t, typename acc_t>
+auto target_logit(scalar_t x, const LogitTransform<acc_t>& tf) {
+  if constexpr (kTransform) {
+    return transform_to_parts(static_cast<acc_t>(x), tf);
+  } else {
+    return static_cast<acc_t>(x);
   }
-  return lse_rescale(LseState<V>{shift, sum}, max);
 }
 
 // lse_scan of the (possibly transformed) logits.
@@ -385,7 +440,7 @@ template <bool kTransform, typename Layout, typename scalar_t, typename acc_t, t
 LseState<typename Io<scalar_t>::V> logits_lse_scan(const Layout& L, const scalar_t* x,
                                                    const LogitTransform<acc_t>& tf, Extra&& extra) {
   if constexpr (kTransform) {
-    if (tf.capped && tf.cap <= kMaxShiftedCap<acc_t>) return lse_scan_capped(L, x, tf.cap, extra);
+    if (tf.capped) return lse_scan(CappedLoads<typename Layout::Base, acc_t>{L, tf}, x, extra);
   }
   return lse_scan(L, x, extra);
 }
@@ -402,7 +457,7 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
   constexpr int64_t kLanes = IO::kLanes;
   const auto* logits = static_cast<const scalar_t*>(a.logits.data);
   const auto* w = static_cast<const scalar_t*>(a.weight);
-  auto* lse_out = static_cast<acc_t*>(lse_out_v);
+  auto* lse_out = static_cast<double*>(lse_out_v);  // lse_saved
   auto* loss_out = static_cast<acc_t*>(loss_out_v);
   auto* z_out = static_cast<acc_t*>(a.lm.z_loss_rows);
   const int64_t C = a.logits.C, S = a.logits.S;
@@ -410,18 +465,19 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
   const auto tf = make_logit_transform<acc_t>(a.lm.logit_scale, a.lm.softcap);
   const acc_t z_scale = static_cast<acc_t>(a.lm.lse_square_scale);
   // Row i's outputs; ignored rows get zeros.
-  auto write_row = [&](int64_t i, bool counted, acc_t lse, acc_t loss) {
-    lse_out[i] = counted ? lse : acc_t(0);
+  auto write_row = [&](int64_t i, bool counted, LseParts<acc_t> lse, acc_t loss) {
+    lse_out[i] = counted ? lse_saved(lse) : 0.0;
     loss_out[i] = counted ? loss : acc_t(0);
-    if (z_out) z_out[i] = counted ? z_loss_row(lse, z_scale) : acc_t(0);
+    if (z_out) z_out[i] = counted ? z_loss_row(lse_value(lse), z_scale) : acc_t(0);
   };
+  const LseParts<acc_t> no_lse{acc_t(0), acc_t(0)};
 
   for_each_unit<scalar_t>(a.logits, [&](int64_t n, int64_t s0, int64_t lanes) {
     const scalar_t* x = logits + n * a.logits.stride_n + s0;
     if (lanes == 0) {  // one row
       const int64_t t = read_target(a.target, a.target_is_byte, n);
       if (t == a.ignore_index) {
-        write_row(n, false, acc_t(0), acc_t(0));
+        write_row(n, false, no_lse, acc_t(0));
         return;
       }
       const acc_t ref = kSmooth ? sum_reference(logit_at<kTransform>(x[0], tf)) : acc_t(0);
@@ -437,8 +493,8 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
       if constexpr (kSmooth) {
         for (int64_t c = tail; c < C; ++c) swx_s += weight_at(w, c) * (logit_at<kTransform>(x[c], tf) - ref);
       }
-      const LseParts<acc_t> lse = lse_parts(merge_lanes<acc_t>(vst));
-      write_row(n, true, lse_value(lse), ce_hard_row_loss(lse, logit_at<kTransform>(x[t], tf), weight_at(w, t), swx_s, ref, sp));
+      const LseParts<acc_t> lse = merged_lane_parts<acc_t>(vst);
+      write_row(n, true, lse, ce_hard_row_loss(lse, target_logit<kTransform>(x[t], tf), weight_at(w, t), swx_s, ref, sp));
       return;
     }
     // a block of N-D positions
@@ -463,12 +519,12 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t i = n * S + s0 + l;
       if (t[l] == a.ignore_index) {
-        write_row(i, false, acc_t(0), acc_t(0));
+        write_row(i, false, no_lse, acc_t(0));
         continue;
       }
       const LseParts<acc_t> lse{shift[l], log_sum[l]};
-      write_row(i, true, lse_value(lse), ce_hard_row_loss(lse, logit_at<kTransform>(x[t[l] * S + l], tf),
-                                                          weight_at(w, t[l]), sx[l], ref[l], sp));
+      write_row(i, true, lse, ce_hard_row_loss(lse, target_logit<kTransform>(x[t[l] * S + l], tf),
+                                               weight_at(w, t[l]), sx[l], ref[l], sp));
     }
   });
 }
@@ -484,7 +540,7 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
   constexpr int64_t kLanes = IO::kLanes;
   const auto* logits = static_cast<const scalar_t*>(a.logits.data);
   const auto* w = static_cast<const scalar_t*>(a.weight);
-  const auto* lse_in = static_cast<const acc_t*>(lse_in_v);
+  const auto* lse_in = static_cast<const double*>(lse_in_v);  // lse_saved
   auto* grad = static_cast<scalar_t*>(grad_v);  // contiguous (N, C, S)
   const int64_t C = a.logits.C, S = a.logits.S;
   const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
@@ -494,19 +550,21 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
   const auto tf = make_logit_transform<acc_t>(a.lm.logit_scale, a.lm.softcap);
   const acc_t z_scale = static_cast<acc_t>(a.lm.lse_square_scale);
   const bool z_loss = a.lm.lse_square_scale != 0.0;
-  auto coefs = [&](int64_t i, int64_t t, acc_t lse) {
+  auto coefs = [&](int64_t i, int64_t t, LseSplit<acc_t> lse) {
     auto k = ce_hard_grad_coefs(row_g(i), weight_at(w, t), sp);
     if (z_loss) {
-      k.prob += z_loss_prob_coef(static_cast<acc_t>((g.per_row ? g.per_row[i] : 1.0) * g.z_scale), lse, z_scale);
+      k.prob += z_loss_prob_coef(static_cast<acc_t>((g.per_row ? g.per_row[i] : 1.0) * g.z_scale), lse.hi, z_scale);
     }
+    k.prob *= lse_lo_factor(lse);
     return k;
   };
-  // The gradient for x from the one for z.
-  auto for_x = [&](auto d, auto z) {
+  // The gradient for x of loaded logits x (a vector or a scalar): dz(z) is the one for z, given z (capped: as
+  // LogitParts, so that log p carries no rounding of z), times dz/dx.
+  auto for_x = [&](auto x, auto&& dz) {
     if constexpr (kTransform) {
-      return d * transform_slope(z, tf);
+      return grad_for_x(x, tf, dz);
     } else {
-      return d;
+      return dz(x);
     }
   };
   // Without smoothing the class term is zero, so the weight vector need not be loaded.
@@ -517,59 +575,66 @@ void ce_hard_backward_t(const CeHardArgs& a, const void* lse_in_v, RowGrad g, vo
     scalar_t* out = grad + n * C * S + s0;
     if (lanes == 0) {
       const int64_t t = read_target(a.target, a.target_is_byte, n);
-      const auto L = logits_layout<kTransform>(RowsLayout<scalar_t>{C / kLanes}, tf);
+      const RowsLayout<scalar_t> L{C / kLanes};  // the logits as loaded; for_x transforms them
       if (t == a.ignore_index) {
         if (!a.grad_zeroed) std::fill(out, out + C, scalar_t(0));
         return;
       }
-      const acc_t lse = lse_in[n];
-      const acc_t zt = logit_at<kTransform>(x[t], tf);
+      const LseSplit<acc_t> lse = split_lse<acc_t>(lse_in[n]);
+      const acc_t xt = static_cast<acc_t>(x[t]);
       const auto k = coefs(n, t, lse);
-      const V vlse(lse), vprob(k.prob), vklass(k.klass), one(acc_t(1));
+      const LseSplit<V> vlse{V(lse.hi), V(lse.lo)};
+      const V vprob(k.prob), vklass(k.klass), one(acc_t(1));
       store_steps(out, L.steps, [&](int64_t p) {
         const V wv = kLoadWeight ? L.weight(w, p) : one;
-        const V z = L.load(x, p);
-        return for_x(ce_hard_grad_off_target(z, vlse, wv, vprob, vklass), z);
+        return for_x(L.load(x, p), [&](auto z) { return ce_hard_grad_off_target(z, vlse, wv, vprob, vklass); });
       });
       // The classes past the whole vectors: one partial vector (a scalar loop took an exp per class).
       const int64_t tail = L.steps * kLanes;
       if (tail < C) {
         const int64_t m = C - tail;
-        const V z = row_tail_logits<kTransform>(x + tail, m, tf);
         const V wv = kLoadWeight ? IO::load_partial(w + tail, m) : one;
-        IO::store(out + tail, for_x(ce_hard_grad_off_target(z, vlse, wv, vprob, vklass), z), m);
+        IO::store(out + tail, for_x(IO::load_partial(x + tail, m), [&](auto z) {
+          return ce_hard_grad_off_target(z, vlse, wv, vprob, vklass);
+        }), m);
       }
-      out[t] = static_cast<scalar_t>(for_x(ce_hard_grad_on_target(zt, lse, weight_at(w, t), k), zt));
+      const acc_t wt = weight_at(w, t);
+      out[t] = static_cast<scalar_t>(for_x(xt, [&](auto z) { return ce_hard_grad_on_target(z, lse, wt, k); }));
       return;
     }
     int64_t t[kLanes];
-    acc_t lse_l[kLanes] = {}, prob_l[kLanes] = {}, klass_l[kLanes] = {}, live_l[kLanes] = {}, zt_l[kLanes] = {};
+    acc_t hi_l[kLanes] = {}, lo_l[kLanes] = {}, prob_l[kLanes] = {}, klass_l[kLanes] = {}, live_l[kLanes] = {},
+          xt_l[kLanes] = {};
     CeHardGradCoefs<acc_t> k[kLanes];
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t i = n * S + s0 + l;
       t[l] = read_target(a.target, a.target_is_byte, i);
       if (t[l] == a.ignore_index) continue;
-      k[l] = coefs(i, t[l], lse_in[i]);
-      zt_l[l] = logit_at<kTransform>(x[t[l] * S + l], tf);
-      lse_l[l] = lse_in[i];
+      const LseSplit<acc_t> lse = split_lse<acc_t>(lse_in[i]);
+      k[l] = coefs(i, t[l], lse);
+      xt_l[l] = static_cast<acc_t>(x[t[l] * S + l]);
+      hi_l[l] = lse.hi;
+      lo_l[l] = lse.lo;
       prob_l[l] = k[l].prob;
       klass_l[l] = k[l].klass;
       live_l[l] = acc_t(1);
     }
-    const auto L = logits_layout<kTransform>(LanesLayout<scalar_t>{C, S, lanes}, tf);
-    const V vlse = V::loadu(lse_l), vprob = V::loadu(prob_l), vklass = V::loadu(klass_l);
+    const LanesLayout<scalar_t> L{C, S, lanes};
+    const LseSplit<V> vlse{V::loadu(hi_l), V::loadu(lo_l)};
+    const V vprob = V::loadu(prob_l), vklass = V::loadu(klass_l);
     const auto live = V::loadu(live_l) == V(acc_t(1));
     const V zero(acc_t(0)), one(acc_t(1));
     for (int64_t c = 0; c < C; ++c) {
       const V wv = kLoadWeight ? L.weight(w, c) : one;
-      const V z = L.load(x, c);
-      const V d = for_x(ce_hard_grad_off_target(z, vlse, wv, vprob, vklass), z);
+      const V d = for_x(L.load(x, c), [&](auto z) { return ce_hard_grad_off_target(z, vlse, wv, vprob, vklass); });
       L.store(out, c, V::blendv(zero, d, live));  // ignored positions get exactly 0
     }
     for (int64_t l = 0; l < lanes; ++l) {
       if (t[l] == a.ignore_index) continue;
-      out[t[l] * S + l] = static_cast<scalar_t>(
-          for_x(ce_hard_grad_on_target(zt_l[l], lse_l[l], weight_at(w, t[l]), k[l]), zt_l[l]));
+      const LseSplit<acc_t> lse{hi_l[l], lo_l[l]};
+      const acc_t wt = weight_at(w, t[l]);
+      out[t[l] * S + l] =
+          static_cast<scalar_t>(for_x(xt_l[l], [&](auto z) { return ce_hard_grad_on_target(z, lse, wt, k[l]); }));
     }
   });
 }
@@ -586,7 +651,7 @@ void ce_soft_forward_t(const CeSoftArgs& a, void* lse_out_v, void* loss_out_v) {
   const auto* logits = static_cast<const scalar_t*>(a.logits.data);
   const auto* target = static_cast<const scalar_t*>(a.target);
   const auto* w = static_cast<const scalar_t*>(a.weight);
-  auto* lse_out = static_cast<acc_t*>(lse_out_v);
+  auto* lse_out = static_cast<double*>(lse_out_v);  // lse_saved
   auto* loss_out = static_cast<acc_t*>(loss_out_v);
   const int64_t C = a.logits.C, S = a.logits.S;
   const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
@@ -616,8 +681,8 @@ void ce_soft_forward_t(const CeSoftArgs& a, void* lse_out_v, void* loss_out_v) {
         swt_s += wt;
         swtx_s += wt * (static_cast<acc_t>(x[c]) - ref);
       }
-      const LseParts<acc_t> lse = lse_parts(merge_lanes<acc_t>(vst));
-      lse_out[n] = lse_value(lse);
+      const LseParts<acc_t> lse = merged_lane_parts<acc_t>(vst);
+      lse_out[n] = lse_saved(lse);
       loss_out[n] = ce_soft_row_loss(lse, swt_s, swtx_s, ref);
       return;
     }
@@ -627,7 +692,7 @@ void ce_soft_forward_t(const CeSoftArgs& a, void* lse_out_v, void* loss_out_v) {
     const LaneArrays<acc_t> shift(parts.shift), log_sum(parts.log_sum), ref(vref), st(swt.value()), stx(swtx.value());
     for (int64_t l = 0; l < lanes; ++l) {
       const LseParts<acc_t> lse{shift[l], log_sum[l]};
-      lse_out[n * S + s0 + l] = lse_value(lse);
+      lse_out[n * S + s0 + l] = lse_saved(lse);
       loss_out[n * S + s0 + l] = ce_soft_row_loss(lse, st[l], stx[l], ref[l]);
     }
   });
@@ -643,7 +708,7 @@ void ce_soft_backward_t(const CeSoftArgs& a, const void* lse_in_v, RowGrad g, vo
   const auto* logits = static_cast<const scalar_t*>(a.logits.data);
   const auto* target = static_cast<const scalar_t*>(a.target);
   const auto* w = static_cast<const scalar_t*>(a.weight);
-  const auto* lse_in = static_cast<const acc_t*>(lse_in_v);
+  const auto* lse_in = static_cast<const double*>(lse_in_v);  // lse_saved
   auto* grad = static_cast<scalar_t*>(grad_v);
   const int64_t C = a.logits.C, S = a.logits.S;
   const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
@@ -652,7 +717,7 @@ void ce_soft_backward_t(const CeSoftArgs& a, const void* lse_in_v, RowGrad g, vo
   };
 
   // One unit: lanes of per-row values (lse, g) in vectors, applied along the layout's steps.
-  auto run = [&](const auto& L, const scalar_t* x, const scalar_t* tt, scalar_t* out, V vlse, V vg) {
+  auto run = [&](const auto& L, const scalar_t* x, const scalar_t* tt, scalar_t* out, LseSplit<V> vlse, V vg) {
     if constexpr (kTargetGrad) {
       const V g_keep = vg * V(acc_t(1) - sp.eps);
       for (int64_t p = 0; p < L.steps; ++p) {
@@ -669,7 +734,7 @@ void ce_soft_backward_t(const CeSoftArgs& a, const void* lse_in_v, RowGrad g, vo
     }
     return V(acc_t(0));
   };
-  auto apply = [&](const auto& L, const scalar_t* x, const scalar_t* tt, scalar_t* out, V vlse, V vg, V g_swt) {
+  auto apply = [&](const auto& L, const scalar_t* x, const scalar_t* tt, scalar_t* out, LseSplit<V> vlse, V vg, V g_swt) {
     for (int64_t p = 0; p < L.steps; ++p) {
       V wt = smoothed_target(L.load(tt, p), sp);
       if constexpr (kWeighted) wt = wt * L.weight(w, p);
@@ -683,35 +748,42 @@ void ce_soft_backward_t(const CeSoftArgs& a, const void* lse_in_v, RowGrad g, vo
     const scalar_t* tt = target + offset;
     scalar_t* out = grad + offset;
     if (lanes == 0) {
-      const acc_t lse = lse_in[n], gn = row_g(n);
+      const LseSplit<acc_t> lse = split_lse<acc_t>(lse_in[n]);
+      const LseSplit<V> vlse{V(lse.hi), V(lse.lo)};
+      const acc_t gn = row_g(n);
       const RowsLayout<scalar_t> L{C / kLanes};
       const int64_t tail = L.steps * kLanes;
       if constexpr (kTargetGrad) {
-        run(L, x, tt, out, V(lse), V(gn));
+        run(L, x, tt, out, vlse, V(gn));
         for (int64_t c = tail; c < C; ++c) {
           out[c] = static_cast<scalar_t>(ce_soft_target_grad(
               static_cast<acc_t>(x[c]), lse, weight_at(w, c), gn * (acc_t(1) - sp.eps)));
         }
       } else {
-        acc_t swt = lane_sum(run(L, x, tt, out, V(lse), V(gn)));
+        acc_t swt = lane_sum(run(L, x, tt, out, vlse, V(gn)));
         for (int64_t c = tail; c < C; ++c) swt += weight_at(w, c) * smoothed_target(static_cast<acc_t>(tt[c]), sp);
-        apply(L, x, tt, out, V(lse), V(gn), V(gn * swt));
+        const acc_t g_swt = gn * swt * lse_lo_factor(lse);
+        apply(L, x, tt, out, vlse, V(gn), V(g_swt));
         for (int64_t c = tail; c < C; ++c) {
           const acc_t wt = weight_at(w, c) * smoothed_target(static_cast<acc_t>(tt[c]), sp);
-          out[c] = static_cast<scalar_t>(ce_soft_grad(static_cast<acc_t>(x[c]), lse, wt, gn * swt, gn));
+          out[c] = static_cast<scalar_t>(ce_soft_grad(static_cast<acc_t>(x[c]), lse, wt, g_swt, gn));
         }
       }
       return;
     }
-    acc_t lse_l[kLanes] = {}, g_l[kLanes] = {};
+    acc_t hi_l[kLanes] = {}, lo_l[kLanes] = {}, g_l[kLanes] = {}, factor_l[kLanes] = {};
     for (int64_t l = 0; l < lanes; ++l) {
-      lse_l[l] = lse_in[n * S + s0 + l];
+      const LseSplit<acc_t> lse = split_lse<acc_t>(lse_in[n * S + s0 + l]);
+      hi_l[l] = lse.hi;
+      lo_l[l] = lse.lo;
+      factor_l[l] = lse_lo_factor(lse);
       g_l[l] = row_g(n * S + s0 + l);
     }
     const LanesLayout<scalar_t> L{C, S, lanes};
-    const V vlse = V::loadu(lse_l), vg = V::loadu(g_l);
+    const LseSplit<V> vlse{V::loadu(hi_l), V::loadu(lo_l)};
+    const V vg = V::loadu(g_l);
     const V swt = run(L, x, tt, out, vlse, vg);
-    if constexpr (!kTargetGrad) apply(L, x, tt, out, vlse, vg, vg * swt);
+    if constexpr (!kTargetGrad) apply(L, x, tt, out, vlse, vg, vg * swt * V::loadu(factor_l));
   });
 }
 

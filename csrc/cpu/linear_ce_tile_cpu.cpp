@@ -46,12 +46,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_ce_tile_(
   const at::Tensor weight = weight_in.has_value() ? weight_in->contiguous() : at::Tensor();
   const double weight_sum = weight.defined() ? in_order_sum(weight.to(at::kDouble)) : static_cast<double>(g.C);
   const auto acc = tile.options().dtype(lse_dtype(tile.scalar_type()));
-  at::Tensor lse = at::empty({g.N}, acc), row_loss = at::empty({g.N}, acc), z_rows = at::empty({g.N}, acc);
+  at::Tensor lse = at::empty({g.N}, acc.dtype(kSavedLseDtype)), row_loss = at::empty({g.N}, acc),
+             z_rows = at::empty({g.N}, acc);
   CeHardArgs args{tile.scalar_type(), ce_view(tile, g), target.data_ptr(), target.scalar_type() == at::kByte,
                   weight.defined() ? weight.data_ptr() : nullptr, ignore_index, smoothing, weight_sum};
   args.lm = {logit_scale, softcap, lse_square_scale, z_rows.data_ptr()};
   kernels().ce_hard_forward(args, lse.data_ptr(), row_loss.data_ptr());
-  if (!write_grad) return {row_loss, lse, z_rows};
+  if (!write_grad) return {row_loss, lse.to(acc.dtype()), z_rows};
 
   // The backward kernel reads every logit (the row's target one first) before it stores over it, so the
   // gradient is written over the tile itself.
@@ -60,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_ce_tile_(
   rg.z_scale = mean_divide(1.0, scalar_or_one(z_denominator));
   args.lm.z_loss_rows = nullptr;
   kernels().ce_hard_backward(args, lse.data_ptr(), rg, tile.data_ptr());
-  return {row_loss, lse, z_rows};
+  return {row_loss, lse.to(acc.dtype()), z_rows};
 }
 
 }  // namespace

@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd(const at::Tensor& logits, c
       weight_in.has_value() ? c10::optional<at::Tensor>(weight_in->contiguous()) : c10::nullopt;
   const auto row_shape = ce_row_shape(logits);
   const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
-  at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc);
+  at::Tensor lse = at::empty(row_shape, acc.dtype(kSavedLseDtype)), row_loss = at::empty(row_shape, acc);
   kernels().ce_hard_forward(hard_args(x, g, t, weight, ignore_index, smoothing), lse.data_ptr(), row_loss.data_ptr());
   at::Tensor loss = reduce_rows(row_loss, reduction, denominator, logits.scalar_type(), row_shape);
   if (classless_smoothing_nan(g, smoothing)) loss.fill_(std::numeric_limits<double>::quiet_NaN());
@@ -164,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_lm_fwd(
   const auto weight = contiguous_opt(weight_in);
   const auto row_shape = ce_row_shape(logits);
   const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
-  at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc), z_rows = at::empty(row_shape, acc);
+  at::Tensor lse = at::empty(row_shape, acc.dtype(kSavedLseDtype)), row_loss = at::empty(row_shape, acc), z_rows = at::empty(row_shape, acc);
   CeHardArgs args = hard_args(x, g, t, weight, ignore_index, smoothing);
   args.lm = {logit_scale, softcap, lse_square_scale, z_rows.data_ptr()};
   kernels().ce_hard_forward(args, lse.data_ptr(), row_loss.data_ptr());
@@ -245,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_soft_fwd(const at::Tensor& logi
   const auto w = contiguous_opt(weight);
   const auto row_shape = ce_row_shape(logits);
   const auto acc = logits.options().dtype(lse_dtype(logits.scalar_type()));
-  at::Tensor lse = at::empty(row_shape, acc), row_loss = at::empty(row_shape, acc);
+  at::Tensor lse = at::empty(row_shape, acc.dtype(kSavedLseDtype)), row_loss = at::empty(row_shape, acc);
   if (g.C == 0) {
     write_classless_soft_rows(lse, row_loss);
   } else {

@@ -105,7 +105,7 @@ void partial_grad_kernel(const PartialStatsArgs& a, const typename AccOf<scalar_
   const auto tf = make_logit_transform<acc_t>(a.logit_scale, a.softcap);
   auto for_x = [&](acc_t d, acc_t z) {
     if constexpr (kTransform) {
-      return d * transform_slope(z, tf);
+      return chain_to_x(d, z, tf);
     } else {
       return d;
     }
@@ -118,7 +118,7 @@ void partial_grad_kernel(const PartialStatsArgs& a, const typename AccOf<scalar_
       for (int64_t c = 0; c < C; ++c) out[c * S] = scalar_t(0);
       return;
     }
-    const acc_t lse = coefs[r];
+    const LseSplit<acc_t> lse = whole_lse(coefs[r]);
     const CeHardGradCoefs<acc_t> k{coefs[rows + r], coefs[2 * rows + r], coefs[3 * rows + r]};
     const bool load_weight = w != nullptr && k.klass != acc_t(0);
     for (int64_t c = 0; c < C; ++c) {

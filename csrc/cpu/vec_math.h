@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "capped_logit.h"
+
 namespace fused_ce {
 
 template <typename T>
@@ -24,6 +26,10 @@ inline Vec<T> math_exp(Vec<T> x) { return Vec<T>::blendv(x.exp_u20(), x, x != x)
 // argument at 89 is left out (one of the 17 instructions per vector of the bf16 forward).
 template <typename T>
 inline Vec<T> math_exp_scan_term(Vec<T> x) { return math_exp(x); }
+// rowmath.h's math_exp_prob: the backward's probabilities, each one entry of the gradient, take at::vec's 1-ulp
+// exp (Sleef's under AVX2; the C library's lane by lane in the default build).
+template <typename T>
+inline Vec<T> math_exp_prob(Vec<T> x) { return x.exp(); }
 
 #if defined(CPU_CAPABILITY_AVX512)
 // fp32 exp in 11 AVX-512 instructions where exp_u20 and the NaN blend above take 21: the forward pass is
@@ -60,6 +66,11 @@ inline __m512 exp_up_to_89(__m512 v) {
 }
 inline Vec<float> math_exp(Vec<float> v) { return exp_up_to_89(_mm512_min_ps(_mm512_set1_ps(89.f), v)); }
 inline Vec<float> math_exp_scan_term(Vec<float> v) { return exp_up_to_89(v); }
+inline __m512 exp_non_positive(__m512 v);
+// The backward's probabilities: exp_non_positive's degree-6 polynomial (it holds for any reduced argument; relative
+// error 2e-8 where math_exp's degree 5 has 9e-8). Its arguments x - hi are at most a rounding above 0 (or NaN,
+// or -inf), so math_exp's clamp at 89 is left out: as many instructions as math_exp.
+inline Vec<float> math_exp_prob(Vec<float> v) { return exp_non_positive(v); }
 #endif
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 // Whether bf16 stores may use vcvtne2ps2bf16 (AVX512_BF16: Cooper Lake, Sapphire Rapids, Zen 4 and later): one
@@ -129,41 +140,44 @@ inline Vec<float> math_log1p_exp_neg_abs(Vec<float> xv) {
   return _mm512_fmadd_ps(s2, _mm512_mul_ps(q, t), s2);
 }
 #endif
-// tanh for float vectors. The soft-capped kernels compute one per logit, of u = x * s / c, which is small
-// whenever the cap c is large against the logits (|u| < 0.01 at c = 3000). Two forms:
-// - |u| < kTanhOddPolyBelow: u + u^3 P(u^2), P of degree 4 fitted for the least relative error of tanh on
-//   [0, 0.625] (0.71 ulp at most in fp32 arithmetic with FMAs, measured against fp64 on 2M points; torch's own
-//   vectorised tanh: 0.50). The form 1 - 2 / (1 + exp(2u)) used before is off by up to ulp(1) / 2 absolute
-//   near u = 0, which is millions of ulp of a small tanh: at cap 3000 it made fp32 soft-capped losses and
-//   gradients 10 to 300 times as far from fp64 as torch's c * tanh(x / c) (issue 27).
-// - elsewhere 1 - 2 / (1 + exp(2|u|)), with u's sign: there tanh >= 0.55, so the rounding near 1 is at most
-//   an ulp or two of the result. +-inf and large |u| give +-1 exactly (exp overflows to inf, or the clamped
+// rowmath.h's math_capped_tanh on float vectors: c * tanh(u) of soft-capped logits as LogitParts, with sx = s * x.
+// The soft-capped kernels compute one per logit, of u = s x / c, which is small whenever the cap c is large
+// against the logits (|u| < 0.01 at c = 3000). Two forms:
+// - |u| < kTanhOddPolyBelow: head sx, q = v P(v), v = u^2 (capped_logit.h; see rowmath.h for why sx, not c u).
+//   The form 1 - 2 / (1 + exp(2u)) used before is off by up to ulp(1) / 2 absolute near u = 0, which is millions
+//   of ulp of a small tanh: at cap 3000 it made fp32 soft-capped losses and gradients 10 to 300 times as far
+//   from fp64 as torch's c * tanh(x / c) (issue 27).
+// - elsewhere head c (1 - 2 / (1 + exp(2|u|))), with u's sign, and q = 0: there tanh >= 0.55, so the rounding near 1 is at most
+//   an ulp or two of the result. +-inf and large |u| give +-c exactly (exp overflows to inf, or the clamped
 //   AVX-512 exp gives 2 / (1 + e) below half an ulp of 1).
 // A vector whose lanes are all small skips the exp (the whole row, for large caps), so the polynomial costs
 // nothing there: at::vec's tanh made a 2048x32000 fp32 forward+backward 2.5x as slow as without the cap.
 // NaN stays NaN (it fails the comparison, so it takes the polynomial, which carries it).
-constexpr float kTanhOddPolyBelow = 0.625f;
-
-inline Vec<float> math_tanh(Vec<float> u) {
+inline LogitParts<Vec<float>> math_capped_tanh(Vec<float> u, Vec<float> sx, Vec<float> c) {
   const Vec<float> one(1.f), two(2.f);
   const Vec<float> a = u.abs();
-  const Vec<float> u2 = u * u;
-  Vec<float> p = at::vec::fmadd(u2, Vec<float>(-5.70498872e-3f), Vec<float>(2.06390899e-2f));
-  p = at::vec::fmadd(p, u2, Vec<float>(-5.37397154e-2f));
-  p = at::vec::fmadd(p, u2, Vec<float>(1.33314416e-1f));
-  p = at::vec::fmadd(p, u2, Vec<float>(-3.33332807e-1f));
-  const Vec<float> small = at::vec::fmadd(u * u2, p, u);
+  const Vec<float> v = u * u;
+  Vec<float> p = at::vec::fmadd(v, Vec<float>(kTanhP4), Vec<float>(kTanhP3));
+  p = at::vec::fmadd(p, v, Vec<float>(kTanhP2));
+  p = at::vec::fmadd(p, v, Vec<float>(kTanhP1));
+  p = at::vec::fmadd(p, v, Vec<float>(kTanhP0));
+  const Vec<float> q = v * p;
   const Vec<float> large_lanes = a >= Vec<float>(kTanhOddPolyBelow);
   constexpr int kNoLanes = (1 << Vec<float>::size()) - 1;
-  if (large_lanes.zero_mask() == kNoLanes) return small;
+  if (large_lanes.zero_mask() == kNoLanes) return {sx, q};
 #if defined(CPU_CAPABILITY_AVX512)
-  const Vec<float> t = one - two / (one + math_exp(a + a));
+  const Vec<float> t = c * (one - two / (one + math_exp(a + a)));
 #else
-  const Vec<float> t = one - two / (one + (a + a).exp());
+  const Vec<float> t = c * (one - two / (one + (a + a).exp()));
 #endif
-  return Vec<float>::blendv(small, Vec<float>::blendv(t, Vec<float>(0.f) - t, u < Vec<float>(0.f)), large_lanes);
+  const Vec<float> signed_t = Vec<float>::blendv(t, Vec<float>(0.f) - t, u < Vec<float>(0.f));
+  return {Vec<float>::blendv(sx, signed_t, large_lanes), Vec<float>::blendv(q, Vec<float>(0.f), large_lanes)};
 }
-inline Vec<double> math_tanh(Vec<double> x) { return x.tanh(); }
+inline LogitParts<Vec<double>> math_capped_tanh(Vec<double> u, Vec<double>, Vec<double> c) {
+  return {c * u.tanh(), Vec<double>(0.)};
+}
+template <typename T>
+inline Vec<T> math_fma(Vec<T> a, Vec<T> b, Vec<T> c) { return at::vec::fmadd(a, b, c); }
 // rowmath.h's math_quotient_step on vectors. The remainder x - q c must be exact, so it needs a fused
 // multiply-add: at::vec's fmadd is one under AVX2 and AVX-512; the default build's is a * b + c, so it
 // takes std::fma lane by lane there.

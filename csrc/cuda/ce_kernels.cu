@@ -63,7 +63,7 @@ void ce_hard_backward(const CeHardArgs& a, const Tiling& t, const double* weight
         launch_elementwise<T>(
             CeHardBackwardOp<T, transform(), in_place()>{static_cast<const T*>(a.logits.data), nullptr,
                                                          static_cast<T*>(grad), a, weight_sum,
-                                                         static_cast<const acc_of<T>*>(lse), g, t, tf},
+                                                         static_cast<const double*>(lse), g, t, tf},
             stream);
       });
     });
@@ -93,7 +93,7 @@ void ce_soft_backward(const CeSoftArgs& a, const Tiling& t, void* partials, void
     auto* sums = static_cast<A*>(row_sums);
     launch_scan<T>(CeSoftRowSumOp<T>{x, tp, w, sp, sums, t}, partials, stream);
     launch_elementwise<T>(
-        CeSoftBackwardOp<T>{x, tp, static_cast<T*>(grad), w, sp, static_cast<const A*>(lse), sums, g, t}, stream);
+        CeSoftBackwardOp<T>{x, tp, static_cast<T*>(grad), w, sp, static_cast<const double*>(lse), sums, g, t}, stream);
   });
 }
 
@@ -104,7 +104,7 @@ void ce_soft_target_backward(const CeSoftArgs& a, const Tiling& t, const void* l
     launch_elementwise<T>(CeSoftTargetBackwardOp<T>{static_cast<const T*>(a.logits.data), nullptr,
                                                     static_cast<T*>(grad), static_cast<const T*>(a.weight),
                                                     host_smoothing<T>(a.label_smoothing, t.C),
-                                                    static_cast<const acc_of<T>*>(lse), g, t},
+                                                    static_cast<const double*>(lse), g, t},
                           stream);
   });
 }

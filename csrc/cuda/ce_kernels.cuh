@@ -44,9 +44,9 @@ __device__ __forceinline__ SmoothingParams<A> device_smoothing(double eps, int64
 }
 
 template <typename T>
-__device__ __forceinline__ void write_loss(const CeOutputs& out, int64_t r, acc_of<T> lse, acc_of<T> loss) {
+__device__ __forceinline__ void write_loss(const CeOutputs& out, int64_t r, double lse, acc_of<T> loss) {
   using A = acc_of<T>;
-  static_cast<A*>(out.lse)[r] = lse;
+  static_cast<double*>(out.lse)[r] = lse;  // lse_saved
   if (out.loss_rows) {
     static_cast<T*>(out.loss_rows)[r] = static_cast<T>(loss);
   } else {
@@ -91,6 +91,14 @@ struct CeHardForwardOp {
     return classify(read_target(a.target, a.target_is_byte, r), a.ignore_index, t.C) == TargetState::kLive;
   }
   __device__ A reference(const T* x_row) const { return kSmooth ? sum_reference(logit(x_row[0])) : A(0); }
+  // The target's logit as the row's loss reads it: transformed, as parts (rowmath.h, LogitParts).
+  __device__ auto target_logit(T x) const {
+    if constexpr (kTransform) {
+      return transform_to_parts(static_cast<A>(x), tf);
+    } else {
+      return static_cast<A>(x);
+    }
+  }
   template <int M>
   __device__ void add(RowStats<A>& st, const A (&xv)[M], const A (&)[M], int64_t c, A ref) const {
     if constexpr (kSmooth) {
@@ -102,18 +110,18 @@ struct CeHardForwardOp {
   __device__ void finalize(int64_t r, const RowStats<A>& st) const {
     const int64_t y = read_target(a.target, a.target_is_byte, r);
     const TargetState state = classify(y, a.ignore_index, t.C);
-    if (state == TargetState::kIgnored) return write_row(r, A(0), A(0), A(0));
+    if (state == TargetState::kIgnored) return write_row(r, 0.0, A(0), A(0));
     const LseParts<A> parts = lse_parts(LseState<A>{st.max, st.sum});
     const A lse = lse_value(parts);
     // An out-of-range class is never used as an index: its row reads NaN (see ops_cuda.cpp).
-    if (state == TargetState::kInvalid) return write_row(r, lse, A(NAN), A(NAN));
+    if (state == TargetState::kInvalid) return write_row(r, lse_saved(parts), A(NAN), A(NAN));
     const T* x_row = x + row_index(t, r).x;
     const auto sp = device_smoothing<A>(a.label_smoothing, t.C, weight_sum);
-    const A loss = ce_hard_row_loss(parts, logit(x_row[y * t.S]), weight_at(static_cast<const T*>(a.weight), y), st.s1,
+    const A loss = ce_hard_row_loss(parts, target_logit(x_row[y * t.S]), weight_at(static_cast<const T*>(a.weight), y), st.s1,
                                     reference(x_row), sp);
-    write_row(r, lse, loss, z_loss_row(lse, static_cast<A>(a.lm.lse_square_scale)));
+    write_row(r, lse_saved(parts), loss, z_loss_row(lse, static_cast<A>(a.lm.lse_square_scale)));
   }
-  __device__ void write_row(int64_t r, A lse, A ce, A z_loss) const {
+  __device__ void write_row(int64_t r, double lse, A ce, A z_loss) const {
     if (a.lm.z_loss_rows) {
       static_cast<A*>(a.lm.z_loss_rows)[r] = z_loss;
       if (out.loss_rows) ce += z_loss;  // reduction='none': one rounding of the sum to T
@@ -148,7 +156,7 @@ struct CeSoftForwardOp {
   }
   __device__ void finalize(int64_t r, const RowStats<A>& st) const {
     const LseParts<A> parts = lse_parts(LseState<A>{st.max, st.sum});
-    write_loss<T>(out, r, lse_value(parts), ce_soft_row_loss(parts, st.s1, st.s2, reference(x + row_index(t, r).x)));
+    write_loss<T>(out, r, lse_saved(parts), ce_soft_row_loss(parts, st.s1, st.s2, reference(x + row_index(t, r).x)));
   }
 };
 
@@ -272,7 +280,7 @@ struct CeHardBackwardOp {
   T* grad;
   CeHardArgs a;
   const double* weight_sum;
-  const A* lse;
+  const double* lse;  // lse_saved
   DeviceGrad g;
   Tiling t;
   LogitTransform<A> tf;
@@ -280,7 +288,8 @@ struct CeHardBackwardOp {
   struct Coefs {
     TargetState state;
     int64_t y;
-    A lse, w_y;
+    LseSplit<A> lse;
+    A w_y;
     bool load_weight;  // the class term w[c] is zero without smoothing, so weights are not read
     CeHardGradCoefs<A> k;
   };
@@ -291,14 +300,15 @@ struct CeHardBackwardOp {
     if (co.state != TargetState::kLive) return co;
     const auto sp = device_smoothing<A>(a.label_smoothing, t.C, weight_sum);
     const T* w = static_cast<const T*>(a.weight);
-    co.lse = lse[r];
+    co.lse = split_lse<A>(lse[r]);
     co.w_y = weight_at(w, co.y);
     co.load_weight = sp.enabled && w != nullptr;
     co.k = ce_hard_grad_coefs(static_cast<A>(grad_value<T>(g, r)), co.w_y, sp);
     if (a.lm.lse_square_scale != 0) {
-      co.k.prob += z_loss_prob_coef(static_cast<A>(z_grad_value<T>(g, r)), co.lse,
+      co.k.prob += z_loss_prob_coef(static_cast<A>(z_grad_value<T>(g, r)), co.lse.hi,
                                     static_cast<A>(a.lm.lse_square_scale));
     }
+    co.k.prob *= lse_lo_factor(co.lse);
     return co;
   }
   template <int M>
@@ -311,18 +321,16 @@ struct CeHardBackwardOp {
       } else if (co.state == TargetState::kInvalid) {
         out[j] = A(NAN);
       } else {
-        const A z = hard_logit<kLogitTransform>(xv[j], tf);
-        A dz;
-        if (c + j == co.y) {
-          dz = ce_hard_grad_on_target(z, co.lse, co.w_y, co.k);
-        } else {
-          const A w_c = co.load_weight ? static_cast<A>(w[c + j]) : A(1);
-          dz = ce_hard_grad_off_target(z, co.lse, w_c, co.k.prob, co.k.klass);
-        }
+        const bool on_target = c + j == co.y;
+        const A w_c = !on_target && co.load_weight ? static_cast<A>(w[c + j]) : A(1);
+        auto dz = [&](auto z) {
+          return on_target ? ce_hard_grad_on_target(z, co.lse, co.w_y, co.k)
+                           : ce_hard_grad_off_target(z, co.lse, w_c, co.k.prob, co.k.klass);
+        };
         if constexpr (kLogitTransform) {
-          out[j] = dz * transform_slope(z, tf);
+          out[j] = grad_for_x(xv[j], tf, dz);
         } else {
-          out[j] = dz;
+          out[j] = dz(xv[j]);
         }
       }
     }
@@ -338,17 +346,19 @@ struct CeSoftBackwardOp {
   T* grad;
   const T* w;
   SmoothingParams<A> sp;
-  const A* lse;
+  const double* lse;  // lse_saved
   const A* row_sums;
   DeviceGrad g;
   Tiling t;
 
   struct Coefs {
-    A lse, g, g_sum_wt;
+    LseSplit<A> lse;
+    A g, g_sum_wt;
   };
   __device__ Coefs coefs(int64_t r) const {
     const A gr = static_cast<A>(grad_value<T>(g, r));
-    return {lse[r], gr, gr * row_sums[r]};
+    const LseSplit<A> split = split_lse<A>(lse[r]);
+    return {split, gr, gr * row_sums[r] * lse_lo_factor(split)};
   }
   template <int M>
   __device__ void apply(const Coefs& co, const A (&xv)[M], const A (&tv)[M], int64_t c, A (&out)[M]) const {
@@ -370,15 +380,16 @@ struct CeSoftTargetBackwardOp {
   T* grad;
   const T* w;
   SmoothingParams<A> sp;
-  const A* lse;
+  const double* lse;  // lse_saved
   DeviceGrad g;
   Tiling t;
 
   struct Coefs {
-    A lse, g_keep;
+    LseSplit<A> lse;
+    A g_keep;
   };
   __device__ Coefs coefs(int64_t r) const {
-    return {lse[r], static_cast<A>(grad_value<T>(g, r)) * (A(1) - sp.eps)};
+    return {split_lse<A>(lse[r]), static_cast<A>(grad_value<T>(g, r)) * (A(1) - sp.eps)};
   }
   template <int M>
   __device__ void apply(const Coefs& co, const A (&xv)[M], const A (&)[M], int64_t c, A (&out)[M]) const {

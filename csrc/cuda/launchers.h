@@ -95,7 +95,7 @@ struct DeviceGrad {
   double z_divisor = 1.0;
 };
 
-// Where a forward writes: lse (accumulation type) and either the loss in the logits' dtype
+// Where a forward writes: lse (double, rowmath.h's lse_saved) and either the loss in the logits' dtype
 // (reduction='none') or per-row losses in the accumulation type, summed afterwards.
 struct CeOutputs {
   void* lse;

@@ -46,11 +46,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_ce_tile_(
   const int64_t partial_bytes = partials_bytes(tiling, tile.scalar_type() == at::kDouble ? 8 : 4);
   const at::Tensor partials = partial_bytes > 0 ? at::empty({partial_bytes}, tile.options().dtype(at::kByte)) : at::Tensor();
   const auto acc = tile.options().dtype(lse_dtype(tile.scalar_type()));
-  at::Tensor lse = at::empty({g.N}, acc), row_loss = at::empty({g.N}, acc), z_rows = at::empty({g.N}, acc);
+  at::Tensor lse = at::empty({g.N}, acc.dtype(kSavedLseDtype)), row_loss = at::empty({g.N}, acc), z_rows = at::empty({g.N}, acc);
   args.lm = {logit_scale, softcap, lse_square_scale, z_rows.data_ptr()};
   ce_hard_forward(args, tiling, wsum_ptr, partials.defined() ? partials.data_ptr() : nullptr,
                   CeOutputs{lse.data_ptr(), nullptr, row_loss.data_ptr()}, stream);
-  if (!write_grad) return {row_loss, lse, z_rows};
+  if (!write_grad) return {row_loss, lse.to(acc.dtype()), z_rows};
   args.lm.z_loss_rows = nullptr;
 
   const at::Tensor grad = row_grad.has_value() ? row_grad->to(tile.scalar_type()).contiguous()
@@ -59,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_ce_tile_(
                 denominator.has_value() ? denominator->data_ptr<double>() : nullptr, 1.0};
   dg.z_denominator = z_denominator.has_value() ? z_denominator->data_ptr<double>() : nullptr;
   ce_hard_backward(args, tiling, wsum_ptr, lse.data_ptr(), dg, tile.data_ptr(), stream);
-  return {row_loss, lse, z_rows};
+  return {row_loss, lse.to(acc.dtype()), z_rows};
 }
 
 }  // namespace

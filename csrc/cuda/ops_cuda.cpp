@@ -134,7 +134,7 @@ ForwardOutputs forward_outputs(const at::Tensor& logits, int64_t reduction) {
   const auto row_shape = ce_row_shape(logits);
   const auto acc = lse_dtype(logits.scalar_type());
   ForwardOutputs o;
-  o.lse = empty_on(row_shape, logits, acc);
+  o.lse = empty_on(row_shape, logits, kSavedLseDtype);
   if (reduction == kNone) {
     o.loss = empty_on(row_shape, logits, logits.scalar_type());
   } else {

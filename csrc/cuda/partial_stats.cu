@@ -65,7 +65,7 @@ struct CePartialGradOp {
   LogitTransform<A> tf;
 
   struct Coefs {
-    A lse;
+    LseSplit<A> lse;
     CeHardGradCoefs<A> k;
     int64_t y;          // the target's class in the slice, or -1
     bool load_weight;   // the class term is zero without smoothing, so weights are not read
@@ -75,7 +75,7 @@ struct CePartialGradOp {
     const int64_t rows = t.rows;
     const int64_t y = read_target(a.target, a.target_is_byte, r);
     const CeHardGradCoefs<A> k{row_coefs[rows + r], row_coefs[2 * rows + r], row_coefs[3 * rows + r]};
-    return {row_coefs[r], k, target_in_slice(y, a.ignore_index, a.class_offset, t.C) ? y - a.class_offset : -1,
+    return {whole_lse(row_coefs[r]), k, target_in_slice(y, a.ignore_index, a.class_offset, t.C) ? y - a.class_offset : -1,
             a.weight != nullptr && k.klass != A(0), y == a.ignore_index};
   }
   template <int M>
@@ -92,7 +92,7 @@ struct CePartialGradOp {
       const A dz = c + j == co.y ? ce_hard_grad_on_target(z, co.lse, w_c, co.k)
                                  : ce_hard_grad_off_target(z, co.lse, w_c, co.k.prob, co.k.klass);
       if constexpr (kLogitTransform) {
-        out[j] = dz * transform_slope(z, tf);
+        out[j] = chain_to_x(dz, z, tf);
       } else {
         out[j] = dz;
       }

@@ -22,7 +22,7 @@ import torch
 
 from . import _double_backward, _transform_levels
 from ._ops import EMULATED_AVAILABLE, EMULATED_LIBRARY, LIBRARY, NONE, _check_backward, _check_ce, \
-    _check_reduction, _grad_like, _loss_like, kernel_ops, lse_dtype, row_shape
+    _check_reduction, _grad_like, _loss_like, kernel_ops, lse_dtype, row_shape, SAVED_LSE_DTYPE
 
 
 def _check_softcap(softcap):
@@ -37,7 +37,7 @@ def _register_fakes(lib):
         _check_softcap(softcap)
         acc = lse_dtype(logits.dtype)
         z_shape = row_shape(logits) if reduction == NONE else ()
-        return (_loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=acc),
+        return (_loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=SAVED_LSE_DTYPE),
                 logits.new_empty(z_shape, dtype=acc))
 
     def check_backward(grad, logits, target, weight, lse, reduction, softcap):

@@ -57,7 +57,9 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
                 lse = lse.squeeze(0)
                 if c.reduction == NONE:
                     loss, z_loss = loss.squeeze(0), z_loss.squeeze(0)
-            return parts(loss, z_loss.detach(), lse.detach(), return_z_loss, return_lse)
+            # The op's lse is the fp64 one its backward reads; users get it in the accumulation dtype.
+            lse = lse.detach().to(lse_dtype(input.dtype))
+            return parts(loss, z_loss.detach(), lse, return_z_loss, return_lse)
     class_dim = 0 if input.dim() == 1 else 1
     soft = target.is_floating_point()  # probability targets: every row counts
     if not soft:

@@ -51,7 +51,13 @@ def kernel_ops():
 
 
 def lse_dtype(dtype):
+    """The accumulation dtype: of per-row losses, z-losses and statistics, and of the lse users are given."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# The lse a cross-entropy forward op saves for its backward (its second output): fp64 for every input dtype,
+# so that the backward's probabilities carry no rounding of it (csrc/rowmath.h, lse_saved).
+SAVED_LSE_DTYPE = torch.float64
 
 
 def row_shape(logits):
@@ -118,7 +124,7 @@ def _check_ce(logits, target, weight, soft):
 def _check_backward(grad, logits, lse, reduction, loss_shape):
     if lse is not None:
         _check_devices(logits, lse=lse)
-        torch._check(lse.dtype == lse_dtype(logits.dtype) and tuple(lse.shape) == row_shape(logits),
+        torch._check(lse.dtype == SAVED_LSE_DTYPE and tuple(lse.shape) == row_shape(logits),
                      lambda: "fused_ce: lse must be the forward's second output")
     _check_devices(logits, grad=grad)
     shape = tuple(loss_shape) if reduction == NONE else ()
@@ -143,13 +149,13 @@ def _register_fakes(lib):
     def _(logits, target, weight, ignore_index, label_smoothing, reduction):
         _check_reduction(reduction)
         _check_ce(logits, target, weight, soft=False)
-        return _loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=lse_dtype(logits.dtype))
+        return _loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=SAVED_LSE_DTYPE)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_soft_fwd")
     def _(logits, target, weight, label_smoothing, reduction):
         _check_reduction(reduction)
         _check_ce(logits, target, weight, soft=True)
-        return _loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=lse_dtype(logits.dtype))
+        return _loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=SAVED_LSE_DTYPE)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_bwd")
     def _(grad, logits, target, weight, lse, ignore_index, label_smoothing, reduction):
