@@ -56,3 +56,4 @@ def install():
 def uninstall():
     if "call" in _installed:
         _requirements.label_smoother_class().__call__ = _installed.pop("call")
+    _installed.clear()  # the next install warns again
