@@ -16,7 +16,7 @@ pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate
 from fused_ce.integrations.transformers import restore, use_fused_ce  # noqa: E402
 import fused_ce.functional  # noqa: E402
 
-from helpers import relative_error  # noqa: E402
+from helpers import relative_error, spy_on  # noqa: E402
 
 VOCAB, SEQ, EXAMPLES = 211, 16, 8
 FP32_TOL = 1e-5  # the issue's bar for fp32: relative to the loss
@@ -93,17 +93,9 @@ def _fused_run(form, tmp_path, dtype=torch.float32, **arguments):
 
 @pytest.fixture
 def fused_losses(monkeypatch):
-    """How many losses fused_ce computed (from logits or from hidden states)."""
-    calls = []
-    for module, name in ((fused_ce.functional, "cross_entropy"), (fused_ce.linear, "summed_in_fp32"),
-                         (fused_ce._row_loss_sum, "summed_row_losses")):
-        original = getattr(module, name)
-
-        def counted(*args, _original=original, _name=name, **kwargs):
-            calls.append(_name)
-            return _original(*args, **kwargs)
-        monkeypatch.setattr(module, name, counted)
-    return calls
+    """Which of fused_ce's loss functions ran (from logits or from hidden states)."""
+    return spy_on(monkeypatch, ((fused_ce.functional, "cross_entropy"), (fused_ce.linear, "summed_in_fp32"),
+                                (fused_ce._row_loss_sum, "summed_row_losses")), lambda name, args: name)
 
 
 @pytest.mark.parametrize("form", ["model", "global"])
