@@ -268,6 +268,34 @@ def test_bf16_loss_keeps_fp32_precision(num_items):
     _assert_near(actual, expected, "loss", tol=1e-4)
 
 
+@pytest.mark.parametrize("num_items", [None, 3000])
+@pytest.mark.parametrize("options", [{}, {"softcap": 4.0}, {"lse_square_scale": 1e-3}], ids=["plain", "softcap", "z_loss"])
+def test_bf16_loss_error_within_ten_times_stock(num_items, options):
+    """On bf16 logits, the loss's error against the exact loss of those logits is within 10x of that of
+    transformers' own loss (which upcasts the logits to fp32), or of one fp32 rounding of the loss where stock's
+    happens to be smaller."""
+    gen = torch.Generator().manual_seed(6)
+    logits = (3 * torch.randn(2, 2048, VOCAB, generator=gen)).bfloat16()
+    labels = _with_ignored(torch.randint(0, VOCAB, (2, 2048), generator=gen), gen)
+    cap, z_scale = options.get("softcap"), options.get("lse_square_scale", 0.0)
+    model = transformers.LlamaForCausalLM(_llama_config())
+    actual = use_fused_ce(model, **options).loss_function(logits=logits, labels=labels, vocab_size=VOCAB,
+                                                          num_items_in_batch=num_items)
+
+    def loss_of(values):  # the loss of the transformed logits in values' dtype, the z-loss as fused_ce defines it
+        z = cap * torch.tanh(values / cap) if cap else values
+        rows, shifted = z[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1)
+        counted = shifted != -100
+        total = (torch.nn.functional.cross_entropy(rows, shifted, reduction="sum")
+                 + z_scale * (torch.logsumexp(rows, -1)[counted] ** 2).sum())
+        return total / (num_items or counted.sum())
+    exact = loss_of(logits.double())
+    stock_error = (loss_of(logits.float()).double() - exact).abs() / exact  # transformers' upcast of the logits
+    error = (actual.double() - exact).abs() / exact
+    assert actual.dtype == torch.float32
+    assert error <= 10 * max(stock_error, 2.0 ** -24), f"error {error:.3g}, stock's {stock_error:.3g}"
+
+
 def test_fused_loss_compiles_fullgraph():
     loss_function = use_fused_ce(transformers.LlamaForCausalLM(_llama_config())).loss_function
     gen = torch.Generator().manual_seed(4)

@@ -12,7 +12,8 @@ one, and the logits' gradient is the exact one rounded once, as for fp32 logits.
 The forward op rounds each per-row loss to the logits' dtype (bf16: 3 significant digits), which a sum over
 thousands of rows does not average away: 8e-5 relative against 1e-7 for transformers' fp32 copy of the logits.
 Without label smoothing a row's loss is lse - z[target] (+ the z-loss), and the op's lse and z-loss are fp32, so
-the rows are rebuilt in fp32 from them and the target logits (one gathered value per row). With label smoothing
+the rows are rebuilt in fp32 from them and the target logits (one gathered value per row), and summed in fp64.
+With label smoothing
 the row also needs the mean of the transformed logits, which only the kernel reads: those rows stay rounded.
 """
 import torch
@@ -45,7 +46,8 @@ class SummedRowLosses(torch.autograd.Function):
         if label_smoothing == 0.0 and logits.dim() == 2:
             logit_scale, softcap, _ = lm
             rows = fp32_rows(logits, target, ignore_index, lse, z_loss, logit_scale, softcap)
-        return rows.float().sum()
+        # Summed in fp64 (N values): the result is the fp32 rounding of the rows' sum, whatever their order.
+        return rows.double().sum().float()
 
     @staticmethod
     def backward(ctx, grad):
