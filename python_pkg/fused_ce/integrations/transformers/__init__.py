@@ -12,7 +12,7 @@ and the guard against applying them twice), inline_losses.py (models whose loss 
 label_smoothing.py (the Trainer's label_smoothing_factor), patching.py (use_fused_ce and restore).
 """
 from ._requirements import MIN_TRANSFORMERS_VERSION
-from .losses import FusedLoss
+from .losses import FusedLoss, fused_loss_function
 from .patching import restore, use_fused_ce
 
-__all__ = ["FusedLoss", "MIN_TRANSFORMERS_VERSION", "restore", "use_fused_ce"]
+__all__ = ["FusedLoss", "MIN_TRANSFORMERS_VERSION", "fused_loss_function", "restore", "use_fused_ce"]

@@ -125,3 +125,10 @@ def stock_and_fused(current):
         loss_utils.ForTokenClassification: token_classification,
     }
     return stock, counterparts.get(stock)
+
+
+def fused_loss_function(loss_type, **options):
+    """fused_ce's counterpart of transformers' `LOSS_MAPPING[loss_type]` with these options (a FusedLoss), for
+    callers that call transformers' loss functions themselves; None where fused_ce has none."""
+    stock, fused = stock_and_fused(_requirements.loss_utils().LOSS_MAPPING[loss_type])
+    return None if fused is None else FusedLoss(fused, stock, options)
