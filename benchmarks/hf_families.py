@@ -45,24 +45,29 @@ def _gpt_neox(vocab, hidden):
 
 
 def _simple(model_class, config_class, **extra):
-    return lambda vocab, hidden: model_class(config_class(**_common(vocab, hidden), **extra))
+    return lambda vocab, hidden: getattr(transformers, model_class)(
+        getattr(transformers, config_class)(**_common(vocab, hidden), **extra))
 
 
-FAMILIES = {
-    "llama": _llama,
-    "llama_tied": lambda vocab, hidden: _llama(vocab, hidden, tie_word_embeddings=True),
-    "mistral": _simple(transformers.MistralForCausalLM, transformers.MistralConfig),
-    "qwen2": _simple(transformers.Qwen2ForCausalLM, transformers.Qwen2Config),
-    "qwen3": _simple(transformers.Qwen3ForCausalLM, transformers.Qwen3Config),
-    "gemma2": _gemma2,
-    "gemma3": _gemma3,
-    "phi3": _simple(transformers.Phi3ForCausalLM, transformers.Phi3Config),
-    "gpt2": _gpt2,
-    "gpt_neox": _gpt_neox,
+# family: (the transformers classes it needs, its builder)
+_ALL = {
+    "llama": (["LlamaForCausalLM"], _llama),
+    "llama_tied": (["LlamaForCausalLM"], lambda vocab, hidden: _llama(vocab, hidden, tie_word_embeddings=True)),
+    "mistral": (["MistralForCausalLM"], _simple("MistralForCausalLM", "MistralConfig")),
+    "qwen2": (["Qwen2ForCausalLM"], _simple("Qwen2ForCausalLM", "Qwen2Config")),
+    "qwen3": (["Qwen3ForCausalLM"], _simple("Qwen3ForCausalLM", "Qwen3Config")),
+    "gemma2": (["Gemma2ForCausalLM"], _gemma2),
+    "gemma3": (["Gemma3ForCausalLM"], _gemma3),
+    "phi3": (["Phi3ForCausalLM"], _simple("Phi3ForCausalLM", "Phi3Config")),
+    "gpt2": (["GPT2LMHeadModel"], _gpt2),
+    "gpt_neox": (["GPTNeoXForCausalLM"], _gpt_neox),
     # Through the generic path: families with the same layout and a logit scale in their config.
-    "cohere": _simple(transformers.CohereForCausalLM, transformers.CohereConfig, logit_scale=0.5),
-    "granite": _simple(transformers.GraniteForCausalLM, transformers.GraniteConfig, logits_scaling=4.0),
+    "cohere": (["CohereForCausalLM"], _simple("CohereForCausalLM", "CohereConfig", logit_scale=0.5)),
+    "granite": (["GraniteForCausalLM"], _simple("GraniteForCausalLM", "GraniteConfig", logits_scaling=4.0)),
 }
+# The families the installed transformers has (Qwen3 came after the integration's minimum version, for one).
+FAMILIES = {family: build for family, (classes, build) in _ALL.items()
+            if all(hasattr(transformers, name) for name in classes)}
 
 
 def build(family, vocab, hidden):

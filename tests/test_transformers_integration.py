@@ -239,6 +239,18 @@ def test_global_form_covers_models_and_is_restored(fused_calls):
     assert existing.loss_function is loss_utils.ForMaskedLMLoss
 
 
+def test_one_minimum_version_everywhere():
+    """The constant the messages quote is the floor pyproject's extra installs and the docs state."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        assert f'"transformers>={MIN_TRANSFORMERS_VERSION}"' in f.read()
+    for page in ("README.md", os.path.join("docs", "transformers.md")):
+        with open(os.path.join(root, page)) as f:
+            text = f.read()
+        assert f"transformers>={MIN_TRANSFORMERS_VERSION}" in text or f"{MIN_TRANSFORMERS_VERSION} or newer" in text
+        assert "fused-ce[transformers]" not in text  # not on an index: that install cannot work
+
+
 @pytest.mark.parametrize("installed", [None, "4.49.2"])
 def test_missing_or_old_transformers_is_a_clear_import_error(monkeypatch, installed):
     def version(name):

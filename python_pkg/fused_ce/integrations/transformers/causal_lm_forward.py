@@ -1,9 +1,9 @@
 """The fused forward of a causal LM: with labels in training, the loss comes from the final hidden states through
 fused_ce's linear cross-entropy, and the N x V logits are never built.
 
-One mechanism for every family with transformers' causal-LM layout (a decoder reached as `model.base_model`, a
-linear head from `model.get_output_embeddings()`, a forward taking `logits_to_keep`): the model's own forward
-runs with `labels=None` and `logits_to_keep` an empty tensor of positions, so its decoder, masks, caches and
+One mechanism for every family with transformers' causal-LM layout (a decoder reached as `model.base_model` or
+`model.model`, a linear head from `model.get_output_embeddings()`, a forward taking `logits_to_keep`): the
+model's own forward runs with `labels=None` and `logits_to_keep` an empty tensor of positions, so its decoder, masks, caches and
 keyword plumbing are its own and its head computes nothing; a hook on the decoder keeps the hidden states, and
 the loss is transformers' causal-LM loss of them (label shift or `shift_labels`, ignore_index,
 `num_items_in_batch`), with the logit scale and soft-cap the config applies (head_transform.py). Tied embeddings
@@ -33,11 +33,20 @@ def head_of(model):
     return head if isinstance(head, torch.nn.Linear) else None
 
 
+def decoder_of(model):
+    """The module whose output is the final hidden states: `model.base_model`, or, where a class's
+    base_model_prefix does not name its decoder (Gemma 3 in transformers 4.50), the standard `model.model`."""
+    for decoder in (getattr(model, "base_model", model), getattr(model, "model", None)):
+        if isinstance(decoder, torch.nn.Module) and decoder is not model:
+            return decoder
+    return None
+
+
 def supports(model):
     """Whether `model` has the layout the fused forward needs."""
     config = getattr(model, "config", None)
     return (config is not None and not getattr(config, "is_encoder_decoder", False)
-            and getattr(model, "base_model", model) is not model
+            and decoder_of(model) is not None
             and "logits_to_keep" in inspect.signature(type(model).forward).parameters
             and head_of(model) is not None)
 
@@ -100,7 +109,7 @@ class FusedCausalLMForward:
         positions = [labels.shape[-1] - 1] if check else []
         arguments["logits_to_keep"] = torch.tensor(positions, dtype=torch.long, device=labels.device)
         captured = []
-        handle = self.model.base_model.register_forward_hook(lambda _m, _i, out: captured.append(_first_tensor(out)))
+        handle = decoder_of(self.model).register_forward_hook(lambda _m, _i, out: captured.append(_first_tensor(out)))
         try:
             output = own(*bound.args, **bound.kwargs)
         finally:
