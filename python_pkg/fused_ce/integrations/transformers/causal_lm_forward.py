@@ -3,9 +3,9 @@ fused_ce's linear cross-entropy, and the N x V logits are never built.
 
 One mechanism for every family with transformers' causal-LM layout (a decoder reached as `model.base_model` or
 `model.model`, a linear head from `model.get_output_embeddings()`, a forward taking `logits_to_keep`): the
-model's own forward runs with `labels=None` and `logits_to_keep` an empty tensor of positions, so its decoder, masks, caches and
-keyword plumbing are its own and its head computes nothing; a hook on the decoder keeps the hidden states, and
-the loss is transformers' causal-LM loss of them (label shift or `shift_labels`, ignore_index,
+model's own forward runs with `labels=None` and `logits_to_keep` an empty tensor of positions, so its decoder,
+masks, caches and keyword plumbing are its own and its head computes nothing; a hook on the decoder keeps the
+hidden states, and the loss is transformers' causal-LM loss of them (label shift or `shift_labels`, ignore_index,
 `num_items_in_batch`), with the logit scale and soft-cap the config applies (head_transform.py). Tied embeddings
 need nothing: the head's weight is the embedding's.
 
