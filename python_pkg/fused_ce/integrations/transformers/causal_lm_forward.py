@@ -88,13 +88,13 @@ class FusedCausalLMForward:
     def __call__(self, *args, **kwargs):
         own = self._own_forward()
         fused_loss = self._fused_loss()
-        bound = inspect.signature(own).bind(*args, **kwargs)
-        arguments = bound.arguments
-        logits_to_keep = arguments.get("logits_to_keep", 0)
         head = head_of(self.model)
-        if (fused_loss is None or self.keep_logits or not self.model.training or arguments.get("labels") is None
-                or not (isinstance(logits_to_keep, int) and logits_to_keep == 0) or head is None
+        if (fused_loss is None or self.keep_logits or not self.model.training or head is None
                 or not set(fused_loss.options) <= _LINEAR_OPTIONS | _DROPPED_OPTIONS):
+            return own(*args, **kwargs)
+        bound = inspect.signature(own).bind(*args, **kwargs)
+        logits_to_keep = bound.arguments.get("logits_to_keep", 0)
+        if bound.arguments.get("labels") is None or not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             return own(*args, **kwargs)
         return self._fused(own, bound, head, fused_loss.options)
 
