@@ -142,3 +142,19 @@ def test_restored_trainer_is_stock(tmp_path, fused_losses):
     restore(model)
     _train(copy.deepcopy(model), tmp_path)
     assert not fused_losses
+
+
+def test_trainer_lora_model_equals_stock(tmp_path, fused_losses):
+    """A PEFT/LoRA model wrapped before use_fused_ce: the Trainer unwraps it to inspect the transformers model."""
+    peft = pytest.importorskip("peft")
+
+    def lora(model):
+        torch.manual_seed(3)
+        return peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                          task_type="CAUSAL_LM", init_lora_weights=False))
+    expected_losses, expected_eval, _ = _train(lora(_model(torch.float32)), tmp_path / "stock")
+    actual_losses, actual_eval, trainer = _train(use_fused_ce(lora(_model(torch.float32))), tmp_path / "fused")
+    assert fused_losses.count("summed_in_fp32") == 4
+    _assert_near(actual_losses, expected_losses, "training losses", FP32_TOL)
+    _assert_near(actual_eval, expected_eval, "eval_loss", FP32_TOL)
+    assert getattr(trainer, "_loss_shifts_labels", True) and trainer.model_accepts_loss_kwargs
