@@ -28,7 +28,9 @@ def _smoothed_loss(smoother, model_output, labels, shift_labels=False, num_items
     else:
         loss_sum = functional.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum",
                                             label_smoothing=smoother.epsilon)
-    return losses.divide_by_items(loss_sum.float(), num_items_in_batch, labels, ignore_index)
+    # fp32 at least, as LabelSmoother's (its vocabulary sum is fp32); fp64 logits keep fp64.
+    loss_sum = loss_sum.to(torch.promote_types(loss_sum.dtype, torch.float32))
+    return losses.divide_by_items(loss_sum, num_items_in_batch, labels, ignore_index)
 
 
 def _warn_once():
