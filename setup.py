@@ -346,7 +346,7 @@ EXTENSIONS = get_extensions()
 
 setup(
     version=version(),
-    packages=["fused_ce", "fused_ce.check", "fused_ce.integrations"],
+    packages=["fused_ce", "fused_ce.check", "fused_ce.integrations", "fused_ce.integrations.transformers"],
     package_dir={"": "python_pkg"},
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": CpuIsaBuildExtension, "build_py": BuildPyWithBuildInfo},

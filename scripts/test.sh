@@ -17,7 +17,7 @@ if [ "${1:-}" = --cpu ]; then
   flavor=cpu
   shift
 fi
-venv=$(FUSED_CE_EMULATED_CUDA=1 "$root/scripts/setup_env.sh" $flavor pytest hypothesis expecttest scikit-learn matplotlib tqdm transformers)
+venv=$(FUSED_CE_EMULATED_CUDA=1 "$root/scripts/setup_env.sh" $flavor pytest hypothesis expecttest scikit-learn matplotlib tqdm transformers accelerate peft)
 cd "$root"
 set +e
 "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"

@@ -42,3 +42,17 @@ def parametrize_grid(family):
             test = pytest.mark.parametrize(name, values, ids=short_name)(test)
         return pytest.mark.parametrize("device", DEVICES)(test)
     return parametrize
+
+
+def spy_on(monkeypatch, targets, record):
+    """Replaces each (module, name) of `targets` by a function that appends record(name, args) to the list
+    returned, then calls the original: which of fused_ce's functions a test's code path reached, and with what."""
+    calls = []
+    for module, name in targets:
+        original = getattr(module, name)
+
+        def spied(*args, _original=original, _name=name, **kwargs):
+            calls.append(record(_name, args))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, name, spied)
+    return calls

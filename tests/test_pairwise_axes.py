@@ -415,15 +415,11 @@ HF_ROWS = covering_rows(HF_AXES)
 
 
 def _hf_losses():
-    """{loss type: fused_ce's loss function} as use_fused_ce installs them (transformers' mapping is restored)."""
+    """{loss type: fused_ce's loss function}, as use_fused_ce gives them to models."""
     pytest.importorskip("transformers")
-    from transformers.loss import loss_utils
-    from fused_ce.integrations.transformers import restore, use_fused_ce
-    use_fused_ce()
-    try:
-        return dict(loss_utils.LOSS_MAPPING)
-    finally:
-        restore()
+    from fused_ce.integrations.transformers import fused_loss_function
+    return {kind: fused_loss_function(kind) for kind in ("ForCausalLM", "ForMaskedLM", "ForTokenClassification",
+                                                          "ForSequenceClassification")}
 
 
 @pytest.mark.parametrize("row", HF_ROWS, ids=describe)

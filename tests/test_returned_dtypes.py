@@ -203,13 +203,9 @@ def _hugging_face(loss_type, multi_label=False):
     def call(ops, reduction):
         transformers = pytest.importorskip("transformers")
         from transformers.loss import loss_utils
-        from fused_ce.integrations.transformers import restore, use_fused_ce
+        from fused_ce.integrations.transformers import fused_loss_function
         stock = loss_utils.LOSS_MAPPING[loss_type]
-        use_fused_ce()
-        try:
-            fused = loss_utils.LOSS_MAPPING[loss_type]
-        finally:
-            restore()
+        fused = fused_loss_function(loss_type)
         g = _gen()
         if loss_type == "ForSequenceClassification":
             config = transformers.PretrainedConfig(num_labels=C)

@@ -1,8 +1,8 @@
 """fused_ce.integrations.transformers: tiny randomly initialized transformers models (no downloads) whose losses
 fused_ce computes must give the stock model's loss, dtype and every parameter's gradient, and train alike."""
 import copy
+import importlib.metadata
 import os
-import sys
 
 import pytest
 import torch
@@ -12,9 +12,9 @@ transformers = pytest.importorskip("transformers")
 
 import fused_ce  # noqa: E402
 import fused_ce._row_loss_sum  # noqa: E402
-from fused_ce.integrations.transformers import FusedLoss, restore, use_fused_ce  # noqa: E402
+from fused_ce.integrations.transformers import MIN_TRANSFORMERS_VERSION, FusedLoss, restore, use_fused_ce  # noqa: E402
 
-from helpers import relative_error  # noqa: E402
+from helpers import relative_error, spy_on  # noqa: E402
 
 VOCAB, BATCH, SEQ = 101, 2, 7
 # The stock losses compute in fp32 (transformers upcasts fp16/bf16 and downcasts fp64 logits); fused_ce's in
@@ -87,14 +87,16 @@ CASES = {"causal": _causal, "causal_num_items": _causal_num_items, "causal_shift
          "token_classification": _token_classification}
 
 
-def _twins(case, dtype):
-    """The stock model, its fused twin with the same weights, and a batch (float labels in the model's dtype)."""
+def _twins(case, dtype, keep_logits=False):
+    """The stock model, its fused twin with the same weights, and a batch (float labels in the model's dtype).
+    The models are in training mode, as built: the fused causal LM computes its loss from the hidden states,
+    unless keep_logits."""
     torch.manual_seed(0)
     stock, batch = CASES[case](torch.Generator().manual_seed(1))
     stock = stock.to(dtype)
     if batch["labels"].dtype == torch.bool:
         batch["labels"] = batch["labels"].to(dtype)
-    fused = use_fused_ce(copy.deepcopy(stock))
+    fused = use_fused_ce(copy.deepcopy(stock), keep_logits=keep_logits)
     return stock, fused, batch
 
 
@@ -110,17 +112,11 @@ def _assert_near(actual, expected, what, tol=TOL):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """The dtypes fused_ce's losses compute in (autocast would make them fp32)."""
-    calls = []
-    for module, name in ((fused_ce.functional, "cross_entropy"), (fused_ce.functional, "binary_cross_entropy_with_logits"),
-                         (fused_ce._row_loss_sum, "summed_row_losses")):
-        original = getattr(module, name)
-
-        def recorded(input, *args, _original=original, **kwargs):
-            calls.append(fused_ce._validation.autocast_fp32(input)[0].dtype)
-            return _original(input, *args, **kwargs)
-        monkeypatch.setattr(module, name, recorded)
-    return calls
+    """The dtypes fused_ce's losses compute in (autocast would make them fp32), from logits or hidden states."""
+    return spy_on(monkeypatch, ((fused_ce.functional, "cross_entropy"),
+                                (fused_ce.functional, "binary_cross_entropy_with_logits"),
+                                (fused_ce._row_loss_sum, "summed_row_losses"), (fused_ce.linear, "summed_in_fp32")),
+                  lambda name, args: fused_ce._validation.autocast_fp32(args[0])[0].dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -162,7 +158,7 @@ def test_training_steps_follow_stock():
 @pytest.mark.parametrize("autocast", [False, True], ids=["bf16_model", "autocast"])
 @pytest.mark.parametrize("case", ["causal", "single_label"])
 def test_bf16_logits_not_upcast(case, autocast, fused_calls):
-    stock, fused, batch = _twins(case, torch.float32 if autocast else torch.bfloat16)
+    stock, fused, batch = _twins(case, torch.float32 if autocast else torch.bfloat16, keep_logits=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         # fp32 for causal LM (transformers upcasts) and under autocast; else bf16 for sequence classification.
         expected_dtype = _loss(stock, batch).dtype
@@ -218,28 +214,52 @@ def test_model_call_is_idempotent_and_restored():
         use_fused_ce(transformers.LlamaForQuestionAnswering(_llama_config()))
 
 
-def test_global_mapping_covers_new_models_and_is_restored(fused_calls):
+def test_global_form_covers_models_and_is_restored(fused_calls):
     loss_utils = transformers.loss.loss_utils
     before = dict(loss_utils.LOSS_MAPPING)
+    torch.manual_seed(0)
+    existing, batch = _masked(torch.Generator().manual_seed(1))
     try:
         use_fused_ce()
         use_fused_ce()  # a second call must not wrap the fused losses again
-        assert loss_utils.LOSS_MAPPING["ForCausalLM"].stock is loss_utils.ForCausalLMLoss
-        assert loss_utils.LOSS_MAPPING["ForConditionalGeneration"].stock is loss_utils.ForCausalLMLoss
-        assert loss_utils.LOSS_MAPPING["ForQuestionAnswering"] is before["ForQuestionAnswering"]
-        torch.manual_seed(0)
-        model, batch = _masked(torch.Generator().manual_seed(1))
-        assert isinstance(model.loss_function, FusedLoss)
-        model(**batch).loss.backward()
+        # The Trainer tells causal-LM losses by LOSS_MAPPING's entry: it stays transformers' own.
+        assert loss_utils.LOSS_MAPPING == before
+        created, _ = _masked(torch.Generator().manual_seed(1))
+        for model in (existing, created):
+            assert isinstance(model.loss_function, FusedLoss)
+            assert model.loss_function.stock is loss_utils.ForMaskedLMLoss
+        own = use_fused_ce(transformers.LlamaForCausalLM(_llama_config()), label_smoothing=0.5)
+        assert own.loss_function.options == {"label_smoothing": 0.5}  # a model's own form wins
+        assert isinstance(transformers.LlamaForQuestionAnswering(_llama_config()).loss_function, FusedLoss) is False
+        existing(**batch).loss.backward()
         assert fused_calls == [torch.float32]
     finally:
         restore()
     assert loss_utils.LOSS_MAPPING == before
+    assert existing.loss_function is loss_utils.ForMaskedLMLoss
 
 
-def test_missing_transformers_is_a_clear_import_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "transformers.loss", None)  # what an install without it looks like
-    with pytest.raises(ImportError, match=r"needs transformers 4.46 or newer.*fused-ce\[transformers\]"):
+def test_one_minimum_version_everywhere():
+    """The constant the messages quote is the floor pyproject's extra installs and the docs state."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        assert f'"transformers>={MIN_TRANSFORMERS_VERSION}"' in f.read()
+    for page in ("README.md", os.path.join("docs", "transformers.md")):
+        with open(os.path.join(root, page)) as f:
+            text = f.read()
+        assert f"transformers>={MIN_TRANSFORMERS_VERSION}" in text or f"{MIN_TRANSFORMERS_VERSION} or newer" in text
+        assert "fused-ce[transformers]" not in text  # not on an index: that install cannot work
+
+
+@pytest.mark.parametrize("installed", [None, "4.49.2"])
+def test_missing_or_old_transformers_is_a_clear_import_error(monkeypatch, installed):
+    def version(name):
+        if installed is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    message = rf"needs transformers {MIN_TRANSFORMERS_VERSION} or newer \(pip install 'transformers>=4.50'\)"
+    with pytest.raises(ImportError, match=message + ("" if installed is None else "; found transformers 4.49.2")):
         use_fused_ce()
 
 
@@ -258,6 +278,34 @@ def test_bf16_loss_keeps_fp32_precision(num_items):
     expected = rows.sum() / (num_items or (labels.view(2, 2048)[:, 1:] != -100).sum())
     assert actual.dtype == torch.float32
     _assert_near(actual, expected, "loss", tol=1e-4)
+
+
+@pytest.mark.parametrize("num_items", [None, 3000])
+@pytest.mark.parametrize("options", [{}, {"softcap": 4.0}, {"lse_square_scale": 1e-3}], ids=["plain", "softcap", "z_loss"])
+def test_bf16_loss_error_within_ten_times_stock(num_items, options):
+    """On bf16 logits, the loss's error against the exact loss of those logits is within 10x of that of
+    transformers' own loss (which upcasts the logits to fp32), or of one fp32 rounding of the loss where stock's
+    happens to be smaller."""
+    gen = torch.Generator().manual_seed(6)
+    logits = (3 * torch.randn(2, 2048, VOCAB, generator=gen)).bfloat16()
+    labels = _with_ignored(torch.randint(0, VOCAB, (2, 2048), generator=gen), gen)
+    cap, z_scale = options.get("softcap"), options.get("lse_square_scale", 0.0)
+    model = transformers.LlamaForCausalLM(_llama_config())
+    actual = use_fused_ce(model, **options).loss_function(logits=logits, labels=labels, vocab_size=VOCAB,
+                                                          num_items_in_batch=num_items)
+
+    def loss_of(values):  # the loss of the transformed logits in values' dtype, the z-loss as fused_ce defines it
+        z = cap * torch.tanh(values / cap) if cap else values
+        rows, shifted = z[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1)
+        counted = shifted != -100
+        total = (torch.nn.functional.cross_entropy(rows, shifted, reduction="sum")
+                 + z_scale * (torch.logsumexp(rows, -1)[counted] ** 2).sum())
+        return total / (num_items or counted.sum())
+    exact = loss_of(logits.double())
+    stock_error = (loss_of(logits.float()).double() - exact).abs() / exact  # transformers' upcast of the logits
+    error = (actual.double() - exact).abs() / exact
+    assert actual.dtype == torch.float32
+    assert error <= 10 * max(stock_error, 2.0 ** -24), f"error {error:.3g}, stock's {stock_error:.3g}"
 
 
 def test_fused_loss_compiles_fullgraph():

@@ -112,7 +112,28 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     hold the N x V logits. ignore_index=None means -100. `options` (a LinearCrossEntropyOptions) is accepted;
     only its batch_chunk_size is used (see the module's memory knob). The language-model options are
     fused_ce.cross_entropy's (logit_scale, softcap, lse_square_scale, return_z_loss, return_lse), applied to the
-    logits of each chunk inside the same kernels."""
+    logits of each chunk inside the same kernels.
+
+    The loss has the input's dtype, as torch's: for fp16/bf16 inputs it is rounded to it (the kernels compute
+    and reduce it in fp32). summed_in_fp32 keeps that fp32 sum, for callers that reduce in fp32 themselves."""
+    return _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                                 label_smoothing, options, logit_scale, softcap, lse_square_scale, return_z_loss,
+                                 return_lse, fp32_loss=False)
+
+
+def summed_in_fp32(input, linear_weight, target, *, linear_bias=None, weight=None, ignore_index=-100,
+                   label_smoothing=0.0, logit_scale=1.0, softcap=None, lse_square_scale=0.0):
+    """The fp32 sum of the per-row losses of linear_cross_entropy (z-loss included), unrounded for fp16/bf16
+    inputs (fp64 inputs give an fp64 sum): what transformers' causal-LM loss computes after upcasting its logits
+    to fp32, and what the transformers integration divides by num_items_in_batch."""
+    return _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, "sum", ignore_index,
+                                 label_smoothing, None, logit_scale, softcap, lse_square_scale, False, False,
+                                 fp32_loss=True)
+
+
+def _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                          label_smoothing, options, logit_scale, softcap, lse_square_scale, return_z_loss,
+                          return_lse, fp32_loss):
     logits_shape, probabilities = _check_shapes(input, linear_weight, target, linear_bias, ignore_index)
     ignore_index = -100 if ignore_index is None else ignore_index
     red = _validation.reduction_enum(reduction)
@@ -125,6 +146,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
             or not _fused_path_applies(input, linear_weight, target, linear_bias, weight, probabilities)):
         logits = F.linear(input, linear_weight.reshape(math.prod(logits_shape[input.dim() - 1:]), input.shape[-1]),
                           None if linear_bias is None else linear_bias.reshape(-1))
+        if fp32_loss and logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # as transformers upcasts; this path holds the logits anyway
         return cross_entropy(logits.reshape(logits_shape), target, weight=weight, reduction=reduction,
                              ignore_index=ignore_index, label_smoothing=label_smoothing, **lm)
     x, w, b, autocast = _autocast(input, linear_weight, linear_bias)
@@ -141,7 +164,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         lse = lse.squeeze(0)
         if red == _ops.NONE:
             loss, z_loss = loss.squeeze(0), z_loss.squeeze(0)
-    loss = loss if autocast else loss.to(input.dtype)
+    if not (autocast or (fp32_loss and loss.dtype == torch.float32)):
+        loss = loss.to(input.dtype)
     return _lm_options.parts(loss, z_loss, lse, return_z_loss, return_lse)
 
 
@@ -167,4 +191,5 @@ class LinearCrossEntropyLoss(LinearCrossEntropyLossBase):
                                     label_smoothing=self.label_smoothing, options=self.options, **self.lm_options)
 
 
-__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy", "chunk_rows", "tile_shape", "workspace_mib"]
+__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy", "summed_in_fp32", "chunk_rows", "tile_shape",
+           "workspace_mib"]
