@@ -190,10 +190,12 @@ FUSED_CE_HD LseSplit<acc_t> whole_lse(acc_t lse) {
   return {lse, acc_t(0)};
 }
 
-// exp(-lo), by which exp(x - hi) exceeds p; the kernels multiply each row's coefficient of p by it.
+// exp(-lo), by which exp(x - hi) exceeds p; the kernels multiply each row's coefficient of p by it. lo is at most
+// half an ulp of hi, so 1 - lo is exp(-lo) to within lo^2 / 2 (an exp per row cost 40 % of a 21-class
+// positions backward).
 template <typename acc_t>
 FUSED_CE_HD acc_t lse_lo_factor(LseSplit<acc_t> lse) {
-  return static_cast<acc_t>(exp(-static_cast<double>(lse.lo)));
+  return static_cast<acc_t>(1.0 - static_cast<double>(lse.lo));
 }
 
 // log p + lo = x - hi; T may be a vector, with the split's parts broadcast.

@@ -1,15 +1,13 @@
-"""Soft caps on both sides of the CPU one-pass capped scan's bound (csrc/cpu/kernels_impl.h, lse_scan_capped
-and kMaxShiftedCap): caps 30, 50, 100 and 1000, on every path that applies a soft cap: the CPU kernels on
-every instruction set (the `isa_device` fixture; fp32, bf16, fp64; rows and N-D), the CUDA kernels under the
-emulated build, the fused linear loss, the vocabulary-parallel loss (world size 1) and the composite path
-(probability targets). Values (loss, log-sum-exp) and gradients against float64 torch, with the judge's
+"""Soft caps of every size users set: caps 30, 50, 100 and 1000, on every path that applies a soft cap: the CPU
+kernels on every instruction set (the `isa_device` fixture; fp32, bf16, fp64; rows and N-D), the CUDA kernels
+under the emulated build, the fused linear loss, the vocabulary-parallel loss (world size 1) and the composite
+path (probability targets). Values (loss, log-sum-exp) and gradients against float64 torch, with the judge's
 bounds (compare_with_torch; assert_close where the result is not a torch loss's).
 
-With a cap c every z = c tanh(x / c) lies in [-c, c], and the capped scan shifts the whole row by c: its
-smallest term, exp(-2c), must be a normal number of the accumulation type, so the scan may only take caps up
-to 40 in fp32 (exp(-80); fp32's smallest normal is exp(-87.3)) and 300 in fp64. Beyond, the two-pass lse_scan
-runs. The rows that tell a bound too large: every logit far below 0 (z near -c, so every term is near
-exp(-2c): at c = 50 a subnormal, at c = 88 zero, and the log-sum-exp is imprecise or -inf). Each problem has
+Every capped z lies in [-c, c]; the scan sums exp(z - shift) against a shift near the row's max, and a scan that
+shifted the whole row by c instead (one pass, as the CPU kernels did up to issue 27) needs exp(-2c) to be a normal
+number: at c = 50 a subnormal, at c = 88 zero. The rows that tell such a scan: every logit far below 0 (z near
+-c, so every term is near exp(-2c)), and the others below. Each problem has
 its own kind of rows, judged on its own (the error is relative to the largest value of the tensor judged):
   far_negative  x in -c [2, 4] (z within 4 % of -c, the gradient not yet vanishing), one row at -10 c;
   mixed         x = 2 c * N(0, 1): both signs, many saturated;

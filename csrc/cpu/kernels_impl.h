@@ -176,6 +176,11 @@ struct LanesLayout {
 // than kRedoAbove in some lane (rare after the first block) is summed again, from L1, against its own max.
 // Measured on a 2-core EPYC VM (4096x32000 forward, median of 5 processes): fp32 25.4 -> 14.1 ms and bf16
 // 21.8 -> 13.4 ms against a max pass and then a sum pass over each block.
+// Rows of at least kPreciseMergeSteps vectors get the scan's and the merge's precise forms (lse_scan's shared
+// start, merged_lane_parts in double); shorter ones keep the plain fp32 forms, whose cost there is a fifth of the
+// row's (21 classes), and their first vector, which the shift comes from, is most of the row.
+constexpr int64_t kPreciseMergeSteps = 8;
+
 // What a layout's load gives the scans: a vector of logits (the value itself), or LogitParts of soft-capped ones
 // (CappedLoads), whose exp(z - shift) is formed from the parts (rowmath.h says why).
 template <typename V>
@@ -187,30 +192,37 @@ V minus_shift(V v, V shift) { return v - shift; }
 template <typename V>
 V minus_shift(LogitParts<V> z, V shift) { return math_fma(z.head, z.q, z.head - shift); }
 
-// The scan's sums are against the shift each lane began its last block with, which may sit far below the lane's
-// max: log(sum) is then large, and its rounding, with the exps that merge the lanes against each other, reached
-// every probability of the row (fp32 lse up to 5.5e-7 from fp64 on randn(256, 1024) * 2 rows, where torch's
-// two-pass log-softmax takes log(sum) against the max; issue 27). So each lane's state is moved to its own max at
-// the end, in double (two vector exps a row). Lanes whose max is not finite keep their state (their lse is NaN or
-// inf either way).
-template <typename V>
-LseState<V> lse_at_lane_max(LseState<V> st, V lane_max) {
-  using T = typename V::value_type;
-  using D = Vec<double>;
-  constexpr int64_t kN = V::size();
-  T shift[kN], sum[kN], top[kN];
-  double factor[kN];
-  st.max.store(shift);
-  st.sum.store(sum);
-  lane_max.store(top);
-  for (int64_t l = 0; l < kN; ++l) {
-    const bool keep = !(top[l] > shift[l]) || top[l] - top[l] != T(0);
-    if (keep) top[l] = shift[l];
-    factor[l] = keep ? 0.0 : static_cast<double>(lse_shift(shift[l])) - static_cast<double>(top[l]);
+// lse_scan of soft-capped logits in lanes that are rows of their own (N-D positions): each block's max first,
+// then its sum against it. A lane's terms near its max are then exps of exact differences; lse_scan's shared
+// start (the first vector's largest logit) is not open to them, and each lane's first logit as the shift put the
+// rounding of large differences into those terms (fp32 capped positions: loss and gradient up to 1.5 times as
+// far from fp64 as torch's; issue 27). It costs a second tanh per logit (fp32 64x1024x64 capped forward, one
+// thread: 3.1 -> 4.9 ms), so plain N-D logits keep lse_scan's one pass.
+template <typename Layout, typename scalar_t, typename Extra>
+LseState<typename Io<scalar_t>::V> lse_scan_per_position(const Layout& L, const scalar_t* x, Extra&& extra) {
+  using V = typename Io<scalar_t>::V;
+  using acc_t = typename Io<scalar_t>::acc_t;
+  LseState<V> st{V(-std::numeric_limits<acc_t>::infinity()), V(acc_t(0))};
+  for (int64_t p0 = 0; p0 < L.steps; p0 += kChunkSteps) {
+    const int64_t p1 = std::min(L.steps, p0 + kChunkSteps);
+    V block_max = st.max;
+    for (int64_t p = p0; p < p1; ++p) block_max = math_running_max(block_max, value_of(L.load(x, p)));
+    st = lse_rescale(st, block_max);
+    const V shift = lse_shift(block_max);
+    // One lane sums all of its row's terms, so the sum is compensated (Kahan): a plain fp32 running sum of C
+    // terms drifts by up to C / 2 ulp (positions of 1024 classes: lse 5e-7 from fp64).
+    V sum = st.sum, carry(acc_t(0));
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto loaded = L.load(x, p);
+      const V term = math_exp(minus_shift(loaded, shift)) - carry;
+      const V next = sum + term;
+      carry = (next - sum) - term;
+      sum = next;
+      extra(p, value_of(loaded));
+    }
+    st.sum = sum - carry;
   }
-  for (int64_t l = 0; l < kN; l += D::size()) D::loadu(factor + l).exp().store(factor + l);
-  for (int64_t l = 0; l < kN; ++l) sum[l] = static_cast<T>(static_cast<double>(sum[l]) * factor[l]);
-  return {V::loadu(top), V::loadu(sum)};
+  return st;
 }
 
 template <typename Layout, typename scalar_t, typename Extra>
@@ -219,15 +231,20 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
   using acc_t = typename Io<scalar_t>::acc_t;
   constexpr acc_t kRedoAbove = acc_t(20);
   constexpr int kAllLanes = (1 << V::size()) - 1;
+  if constexpr (!Layout::kLanesShareRow && !std::is_same_v<decltype(L.load(x, 0)), V>) {
+    return lse_scan_per_position(L, x, extra);
+  }
   LseState<V> st{V(-std::numeric_limits<acc_t>::infinity()), V(acc_t(0))};
   if (L.steps == 0) return st;
   st.max = value_of(L.load(x, 0));
-  V lane_max = st.max;
-  // Lanes of one row start from the first vector's largest logit, not each from its own: the terms near the
-  // row's max, which hold most of its sum, are then exps of small differences, exact to rounding, where a large
-  // z - shift rounded to fp32 (ulp 9.5e-7 from 8 on) put up to half its ulp into a dominant term (issue 27).
+  // Lanes that are classes of one row start from the first vector's largest logit, not each from its own: the
+  // terms near the row's max, which hold most of its sum, are then exps of small differences, exact to rounding,
+  // where a large z - shift rounded to fp32 (ulp 9.5e-7 from 8 on) put up to half its ulp into a dominant term
+  // (issue 27).
   if constexpr (Layout::kLanesShareRow) {
-    st.max = V(at::vec::vec_reduce_all<acc_t>([](V a, V b) { return math_nan_max(a, b); }, st.max));
+    if (L.steps >= kPreciseMergeSteps) {
+      st.max = V(at::vec::vec_reduce_all<acc_t>([](V a, V b) { return math_nan_max(a, b); }, st.max));
+    }
   }
   for (int64_t p0 = 0; p0 < L.steps; p0 += kChunkSteps) {
     const int64_t p1 = std::min(L.steps, p0 + kChunkSteps);
@@ -241,7 +258,6 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
       sum = sum + math_exp_scan_term(minus_shift(loaded, shift));
       extra(p, xv);
     }
-    lane_max = math_running_max(lane_max, block_max);
     // Per lane; false where the first logit was NaN (the sum carries every NaN) and for -inf after -inf.
     if ((block_max - st.max > V(kRedoAbove)).zero_mask() == kAllLanes) {
       st.sum = sum;
@@ -253,7 +269,7 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
     for (int64_t p = p0; p < p1; ++p) sum = sum + math_exp(minus_shift(L.load(x, p), redo_shift));
     st.sum = sum;
   }
-  return lse_at_lane_max(st, lane_max);
+  return st;
 }
 
 // A running sum of vectors added up in blocks of kBlock terms (rowmath.h, kBlockedSumTerms, says why).
@@ -280,27 +296,33 @@ typename V::value_type lane_sum(V v) {
   return at::vec::vec_reduce_all<T>([](V a, V b) { return a + b; }, v);
 }
 
-// A row's lse parts from the per-lane states of its scan: the lanes' largest max m (NaN when one lane's is
-// NaN), then every lane's sum rescaled to it and added up in double, and its log taken in double, so that the
-// row's log(sum) is rounded once: the fp32 sum, near 1 / p for a row whose largest probability is p, carried
-// roundings of 2^-23 relative that reached every probability of the row (issue 27). The rescaling takes vector
-// exps of doubles (two a row under AVX-512): merging lane by lane with scalar exps, 32 a row, cost about as
-// much as a 1000-class row's own logits (measured: 16384x1000 against 16384x1008 fp32).
+
+// A row's lse from the per-lane states of its scan: the lanes' largest shift m (NaN when one lane's is NaN), every
+// lane's sum rescaled to it by one vector exp (1 where a lane's shift is m, as it is for every lane unless a block
+// was summed again), added up and its log taken. Merging lane by lane took two scalar exps per lane, 32 per row
+// under AVX-512: with 1000 classes a row, they and the scalar tail below cost about as much as the row's own
+// logits (measured: 16384x1000 against 16384x1008 fp32). `saved` gets the lse the backward reads (lse_saved),
+// and the parts (the loss's) add up to it. For rows of kPreciseMergeSteps vectors and more the lanes are added
+// up and the log taken in double: m may sit well below the row's max, where the fp32 sum (near e^(max - m) / p
+// for a row whose largest probability is p) and its log rounded by up to 2^-23 relative, which reached every
+// probability of the row (issue 27); the parts are then the lse's hi and lo.
 template <typename acc_t, typename V>
-LseParts<acc_t> merged_lane_parts(const LseState<V>& st) {
-  using D = Vec<double>;
+LseParts<acc_t> merged_lane_parts(const LseState<V>& st, int64_t steps, double& saved) {
   constexpr int64_t kN = V::size();
   const acc_t m = at::vec::vec_reduce_all<acc_t>([](V a, V b) { return math_nan_max(a, b); }, st.max);
-  const acc_t shift = lse_shift(m);
-  acc_t maxes[kN], sums[kN];
-  double factor[kN];
-  st.max.store(maxes);
-  st.sum.store(sums);
-  for (int64_t l = 0; l < kN; ++l) factor[l] = static_cast<double>(maxes[l]) - static_cast<double>(shift);
-  for (int64_t l = 0; l < kN; l += D::size()) D::loadu(factor + l).exp().store(factor + l);
+  const V scaled = lse_rescale(st, V(m)).sum;
+  if (steps < kPreciseMergeSteps) {
+    const LseParts<acc_t> parts = lse_parts(LseState<acc_t>{m, lane_sum(scaled)});
+    saved = lse_saved(parts);
+    return parts;
+  }
+  acc_t lanes[kN];
+  scaled.store(lanes);
   double total = 0.0;
-  for (int64_t l = 0; l < kN; ++l) total += static_cast<double>(sums[l]) * factor[l];
-  return {shift, static_cast<acc_t>(std::log(total))};
+  for (int64_t l = 0; l < kN; ++l) total += static_cast<double>(lanes[l]);
+  saved = static_cast<double>(lse_shift(m)) + std::log(total);
+  const LseSplit<acc_t> split = split_lse<acc_t>(saved);
+  return {split.hi, split.lo};
 }
 
 // The last n < kLanes classes of a row (those past its whole vectors) in one vector, transformed when
@@ -464,9 +486,9 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
   const auto sp = make_smoothing<acc_t>(a.label_smoothing, C, static_cast<acc_t>(a.weight_sum));
   const auto tf = make_logit_transform<acc_t>(a.lm.logit_scale, a.lm.softcap);
   const acc_t z_scale = static_cast<acc_t>(a.lm.lse_square_scale);
-  // Row i's outputs; ignored rows get zeros.
-  auto write_row = [&](int64_t i, bool counted, LseParts<acc_t> lse, acc_t loss) {
-    lse_out[i] = counted ? lse_saved(lse) : 0.0;
+  // Row i's outputs (saved: the lse for the backward); ignored rows get zeros.
+  auto write_row = [&](int64_t i, bool counted, LseParts<acc_t> lse, double saved, acc_t loss) {
+    lse_out[i] = counted ? saved : 0.0;
     loss_out[i] = counted ? loss : acc_t(0);
     if (z_out) z_out[i] = counted ? z_loss_row(lse_value(lse), z_scale) : acc_t(0);
   };
@@ -477,7 +499,7 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
     if (lanes == 0) {  // one row
       const int64_t t = read_target(a.target, a.target_is_byte, n);
       if (t == a.ignore_index) {
-        write_row(n, false, no_lse, acc_t(0));
+        write_row(n, false, no_lse, 0.0, acc_t(0));
         return;
       }
       const acc_t ref = kSmooth ? sum_reference(logit_at<kTransform>(x[0], tf)) : acc_t(0);
@@ -493,8 +515,9 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
       if constexpr (kSmooth) {
         for (int64_t c = tail; c < C; ++c) swx_s += weight_at(w, c) * (logit_at<kTransform>(x[c], tf) - ref);
       }
-      const LseParts<acc_t> lse = merged_lane_parts<acc_t>(vst);
-      write_row(n, true, lse, ce_hard_row_loss(lse, target_logit<kTransform>(x[t], tf), weight_at(w, t), swx_s, ref, sp));
+      double saved = 0.0;
+      const LseParts<acc_t> lse = merged_lane_parts<acc_t>(vst, L.steps, saved);
+      write_row(n, true, lse, saved, ce_hard_row_loss(lse, target_logit<kTransform>(x[t], tf), weight_at(w, t), swx_s, ref, sp));
       return;
     }
     // a block of N-D positions
@@ -519,12 +542,13 @@ void ce_hard_forward_t(const CeHardArgs& a, void* lse_out_v, void* loss_out_v) {
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t i = n * S + s0 + l;
       if (t[l] == a.ignore_index) {
-        write_row(i, false, no_lse, acc_t(0));
+        write_row(i, false, no_lse, 0.0, acc_t(0));
         continue;
       }
       const LseParts<acc_t> lse{shift[l], log_sum[l]};
-      write_row(i, true, lse, ce_hard_row_loss(lse, target_logit<kTransform>(x[t[l] * S + l], tf),
-                                               weight_at(w, t[l]), sx[l], ref[l], sp));
+      const acc_t loss = ce_hard_row_loss(lse, target_logit<kTransform>(x[t[l] * S + l], tf), weight_at(w, t[l]),
+                                          sx[l], ref[l], sp);
+      write_row(i, true, lse, lse_saved(lse), loss);
     }
   });
 }
@@ -681,8 +705,7 @@ void ce_soft_forward_t(const CeSoftArgs& a, void* lse_out_v, void* loss_out_v) {
         swt_s += wt;
         swtx_s += wt * (static_cast<acc_t>(x[c]) - ref);
       }
-      const LseParts<acc_t> lse = merged_lane_parts<acc_t>(vst);
-      lse_out[n] = lse_saved(lse);
+      const LseParts<acc_t> lse = merged_lane_parts<acc_t>(vst, L.steps, lse_out[n]);
       loss_out[n] = ce_soft_row_loss(lse, swt_s, swtx_s, ref);
       return;
     }
