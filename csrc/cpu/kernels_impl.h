@@ -165,17 +165,6 @@ struct LanesLayout {
   void store(scalar_t* base, int64_t p, V v) const { IO::store(base + p * S, v, lanes); }
 };
 
-// Online log-sum-exp over the layout's steps; `extra(p, x)` sees every loaded vector once (for the
-// smoothing and soft-target sums), so the whole forward is a single pass over memory.
-//
-// Each block of kChunkSteps vectors is read once: its exps are summed against the current reference (per
-// lane: the first vector's value, later a block's max that went above it) while the block's max is found
-// alongside. Terms above the reference are fine while they stay below exp(kRedoAbove): the block's sum
-// cannot overflow, and an fp32 sum is equally precise at any scale. Terms far below it are negligible, as
-// the reference's own term, exp(0) = 1, is in the sum. Only a block whose max exceeds the reference by more
-// than kRedoAbove in some lane (rare after the first block) is summed again, from L1, against its own max.
-// Measured on a 2-core EPYC VM (4096x32000 forward, median of 5 processes): fp32 25.4 -> 14.1 ms and bf16
-// 21.8 -> 13.4 ms against a max pass and then a sum pass over each block.
 // Rows of at least kPreciseMergeSteps vectors get the scan's and the merge's precise forms (lse_scan's shared
 // start, merged_lane_parts in double); shorter ones keep the plain fp32 forms, whose cost there is a fifth of the
 // row's (21 classes), and their first vector, which the shift comes from, is most of the row.
@@ -191,6 +180,13 @@ template <typename V>
 V minus_shift(V v, V shift) { return v - shift; }
 template <typename V>
 V minus_shift(LogitParts<V> z, V shift) { return math_fma(z.head, z.q, z.head - shift); }
+
+// The largest of a vector's lanes, NaN when one lane is NaN.
+template <typename V>
+typename V::value_type lane_max(V v) {
+  using T = typename V::value_type;
+  return at::vec::vec_reduce_all<T>([](V a, V b) { return math_nan_max(a, b); }, v);
+}
 
 // lse_scan of soft-capped logits in lanes that are rows of their own (N-D positions): each block's max first,
 // then its sum against it. A lane's terms near its max are then exps of exact differences; lse_scan's shared
@@ -225,6 +221,17 @@ LseState<typename Io<scalar_t>::V> lse_scan_per_position(const Layout& L, const 
   return st;
 }
 
+// Online log-sum-exp over the layout's steps; `extra(p, x)` sees every loaded vector once (for the
+// smoothing and soft-target sums), so the whole forward is a single pass over memory.
+//
+// Each block of kChunkSteps vectors is read once: its exps are summed against the current reference (per
+// lane: the first vector's value, later a block's max that went above it) while the block's max is found
+// alongside. Terms above the reference are fine while they stay below exp(kRedoAbove): the block's sum
+// cannot overflow, and an fp32 sum is equally precise at any scale. Terms far below it are negligible, as
+// the reference's own term, exp(0) = 1, is in the sum. Only a block whose max exceeds the reference by more
+// than kRedoAbove in some lane (rare after the first block) is summed again, from L1, against its own max.
+// Measured on a 2-core EPYC VM (4096x32000 forward, median of 5 processes): fp32 25.4 -> 14.1 ms and bf16
+// 21.8 -> 13.4 ms against a max pass and then a sum pass over each block.
 template <typename Layout, typename scalar_t, typename Extra>
 LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, Extra&& extra) {
   using V = typename Io<scalar_t>::V;
@@ -243,7 +250,7 @@ LseState<typename Io<scalar_t>::V> lse_scan(const Layout& L, const scalar_t* x, 
   // (issue 27).
   if constexpr (Layout::kLanesShareRow) {
     if (L.steps >= kPreciseMergeSteps) {
-      st.max = V(at::vec::vec_reduce_all<acc_t>([](V a, V b) { return math_nan_max(a, b); }, st.max));
+      st.max = V(lane_max(st.max));
     }
   }
   for (int64_t p0 = 0; p0 < L.steps; p0 += kChunkSteps) {
@@ -296,7 +303,6 @@ typename V::value_type lane_sum(V v) {
   return at::vec::vec_reduce_all<T>([](V a, V b) { return a + b; }, v);
 }
 
-
 // A row's lse from the per-lane states of its scan: the lanes' largest shift m (NaN when one lane's is NaN), every
 // lane's sum rescaled to it by one vector exp (1 where a lane's shift is m, as it is for every lane unless a block
 // was summed again), added up and its log taken. Merging lane by lane took two scalar exps per lane, 32 per row
@@ -309,7 +315,7 @@ typename V::value_type lane_sum(V v) {
 template <typename acc_t, typename V>
 LseParts<acc_t> merged_lane_parts(const LseState<V>& st, int64_t steps, double& saved) {
   constexpr int64_t kN = V::size();
-  const acc_t m = at::vec::vec_reduce_all<acc_t>([](V a, V b) { return math_nan_max(a, b); }, st.max);
+  const acc_t m = lane_max(st.max);
   const V scaled = lse_rescale(st, V(m)).sum;
   if (steps < kPreciseMergeSteps) {
     const LseParts<acc_t> parts = lse_parts(LseState<acc_t>{m, lane_sum(scaled)});

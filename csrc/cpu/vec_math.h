@@ -66,11 +66,6 @@ inline __m512 exp_up_to_89(__m512 v) {
 }
 inline Vec<float> math_exp(Vec<float> v) { return exp_up_to_89(_mm512_min_ps(_mm512_set1_ps(89.f), v)); }
 inline Vec<float> math_exp_scan_term(Vec<float> v) { return exp_up_to_89(v); }
-inline __m512 exp_non_positive(__m512 v);
-// The backward's probabilities: exp_non_positive's degree-6 polynomial (it holds for any reduced argument; relative
-// error 2e-8 where math_exp's degree 5 has 9e-8). Its arguments x - hi are at most a rounding above 0 (or NaN,
-// or -inf), so math_exp's clamp at 89 is left out: as many instructions as math_exp.
-inline Vec<float> math_exp_prob(Vec<float> v) { return exp_non_positive(v); }
 #endif
 #if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
 // Whether bf16 stores may use vcvtne2ps2bf16 (AVX512_BF16: Cooper Lake, Sapphire Rapids, Zen 4 and later): one
@@ -130,6 +125,11 @@ inline __m512 exp_non_positive(__m512 v) {
   return _mm512_scalef_ps(p, n);
 }
 
+// The backward's probabilities: exp_non_positive's degree-6 polynomial (it holds for any reduced argument; relative
+// error 2e-8 where math_exp's degree 5 has 9e-8). Its arguments x - hi are at most a rounding above 0 (or NaN,
+// or -inf), so math_exp's clamp at 89 is left out: as many instructions as math_exp.
+inline Vec<float> math_exp_prob(Vec<float> v) { return exp_non_positive(v); }
+
 inline Vec<float> math_log1p_exp_neg_abs(Vec<float> xv) {
   const __m512 e = exp_non_positive(_mm512_or_ps(xv, _mm512_set1_ps(-0.f)));  // -|x|
   const __m512 s2 = _mm512_div_ps(_mm512_add_ps(e, e), _mm512_add_ps(_mm512_set1_ps(2.f), e));
@@ -147,8 +147,8 @@ inline Vec<float> math_log1p_exp_neg_abs(Vec<float> xv) {
 //   The form 1 - 2 / (1 + exp(2u)) used before is off by up to ulp(1) / 2 absolute near u = 0, which is millions
 //   of ulp of a small tanh: at cap 3000 it made fp32 soft-capped losses and gradients 10 to 300 times as far
 //   from fp64 as torch's c * tanh(x / c) (issue 27).
-// - elsewhere head c (1 - 2 / (1 + exp(2|u|))), with u's sign, and q = 0: there tanh >= 0.55, so the rounding near 1 is at most
-//   an ulp or two of the result. +-inf and large |u| give +-c exactly (exp overflows to inf, or the clamped
+// - elsewhere head c (1 - 2 / (1 + exp(2|u|))), with u's sign, and q = 0: there tanh >= 0.55, so the rounding
+//   near 1 is at most an ulp or two of the result. +-inf and large |u| give +-c exactly (exp overflows to inf, or the clamped
 //   AVX-512 exp gives 2 / (1 + e) below half an ulp of 1).
 // A vector whose lanes are all small skips the exp (the whole row, for large caps), so the polynomial costs
 // nothing there: at::vec's tanh made a 2048x32000 fp32 forward+backward 2.5x as slow as without the cap.
