@@ -26,7 +26,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 
@@ -346,7 +346,7 @@ EXTENSIONS = get_extensions()
 
 setup(
     version=version(),
-    packages=["fused_ce", "fused_ce.check", "fused_ce.integrations", "fused_ce.integrations.transformers"],
+    packages=find_packages("python_pkg", include=["fused_ce", "fused_ce.*"]),
     package_dir={"": "python_pkg"},
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": CpuIsaBuildExtension, "build_py": BuildPyWithBuildInfo},

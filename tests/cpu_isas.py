@@ -6,7 +6,7 @@ read at every call (csrc/cpu/kernel_choice.cpp), so one process can run them all
 """
 import pytest
 
-from fused_ce._cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS, VECTOR_BYTES  # noqa: F401  (tests import them)
+from fused_ce._core.cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS, VECTOR_BYTES  # noqa: F401  (tests import them)
 from helpers import TENSOR_DEVICES
 
 # (device, isa): the CPU once per instruction set it runs; a GPU once, with isa None. (The CUDA kernels'

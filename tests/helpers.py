@@ -1,16 +1,16 @@
 """Shared helpers of the fused_ce tests: the devices the tests run on, and (re-exported from the package)
 the error bound and the comparison of a fused loss with torch's own.
 
-The judge itself lives in the package, fused_ce._parity, whose docstring says how a result is judged: the
+The judge itself lives in the package, fused_ce.testing.parity, whose docstring says how a result is judged: the
 installed self-check (python -m fused_ce.check) applies the same rule to the same cases
-(fused_ce._parity_cases).
+(fused_ce.testing._parity_cases).
 """
 import pytest
 import torch
 
 import fused_ce.testing
-from fused_ce._case_grid import short_name
-from fused_ce._parity import (  # noqa: F401  (the tests import these from here)
+from fused_ce.testing.case_grid import short_name
+from fused_ce.testing.parity import (  # noqa: F401  (the tests import these from here)
     DEFAULT_TOL, FLOAT_DTYPES, MAX_BOUND, SMALL_INPUT, Tol, assert_close, assert_loss_of_no_rows, compare_with_torch,
     error_bound, input_magnitude, random_grad_output, relative_error, unit_roundoff)
 
@@ -35,7 +35,7 @@ TENSOR_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def parametrize_grid(family):
-    """A test parametrized over a fused_ce._case_grid.Family's whole grid (one pytest parameter per grid
+    """A test parametrized over a fused_ce.testing.case_grid.Family's whole grid (one pytest parameter per grid
     parameter, values named as the self-check names them) and over DEVICES."""
     def parametrize(test):
         for name, values in reversed(family.grid.items()):

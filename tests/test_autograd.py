@@ -1,11 +1,11 @@
 """gradcheck and gradgradcheck in fp64 on small inputs, for every loss and option, through the
-functional API and the public autograd.Function classes (the families of fused_ce._gradcheck_cases, which
+functional API and the public autograd.Function classes (the families of fused_ce.testing._gradcheck_cases, which
 python -m fused_ce.check runs too); no gradient w.r.t. weight / pos_weight."""
 import pytest
 import torch
 
 import fused_ce
-from fused_ce._gradcheck_cases import (GRADCHECK_BCE, GRADCHECK_CE_HARD, GRADCHECK_CE_SOFT, check_both,
+from fused_ce.testing._gradcheck_cases import (GRADCHECK_BCE, GRADCHECK_CE_HARD, GRADCHECK_CE_SOFT, check_both,
                                       soft_target)
 from helpers import DEVICES, parametrize_grid
 

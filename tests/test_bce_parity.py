@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import fused_ce
-from fused_ce._parity_cases import BCE_LARGER_SHAPES, BCE_NON_CONTIGUOUS, BCE_WEIGHTS, REDUCTIONS
-from fused_ce._parity_cases import make_bce_input as make_input
-from fused_ce._parity_cases import make_bce_target as make_target
-from fused_ce._parity_cases import make_positive
+from fused_ce.testing._parity_cases import BCE_LARGER_SHAPES, BCE_NON_CONTIGUOUS, BCE_WEIGHTS, REDUCTIONS
+from fused_ce.testing._parity_cases import make_bce_input as make_input
+from fused_ce.testing._parity_cases import make_bce_target as make_target
+from fused_ce.testing._parity_cases import make_positive
 from helpers import DEVICES, FLOAT_DTYPES, assert_loss_of_no_rows, compare_with_torch, parametrize_grid
 
 BCE = fused_ce.binary_cross_entropy_with_logits

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fused_ce
-from fused_ce import _build_check
+from fused_ce._core import build_check as _build_check
 
 RECORDED = fused_ce.build_info()
 needs_record = pytest.mark.skipif(RECORDED is None, reason="this fused_ce was built without setup.py's build record")

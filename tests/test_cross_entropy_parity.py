@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fused_ce
-from fused_ce._parity_cases import (CE_HARD, CE_LM_SHAPES, CE_NON_CONTIGUOUS_2D, CE_NON_CONTIGUOUS_ND, CE_ODD_SHAPES,
+from fused_ce.testing._parity_cases import (CE_HARD, CE_LM_SHAPES, CE_NON_CONTIGUOUS_2D, CE_NON_CONTIGUOUS_ND, CE_ODD_SHAPES,
                                     CE_SOFT, REDUCTIONS, make_hard_target, make_logits, make_soft_target,
                                     make_weight, num_classes_of)
 from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch, parametrize_grid

@@ -139,7 +139,7 @@ def test_emulator_interleaves_threads_and_poisons_shared_memory():
 
 # ---- the public hook -----------------------------------------------------------------------------
 def test_emulated_cuda_is_required_by_the_hook(monkeypatch):
-    monkeypatch.setattr(fused_ce._ops, "EMULATED_AVAILABLE", False)
+    monkeypatch.setattr(fused_ce._core.library, "EMULATED_AVAILABLE", False)
     with pytest.raises(RuntimeError, match="FUSED_CE_EMULATED_CUDA=1"):
         with fused_ce.testing.emulated_cuda():
             pass
@@ -152,11 +152,11 @@ def test_backward_of_a_graph_built_inside_runs_emulated_after_the_block(monkeypa
     x = logits((3, 6), torch.float32).requires_grad_()
     t = torch.tensor([1, 7, 2])
     loss = fused_ce.cross_entropy(x, t, reduction="sum")
-    fused_ce._ops.emulated_depth -= 1  # leave the block that conftest.py entered
+    fused_ce._core.library.emulated_depth -= 1  # leave the block that conftest.py entered
     try:
         (g,) = torch.autograd.grad(loss, x)
     finally:
-        fused_ce._ops.emulated_depth += 1
+        fused_ce._core.library.emulated_depth += 1
     assert g[1].isnan().all() and g[0].isfinite().all()
 
 

@@ -197,7 +197,7 @@ def test_legacy_size_average_reduce_errors_and_values(device):
 
 # ---- direct op calls with bad arguments: a RuntimeError (or IndexError), never a crash ---------
 def _ops_bad_calls(device):
-    ops = fused_ce._ops.kernel_ops()  # the emulated CUDA glue's own checks in emulated_cuda cases
+    ops = fused_ce._core.library.kernel_ops()  # the emulated CUDA glue's own checks in emulated_cuda cases
     f = dict(device=device)
     x = torch.randn(4, 5, **f)
     y = torch.tensor([1, 2, 2, 3], **f)

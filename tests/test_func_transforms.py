@@ -294,7 +294,7 @@ def _losses(api):
 @API
 def test_second_orders_and_per_sample_hessians(device, api):
     """Every composition with reverse mode on one side: the backward runs as differentiable torch ops
-    exactly where an outer transform differentiates it (fused_ce._transform_levels)."""
+    exactly where an outer transform differentiates it (fused_ce._core.transform_levels)."""
     second = {"jacrev(jacrev)": lambda f: jacrev(jacrev(f)), "jacrev(jacfwd)": lambda f: jacrev(jacfwd(f)),
               "grad(grad)": lambda f: grad(lambda x, y: grad(f)(x, y).sum())}
     for ours, ref, (x, y), (xb, yb) in _losses(api):
@@ -422,7 +422,7 @@ def test_vmap_low_precision_bce_within_the_error_bound(device, dtype, reduction)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_vmap_per_sample_weight_and_smoothing_within_the_error_bound(device, api, case, dtype, reduction):
     """vmap over the batch with the class weight batched per sample (B, C) folds the weight and the smoothing
-    into a probability target (fused_ce._vmap): for probability targets ('soft', 'soft_nd') and class indices
+    into a probability target (fused_ce._core.vmap): for probability targets ('soft', 'soft_nd') and class indices
     with ignored rows ('nd'), the values, and torch.func.grad's gradients inside vmap (w.r.t. the logits, and
     the target where it has one), against a per-sample loop of torch's fp64 loss on the same rounded inputs,
     judged by the suite's bound for the dtype. (In fp16/bf16 a fold in the low precision rounds the target

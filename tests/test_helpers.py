@@ -81,7 +81,7 @@ def test_bounds_leave_room_to_fail(dtype):
 # ---- issue 27: the judge's bound of each dtype ----------------------------------------------------
 # Errors (relative to the tensor's size) that each dtype's judge must reject, fixed here rather than taken
 # from error_bound, so that a loosened bound fails these tests. fp64: the bound at input magnitude 1 and few
-# summed terms is 41 u(fp64) = 4.6e-15 (fused_ce._parity: rounding, compute, and the fp64 reference's own
+# summed terms is 41 u(fp64) = 4.6e-15 (fused_ce.testing.parity: rounding, compute, and the fp64 reference's own
 # error where its formula cancels), so a result 32 ulps (64 u) off fails. fp32: 9 u(fp32) = 5.4e-7 at
 # magnitude 1, so 32 eps = 3.8e-6. bf16 and fp16: one unit roundoff, so 2 eps (4 u).
 CLEARLY_WRONG = {torch.float64: 32 * torch.finfo(torch.float64).eps, torch.float32: 32 * torch.finfo(torch.float32).eps,
@@ -119,7 +119,7 @@ def test_correctly_rounded_passes_and_clearly_wrong_fails(dtype):
 
 def test_fp64_bound_is_that_of_fp64_arithmetic():
     """The fp64 bound is made of fp64 unit roundoffs (41 of them at input magnitude 1; module docstring of
-    fused_ce._parity), not fp32's: at magnitude 10 and 10^3 summed terms it stays below 3e-13, so a 1e-12
+    fused_ce.testing.parity), not fp32's: at magnitude 10 and 10^3 summed terms it stays below 3e-13, so a 1e-12
     error fails also there."""
     u = unit_roundoff(torch.float64)
     assert 40 * u <= error_bound(torch.float64) <= 48 * u
@@ -151,10 +151,10 @@ def test_compare_with_torch_rejects_a_loss_off_by_clearly_more_than_the_dtype_al
 
 
 def test_the_self_check_judges_with_the_same_bound(monkeypatch):
-    """python -m fused_ce.check runs the suite's parity cases through fused_ce._parity's compare_with_torch
+    """python -m fused_ce.check runs the suite's parity cases through fused_ce.testing.parity's compare_with_torch
     (tests/helpers.py re-exports that very function): an fp64 loss off by 1e-12 fails one of its cases, as run
     by the check's runner, so a loosened fp64 bound would pass a wrong build there too."""
-    from fused_ce import _parity, _parity_cases
+    from fused_ce.testing import _parity_cases, parity as _parity
     from fused_ce.check import groups, runner, targets
     assert compare_with_torch is _parity.compare_with_torch is _parity_cases.compare_with_torch
     family = groups.GROUPS[0].families[0]

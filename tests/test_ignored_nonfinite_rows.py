@@ -171,7 +171,7 @@ def test_linear_cross_entropy(options, tiles, backend, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", ["shared_weight", "per_sample_weight", "lm"])
 def test_vmap(case, device):
-    """torch.func.vmap over two samples: one kernel call per op (_vmap.py), a per-sample weight folded into a
+    """torch.func.vmap over two samples: one kernel call per op (_core/vmap.py), a per-sample weight folded into a
     probability target, and with the language-model options the torch-op composite (_lm_options.py)."""
     x, weight = logits_problem()
     xb = torch.stack([x, x.flip(1)]).to(device)
@@ -198,7 +198,7 @@ def test_vmap(case, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("options", ["smoothing_weight", "lm"])
 def test_double_backward(options, device):
-    """create_graph=True: the gradient is written with differentiable torch ops (_double_backward.py); it and
+    """create_graph=True: the gradient is written with differentiable torch ops (_core/double_backward.py); it and
     the Hessian-vector product are 0 on the ignored rows and torch's elsewhere."""
     x, weight = logits_problem()
     kwargs, (weight, *ref_args) = _split(OPTIONS[options], weight)
@@ -228,7 +228,7 @@ def test_partial_grad_writes_zero_for_ignored_rows(transform, device):
     coefs = torch.rand(4, len(TARGET), dtype=torch.float64, generator=g) + 0.5
     coefs[0] = torch.logsumexp(torch.where(IGNORED.unsqueeze(1), 0.0, x), 1)
     coefs[0, IGNORED] = torch.tensor([-INF, INF, NAN], dtype=torch.float64)
-    ops = fused_ce._ops.kernel_ops()
+    ops = fused_ce._core.library.kernel_ops()
     grad = ops.ce_partial_grad(x.to(device), TARGET.to(device), weight.to(device), coefs.to(device), 0, -100,
                                *transform).cpu()
     assert torch.equal(grad[IGNORED], torch.zeros_like(grad[IGNORED]))

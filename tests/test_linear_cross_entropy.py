@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import fused_ce
 import fused_ce.linear
-from fused_ce._opcheck_cases import OPCHECK_LINEAR_CE
+from fused_ce.testing._opcheck_cases import OPCHECK_LINEAR_CE
 from helpers import DEVICES, assert_close, parametrize_grid
 import torch_compat
 
@@ -170,7 +170,7 @@ def test_fp32_weight_gradient_accumulates_in_fp32_for_bf16():
 def test_no_gradient_work_without_requires_grad(monkeypatch):
     """Under no_grad (or with nothing requiring grad) the op is asked for no gradient, and returns none."""
     seen = []
-    real = fused_ce._ops.kernel_ops
+    real = fused_ce._core.library.kernel_ops
 
     class Spy:
         def __getattr__(self, name):
@@ -182,7 +182,7 @@ def test_no_gradient_work_without_requires_grad(monkeypatch):
                 seen.append(args[9:12])  # need_input, need_weight, need_bias
                 return op(*args)
             return call
-    monkeypatch.setattr(fused_ce._ops, "kernel_ops", lambda: Spy())
+    monkeypatch.setattr(fused_ce._core.library, "kernel_ops", lambda: Spy())
     x, w, b, t, _ = _problem()
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
     with torch.no_grad():
@@ -191,7 +191,7 @@ def test_no_gradient_work_without_requires_grad(monkeypatch):
     fused_ce.linear_cross_entropy(x, wg, t, linear_bias=b)
     assert seen == [(False, False, False), (False, False, False), (False, True, False)]
     monkeypatch.undo()
-    out = fused_ce._ops.kernel_ops().linear_cross_entropy_fwd(x, w, b, t, None, -100, 0.0, 1, 8, False, False, False)
+    out = fused_ce._core.library.kernel_ops().linear_cross_entropy_fwd(x, w, b, t, None, -100, 0.0, 1, 8, False, False, False)
     assert [g.numel() for g in out[1:4]] == [0, 0, 0]
 
 
@@ -301,7 +301,7 @@ def test_opcheck(reduction, dtype, device):
 def test_tile_op_in_place_gradient_matches_cross_entropy_bwd():
     """linear_ce_tile_ writes over its tile what cross_entropy_bwd returns (target entries included: the
     kernel must read x[y] before it overwrites it)."""
-    ops = fused_ce._ops.kernel_ops()
+    ops = fused_ce._core.library.kernel_ops()
     logits = torch.randn(6, 11, dtype=torch.float64) * 3
     t = torch.tensor([0, 10, 5, -100, 5, 2])
     cw = torch.rand(11, dtype=torch.float64) + 0.1

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import fused_ce
-from fused_ce import _torch_features
-from fused_ce._linear_loss_base import LinearCrossEntropyLossBase, StandaloneLinearCrossEntropyLoss
+from fused_ce._core import torch_features as _torch_features
+from fused_ce._linear.loss_base import LinearCrossEntropyLossBase, StandaloneLinearCrossEntropyLoss
 from helpers import assert_close
 import torch_compat
 

@@ -1,5 +1,5 @@
 """fused_ce.linear_cross_entropy with vocabulary tiles (a workspace too small for MIN_CHUNK_ROWS whole rows of
-logits, so each tile holds fewer classes: _vocab_tiles.py): fp64 parity with torch's F.linear_cross_entropy
+logits, so each tile holds fewer classes: _vocab/tiles.py): fp64 parity with torch's F.linear_cross_entropy
 for every combination of reduction, smoothing, bias, class weights and ignored rows; the language-model
 options against the fp64 reference on each device (the CPU kernels and the CUDA kernels under emulation);
 bf16 and fp16 errors no larger than torch's eager ones; gradcheck; torch's IndexError for a target out of range; and the tile shapes the workspace knob gives."""

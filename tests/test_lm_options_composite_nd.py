@@ -1,4 +1,4 @@
-"""The composite path of the language-model options (fused_ce._lm_options: the transformed logits
+"""The composite path of the language-model options (fused_ce._lm.options: the transformed logits
 materialized, the plain fused loss on them, torch.logsumexp for the z-loss and lse), which runs for
 probability targets and for class-index targets inside torch.func transforms, on (N, C, d1, d2) logits:
 every option (logit_scale, softcap, lse_square_scale, label smoothing, class weight, ignore_index) and every
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fused_ce
-from fused_ce import _lm_options
+from fused_ce._lm import options as _lm_options
 from helpers import DEVICES, assert_close, input_magnitude, random_grad_output
 from lm_reference import reference
 
@@ -23,7 +23,7 @@ def composite_only(monkeypatch):
     """The fused LM kernels refuse to run, so that every call below takes the composite path."""
     def refuse(*args, **kwargs):
         raise AssertionError("the fused LM kernels ran where the composite path should")
-    monkeypatch.setattr(_lm_options._lm_ops, "cross_entropy_lm", refuse)
+    monkeypatch.setattr(_lm_options.lm_ops, "cross_entropy_lm", refuse)
 
 
 def _problem(device, soft, weighted):

@@ -192,7 +192,7 @@ def test_torchscript_module_runs_the_value_options():
 @pytest.mark.parametrize("device", DEVICES)
 def test_defaults_run_the_plain_kernels_bit_for_bit(device):
     x, target = make_case((6, 37), torch.float32, device)
-    ops = fused_ce._ops.kernel_ops()
+    ops = fused_ce._core.library.kernel_ops()
     plain, plain_lse = ops.cross_entropy_fwd(x, target, None, -100, 0.1, 1)
     loss, lse, z_loss = ops.cross_entropy_lm_fwd(x, target, None, -100, 0.1, 1, 1.0, 0.0, 0.0)
     assert torch.equal(loss, plain) and torch.equal(lse, plain_lse) and float(z_loss) == 0.0

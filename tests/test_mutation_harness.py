@@ -19,7 +19,7 @@ def harness(*args):
 
 def mutant(name, original, replacement, tests=(KILLER,)):
     listed = ", ".join(f'"{t}"' for t in tests)
-    return (f"[[mutant]]\nname = \"{name}\"\nfile = \"python_pkg/fused_ce/_validation.py\"\n"
+    return (f"[[mutant]]\nname = \"{name}\"\nfile = \"python_pkg/fused_ce/_core/validation.py\"\n"
             f"original = '''{original}'''\nreplacement = '''{replacement}'''\n"
             f"description = \"test mutant\"\ntests = [{listed}]\n\n")
 

@@ -1,5 +1,5 @@
 """torch.library.opcheck on every op of torch.ops.fused_ce (schema, fake kernel, autograd registration,
-aot_dispatch) over dtypes and reductions (the families of fused_ce._opcheck_cases, which python -m
+aot_dispatch) over dtypes and reductions (the families of fused_ce.testing._opcheck_cases, which python -m
 fused_ce.check runs too), and the fake kernels' shapes, strides and dtypes under FakeTensorMode."""
 import re
 
@@ -9,14 +9,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fused_ce
 import fused_ce.testing
-from fused_ce._opcheck_cases import (ALL_OPS, DTYPES, OPCHECK_BCE, OPCHECK_CE, OPCHECK_CE_SOFT, REDUCTIONS,
+from fused_ce.testing._opcheck_cases import (ALL_OPS, DTYPES, OPCHECK_BCE, OPCHECK_CE, OPCHECK_CE_SOFT, REDUCTIONS,
                                      registered_ops)
 from helpers import parametrize_grid
 
 
 def ops():
     """The library under test: fused_ce's, or the emulated CUDA build's in emulated_cuda cases."""
-    return fused_ce._ops.kernel_ops()
+    return fused_ce._core.library.kernel_ops()
 
 
 def test_every_op_is_covered():

@@ -1,7 +1,7 @@
 """Every pair of axis values of each public entry point, crossed at least once (docs/test_coverage.md): an all-pairs
 covering array (tests/pairwise.py) over the axes of cross_entropy, binary_cross_entropy_with_logits,
 linear_cross_entropy (their modules and Function classes too), fused_ce.parallel's two losses (on a one-rank gloo
-group) and the transformers integration's losses, each row judged against torch in float64 by fused_ce._parity's
+group) and the transformers integration's losses, each row judged against torch in float64 by fused_ce.testing.parity's
 rule (value and gradients, or the transform's result). The axes: API (functional,
 module, Function class), dtype, the kernels' path (each CPU instruction set this CPU runs, the CUDA kernels under
 emulation), target kind, class weight, label smoothing, reduction, ignored rows, the language-model options, shape
@@ -22,7 +22,7 @@ import fused_ce
 import fused_ce.linear
 import fused_ce.parallel
 import fused_ce.testing
-from fused_ce._parity_cases import make_hard_target, make_logits, make_soft_target, make_weight
+from fused_ce.testing._parity_cases import make_hard_target, make_logits, make_soft_target, make_weight
 from cpu_isas import SUPPORTED_ISAS
 from helpers import assert_close, compare_with_torch, input_magnitude, relative_error
 from pairwise import covering_rows, pairs_of, required_pairs
@@ -250,7 +250,7 @@ def test_bce_with_logits_pairs(row, monkeypatch):
 
 # ---- linear_cross_entropy, LinearCrossEntropyLoss -------------------------------------------------------------
 LINEAR_N, LINEAR_H, LINEAR_V = 9, 6, 29
-# A workspace too small for 32 (MIN_CHUNK_ROWS) whole rows: tiles of a few classes (_vocab_tiles.py).
+# A workspace too small for 32 (MIN_CHUNK_ROWS) whole rows: tiles of a few classes (_vocab/tiles.py).
 TINY_WORKSPACE_MIB = 1000 / 2**20
 LINEAR_AXES = dict(
     api=["functional", "module"], dtype=[F64, torch.float32, torch.bfloat16, torch.float16], path=PATHS,
@@ -479,7 +479,7 @@ def test_transformers_losses_pairs(row, monkeypatch):
     assert_close(loss, ref, dtype=dtype if dtype in LOW else loss.dtype, msg="loss", input_scale=scale,
                  terms=logits.numel())
     # One rounding of the gradient, as the stock loss on an fp32 copy of the logits: the rows' fp32 upstream
-    # gradient reaches the kernels unrounded (fused_ce/_row_loss_sum.py).
+    # gradient reaches the kernels unrounded (fused_ce/_lm/row_loss_sum.py).
     assert_close(grad, ref_grad, msg="gradient", input_scale=scale, terms=logits.numel())
 
 

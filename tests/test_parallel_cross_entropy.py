@@ -105,7 +105,7 @@ def _worker(rank, world, port, sizes, out_dir):
     results = {}
     for backend in backends:
         with fused_ce.testing.emulated_cuda() if backend == "emulated_cuda" else torch.enable_grad():
-            ops = fused_ce._ops.kernel_ops()
+            ops = fused_ce._core.library.kernel_ops()
             for layout in LAYOUTS:
                 logits, weight, target = _problem(layout, C)
                 for dtype in (torch.float64, torch.float32):

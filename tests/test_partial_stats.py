@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fused_ce
-from fused_ce import _parallel_ops as P
-from fused_ce._opcheck_cases import OPCHECK_PARTIAL_STATS
+from fused_ce._vocab import partial_stats_ops as P
+from fused_ce.testing._opcheck_cases import OPCHECK_PARTIAL_STATS
 from helpers import DEVICES, parametrize_grid
 from lm_reference import transformed
 from partial_stats_reference import partial_grad, partial_stats
@@ -37,7 +37,7 @@ LAYOUTS = {
 
 
 def ops():
-    return fused_ce._ops.kernel_ops()
+    return fused_ce._core.library.kernel_ops()
 
 
 def _problem(layout, dtype, device):
@@ -79,7 +79,7 @@ def test_partial_stats_match_fp64_reference(layout, dtype, device):
     # The last: an ignore_index that is the slice's first class, whose rows then have no target term.
     for w, smoothing, ignore in [(weight, True, -100), (None, True, -100), (weight, False, -100), (weight, True, OFFSET)]:
         stats = ops().ce_partial_stats(logits, target, w, OFFSET, ignore, smoothing)
-        assert stats.dtype == fused_ce._ops.lse_dtype(dtype)
+        assert stats.dtype == fused_ce._core.library.lse_dtype(dtype)
         expected = partial_stats(logits.cpu(), target.cpu(), None if w is None else w.cpu(), OFFSET, ignore, smoothing)
         # The max and the target's logit and weight are values of the input: exact.
         for k in (P.MAX, P.TARGET_LOGIT, P.TARGET_WEIGHT):
@@ -92,7 +92,7 @@ def test_partial_stats_match_fp64_reference(layout, dtype, device):
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_partial_grad_matches_fp64_reference(layout, dtype, device):
     logits, target, weight = _problem(layout, dtype, device)
-    acc = fused_ce._ops.lse_dtype(dtype)
+    acc = fused_ce._core.library.lse_dtype(dtype)
     rows = (logits.shape[0],) + tuple(logits.shape[2:])
     g = torch.Generator().manual_seed(2)
     lse = torch.logsumexp(logits.double().cpu(), 1) + 1.0 if logits.shape[1] else torch.zeros(rows, dtype=torch.float64)
@@ -112,7 +112,7 @@ def test_partial_ops_with_lm_options_match_fp64_reference(layout, dtype, device)
     """Statistics of z = f(x) and the gradient for z times dz/dx; z is computed in the kernels, so even the max
     and the target logit are compared within the tolerance."""
     logits, target, weight = _problem(layout, dtype, device)
-    acc = fused_ce._ops.lse_dtype(dtype)
+    acc = fused_ce._core.library.lse_dtype(dtype)
     rows = (logits.shape[0],) + tuple(logits.shape[2:])
     g = torch.Generator().manual_seed(4)
     prob, tgt, klass = (torch.rand(rows, generator=g, dtype=torch.float64) + 0.5 for _ in range(3))

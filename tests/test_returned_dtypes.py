@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fused_ce
 import fused_ce.parallel
-from fused_ce._case_grid import short_name
+from fused_ce.testing.case_grid import short_name
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "dtypes.md"
 DTYPES = {short_name(d): d for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)}

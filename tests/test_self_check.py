@@ -70,7 +70,7 @@ def test_quick_check_passes_and_writes_the_record(tmp_path):
 # else intact. The check must fail on that group alone and say so.
 WRONG_GRADIENT = """
 import sys
-import fused_ce._ops as ops
+import fused_ce._core.backward as ops
 right = ops.cross_entropy_backward
 ops.cross_entropy_backward = lambda *args, **kwargs: right(*args, **kwargs) * (1 + 1e-4)
 from fused_ce.check import main

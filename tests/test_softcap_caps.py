@@ -148,7 +148,7 @@ def test_parallel_cross_entropy(dtype, cap, kind, device, world_of_one):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,cap,kind", cases([torch.float32, torch.float64]))
 def test_probability_targets(dtype, cap, kind, device):
-    """The composite path (fused_ce._lm_options: z materialized by torch, then the plain fused loss)."""
+    """The composite path (fused_ce._lm.options: z materialized by torch, then the plain fused loss)."""
     x = capped_logits((ROWS, CLASSES), cap, kind).to(dtype).to(device)
     p = torch.softmax(torch.randn(ROWS, CLASSES, generator=torch.Generator().manual_seed(4), dtype=torch.float64),
                       dim=1).to(dtype).to(device)

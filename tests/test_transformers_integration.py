@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 import fused_ce  # noqa: E402
-import fused_ce._row_loss_sum  # noqa: E402
+import fused_ce._lm.row_loss_sum  # noqa: E402
 from fused_ce.integrations.transformers import MIN_TRANSFORMERS_VERSION, FusedLoss, restore, use_fused_ce  # noqa: E402
 
 from helpers import relative_error, spy_on  # noqa: E402
@@ -115,8 +115,8 @@ def fused_calls(monkeypatch):
     """The dtypes fused_ce's losses compute in (autocast would make them fp32), from logits or hidden states."""
     return spy_on(monkeypatch, ((fused_ce.functional, "cross_entropy"),
                                 (fused_ce.functional, "binary_cross_entropy_with_logits"),
-                                (fused_ce._row_loss_sum, "summed_row_losses"), (fused_ce.linear, "summed_in_fp32")),
-                  lambda name, args: fused_ce._validation.autocast_fp32(args[0])[0].dtype)
+                                (fused_ce._lm.row_loss_sum, "summed_row_losses"), (fused_ce.linear, "summed_in_fp32")),
+                  lambda name, args: fused_ce._core.validation.autocast_fp32(args[0])[0].dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -95,7 +95,7 @@ def _fused_run(form, tmp_path, dtype=torch.float32, **arguments):
 def fused_losses(monkeypatch):
     """Which of fused_ce's loss functions ran (from logits or from hidden states)."""
     return spy_on(monkeypatch, ((fused_ce.functional, "cross_entropy"), (fused_ce.linear, "summed_in_fp32"),
-                                (fused_ce._row_loss_sum, "summed_row_losses")), lambda name, args: name)
+                                (fused_ce._lm.row_loss_sum, "summed_row_losses")), lambda name, args: name)
 
 
 @pytest.mark.parametrize("form", ["model", "global"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fused_ce import _torch_features
+from fused_ce._core import torch_features as _torch_features
 
 needs_torch_linear_ce = pytest.mark.skipif(
     not (_torch_features.LINEAR_CE_FUNCTION and _torch_features.LINEAR_CE_MODULE),

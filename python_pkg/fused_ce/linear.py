@@ -1,5 +1,5 @@
 """Fused linear cross-entropy: drop-ins for torch.nn.functional.linear_cross_entropy and
-torch.nn.LinearCrossEntropyLoss (torch 2.13) that never hold the N x V logits (see _linear_ops.py).
+torch.nn.LinearCrossEntropyLoss (torch 2.13) that never hold the N x V logits (see linear_ops.py).
 
 Memory knob: each row chunk's logits tile takes at most `workspace_mib` MiB (plus an fp32 copy of it for
 fp16/bf16 when linear_weight needs a gradient), so chunk rows = workspace / (V * bytes per logit), at least
@@ -13,9 +13,12 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import _func, _linear_ops, _lm_options, _ops, _validation  # noqa: F401  (_linear_ops registers the ops)
-from ._dtypes import KERNEL_DTYPES
-from ._linear_loss_base import LinearCrossEntropyLossBase
+from ._core import func, library, reductions, validation
+from ._core.dtypes import KERNEL_DTYPES
+from ._core.reductions import NONE
+from ._linear import ops as linear_ops
+from ._linear.loss_base import LinearCrossEntropyLossBase
+from ._lm import options as lm_options
 from .functional import cross_entropy
 
 workspace_mib = float(os.environ.get("FUSED_CE_LINEAR_CE_WORKSPACE_MIB", "32"))
@@ -40,7 +43,7 @@ MIN_CHUNK_ROWS = 32
 def tile_shape(num_rows, num_classes, dtype, options=None):
     """(rows, classes) of each logits tile: whole rows (chunk_rows) while the workspace holds MIN_CHUNK_ROWS of
     them, all rows, or an explicit batch_chunk_size; else MIN_CHUNK_ROWS rows of as many classes as fit, for
-    vocabularies too wide for whole rows (each tile is then computed twice, _vocab_tiles.py). A tile then takes
+    vocabularies too wide for whole rows (each tile is then computed twice, _vocab/tiles.py). A tile then takes
     its logits, their gradient, and an fp32 copy of that for fp16/bf16."""
     rows = chunk_rows(num_rows, num_classes, dtype, options)
     if getattr(options, "batch_chunk_size", None) is not None or rows >= min(num_rows, MIN_CHUNK_ROWS):
@@ -90,7 +93,7 @@ def _fused_path_applies(input, linear_weight, target, linear_bias, weight, proba
             and all(t.device == input.device for t in tensors)
             and (weight is None or (weight.dim() == 1 and weight.shape[0] == linear_weight.shape[0]
                                     and not weight.requires_grad))
-            and not _func.transforms_active())
+            and not func.transforms_active())
 
 
 def _autocast(input, linear_weight, linear_bias):
@@ -136,9 +139,9 @@ def _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, red
                           return_lse, fp32_loss):
     logits_shape, probabilities = _check_shapes(input, linear_weight, target, linear_bias, ignore_index)
     ignore_index = -100 if ignore_index is None else ignore_index
-    red = _validation.reduction_enum(reduction)
+    red = reductions.reduction_enum(reduction)
     softcap = 0.0 if softcap is None else float(softcap)
-    _lm_options.check_softcap(softcap)
+    lm_options.check_softcap(softcap)
     lm = dict(logit_scale=logit_scale, softcap=softcap, lse_square_scale=lse_square_scale,
               return_z_loss=return_z_loss, return_lse=return_lse)
     # Under autocast the logits are fp16/bf16 but torch's loss reads class weights in fp32: the reference path.
@@ -156,17 +159,17 @@ def _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, red
         x, target = x.unsqueeze(0), target.unsqueeze(0)
     grad = torch.is_grad_enabled()
     rows, classes = tile_shape(x.shape[0], w.shape[0], x.dtype, options)
-    loss, _, _, _, z_loss, lse = _ops.kernel_ops().linear_cross_entropy_fwd(
+    loss, _, _, _, z_loss, lse = library.kernel_ops().linear_cross_entropy_fwd(
         x, w, b, target, weight, ignore_index, label_smoothing, red, rows,
         grad and x.requires_grad, grad and w.requires_grad, grad and b is not None and b.requires_grad,
         float(logit_scale), softcap, float(lse_square_scale), classes if classes < w.shape[0] else 0)
     if unbatched:
         lse = lse.squeeze(0)
-        if red == _ops.NONE:
+        if red == NONE:
             loss, z_loss = loss.squeeze(0), z_loss.squeeze(0)
     if not (autocast or (fp32_loss and loss.dtype == torch.float32)):
         loss = loss.to(input.dtype)
-    return _lm_options.parts(loss, z_loss, lse, return_z_loss, return_lse)
+    return lm_options.parts(loss, z_loss, lse, return_z_loss, return_lse)
 
 
 class LinearCrossEntropyLoss(LinearCrossEntropyLossBase):
@@ -174,7 +177,7 @@ class LinearCrossEntropyLoss(LinearCrossEntropyLossBase):
     linear.bias), buffers and state_dict keys; forward runs fused_ce.linear_cross_entropy. The constructor also
     takes its keyword-only language-model options (logit_scale, softcap, lse_square_scale, return_z_loss,
     return_lse). A subclass of torch's class where torch has one (2.13 and newer); on older torch it stands alone
-    with the same state (_linear_loss_base.py)."""
+    with the same state (_linear/loss_base.py)."""
 
     def __init__(self, *args, logit_scale=1.0, softcap=None, lse_square_scale=0.0, return_z_loss=False,
                  return_lse=False, **kwargs):

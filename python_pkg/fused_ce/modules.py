@@ -1,14 +1,14 @@
 """nn.Module losses. They subclass torch's own modules, so the constructor (legacy size_average/reduce
 included), the registered buffers, state_dict keys and repr are exactly torch's; only forward differs.
 
-forward is scriptable: under torch.jit.script it runs _script.py (the ops called directly), eagerly the
+forward is scriptable: under torch.jit.script it runs script.py (the ops called directly), eagerly the
 functional API."""
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _script
+from ._core import script
 from .functional import binary_cross_entropy_with_logits, cross_entropy
 
 
@@ -31,7 +31,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             if self.return_z_loss or self.return_lse or self.inplace_backward:
                 raise RuntimeError("fused_ce.CrossEntropyLoss: return_z_loss, return_lse and inplace_backward are "
                                    "not supported under TorchScript")
-            return _script.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
+            return script.cross_entropy(input, target, self.weight, self.ignore_index, self.reduction,
                                          self.label_smoothing, self.logit_scale, self.softcap, self.lse_square_scale)
         return self._eager(input, target)
 
@@ -49,7 +49,7 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         if torch.jit.is_scripting():
-            return _script.binary_cross_entropy_with_logits(input, target, self.weight, self.pos_weight,
+            return script.binary_cross_entropy_with_logits(input, target, self.weight, self.pos_weight,
                                                             self.reduction)
         return self._eager(input, target)
 

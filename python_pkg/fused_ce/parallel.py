@@ -16,10 +16,13 @@ those of z, with no extra collective.
 import torch
 import torch.distributed as dist
 
-from . import _lm_options, _validation, linear
-from . import _vocab_stats as S
-from ._ops import NONE, kernel_ops
-from ._parallel_linear import VocabParallelLinearCE, check_arguments, reduce_rows
+from . import linear
+from ._core import reductions, validation
+from ._core.library import kernel_ops
+from ._core.reductions import NONE
+from ._lm import options as lm_options
+from ._vocab import stats as S
+from ._vocab.parallel_linear import VocabParallelLinearCE, check_arguments, reduce_rows
 
 
 def _class_offsets(local_classes, group, device):
@@ -77,9 +80,9 @@ def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index
     of lse(z)^2 over the rows that are not ignored).
     """
     softcap = 0.0 if softcap is None else softcap
-    _lm_options.check_softcap(softcap)
-    red = _validation.reduction_enum(reduction)
-    c = _validation.prepare_cross_entropy(logits_shard, target, weight, ignore_index, red, label_smoothing)
+    lm_options.check_softcap(softcap)
+    red = reductions.reduction_enum(reduction)
+    c = validation.prepare_cross_entropy(logits_shard, target, weight, ignore_index, red, label_smoothing)
     if c.soft:
         raise NotImplementedError("fused_ce.parallel.cross_entropy: class-probability targets are not supported; "
                                   "pass class indices")
@@ -115,9 +118,9 @@ def linear_cross_entropy(input, linear_weight_shard, target, *, group=None, line
         raise NotImplementedError("fused_ce.parallel.linear_cross_entropy: class-probability targets and "
                                   "K-dimensional linear weights are not supported; pass class indices")
     ignore_index = -100 if ignore_index is None else ignore_index
-    red = _validation.reduction_enum(reduction)
+    red = reductions.reduction_enum(reduction)
     softcap = 0.0 if softcap is None else float(softcap)
-    _lm_options.check_softcap(softcap)
+    lm_options.check_softcap(softcap)
     x, w, b, autocast = linear._autocast(input, linear_weight_shard, linear_bias)
     if autocast and weight is not None:  # the logits' dtype under autocast, which the kernels read them in
         weight = weight.to(x.dtype)

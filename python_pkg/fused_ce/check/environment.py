@@ -9,7 +9,7 @@ import sys
 import torch
 
 import fused_ce
-from .. import _cpu_isas, _ops
+from .._core import cpu_isas, library
 from ..testing import emulated_cuda_available
 
 
@@ -17,10 +17,10 @@ def build_flags():
     """What this fused_ce was built with: the CPU kernels' instruction sets (compiled, supported here, chosen
     now), whether the CUDA kernels and the emulated CUDA build exist."""
     return {
-        "cpu_isas_built": list(_cpu_isas.ALL_ISAS),
-        "cpu_isas_supported": list(_cpu_isas.SUPPORTED_ISAS),
-        "cpu_isa_chosen": _cpu_isas.chosen_isa(),
-        "cuda_kernels": torch._C._dispatch_has_kernel_for_dispatch_key(f"{_ops.LIBRARY}::cross_entropy_fwd", "CUDA"),
+        "cpu_isas_built": list(cpu_isas.ALL_ISAS),
+        "cpu_isas_supported": list(cpu_isas.SUPPORTED_ISAS),
+        "cpu_isa_chosen": cpu_isas.chosen_isa(),
+        "cuda_kernels": torch._C._dispatch_has_kernel_for_dispatch_key(f"{library.LIBRARY}::cross_entropy_fwd", "CUDA"),
         "emulated_cuda": emulated_cuda_available(),
         "built_for": fused_ce.build_info(),
     }
@@ -77,5 +77,5 @@ def describe_device(target):
     if target.emulated:
         record["kernels"] = "fused_ce's CUDA kernels run by the CPU emulator (fused_ce.testing.emulated_cuda)"
     else:
-        record["kernels"] = f"CPU kernels, {_cpu_isas.chosen_isa()} build"
+        record["kernels"] = f"CPU kernels, {cpu_isas.chosen_isa()} build"
     return record

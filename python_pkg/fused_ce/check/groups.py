@@ -1,12 +1,11 @@
 """What the self-check runs: one group per line of its table, each a list of case families
-(fused_ce._case_grid.Family) that the test suite runs too. A later feature adds its families to a group, or
+(fused_ce.testing.case_grid.Family) that the test suite runs too. A later feature adds its families to a group, or
 a group of its own, here.
 """
 from dataclasses import dataclass
 
-from .. import _gradcheck_cases as gradcheck_cases
-from .. import _opcheck_cases as opcheck_cases
-from .. import _parity_cases as parity
+from ..testing import _gradcheck_cases as gradcheck_cases, _opcheck_cases as opcheck_cases, \
+    _parity_cases as parity
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._case_grid import describe
+from ..testing.case_grid import describe
 
 MESSAGE_CHARS = 2000
 

@@ -10,7 +10,8 @@ import warnings
 
 import torch
 
-from ... import _row_loss_sum, functional
+from ... import functional
+from ..._lm import row_loss_sum
 from . import _requirements, losses
 
 _installed = {}
@@ -24,7 +25,7 @@ def _smoothed_loss(smoother, model_output, labels, shift_labels=False, num_items
     labels = labels.reshape(-1).to(logits.device)
     ignore_index = smoother.ignore_index
     if logits.dtype in (torch.float16, torch.bfloat16):
-        loss_sum = _row_loss_sum.summed_row_losses(logits, labels, ignore_index, label_smoothing=smoother.epsilon)
+        loss_sum = row_loss_sum.summed_row_losses(logits, labels, ignore_index, label_smoothing=smoother.epsilon)
     else:
         loss_sum = functional.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum",
                                             label_smoothing=smoother.epsilon)

@@ -3,16 +3,18 @@ label shift or `shift_labels`, ignore_index=-100, `num_items_in_batch` meaning a
 problem_type inference of sequence classification.
 
 Two differences in memory, none in value beyond fp32 rounding: fp16/bf16 logits are not upcast to an fp32 copy
-(the kernels accumulate in fp32; the per-row losses are rebuilt in fp32 and summed in fp32, fused_ce/_row_loss_sum.py),
+(the kernels accumulate in fp32; the per-row losses are rebuilt in fp32 and summed in fp32, fused_ce/row_loss_sum.py),
 and fp64 logits are not downcast (the loss is computed in fp64). The loss is returned in fp32, as transformers
 returns it. Regression (sequence classification with problem_type 'regression') stays with transformers' MSE loss.
 """
 import torch
 
-from ... import _func, _row_loss_sum, _validation, functional
+from ... import functional
+from ..._core import func, validation
+from ..._lm import row_loss_sum
 from . import _requirements
 
-# The options that _row_loss_sum takes (the rest, e.g. inplace_backward, go through fused_ce.cross_entropy).
+# The options that _lm/row_loss_sum.py takes (the rest, e.g. inplace_backward, go through fused_ce.cross_entropy).
 _ROW_SUM_OPTIONS = {"label_smoothing", "logit_scale", "softcap", "lse_square_scale"}
 
 
@@ -41,11 +43,11 @@ def _fixed_cross_entropy(source, target, options, num_items_in_batch=None, ignor
     model's forward passes along."""
     if source.dtype in (torch.float16, torch.bfloat16) and "weight" not in options:
         with torch.autocast(source.device.type, enabled=False):  # no fp32 copy of the logits under autocast
-            if _func.transforms_active() or not set(options) <= _ROW_SUM_OPTIONS:
+            if func.transforms_active() or not set(options) <= _ROW_SUM_OPTIONS:
                 loss = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none",
                                                 **options).float().sum()
             else:
-                loss = _row_loss_sum.summed_row_losses(source, target, ignore_index, **options)
+                loss = row_loss_sum.summed_row_losses(source, target, ignore_index, **options)
         return divide_by_items(loss, num_items_in_batch, target, ignore_index)
     reduction = "sum" if num_items_in_batch is not None else "mean"
     loss = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction=reduction, **options)
@@ -93,7 +95,7 @@ def sequence_classification(options, labels, pooled_logits, config, **kwargs):
     if config.problem_type == "single_label_classification":
         # transformers does not upcast here: the loss keeps the logits' dtype, but for autocast's fp32.
         loss = _fixed_cross_entropy(pooled_logits.view(-1, num_labels), labels.view(-1), options, **kwargs)
-        return loss.to(torch.float32 if _validation.autocast_runs_fp32(pooled_logits) else pooled_logits.dtype)
+        return loss.to(torch.float32 if validation.autocast_runs_fp32(pooled_logits) else pooled_logits.dtype)
     if config.problem_type == "multi_label_classification":
         # The options are cross-entropy options; transformers' BCEWithLogitsLoss takes none.
         return functional.binary_cross_entropy_with_logits(pooled_logits, labels)

@@ -18,8 +18,10 @@ the row also needs the mean of the transformed logits, which only the kernel rea
 """
 import torch
 
-from . import _lm_ops, _lm_options, _validation
-from ._ops import NONE, SUM, kernel_ops
+from . import ops as lm_ops, options as lm_options
+from .._core import validation
+from .._core.library import kernel_ops
+from .._core.reductions import NONE, SUM
 
 
 def fp32_rows(logits, target, ignore_index, lse, z_loss, logit_scale, softcap):
@@ -52,7 +54,7 @@ class SummedRowLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, target, lse = ctx.saved_tensors
-        return _lm_ops.lm_backward(ctx.ops, grad, logits, target, None, lse, ctx.args), None, None
+        return lm_ops.lm_backward(ctx.ops, grad, logits, target, None, lse, ctx.args), None, None
 
 
 def summed_row_losses(input, target, ignore_index=-100, label_smoothing=0.0, logit_scale=1.0, softcap=None,
@@ -60,8 +62,8 @@ def summed_row_losses(input, target, ignore_index=-100, label_smoothing=0.0, log
     """The fp32 sum of fused_ce.cross_entropy(input, target, reduction='none', ...) for class-index targets and
     no class weight, computed as the module docstring says."""
     softcap = 0.0 if softcap is None else softcap
-    _lm_options.check_softcap(softcap)
-    c = _validation.prepare_cross_entropy(input, target, None, ignore_index, NONE, label_smoothing)
+    lm_options.check_softcap(softcap)
+    c = validation.prepare_cross_entropy(input, target, None, ignore_index, NONE, label_smoothing)
     if c.soft:
         raise ValueError("summed_row_losses takes class-index targets")
     args = (c.ignore_index, c.label_smoothing, float(logit_scale), float(softcap), float(lse_square_scale))

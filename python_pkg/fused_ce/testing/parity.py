@@ -18,7 +18,7 @@ How a result is judged
     + compute * u(accumulation dtype) * M     fp32 arithmetic (fp64 for fp64 results) on log-space values
                                               of magnitude M = max(1, largest finite |input|): the saved
                                               log-sum-exp carries up to ulp(lse)/2 into every probability
-                                              (README, "Differences from PyTorch")
+                                              (docs/differences.md)
     + summation * n * u(fp64)                 the mean and sum reductions add the n per-row values one by
                                               one in fp64 (n: the input's number of elements, at least the
                                               rows; measured: 5.7e-13 on an fp64 mean over 131074 rows)

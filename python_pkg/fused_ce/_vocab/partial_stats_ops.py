@@ -4,9 +4,9 @@ parallel.py's autograd.Function calls ce_partial_stats in forward and ce_partial
 """
 import torch
 
-from . import _ops
-from ._lm_ops import _check_softcap
-from ._dtypes import dtype_name
+from .._core.dtypes import dtype_name
+from .._core.fake_checks import check_ce, check_devices, check_softcap, grad_like
+from .._core.library import lse_dtype, register_in_every_library, row_shape
 
 # Rows of ce_partial_stats's result (rowmath.h, PartialStat).
 MAX, SUM_EXP, TARGET_LOGIT, TARGET_WEIGHT, SMOOTHING, WEIGHT_SUM = range(6)
@@ -18,22 +18,21 @@ GRAD_COEFS = 4
 def _register_fakes(lib):
     @torch.library.register_fake(f"{lib}::ce_partial_stats")
     def _(logits, target, weight, class_offset, ignore_index, smoothing, logit_scale=1.0, softcap=0.0):
-        _ops._check_ce(logits, target, weight, soft=False)
-        _check_softcap(softcap)
-        return logits.new_empty((PARTIAL_STATS,) + _ops.row_shape(logits), dtype=_ops.lse_dtype(logits.dtype))
+        check_ce(logits, target, weight, soft=False)
+        check_softcap(softcap)
+        return logits.new_empty((PARTIAL_STATS,) + row_shape(logits), dtype=lse_dtype(logits.dtype))
 
     @torch.library.register_fake(f"{lib}::ce_partial_grad")
     def _(logits, target, weight, coefs, class_offset, ignore_index, logit_scale=1.0, softcap=0.0):
-        _ops._check_ce(logits, target, weight, soft=False)
-        _check_softcap(softcap)
-        _ops._check_devices(logits, coefs=coefs)
-        shape = [GRAD_COEFS] + list(_ops.row_shape(logits))
-        acc = _ops.lse_dtype(logits.dtype)
+        check_ce(logits, target, weight, soft=False)
+        check_softcap(softcap)
+        check_devices(logits, coefs=coefs)
+        shape = [GRAD_COEFS] + list(row_shape(logits))
+        acc = lse_dtype(logits.dtype)
         torch._check(coefs.dtype == acc and list(coefs.shape) == shape, lambda: (
             f"fused_ce: coefs must have shape {shape} and dtype {dtype_name(acc)}, got {list(coefs.shape)} "
             f"{dtype_name(coefs.dtype)}"))
-        return _ops._grad_like(logits)
+        return grad_like(logits)
 
 
-for _lib in [_ops.LIBRARY] + ([_ops.EMULATED_LIBRARY] if _ops.EMULATED_AVAILABLE else []):
-    _register_fakes(_lib)
+register_in_every_library(_register_fakes)

@@ -5,18 +5,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.nn import _reduction
 
-from . import _arguments
-from ._dtypes import KERNEL_DTYPES, check_castable, check_subtractable, dtype_name
-from ._devices import on_input_device
-from ._ops import MEAN, NONE, SUM  # noqa: F401
-
-def reduction_enum(reduction, size_average=None, reduce=None):
-    if size_average is not None or reduce is not None:
-        reduction = _reduction.legacy_get_string(size_average, reduce)
-    return _reduction.get_enum(reduction)  # ValueError "<x> is not a valid value for reduction"
-
+from . import arguments, messages
+from .devices import on_input_device
+from .dtypes import KERNEL_DTYPES, check_castable, check_subtractable, dtype_name
+from .reductions import MEAN, NONE, SUM
 
 def autocast_runs_fp32(t):
     """Whether autocast runs these losses on `t` in float32, as it does torch's (fp32 policy on CPU and CUDA)."""
@@ -27,18 +20,16 @@ def autocast_fp32(*tensors):
     return [t.float() if t is not None and autocast_runs_fp32(t) else t for t in tensors]
 
 
-def _no_grad_weight(op_name, name, t):
+def no_grad_weight(op_name, name, t):
     if t is not None and t.requires_grad:
         raise RuntimeError(
             f"The function '{op_name}' is not differentiable with respect to argument '{name}'. "
             "This input cannot have requires_grad True.")
 
 
-def _check_weight_size(weight, num_classes, prefix):
+def check_weight_size(weight, num_classes, prefix):
     if weight is not None and (weight.dim() != 1 or weight.numel() != num_classes):
-        raise RuntimeError(
-            f"{prefix}weight tensor should be defined either for all {num_classes} "
-            f"classes or no classes but got weight tensor of shape: {list(weight.shape)}")
+        raise RuntimeError(messages.weight_size(num_classes, weight.shape, prefix))
 
 
 @dataclass
@@ -54,10 +45,10 @@ class CrossEntropyCall:
 
 
 def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
-    ignore_index, label_smoothing = _arguments.cross_entropy_args(input, target, weight, ignore_index, label_smoothing)
+    ignore_index, label_smoothing = arguments.cross_entropy_args(input, target, weight, ignore_index, label_smoothing)
     if label_smoothing > 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")  # C++ stream format
-    _no_grad_weight("nll_loss_forward", "weight", weight)
+        raise RuntimeError(messages.label_smoothing_range(label_smoothing))
+    no_grad_weight("nll_loss_forward", "weight", weight)
     input, weight = autocast_fp32(input, weight)
     if input.dim() == 0:
         if target.dim() == 0 and not target.is_floating_point():  # torch takes it for a probability target
@@ -79,7 +70,7 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
                 f"Expected floating point type for target with class probabilities, got {dtype_name(target.dtype)}")
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
-        _check_weight_size(weight, num_classes, "cross_entropy: ")
+        check_weight_size(weight, num_classes, "cross_entropy: ")
         target, weight = on_input_device(F.cross_entropy, input, target, weight)
         (target,) = autocast_fp32(target)
         # torch computes -(log_softmax(input) * target * weight).sum(): all three promote together
@@ -100,24 +91,23 @@ def prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_
                     raise ValueError(
                         f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
             elif target.dim() != 0:
-                raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+                raise RuntimeError(messages.MULTI_TARGET)
         else:
             if target.dim() >= 1 and target.shape[0] != input.shape[0]:
-                raise ValueError(
-                    f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target.shape[0]}).")
+                raise ValueError(messages.batch_size_mismatch(input.shape[0], target.shape[0]))
             if input.dim() == 2 and target.dim() != 1:
-                raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+                raise RuntimeError(messages.MULTI_TARGET)
             expected = [input.shape[0]] + list(input.shape[2:])
             if list(target.shape) != expected:
-                raise RuntimeError(f"Expected target size {expected}, got {list(target.shape)}")
-        _check_weight_size(weight, num_classes, "")
+                raise RuntimeError(messages.target_size(expected, target.shape))
+        check_weight_size(weight, num_classes, "")
         target, weight = on_input_device(F.cross_entropy, input, target, weight)
         if target.dtype not in (torch.int64, torch.uint8):
-            raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
+            raise RuntimeError(messages.target_dtype(target.dtype))
         if unbatched and target.dim() == 1:
             target = target[0]
     if weight is not None and weight.dtype != input.dtype:
-        raise RuntimeError(f"expected scalar type {dtype_name(input.dtype)} but found {dtype_name(weight.dtype)}")
+        raise RuntimeError(messages.weight_dtype(input.dtype, weight.dtype))
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     return CrossEntropyCall(soft, input, target, weight, int(ignore_index), max(float(label_smoothing), 0.0),
@@ -163,9 +153,9 @@ def bce_output(loss, c):
 
 
 def prepare_bce(input, target, weight, pos_weight, reduction):
-    _arguments.bce_args(input, target, weight, pos_weight)
-    _no_grad_weight("binary_cross_entropy_with_logits", "weight", weight)
-    _no_grad_weight("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
+    arguments.bce_args(input, target, weight, pos_weight)
+    no_grad_weight("binary_cross_entropy_with_logits", "weight", weight)
+    no_grad_weight("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
     target, weight, pos_weight = on_input_device(
         lambda x, t, w, p: F.binary_cross_entropy_with_logits(x, t, w, pos_weight=p), input, target, weight, pos_weight)
     input, target, weight, pos_weight = autocast_fp32(input, target, weight, pos_weight)

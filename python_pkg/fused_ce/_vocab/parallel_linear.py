@@ -1,9 +1,9 @@
 """The autograd of fused_ce.parallel.linear_cross_entropy: a vocabulary-split LM head and its cross-entropy,
-in (row chunk x vocabulary tile) logits tiles of this rank's classes (_vocab_tiles.py), so that not even the
+in (row chunk x vocabulary tile) logits tiles of this rank's classes (_vocab/tiles.py), so that not even the
 rank's own N x V_local logits exist.
 
 Forward: pass 1 over the tiles gives the per-row statistics of this rank's classes; one all_reduce MAX and one
-all_reduce SUM (_vocab_stats.all_reduce) make them those of the whole rows on every rank, whatever N is; the
+all_reduce SUM (_vocab/stats.py, all_reduce) make them those of the whole rows on every rank, whatever N is; the
 losses and ce_partial_grad's per-row coefficients follow in O(N). Backward: pass 2 over the same tiles gives
 the gradients of this rank's linear_weight and linear_bias slices, which need no collective, and this rank's
 share of the input's gradient, which one all_reduce SUM (in fp32 for fp16/bf16) adds up over the ranks, since
@@ -12,27 +12,25 @@ every rank's slice of the logits depends on the whole input.
 import torch
 import torch.distributed as dist
 
-from . import _validation
-from . import _vocab_stats as S
-from . import _vocab_tiles
-from ._dtypes import KERNEL_DTYPES, dtype_name
-from ._ops import MEAN, NONE
+from . import stats as S, tiles
+from .._core import messages, validation
+from .._core.dtypes import KERNEL_DTYPES, dtype_name
+from .._core.reductions import MEAN, NONE
 
 
 def check_arguments(input, linear_weight, linear_bias, target, weight, label_smoothing):
     """The checks torch's cross_entropy makes on its logits' arguments (with its messages), for the logits
     input @ linear_weight^T (+ bias) that are never formed; then one kernel dtype and one device for all."""
     if label_smoothing > 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}")
-    _validation._no_grad_weight("nll_loss_forward", "weight", weight)
+        raise RuntimeError(messages.label_smoothing_range(label_smoothing))
+    validation.no_grad_weight("nll_loss_forward", "weight", weight)
     if tuple(target.shape) != tuple(input.shape[:-1]):
         if input.dim() == 2 and target.dim() >= 1 and target.shape[0] != input.shape[0]:
-            raise ValueError(
-                f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target.shape[0]}).")
-        raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
-    _validation._check_weight_size(weight, linear_weight.shape[0], "")
+            raise ValueError(messages.batch_size_mismatch(input.shape[0], target.shape[0]))
+        raise RuntimeError(messages.MULTI_TARGET)
+    validation.check_weight_size(weight, linear_weight.shape[0], "")
     if target.dtype not in (torch.int64, torch.uint8):
-        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {dtype_name(target.dtype)}")
+        raise RuntimeError(messages.target_dtype(target.dtype))
     tensors = [t for t in (input, linear_weight, linear_bias, weight) if t is not None]
     if input.dtype not in KERNEL_DTYPES or any(t.dtype != input.dtype for t in tensors):
         raise RuntimeError(f"fused_ce.parallel.linear_cross_entropy: input, linear_weight, linear_bias and weight "
@@ -62,7 +60,7 @@ class VocabParallelLinearCE(torch.autograd.Function):
                 offsets, tile, ops):
         rank = dist.get_rank(group)
         logit_scale, softcap, z_scale = lm
-        stats = _vocab_tiles.tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_index,
+        stats = tiles.tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_index,
                                          eps > 0, (logit_scale, softcap), *tile, class_offset=offsets[rank])
         rows = S.RowTerms(S.all_reduce(stats, group), target, ignore_index, eps, offsets[-1], z_scale)
         out, ce_scale, z_scale_rows = reduce_rows(rows, reduction)
@@ -78,7 +76,7 @@ class VocabParallelLinearCE(torch.autograd.Function):
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         g = grad_out.to(coefs.dtype).expand_as(coefs[0])
         coefs = torch.cat([coefs[:1], coefs[1:] * g])
-        gx, gw, gb = _vocab_tiles.tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs,
+        gx, gw, gb = tiles.tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs,
                                               ignore_index, transform, *tile, need_input, need_weight,
                                               need_bias and linear_bias is not None, class_offset=offset)
         if need_input:

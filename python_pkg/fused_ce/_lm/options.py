@@ -1,7 +1,7 @@
 """The language-model options of cross_entropy (logit_scale, softcap, lse_square_scale, return_z_loss,
 return_lse, inplace_backward).
 
-Class-index targets run the fused kernels (_lm_ops.py: the cross_entropy_lm_* ops, one pass per direction).
+Class-index targets run the fused kernels (lm_ops.py: the cross_entropy_lm_* ops, one pass per direction).
 Probability targets, and calls inside torch.func transforms, are composed from torch ops around the plain
 fused loss instead: the transformed logits z are materialized (one N x C tensor, differentiated by autograd)
 and the z-loss's log-sum-exp is computed by torch.logsumexp. Both follow the same math:
@@ -12,8 +12,10 @@ and the z-loss's log-sum-exp is computed by torch.logsumexp. Both follow the sam
     loss = cross_entropy(z, ...) + z_loss"""
 import torch
 
-from . import _double_backward, _func, _lm_ops, _validation
-from ._ops import NONE, SUM, lse_dtype
+from . import ops as lm_ops
+from .._core import double_backward, func, messages, validation
+from .._core.library import lse_dtype
+from .._core.reductions import NONE, SUM
 
 
 def has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward=False):
@@ -23,7 +25,7 @@ def has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_ls
 
 def check_softcap(softcap):
     if softcap < 0:
-        raise ValueError(f"cross_entropy: softcap must be >= 0 (0 turns it off), got {softcap}")
+        raise ValueError(messages.negative_softcap("cross_entropy", softcap))
 
 
 def transform_logits(input, logit_scale, softcap):
@@ -48,10 +50,10 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
     loss with the z-loss added, or the tuple (loss, [z_loss], [lse]) of the requested parts. z_loss and lse are
     detached: values for logging (the loss already holds the z-loss)."""
     check_softcap(softcap)
-    if not _func.transforms_active():
-        c = _validation.prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
+    if not func.transforms_active():
+        c = validation.prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
         if not c.soft:
-            loss, lse, z_loss = _lm_ops.cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward,
+            loss, lse, z_loss = lm_ops.cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward,
                                                          input)
             if c.unbatched:
                 lse = lse.squeeze(0)
@@ -65,7 +67,7 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
     if not soft:
         # An ignored row counts for nothing whatever its logits hold (NaN, +-inf): zeroed here, its gradient is 0
         # rather than the 0 * NaN of logsumexp's and tanh's backward.
-        input = _double_backward.ignored_rows_zeroed(input, target, ignore_index, class_dim)
+        input = double_backward.ignored_rows_zeroed(input, target, ignore_index, class_dim)
     # fp16/bf16 logits: z, the loss and the z-loss in fp32, and the loss rounded once at the end, as the kernels
     # round it (z in the logits' dtype, and the loss and z-loss rounded apart, put errors up to 2.3 units of
     # roundoff into fp16/bf16 results). A weight of another dtype keeps the logits' dtype: torch's error for it.
@@ -91,7 +93,7 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
 def _loss_dtype(input, target, weight):
     """The dtype of the plain loss of these arguments: the logits' (promoted with probability targets and their
     weight), or fp32 where autocast runs cross-entropy in fp32."""
-    if _validation.autocast_runs_fp32(input):
+    if validation.autocast_runs_fp32(input):
         return torch.float32
     dtype = input.dtype
     if target.is_floating_point():

@@ -11,8 +11,11 @@ import re
 
 import torch
 
+# The package the compiled modules and _build_info.py sit in: fused_ce, the parent of this _core.
+PACKAGE = __package__.rpartition(".")[0]
+
 try:
-    from . import _build_info
+    from .. import _build_info  # written by setup.py beside the compiled modules
 except ImportError:  # a build that bypassed setup.py's build_py (python setup.py build_ext --inplace)
     _build_info = None
 
@@ -59,6 +62,6 @@ def load_extension(name="_C"):
         if reason:
             raise ImportError(_message(_build_info, reason))
     try:
-        return importlib.import_module(f"{__package__}.{name}")
+        return importlib.import_module(f"{PACKAGE}.{name}")
     except (ImportError, OSError) as e:
         raise ImportError(_message(_build_info, f"loading fused_ce.{name} failed: {e}")) from e

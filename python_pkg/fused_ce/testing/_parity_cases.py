@@ -1,5 +1,5 @@
 """The parity cases: fused_ce's losses against torch's, values and gradients, judged by fused_ce._parity's
-rule. Each family is one function and its grid (fused_ce._case_grid.Family). The test suite runs every
+rule. Each family is one function and its grid (fused_ce.testing.case_grid.Family). The test suite runs every
 family over its whole grid (tests/test_cross_entropy_parity.py, tests/test_bce_parity.py) and the installed
 self-check (python -m fused_ce.check) runs the same families, so there is one list of parity cases.
 
@@ -9,9 +9,9 @@ same inputs as the tests.
 import torch
 import torch.nn.functional as F
 
-from . import functional
-from ._case_grid import Family
-from ._parity import FLOAT_DTYPES, _expect, compare_with_torch
+from .. import functional
+from .case_grid import Family
+from .parity import FLOAT_DTYPES, _expect, compare_with_torch
 
 SMALL_SHAPES = [(7,), (6, 5), (4, 5, 3), (2, 5, 3, 4), (3, 1)]
 REDUCTIONS = ["mean", "sum", "none"]

@@ -6,11 +6,12 @@ torch.testing._internal.optests.OpCheckError.
 """
 import torch
 
-from . import _ops
-from ._case_grid import Family
+from .._core.library import kernel_ops, lse_dtype
+from .._core.reductions import NAMES, NONE
+from .case_grid import Family
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
+REDUCTIONS = {name: code for code, name in enumerate(NAMES)}
 ALL_OPS = {"cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_soft_fwd", "cross_entropy_soft_bwd",
            "cross_entropy_lm_fwd", "cross_entropy_lm_bwd", "cross_entropy_lm_bwd_",
            "linear_ce_tile_", "linear_cross_entropy_fwd", "linear_cross_entropy_bwd",
@@ -28,7 +29,7 @@ def registered_ops(library):
 
 def every_op_covered(device):
     """Every public op of the library the API calls has its opcheck family here (a new op needs one)."""
-    library = _ops.kernel_ops().name
+    library = kernel_ops().name
     registered = registered_ops(library)
     if registered != ALL_OPS:
         raise AssertionError(f"ops of {library} without an opcheck case: {sorted(registered - ALL_OPS)}; "
@@ -36,11 +37,11 @@ def every_op_covered(device):
 
 
 def _grad(reduction, rows, device):
-    return torch.rand(rows if reduction == _ops.NONE else (), dtype=torch.float32, device=device) + 0.5
+    return torch.rand(rows if reduction == NONE else (), dtype=torch.float32, device=device) + 0.5
 
 
 def cross_entropy(device, requires_grad, shape, reduction, dtype):
-    ops, red = _ops.kernel_ops(), REDUCTIONS[reduction]
+    ops, red = kernel_ops(), REDUCTIONS[reduction]
     x = torch.randn(shape, dtype=dtype, device=device, requires_grad=requires_grad)
     rows = (shape[0],) + tuple(shape[2:])
     y = torch.randint(0, shape[1], rows, device=device)
@@ -62,7 +63,7 @@ def cross_entropy(device, requires_grad, shape, reduction, dtype):
 
 
 def cross_entropy_soft(device, requires_grad, shape, reduction, dtype):
-    ops, red = _ops.kernel_ops(), REDUCTIONS[reduction]
+    ops, red = kernel_ops(), REDUCTIONS[reduction]
     x = torch.randn(shape, dtype=dtype, device=device, requires_grad=requires_grad)
     t = torch.softmax(torch.randn(shape), 1).to(dtype).to(device).requires_grad_(requires_grad)
     w = torch.rand(shape[1], dtype=dtype, device=device) + 0.1
@@ -76,7 +77,7 @@ def cross_entropy_soft(device, requires_grad, shape, reduction, dtype):
 
 
 def bce(device, requires_grad, operands, reduction, dtype):
-    ops, red = _ops.kernel_ops(), REDUCTIONS[reduction]
+    ops, red = kernel_ops(), REDUCTIONS[reduction]
     x = torch.randn(4, 6, dtype=dtype, device=device, requires_grad=requires_grad)
     y = torch.rand(4, 6, dtype=dtype, device=device, requires_grad=requires_grad)
     w = pw = None
@@ -86,7 +87,7 @@ def bce(device, requires_grad, operands, reduction, dtype):
         w, pw = torch.tensor(0.7, dtype=dtype, device=device), torch.rand(4, 6, dtype=dtype, device=device) + 0.5
     torch.library.opcheck(ops.bce_with_logits_fwd.default, (x, y, w, pw, red))
     if not requires_grad:
-        g = (torch.rand(4, 6, device=device) if red == _ops.NONE else torch.tensor(0.8, device=device)).to(dtype)
+        g = (torch.rand(4, 6, device=device) if red == NONE else torch.tensor(0.8, device=device)).to(dtype)
         torch.library.opcheck(ops.bce_with_logits_bwd.default, (g, x, y, w, pw, red))
         torch.library.opcheck(ops.bce_with_logits_target_bwd.default, (g, x, y, w, pw, red))
 
@@ -105,13 +106,13 @@ def _linear_problem(dtype, device, n=9, hidden=8, vocab=29):
 
 
 def linear_cross_entropy(device, reduction, dtype):
-    ops, red = _ops.kernel_ops(), REDUCTIONS[reduction]
+    ops, red = kernel_ops(), REDUCTIONS[reduction]
     x, w, b, t, cw = _linear_problem(dtype, device)
     x, w, b = (a.requires_grad_() for a in (x, w, b))
     torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (x, w, b, t, cw, 3, 0.1, red, 4, True, True, True))
     torch.library.opcheck(ops.linear_cross_entropy_fwd.default,
                           (x.detach(), w, None, t, None, -100, 0.0, red, 9, False, True, False))
-    g = torch.rand(9 if red == _ops.NONE else (), dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+    g = torch.rand(9 if red == NONE else (), dtype=torch.float64 if dtype == torch.float64 else torch.float32,
                    device=device)
     torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
                           (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True))
@@ -129,7 +130,7 @@ def linear_cross_entropy(device, reduction, dtype):
 def partial_stats(device, shape, smoothing, dtype):
     """The vocabulary-parallel slice ops (parallel.py): targets below, in and above the slice [2, 2 + C); also
     with the language-model options (logit_scale, softcap)."""
-    ops = _ops.kernel_ops()
+    ops = kernel_ops()
     x = torch.randn(shape, dtype=dtype, device=device)
     rows = (shape[0],) + tuple(shape[2:])
     y = torch.randint(0, shape[1] + 4, rows, device=device)
@@ -138,7 +139,7 @@ def partial_stats(device, shape, smoothing, dtype):
     torch.library.opcheck(ops.ce_partial_stats.default, (x, y, w, 2, -100, smoothing))
     torch.library.opcheck(ops.ce_partial_stats.default, (x, y, None, 2, -100, smoothing))
     torch.library.opcheck(ops.ce_partial_stats.default, (x, y, w, 2, -100, smoothing, 0.8, 3.0))
-    coefs = torch.rand((4,) + rows, dtype=_ops.lse_dtype(dtype), device=device)
+    coefs = torch.rand((4,) + rows, dtype=lse_dtype(dtype), device=device)
     torch.library.opcheck(ops.ce_partial_grad.default, (x, y, w, coefs, 2, -100))
     torch.library.opcheck(ops.ce_partial_grad.default, (x, y, w, coefs, 2, -100, 0.8, 3.0))
 

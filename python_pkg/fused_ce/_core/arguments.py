@@ -9,6 +9,8 @@ what it raises for the user's call, and nothing is computed (meta tensors hold n
 import torch
 import torch.nn.functional as F
 
+from . import messages
+
 _INT64_MIN, _INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 
@@ -43,7 +45,7 @@ def bce_args(input, target, weight, pos_weight):
     target.size() with input.size() before its parser sees the arguments, so a non-tensor input or target
     raises what that comparison raises (AttributeError "'list' object has no attribute 'size'")."""
     if not (target.size() == input.size()):
-        raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
+        raise ValueError(messages.bce_target_size(target.size(), input.size()))
     if _tensor_or_none(weight) and _tensor_or_none(pos_weight) and isinstance(input, torch.Tensor) \
             and isinstance(target, torch.Tensor):
         return

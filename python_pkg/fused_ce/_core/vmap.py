@@ -19,8 +19,9 @@ import os
 import torch
 from torch._C import _functorch
 
-from . import _torch_features
-from ._ops import EMULATED_LIBRARY, MEAN, NONE
+from . import messages, torch_features
+from .library import EMULATED_LIBRARY, register_in_every_library
+from .reductions import MEAN, NONE
 
 
 # ---- moving the vmapped dimension -----------------------------------------------------------------
@@ -113,7 +114,7 @@ def _hard_as_soft(ops, logits, target, weight, ignore_index, label_smoothing):
     safe, keep = _safe_target(target, ignore_index, num_classes)
     bad = keep & ((target.long() < 0) | (target.long() >= num_classes))
     if _checks_targets(ops, target) and not _functorch.is_functorch_wrapped_tensor(bad) and bool(bad.any()):
-        raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
+        raise IndexError(messages.target_out_of_bounds(int(target[bad][0])))
     # A comparison rather than F.one_hot, which checks the indices' range with a host read (not vmappable).
     classes = torch.arange(num_classes, device=safe.device).reshape((num_classes,) + (1,) * (safe.dim() - 2))
     one_hot = (safe.unsqueeze(2) == classes).to(logits.dtype)
@@ -295,11 +296,11 @@ def _fp32_for_reductions(rule, logits_at, weight_at=None):
     return wrapped
 
 
-def register(lib):
+def register_vmap_rules(lib):
     """Registers the vmap rules of every op of the library `lib` (fused_ce or its emulated CUDA twin). A torch
     without torch.library.register_vmap gets none: torch.func.vmap then runs functorch's fallback, one call
     per sample (with its performance warning)."""
-    if not _torch_features.REGISTER_VMAP:
+    if not torch_features.REGISTER_VMAP:
         return
     ops = getattr(torch.ops, lib)
     rules = {  # rule, positions of the logits and of the class weight (folded into the target when batched)
@@ -314,3 +315,6 @@ def register(lib):
     }
     for name, (rule, logits_at, weight_at) in rules.items():
         torch.library.register_vmap(f"{lib}::{name}", _fp32_for_reductions(rule, logits_at, weight_at))
+
+
+register_in_every_library(register_vmap_rules)

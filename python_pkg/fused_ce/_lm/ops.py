@@ -20,42 +20,40 @@ In-place backward (inplace_backward=True) writes the gradient over the logits' o
 """
 import torch
 
-from . import _double_backward, _transform_levels
-from ._ops import EMULATED_AVAILABLE, EMULATED_LIBRARY, LIBRARY, NONE, _check_backward, _check_ce, \
-    _check_reduction, _grad_like, _loss_like, kernel_ops, lse_dtype, row_shape, SAVED_LSE_DTYPE
-
-
-def _check_softcap(softcap):
-    torch._check(softcap >= 0, lambda: f"fused_ce: softcap must be >= 0 (0 turns it off), got {softcap}")
+from .._core import double_backward, transform_levels
+from .._core.fake_checks import check_backward, check_ce, check_reduction, check_softcap, \
+    grad_like, loss_like
+from .._core.library import SAVED_LSE_DTYPE, kernel_ops, lse_dtype, register_in_every_library, row_shape
+from .._core.reductions import NONE
 
 
 def _register_fakes(lib):
     @torch.library.register_fake(f"{lib}::cross_entropy_lm_fwd")
     def _(logits, target, weight, ignore_index, label_smoothing, reduction, logit_scale, softcap, lse_square_scale):
-        _check_reduction(reduction)
-        _check_ce(logits, target, weight, soft=False)
-        _check_softcap(softcap)
+        check_reduction(reduction)
+        check_ce(logits, target, weight, soft=False)
+        check_softcap(softcap)
         acc = lse_dtype(logits.dtype)
         z_shape = row_shape(logits) if reduction == NONE else ()
-        return (_loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=SAVED_LSE_DTYPE),
+        return (loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=SAVED_LSE_DTYPE),
                 logits.new_empty(z_shape, dtype=acc))
 
-    def check_backward(grad, logits, target, weight, lse, reduction, softcap):
-        _check_reduction(reduction)
-        _check_ce(logits, target, weight, soft=False)
-        _check_backward(grad, logits, lse, reduction, row_shape(logits))
-        _check_softcap(softcap)
+    def check_lm_backward(grad, logits, target, weight, lse, reduction, softcap):
+        check_reduction(reduction)
+        check_ce(logits, target, weight, soft=False)
+        check_backward(grad, logits, lse, reduction, row_shape(logits))
+        check_softcap(softcap)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_lm_bwd")
     def _(grad, logits, target, weight, lse, ignore_index, label_smoothing, reduction, logit_scale, softcap,
           lse_square_scale):
-        check_backward(grad, logits, target, weight, lse, reduction, softcap)
-        return _grad_like(logits)
+        check_lm_backward(grad, logits, target, weight, lse, reduction, softcap)
+        return grad_like(logits)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_lm_bwd_")
     def _(grad, logits, target, weight, lse, ignore_index, label_smoothing, reduction, logit_scale, softcap,
           lse_square_scale):
-        check_backward(grad, logits, target, weight, lse, reduction, softcap)
+        check_lm_backward(grad, logits, target, weight, lse, reduction, softcap)
         torch._check(logits.is_contiguous(), lambda: (
             "fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous"))
 
@@ -63,8 +61,8 @@ def _register_fakes(lib):
 def lm_backward(ops, grad_loss, logits, target, weight, lse, args):
     """Gradient w.r.t. the logits, out of place; with torch ops when a graph of it is being built.
     args = (ignore_index, label_smoothing, reduction, logit_scale, softcap, lse_square_scale)."""
-    if _transform_levels.backward_needs_graph(grad_loss, logits):
-        return _double_backward.cross_entropy_lm_grad(grad_loss, logits, target, weight, *args)
+    if transform_levels.backward_needs_graph(grad_loss, logits):
+        return double_backward.cross_entropy_lm_grad(grad_loss, logits, target, weight, *args)
     return ops.cross_entropy_lm_bwd(grad_loss, logits, target, weight, lse, *args)
 
 
@@ -105,7 +103,7 @@ class CrossEntropyLm(torch.autograd.Function):
         logits, target, weight, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        if ctx.inplace and not _transform_levels.backward_needs_graph(grad_loss, logits):
+        if ctx.inplace and not transform_levels.backward_needs_graph(grad_loss, logits):
             ctx.ops.cross_entropy_lm_bwd_(grad_loss, logits, target, weight, lse, *ctx.args)
             return logits, None, None, None, None
         return lm_backward(ctx.ops, grad_loss, logits, target, weight, lse, ctx.args), None, None, None, None
@@ -120,7 +118,7 @@ def check_inplace_backward(input):
 
 
 def cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward, input):
-    """(loss, lse, z_loss) of the canonical call `c` (_validation.CrossEntropyCall) with the options."""
+    """(loss, lse, z_loss) of the canonical call `c` (validation.CrossEntropyCall) with the options."""
     args = (c.ignore_index, c.label_smoothing, c.reduction, float(logit_scale), float(softcap), float(lse_square_scale))
     if inplace_backward:
         check_inplace_backward(input)
@@ -131,6 +129,4 @@ def cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward
     return kernel_ops().cross_entropy_lm_fwd(c.logits, c.target, c.weight, *args)
 
 
-for _lib in [LIBRARY] + ([EMULATED_LIBRARY] if EMULATED_AVAILABLE else []):
-    _register_fakes(_lib)
-    _register_autograd(_lib)
+register_in_every_library(_register_fakes, _register_autograd)

@@ -18,9 +18,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _ops, _vocab_tiles
-from ._ops import MEAN, NONE, SUM, lse_dtype as acc_dtype  # the accumulation dtype
-from ._vocab_stats import fixed_order_sum as _fixed_order_sum
+from .._core.fake_checks import check_ce, check_reduction
+from .._core.library import lse_dtype as acc_dtype, register_in_every_library  # the accumulation dtype
+from .._core.reductions import MEAN, NONE, SUM
+from .._vocab import tiles
+from .._vocab.stats import fixed_order_sum as _fixed_order_sum
 
 def _target_weight_total(target, weight, ignore_index, num_classes):
     """The weighted mean's denominator: sum of w[y] over rows that are not ignored (float64, 0-dim)."""
@@ -45,11 +47,11 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
     dtype) and the gradients asked for (None otherwise) of sum_i g_i ce_i + g_z_i z_i, g_i = row_grad[i] /
     denominator, g_z_i = row_grad[i] / z_denominator: the input's in its dtype, linear_weight's and
     linear_bias's in the accumulation dtype (rounded by the caller). With 0 < tile_classes < V the logits are
-    taken tile_classes classes at a time (_vocab_tiles.py)."""
+    taken tile_classes classes at a time (_vocab/tiles.py)."""
     N = input.shape[0]
     V = linear_weight.shape[0]
     if 0 < tile_classes < V:
-        return _vocab_tiles.vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index,
+        return tiles.vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index,
                                              label_smoothing, lm, chunk_rows, tile_classes, row_grad, denominator,
                                              z_denominator, need_input, need_weight, need_bias)
     acc = acc_dtype(input.dtype)
@@ -134,7 +136,7 @@ def _define(lib):
     @torch.library.register_fake(f"{lib}::linear_ce_tile_")
     def _(tile, target, weight, ignore_index, label_smoothing, row_grad, denominator, write_grad, logit_scale=1.0,
           softcap=0.0, lse_square_scale=0.0, z_denominator=None):
-        _ops._check_ce(tile, target, weight, soft=False)
+        check_ce(tile, target, weight, soft=False)
         rows = tile.new_empty(tile.shape[:1], dtype=acc_dtype(tile.dtype))
         return rows, torch.empty_like(rows), torch.empty_like(rows)
 
@@ -147,7 +149,7 @@ def _define(lib):
         linear_bias) for mean/sum when asked (empty tensors otherwise; the last two stay in the accumulation
         dtype until backward has scaled them, so that fp16/bf16 weights are rounded once), then the z-loss
         reduced like the loss and the per-row log-sum-exp (0 on ignored rows)."""
-        _ops._check_reduction(reduction)
+        check_reduction(reduction)
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
             V = linear_weight.shape[0]
             denominator = _target_weight_total(target, weight, ignore_index, V) if reduction == MEAN else None
@@ -171,7 +173,7 @@ def _define(lib):
     @fwd.register_fake
     def _(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
           need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0, tile_classes=0):
-        _ops._check_reduction(reduction)
+        check_reduction(reduction)
         scalar = reduction != NONE
         loss = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=acc_dtype(input.dtype))
         gx = torch.empty_like(input) if scalar and need_input else _empty(input)
@@ -188,7 +190,7 @@ def _define(lib):
             lse_square_scale: float = 0.0, tile_classes: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Gradients of the loss under the upstream gradient `grad` (per row for reduction='none', else one
         value), by the chunk loop again: the backward of 'none', and a second backward of 'mean'/'sum'."""
-        _ops._check_reduction(reduction)
+        check_reduction(reduction)
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
             acc = acc_dtype(input.dtype)
             row_grad = grad.to(acc) if reduction == NONE else grad.to(acc).reshape(1).expand(input.shape[0])
@@ -206,7 +208,7 @@ def _define(lib):
     @bwd.register_fake
     def _(grad, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction,
           chunk_rows, need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0, tile_classes=0):
-        _ops._check_reduction(reduction)
+        check_reduction(reduction)
         gx = torch.empty_like(input) if need_input else _empty(input)
         gw = torch.empty_like(linear_weight) if need_weight else _empty(input)
         gb = torch.empty_like(linear_bias) if need_bias and linear_bias is not None else _empty(input)
@@ -247,5 +249,4 @@ def _define(lib):
     fwd.register_autograd(backward, setup_context=setup_context)
 
 
-for _lib in [_ops.LIBRARY] + ([_ops.EMULATED_LIBRARY] if _ops.EMULATED_AVAILABLE else []):
-    _define(_lib)
+register_in_every_library(_define)

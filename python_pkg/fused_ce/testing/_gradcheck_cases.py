@@ -6,9 +6,9 @@ torch.autograd.gradcheck.GradcheckError.
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from . import functional
-from ._case_grid import Family
-from .autograd import BCEWithLogitsFunction, CrossEntropyFunction
+from .. import functional
+from ..autograd import BCEWithLogitsFunction, CrossEntropyFunction
+from .case_grid import Family
 
 F64 = torch.float64
 REDUCTIONS = ["mean", "sum", "none"]

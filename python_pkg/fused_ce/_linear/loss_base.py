@@ -8,7 +8,7 @@ import math
 import torch
 from torch.nn.modules.loss import _WeightedLoss
 
-from . import _torch_features
+from .._core import torch_features
 
 
 class StandaloneLinearCrossEntropyLoss(_WeightedLoss):
@@ -40,5 +40,5 @@ class StandaloneLinearCrossEntropyLoss(_WeightedLoss):
                 f"label_smoothing={self.label_smoothing}, options={self.options}")
 
 
-LinearCrossEntropyLossBase = (torch.nn.LinearCrossEntropyLoss if _torch_features.LINEAR_CE_MODULE
+LinearCrossEntropyLossBase = (torch.nn.LinearCrossEntropyLoss if torch_features.LINEAR_CE_MODULE
                               else StandaloneLinearCrossEntropyLoss)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 # torch.library.register_vmap (torch 2.5): one batched kernel call per vmap. Without it, torch.func.vmap over
-# fused_ce runs functorch's fallback, one kernel call per sample, with its performance warning (_vmap.py).
+# fused_ce runs functorch's fallback, one kernel call per sample, with its performance warning (_core/vmap.py).
 REGISTER_VMAP = hasattr(torch.library, "register_vmap")
 
 # torch.nn.LinearCrossEntropyLoss and F.linear_cross_entropy (torch 2.13). Without them fused_ce's own

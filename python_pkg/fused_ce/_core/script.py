@@ -1,11 +1,11 @@
 """The losses as TorchScript can compile them: what the modules' forward runs under torch.jit.script.
 
-The eager API (functional.py, _validation.py) uses Python that TorchScript cannot compile (dataclasses,
+The eager API (functional.py, validation.py) uses Python that TorchScript cannot compile (dataclasses,
 dtype tables, torch.library namespaces chosen at run time). These functions call the registered ops
 directly, so a scripted module has the ops' autograd (backward and double backward) and saves and loads
 with torch.jit.save/load (the loading process must import fused_ce, which defines the ops).
 
-What differs from eager, by design (README, "TorchScript"):
+What differs from eager, by design (docs/losses.md, "TorchScript"):
 - The checks here are those that decide which op to call and what it is given (reduction, label
   smoothing, probability vs class-index target, the unbatched (C) form, dtype promotion). The rest is
   left to the ops' C++ checks, which raise RuntimeError with torch's wording where it has one (the

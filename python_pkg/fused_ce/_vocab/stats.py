@@ -1,5 +1,5 @@
 """Cross-entropy rows from per-part statistics: the math shared by every path that splits a row's classes into
-parts, which are the vocabulary tiles of the fused linear cross-entropy (_vocab_tiles.py) and the ranks of the
+parts, which are the vocabulary tiles of the fused linear cross-entropy (_vocab/tiles.py) and the ranks of the
 vocabulary-parallel losses (parallel.py).
 
 ce_partial_stats (csrc/partial_stats_schema.h) reduces each part of a row to rowmath.h's PartialStat: its max,
@@ -12,7 +12,8 @@ log-sum-exp, and the per-row coefficients of ce_partial_grad.
 import torch
 import torch.distributed as dist
 
-from ._parallel_ops import MAX, PARTIAL_STATS, SMOOTHING, SUM_EXP, TARGET_LOGIT, TARGET_WEIGHT, WEIGHT_SUM  # noqa: F401
+from .._core import messages
+from .partial_stats_ops import MAX, PARTIAL_STATS, SMOOTHING, SUM_EXP, TARGET_LOGIT, TARGET_WEIGHT, WEIGHT_SUM  # noqa: F401
 
 
 def check_targets(target, ignore_index, num_classes):
@@ -23,7 +24,7 @@ def check_targets(target, ignore_index, num_classes):
         return
     bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
-        raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
+        raise IndexError(messages.target_out_of_bounds(int(target[bad][0])))
 
 
 def shift(m):

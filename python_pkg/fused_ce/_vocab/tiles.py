@@ -4,18 +4,18 @@ whose rank holds one slice of the classes (parallel.py).
 
 Two passes over the tiles, in a fixed order:
   1. tile = X_r W_v^T (+ b_v); ce_partial_stats reduces it to per-row statistics, merged over the tiles of
-     the row (_vocab_stats.merge). The caller combines them over ranks, if any, and turns them into losses and
+     the row (_vocab/stats.py, merge). The caller combines them over ranks, if any, and turns them into losses and
      ce_partial_grad's per-row coefficients.
   2. the same tiles again; ce_partial_grad turns each into its dlogits, then dX_r += dlogits W_v,
      dW_v += dlogits^T X_r and db_v += its column sums.
 Only one tile of logits and one of dlogits exist at a time. Pass 2 computes the logits a second time, the price
-of never holding a whole row: with whole rows, linear_ce_tile_ does both in one pass (_linear_ops.py).
+of never holding a whole row: with whole rows, linear_ce_tile_ does both in one pass (_linear/ops.py).
 dX and dW are accumulated in fp32 for fp16/bf16 (fp64 for fp64).
 """
 import torch
 
-from . import _vocab_stats as S
-from ._ops import lse_dtype as acc_dtype
+from . import stats as S
+from .._core.library import lse_dtype as acc_dtype
 
 
 def _tiles(num_rows, num_classes, rows, cols):
@@ -85,7 +85,7 @@ def tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, i
 
 def vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, lm,
                      rows, cols, row_grad, denominator, z_denominator, need_input, need_weight, need_bias):
-    """_linear_ops._chunked_pass in vocabulary tiles, with the same arguments and results: the per-row
+    """_linear/ops.py's _chunked_pass in vocabulary tiles, with the same arguments and results: the per-row
     cross-entropy losses, z-losses and log-sum-exps (0 on ignored rows) and the gradients asked for of
     sum_i g_i ce_i + g_z_i z_i, g_i = row_grad[i] / denominator, g_z_i = row_grad[i] / z_denominator."""
     logit_scale, softcap, z_scale = lm

@@ -1,5 +1,5 @@
 """Whether a backward must itself be differentiable (then it is written with torch ops,
-_double_backward.py) or may run the fused backward kernel (which has no derivative of its own).
+double_backward.py) or may run the fused backward kernel (which has no derivative of its own).
 
 Plain autograd says so by grad mode plus requires_grad (create_graph=True). torch.func does not: its
 transforms always build graphs, and a tensor's requires_grad there describes the innermost level only.
@@ -11,6 +11,7 @@ Batching (vmap) wrappers do not: the ops' vmap rules batch the kernels.
 """
 import torch
 from torch._C import _functorch
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 
 def _outer_differentiating_level(t, current):
@@ -37,7 +38,6 @@ def check_jvp_not_nested():
     jvp over jvp). torch.func runs an autograd.Function's jvp with forward AD off, so the outer transform
     would take the inner tangent for a constant and return a wrong second derivative without an error
     (measured on torch 2.13 with a one-line exp Function as well)."""
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
     jvp_levels = [i for i in retrieve_all_functorch_interpreters() if i.key() == _functorch.TransformType.Jvp]
     if len(jvp_levels) > 1:
         raise NotImplementedError(

@@ -7,7 +7,8 @@ have the functorch form, a generated vmap rule over the ops' own vmap rules, and
 """
 import torch
 
-from .autograd import BCEWithLogitsFunction, CrossEntropyFunction, reduction_name
+from .functions import BCEWithLogitsFunction, CrossEntropyWithLse
+from .reductions import reduction_name
 
 
 def transforms_active():
@@ -16,8 +17,8 @@ def transforms_active():
 
 
 def cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
-    return CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction_name(reduction),
-                                      label_smoothing)
+    return CrossEntropyWithLse.apply(input, target, weight, ignore_index, reduction_name(reduction),
+                                     label_smoothing)[0]
 
 
 def binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight):
