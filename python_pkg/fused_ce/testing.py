@@ -14,7 +14,7 @@ toolkit or GPU needed):
 
 Inside, out-of-range class indices behave as on a GPU: NaN loss and gradient rows, or torch's IndexError
 when FUSED_CE_CUDA_CHECK_TARGETS=1. The emulator is slow (it runs every GPU thread as a fiber), and the
-switch is process-wide, not per thread: it is meant for tests. README.md ("Emulated CUDA") says what the
+switch is process-wide, not per thread: it is meant for tests. docs/emulated_cuda.md says what the
 emulation checks and what it cannot.
 """
 import contextlib
