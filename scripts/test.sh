@@ -30,6 +30,7 @@ fi
 if [ $rc -ne 0 ]; then
   exit $rc
 fi
+bash "$root/scripts/build_docs.sh" "$venv"  # the docs site, mkdocs build --strict, into site/
 if [ "${FUSED_CE_SKIP_ASAN:-0}" != 1 ]; then
   bash "$root/scripts/test_emulated_asan.sh" "$venv"
 fi
