@@ -36,4 +36,7 @@ def _bind_ce_args(input, target, weight=None, ignore_index=-100, reduction="mean
     return input, target, weight, None, ignore_index, None, reduction, label_smoothing
 
 
+# Its public home: where users import it from, and where its repr, pickles and the API reference point.
+BCEWithLogitsFunction.__module__ = __name__
+
 __all__ = ["BCEWithLogitsFunction", "CrossEntropyFunction"]
