@@ -108,7 +108,7 @@ def _cuda_probe_error():
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _toolkit_cuda_version():
     """The toolkit's CUDA version as nvcc prints it ("13.0"), or None when nvcc does not answer."""
     try:

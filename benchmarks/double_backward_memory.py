@@ -14,10 +14,10 @@ import argparse
 import subprocess
 import sys
 
+import timing
 import torch
 
 import fused_ce
-import timing
 
 VARIANTS = ("backward", "create_graph", "hessian_vector")
 MiB = 1 << 20

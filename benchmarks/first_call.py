@@ -20,9 +20,10 @@ PROVIDERS = ("fused_ce", "torch")
 
 
 def child(provider, n, c, dtype_name):
-    import torch
-    import fused_ce
     import timing
+    import torch
+
+    import fused_ce
     loss_fn = fused_ce.cross_entropy if provider == "fused_ce" else torch.nn.functional.cross_entropy
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)

@@ -34,6 +34,7 @@ def timed(fn, rounds, variants):
 
 def measure(mib, rounds):
     import torch
+
     import fused_ce
 
     n = (mib << 20) // 4

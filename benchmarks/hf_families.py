@@ -12,9 +12,9 @@ LAYERS, HEADS = 2, 4
 
 
 def _common(vocab, hidden):
-    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=LAYERS,
-                num_attention_heads=HEADS, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0,
-                bos_token_id=1, eos_token_id=2, initializer_range=0.5)
+    return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": LAYERS,
+                "num_attention_heads": HEADS, "num_key_value_heads": 2, "max_position_embeddings": 1024, "pad_token_id": 0,
+                "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.5}
 
 
 def _llama(vocab, hidden, **extra):

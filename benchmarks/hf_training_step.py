@@ -31,9 +31,9 @@ MiB = 1 << 20
 
 
 def _model(family, provider, vocab, hidden):
+    import hf_families
     import torch
 
-    import hf_families
     from fused_ce.integrations.transformers import use_fused_ce
 
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def _inputs(vocab, seq, batch):
     import torch
 
     ids = torch.randint(3, vocab, (batch, seq), generator=torch.Generator().manual_seed(1))
-    return dict(input_ids=ids, labels=ids)
+    return {"input_ids": ids, "labels": ids}
 
 
 def _step(model, inputs):
@@ -70,7 +70,7 @@ def _memory_child(family, provider, vocab, seq, batch, hidden):
         raise RuntimeError("cannot reset the RSS high-water mark (/proc/self/clear_refs)")
     saved, loss = _step(model, inputs)
     peak = timing._rss_bytes("VmHWM") - baseline
-    return dict(loss=loss, peak_mib=peak / MiB, saved_mib=saved.bytes / MiB)
+    return {"loss": loss, "peak_mib": peak / MiB, "saved_mib": saved.bytes / MiB}
 
 
 def _time_child(family, vocab, seq, batch, hidden, steps):

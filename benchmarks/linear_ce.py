@@ -26,12 +26,12 @@ import subprocess
 import sys
 import time
 
+import load
+import timing
 import torch
 import torch.nn.functional as F
 
 import fused_ce
-import load
-import timing
 
 ALL = ("fused_ce", "torch", "torch_chunked", "torch_compile", "liger")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,7 +70,7 @@ def build(provider, device):
             raise Unavailable("Liger-Kernel is Triton, GPU only")
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-        except Exception as e:  # noqa: BLE001 - any import failure means the provider is absent
+        except Exception as e:
             raise Unavailable(f"liger_kernel not importable ({type(e).__name__})") from None
         module = LigerFusedLinearCrossEntropyLoss()
         return lambda x, w, target: module(w, x, target)

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cases import BYTES_MODEL, Case, floor_seconds, min_bytes  # noqa: E402
-from load import BUSY_OTHER_CORES as LOAD_THRESHOLD  # noqa: E402
+import matplotlib.pyplot as plt
+from cases import BYTES_MODEL, Case, floor_seconds, min_bytes
+from load import BUSY_OTHER_CORES as LOAD_THRESHOLD
 
 CSV_COLUMNS = ("provider", "loss", "mode", "dtype", "N", "C", "options", "metric", "unit", "p50", "p20", "p80",
                "check", "note", "busy", "other_cpu_cores", "load_avg_before", "load_avg_after", "device",
@@ -101,8 +100,8 @@ def csv_rows(results, meta, providers):
             note = r.notes.get(p, "")
             t = r.times.get(p)
             rows.append(dict(base, provider=p, metric="time", unit="ms", note=note,
-                             **(dict(p20=t[0] * 1e3, p50=t[1] * 1e3, p80=t[2] * 1e3) if t else
-                                dict(p20="", p50="", p80=""))))
+                             **({"p20": t[0] * 1e3, "p50": t[1] * 1e3, "p80": t[2] * 1e3} if t else
+                                {"p20": "", "p50": "", "p80": ""})))
             if p in r.memory:
                 rows.append(dict(base, provider=p, metric="peak_extra_memory", unit="MiB", note=meta["memory_note"],
                                  p50=r.memory[p] / MiB, p20="", p80=""))
@@ -121,10 +120,10 @@ def csv_rows(results, meta, providers):
 def _load_columns(w):
     if w is None:
         return {}
-    return dict(busy="yes" if w.busy else "no",
-                other_cpu_cores="" if w.other_cores is None else w.other_cores,
-                load_avg_before="" if w.load_before is None else w.load_before,
-                load_avg_after="" if w.load_after is None else w.load_after)
+    return {"busy": "yes" if w.busy else "no",
+                "other_cpu_cores": "" if w.other_cores is None else w.other_cores,
+                "load_avg_before": "" if w.load_before is None else w.load_before,
+                "load_avg_after": "" if w.load_after is None else w.load_after}
 
 
 def _load_cell(w):

@@ -13,12 +13,6 @@ import os
 import sys
 import time
 
-import torch
-from tqdm import tqdm
-
-import fused_ce
-from fused_ce.check.environment import cpu_name
-
 import cases as cases_mod
 import correctness
 import load
@@ -26,6 +20,11 @@ import providers as providers_mod
 import report
 import thp
 import timing
+import torch
+from tqdm import tqdm
+
+import fused_ce
+from fused_ce.check.environment import cpu_name
 
 CPU_COPY_BYTES = 256 << 20
 CUDA_COPY_BYTES = 1 << 30
@@ -120,7 +119,7 @@ def run_group(group, providers, device, args, bar, thp_worker, probe=None):
             if device == "cuda" and not args.no_memory:
                 try:
                     r.memory[p] = timing.measure_cuda(fns[p], inputs, c.mode)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
     del fns, inputs
     if thp_worker is not None and thp_names:
@@ -163,7 +162,7 @@ def measure_cpu_memory(results, seed):
                 bar.set_postfix_str(f"{r.case.label} {p}")
                 try:
                     r.memory[p] = meter.measure(p, r.case, seed)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     r.notes[p] = f"memory measurement failed: {providers_mod.describe_error(e)}"
                 bar.update(1)
     finally:

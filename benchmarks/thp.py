@@ -9,12 +9,11 @@ the two never share the CPU; each group is timed by both back to back, the worke
 import multiprocessing
 import os
 
-import torch
-
 import cases as cases_mod
 import load
 import providers
 import timing
+import torch
 
 ENV = "THP_MEM_ALLOC_ENABLE"
 PROBE_BYTES = 64 << 20
@@ -77,7 +76,7 @@ def _serve(conn, recompile_limit):
             return
         try:
             conn.send(("ok", _time_group(*request)))
-        except Exception as e:  # noqa: BLE001 - reported for the group's cases; the worker serves on
+        except Exception as e:
             conn.send(("error", providers.describe_error(e)))
 
 

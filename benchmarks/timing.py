@@ -16,12 +16,10 @@ import gc
 import multiprocessing
 import time
 
-import numpy as np
-import torch
-
 import cases as cases_mod
+import numpy as np
 import providers
-
+import torch
 
 MIN_WARMUP_S = 0.2
 
@@ -97,7 +95,7 @@ def time_interleaved(fns, inputs, mode, repeats, warmup, device, on_timing_start
             run_once(fn, inputs, mode)
             _sync(device)
             live[name] = fn
-        except Exception as e:  # noqa: BLE001 - a failing provider is reported, the others go on
+        except Exception as e:
             errors[name] = e
     if on_timing_start:
         on_timing_start()

@@ -8,10 +8,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import TENSOR_DEVICES
 
 import fused_ce
 import fused_ce.testing
-from helpers import TENSOR_DEVICES
 
 
 def pytest_report_header(config):

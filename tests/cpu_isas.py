@@ -5,9 +5,9 @@ The kernels are compiled three times (default, AVX2, AVX-512); FUSED_CE_CPU_CAPA
 read at every call (csrc/cpu/kernel_choice.cpp), so one process can run them all in turn.
 """
 import pytest
+from helpers import TENSOR_DEVICES
 
 from fused_ce._core.cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS, VECTOR_BYTES  # noqa: F401  (tests import them)
-from helpers import TENSOR_DEVICES
 
 # (device, isa): the CPU once per instruction set it runs; a GPU once, with isa None. (The CUDA kernels'
 # block boundaries under emulation are tests/test_emulated_cuda.py's tiling paths.)

@@ -11,9 +11,20 @@ import torch
 import fused_ce.testing
 from fused_ce.testing.case_grid import short_name
 from fused_ce.testing.parity import (  # noqa: F401  (the tests import these from here)
-    DEFAULT_TOL, FLOAT_DTYPES, MAX_BOUND, SMALL_INPUT, Tol, assert_close, assert_loss_of_no_rows, compare_with_torch,
-    error_bound, input_magnitude, random_grad_output, relative_error, unit_roundoff)
-
+    DEFAULT_TOL,
+    FLOAT_DTYPES,
+    MAX_BOUND,
+    SMALL_INPUT,
+    Tol,
+    assert_close,
+    assert_loss_of_no_rows,
+    compare_with_torch,
+    error_bound,
+    input_magnitude,
+    random_grad_output,
+    relative_error,
+    unit_roundoff,
+)
 
 EMULATED_CUDA = "emulated_cuda"
 

@@ -5,9 +5,9 @@ that produced them."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close, compare_with_torch
 
 import fused_ce
-from helpers import assert_close, compare_with_torch
 
 AMP_DTYPES = [torch.bfloat16, torch.float16]
 
@@ -74,7 +74,7 @@ def test_cross_entropy_runs_in_fp32(amp_dtype, case):
         target = torch.randint(0, 37, rows, generator=gen)
         grad_args = (0,)
     if case == "hard_weight_smoothing_none":  # an fp32 weight next to low-precision logits, as torch allows
-        kwargs = dict(weight=torch.rand(37, generator=gen) + 0.5, label_smoothing=0.1, reduction="none")
+        kwargs = {"weight": torch.rand(37, generator=gen) + 0.5, "label_smoothing": 0.1, "reduction": "none"}
     ours, ref = fused_ce.cross_entropy, F.cross_entropy
     if nd:
         ours, ref = _as_nd(ours), _as_nd(ref)
@@ -92,6 +92,6 @@ def test_bce_with_logits_runs_in_fp32(amp_dtype, case):
     pos_weight = torch.rand(9, generator=gen) * 2 + 0.5
     if low:  # every operand low precision: without autocast the loss would be low precision too
         target, weight, pos_weight = (t.to(amp_dtype) for t in (target, weight, pos_weight))
-    kwargs = dict(weight=weight, pos_weight=pos_weight, reduction="mean" if low else "none")
+    kwargs = {"weight": weight, "pos_weight": pos_weight, "reduction": "mean" if low else "none"}
     check_under_autocast(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
                          amp_dtype, shape, (target,), (0, 1), kwargs)

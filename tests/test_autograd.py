@@ -3,11 +3,16 @@ functional API and the public autograd.Function classes (the families of fused_c
 python -m fused_ce.check runs too); no gradient w.r.t. weight / pos_weight."""
 import pytest
 import torch
+from helpers import DEVICES, parametrize_grid
 
 import fused_ce
-from fused_ce.testing._gradcheck_cases import (GRADCHECK_BCE, GRADCHECK_CE_HARD, GRADCHECK_CE_SOFT, check_both,
-                                      soft_target)
-from helpers import DEVICES, parametrize_grid
+from fused_ce.testing._gradcheck_cases import (
+    GRADCHECK_BCE,
+    GRADCHECK_CE_HARD,
+    GRADCHECK_CE_SOFT,
+    check_both,
+    soft_target,
+)
 
 F64 = torch.float64
 

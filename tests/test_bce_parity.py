@@ -4,13 +4,12 @@ promotion, extreme and infinite logits, 0-dim and empty inputs, and non-contiguo
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DEVICES, FLOAT_DTYPES, assert_loss_of_no_rows, compare_with_torch, parametrize_grid
 
 import fused_ce
-from fused_ce.testing._parity_cases import BCE_LARGER_SHAPES, BCE_NON_CONTIGUOUS, BCE_WEIGHTS, REDUCTIONS
+from fused_ce.testing._parity_cases import BCE_LARGER_SHAPES, BCE_NON_CONTIGUOUS, BCE_WEIGHTS, REDUCTIONS, make_positive
 from fused_ce.testing._parity_cases import make_bce_input as make_input
 from fused_ce.testing._parity_cases import make_bce_target as make_target
-from fused_ce.testing._parity_cases import make_positive
-from helpers import DEVICES, FLOAT_DTYPES, assert_loss_of_no_rows, compare_with_torch, parametrize_grid
 
 BCE = fused_ce.binary_cross_entropy_with_logits
 TORCH_BCE = F.binary_cross_entropy_with_logits
@@ -37,7 +36,7 @@ def test_mixed_dtypes(input_dtype, target_dtype, device):
     low = [d for d in (input_dtype, target_dtype) if d in (torch.bfloat16, torch.float16)]
     compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), dtype=low[0] if low else torch.float32,
                        expected_dtype=target_dtype,
-                       kwargs=dict(pos_weight=make_positive((5,), torch.float64, device)))
+                       kwargs={"pos_weight": make_positive((5,), torch.float64, device)})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -46,7 +45,7 @@ def test_mixed_dtypes(input_dtype, target_dtype, device):
 def test_zero_dim_input(reduction, dtype, device):
     x, y = make_input((), dtype, device), make_target((), dtype, device)
     compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                       kwargs=dict(reduction=reduction, pos_weight=make_positive((), dtype, device)))
+                       kwargs={"reduction": reduction, "pos_weight": make_positive((), dtype, device)})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -56,7 +55,7 @@ def test_empty_input(shape, reduction, device):
     """mean of nothing is NaN, sum 0, none an empty tensor; gradients are empty."""
     x, y = make_input(shape, torch.float32, device), make_target(shape, torch.float32, device)
     out, _ = compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1) if reduction != "none" else (),
-                                kwargs=dict(reduction=reduction))
+                                kwargs={"reduction": reduction})
     assert_loss_of_no_rows(out, reduction)
 
 
@@ -70,7 +69,7 @@ def test_extreme_finite_logits(with_pos_weight, reduction, dtype, device):
     y = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.5, 0.5, 1.0, 0.3, 0.7]], dtype=dtype, device=device)
     pw = make_positive((9,), dtype, device) * 3 if with_pos_weight else None
     out, grads = compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                                    kwargs=dict(reduction=reduction, pos_weight=pw))
+                                    kwargs={"reduction": reduction, "pos_weight": pw})
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(g).all() for g in grads)
 
@@ -85,7 +84,7 @@ def test_infinite_logits(with_pos_weight, reduction, dtype, device):
                      dtype=dtype, device=device)
     y = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5, 0.5], dtype=dtype, device=device)
     pw = torch.full((6,), 2.5, dtype=dtype, device=device) if with_pos_weight else None
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), kwargs=dict(reduction=reduction, pos_weight=pw))
+    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), kwargs={"reduction": reduction, "pos_weight": pw})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -93,7 +92,7 @@ def test_targets_are_not_range_checked(device):
     x = make_input((3, 4), torch.float64, device)
     y = torch.randn(3, 4, dtype=torch.float64, device=device) * 3
     compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                       kwargs=dict(pos_weight=make_positive((4,), torch.float64, device)))
+                       kwargs={"pos_weight": make_positive((4,), torch.float64, device)})
 
 
 @parametrize_grid(BCE_NON_CONTIGUOUS)
@@ -107,12 +106,12 @@ def test_reduction_none_nonuniform_grad_output(dtype, device):
     x, y = make_input((4, 6), dtype, device), make_target((4, 6), dtype, device)
     go = torch.linspace(-2, 2, 24, dtype=torch.float64).view(4, 6).to(device)
     compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), grad_output=go,
-                       kwargs=dict(reduction="none", weight=make_positive((4, 1), dtype, device),
-                                   pos_weight=make_positive((6,), dtype, device)))
+                       kwargs={"reduction": "none", "weight": make_positive((4, 1), dtype, device),
+                                   "pos_weight": make_positive((6,), dtype, device)})
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradient_only_wrt_target(device):
     x, y = make_input((3, 5), torch.float64, device), make_target((3, 5), torch.float64, device)
     compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(1,),
-                       kwargs=dict(pos_weight=make_positive((5,), torch.float64, device)))
+                       kwargs={"pos_weight": make_positive((5,), torch.float64, device)})

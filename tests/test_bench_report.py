@@ -12,11 +12,11 @@ pytest.importorskip("tqdm", reason="the benchmark needs tqdm (the bench extra)")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import cases  # noqa: E402
-import correctness  # noqa: E402
-import load  # noqa: E402
-import report  # noqa: E402
-import thp  # noqa: E402
+import cases
+import correctness
+import load
+import report
+import thp
 
 MB = 10 ** 6
 META = {"device": "cpu", "device_name": "test cpu", "torch_version": "x", "fused_ce_version": "y",

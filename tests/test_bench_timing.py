@@ -9,8 +9,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import load  # noqa: E402
-import timing  # noqa: E402
+import load
+import timing
 
 
 def _recorder(name, calls):

@@ -11,11 +11,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
+from cpu_isas import SUPPORTED_ISAS
 
 import fused_ce
-from cpu_isas import SUPPORTED_ISAS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

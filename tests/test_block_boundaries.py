@@ -14,10 +14,10 @@ AVX2 builds, 64-byte ones under AVX-512, so L is 8 or 16 for fp32 and 4 or 8 for
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fused_ce
 from cpu_isas import VECTOR_BYTES, isa_device  # noqa: F401  (isa_device: the fixture)
 from helpers import compare_with_torch
+
+import fused_ce
 
 SCAN_STEPS = 128  # kChunkSteps: vectors (rows) or classes (lanes) per block of the online max
 FLUSH_STEPS = 64  # BlockedSum::kBlock
@@ -53,7 +53,7 @@ def check_ce(x, target, dtype, device, smoothing, weighted, reduction="none", fi
         .to(dtype).to(device) if weighted else None
     grad_args = (0, 1) if target.is_floating_point() else (0,)
     out, grads = compare_with_torch(CE, F.cross_entropy, (x, target), grad_args=grad_args,
-                                    kwargs=dict(weight=w, label_smoothing=smoothing, reduction=reduction))
+                                    kwargs={"weight": w, "label_smoothing": smoothing, "reduction": reduction})
     if finite:
         assert torch.isfinite(out).all(), f"non-finite loss in rows {(~torch.isfinite(out)).nonzero().tolist()}"
         for g in grads:
@@ -175,7 +175,7 @@ def test_infinities_and_nan_at_block_edges(dtype, layout, soft, smoothing, isa_d
         x, y = special_rows(C, B)
         x, y = x.t().unsqueeze(0).contiguous(), y.unsqueeze(0)
     t = soft_target(x.shape) if soft else y
-    out, grads = check_ce(x, t, dtype, device, smoothing, False, finite=False)
+    out, _grads = check_ce(x, t, dtype, device, smoothing, False, finite=False)
     rows = out.reshape(-1)
     # row 0's -inf logits enter the loss only through soft targets or smoothing (as -inf * weight)
     assert bool(torch.isfinite(rows[0])) == (not soft and smoothing == 0)
@@ -214,6 +214,6 @@ def test_bce_chunk_edges(dtype, reduction, values, isa_device):
     pw = torch.rand(shape[0], 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 3 + 0.5
     args = [t.to(dtype).to(device) for t in (x, y, w, pw)]
     out, grads = compare_with_torch(BCE, F.binary_cross_entropy_with_logits, tuple(args[:2]), grad_args=(0, 1),
-                                    kwargs=dict(weight=args[2], pos_weight=args[3], reduction=reduction))
+                                    kwargs={"weight": args[2], "pos_weight": args[3], "reduction": reduction})
     if values == "finite_extremes":
         assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)

@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fused_ce
+import torch_compat
 from helpers import DEVICES, assert_close, compare_with_torch
 from test_errors import BCE_CASES, CE_CASES
-import torch_compat
+
+import fused_ce
 
 IN, C, N = 16, 11, 24
 

@@ -3,7 +3,6 @@
 the tensor dies. Issue 9, item 8: an earlier cache of freed gradient buffers kept up to two of them, so
 RSS stayed 0.5 to 1 GB up after the user's tensors were gone; torch's own losses give it all back."""
 import copy
-import gc
 import io
 import os
 import pickle
@@ -96,7 +95,7 @@ def _large_grad(dtype=torch.float32):
     fused_ce.cross_entropy(x, y, reduction="sum").backward()
     ref = x.detach().double().requires_grad_()
     torch.nn.functional.cross_entropy(ref, y, reduction="sum").backward()
-    tol = dict(rtol=1e-5, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-5)
+    tol = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-5}
     torch.testing.assert_close(x.grad.double(), ref.grad, **tol)
     return x.grad
 

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS
 
 import fused_ce
-from cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS
 
 CALL = "import torch, fused_ce; fused_ce.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]))"
 

@@ -4,13 +4,24 @@ reduction x target kind x dtype, plus large and odd shapes, uint8 targets and no
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_compat
+from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch, parametrize_grid
 
 import fused_ce
-from fused_ce.testing._parity_cases import (CE_HARD, CE_LM_SHAPES, CE_NON_CONTIGUOUS_2D, CE_NON_CONTIGUOUS_ND, CE_ODD_SHAPES,
-                                    CE_SOFT, REDUCTIONS, make_hard_target, make_logits, make_soft_target,
-                                    make_weight, num_classes_of)
-from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch, parametrize_grid
-import torch_compat
+from fused_ce.testing._parity_cases import (
+    CE_HARD,
+    CE_LM_SHAPES,
+    CE_NON_CONTIGUOUS_2D,
+    CE_NON_CONTIGUOUS_ND,
+    CE_ODD_SHAPES,
+    CE_SOFT,
+    REDUCTIONS,
+    make_hard_target,
+    make_logits,
+    make_soft_target,
+    make_weight,
+    num_classes_of,
+)
 
 
 @parametrize_grid(CE_HARD)
@@ -33,7 +44,7 @@ def test_soft_targets_unnormalized_and_negative(shape, reduction, device):
     x = make_logits(shape, torch.float64, device)
     t = torch.randn(shape, dtype=torch.float64, device=device)
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1),
-                       kwargs=dict(reduction=reduction, label_smoothing=0.2))
+                       kwargs={"reduction": reduction, "label_smoothing": 0.2})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -64,7 +75,7 @@ def test_soft_targets_weight_dtype_promotes(input_dtype, weight_dtype, reduction
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1),
                        dtype=torch.bfloat16 if input_dtype == torch.bfloat16 else None,
                        expected_dtype=torch.promote_types(input_dtype, weight_dtype),
-                       kwargs=dict(weight=w, reduction=reduction, label_smoothing=0.1))
+                       kwargs={"weight": w, "reduction": reduction, "label_smoothing": 0.1})
 
 
 @torch_compat.needs_current_torch_semantics
@@ -77,9 +88,9 @@ def test_unbatched_input_with_size_1_target(ignored, reduction, device):
     mismatch (got input: [7], target: [1])"). fused_ce treats it as the equivalent 0-dim target."""
     x = make_logits((7,), torch.float64, device)
     y = torch.tensor([-100 if ignored else 3], device=device)
-    out, _ = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), kwargs=dict(reduction=reduction))
+    out, _ = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), kwargs={"reduction": reduction})
     assert out.dim() == 0
-    kwargs = dict(reduction=reduction, label_smoothing=0.1)
+    kwargs = {"reduction": reduction, "label_smoothing": 0.1}
     xo = x.detach().requires_grad_()
     out = fused_ce.cross_entropy(xo, y, **kwargs)
     (g,) = torch.autograd.grad(out, xo)
@@ -100,7 +111,7 @@ def test_uint8_targets(shape, reduction, dtype, device):
     x = make_logits(shape, dtype, device)
     y = make_hard_target(shape, device, ignore_value=3).to(torch.uint8)
     w = make_weight(num_classes_of(shape), dtype, device)
-    kwargs = dict(weight=w, ignore_index=3, reduction=reduction, label_smoothing=0.1)
+    kwargs = {"weight": w, "ignore_index": 3, "reduction": reduction, "label_smoothing": 0.1}
     out, (grad,) = compare_with_torch(fused_ce.cross_entropy, _torch_ce_long_target, (x, y), grad_args=(0,),
                                       kwargs=kwargs)
     out_long, (grad_long,) = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y.long()),
@@ -110,8 +121,8 @@ def test_uint8_targets(shape, reduction, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kwargs", [{}, dict(weight=torch.rand(5) + 0.1), dict(label_smoothing=0.1),
-                                    dict(reduction="none"), dict(ignore_index=3)])
+@pytest.mark.parametrize("kwargs", [{}, {"weight": torch.rand(5) + 0.1}, {"label_smoothing": 0.1},
+                                    {"reduction": "none"}, {"ignore_index": 3}])
 def test_uint8_targets_where_torch_accepts_them(kwargs, device):
     kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     x = make_logits((6, 5), torch.float32, device)
@@ -124,7 +135,7 @@ def test_uint8_target_255_as_ignore_index(device):
     x = make_logits((6, 5), torch.float32, device)
     y = torch.tensor([0, 255, 4, 255, 1, 2], dtype=torch.uint8, device=device)
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                       kwargs=dict(ignore_index=255))
+                       kwargs={"ignore_index": 255})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -139,12 +150,12 @@ def test_reduction_none_nonuniform_grad_output(shape, dtype, device):
     go.view(-1)[1] = 0
     for label_smoothing in (0.0, 0.3):
         compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs=dict(reduction="none", label_smoothing=label_smoothing,
-                                       weight=make_weight(shape[1], dtype, device)),
+                           kwargs={"reduction": "none", "label_smoothing": label_smoothing,
+                                       "weight": make_weight(shape[1], dtype, device)},
                            grad_output=go.to(device))
     t = make_soft_target(shape, dtype, device)
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1),
-                       kwargs=dict(reduction="none", label_smoothing=0.2), grad_output=go.to(device))
+                       kwargs={"reduction": "none", "label_smoothing": 0.2}, grad_output=go.to(device))
 
 
 # ---- large and odd shapes (few cases: they dominate the runtime) -------------------------------
@@ -177,7 +188,7 @@ def test_non_contiguous_weight(device):
     y = make_hard_target((6, 5), device)
     w = make_weight(10, torch.float64, device)[::2]
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,),
-                       kwargs=dict(weight=w, label_smoothing=0.3))
+                       kwargs={"weight": w, "label_smoothing": 0.3})
 
 
 @pytest.mark.parametrize("device", DEVICES)

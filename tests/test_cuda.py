@@ -6,10 +6,10 @@ CUDA, more than 2^31 elements) run on a GPU only. Nothing here touches the GPU a
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close, compare_with_torch, input_magnitude
 
 import fused_ce
 import fused_ce.testing
-from helpers import assert_close, compare_with_torch, input_magnitude
 
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 EMULATED = [pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),

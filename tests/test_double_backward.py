@@ -6,9 +6,9 @@ checks the double-backward formulas against their own finite differences: a wron
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DEVICES, assert_close, input_magnitude, relative_error
 
 import fused_ce
-from helpers import DEVICES, assert_close, input_magnitude, relative_error
 
 F64 = torch.float64
 REDUCTIONS = ["mean", "sum", "none"]
@@ -76,11 +76,11 @@ def _hard_target(shape, ignore_index):
 
 
 HARD_OPTIONS = {
-    "plain": dict(),
-    "weighted": dict(weighted=True),
-    "smoothing": dict(label_smoothing=0.2),
-    "weighted_smoothing_ignored": dict(weighted=True, label_smoothing=0.3, ignore_index=-100),
-    "ignore_index_in_range": dict(ignore_index=2),
+    "plain": {},
+    "weighted": {"weighted": True},
+    "smoothing": {"label_smoothing": 0.2},
+    "weighted_smoothing_ignored": {"weighted": True, "label_smoothing": 0.3, "ignore_index": -100},
+    "ignore_index_in_range": {"ignore_index": 2},
 }
 
 
@@ -123,7 +123,7 @@ def test_hard_targets_mean_over_zero_weight(shape, case, label_smoothing, device
     rows = (shape[0],) + shape[2:]
     w = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5, 0.7], dtype=F64, device=device)
     y = torch.full(rows, -100 if case == "all_ignored" else 2, device=device)
-    kwargs = dict(label_smoothing=label_smoothing)
+    kwargs = {"label_smoothing": label_smoothing}
     ours = compare_double_backward(lambda x: fused_ce.cross_entropy(x, y, weight=w, **kwargs),
                                    lambda x, dtype=F64: F.cross_entropy(x, y, weight=w.to(dtype), **kwargs),
                                    (x,), (w,), upstream=case != "all_ignored")
@@ -133,10 +133,10 @@ def test_hard_targets_mean_over_zero_weight(shape, case, label_smoothing, device
 
 # ---- class-probability targets, with the gradient w.r.t. the target ------------------------------
 SOFT_OPTIONS = {
-    "plain": dict(),
-    "weighted": dict(weighted=True),
-    "smoothing": dict(label_smoothing=0.25),
-    "weighted_smoothing": dict(weighted=True, label_smoothing=0.4),
+    "plain": {},
+    "weighted": {"weighted": True},
+    "smoothing": {"label_smoothing": 0.25},
+    "weighted_smoothing": {"weighted": True, "label_smoothing": 0.4},
 }
 
 
@@ -173,7 +173,7 @@ def test_soft_targets(shape, option, reduction, api, device):
 def test_soft_targets_one_side(wrt, reduction, device):
     """Only the logits, or only the target, require grad: the other side is a constant."""
     x, t, w, ls = _soft_case((2, 4, 3), SOFT_OPTIONS["weighted_smoothing"], device)
-    kwargs = dict(reduction=reduction, label_smoothing=ls)
+    kwargs = {"reduction": reduction, "label_smoothing": ls}
     if wrt == "logits":
         ours = lambda x: fused_ce.cross_entropy(x, t, weight=w, **kwargs)  # noqa: E731
         theirs = lambda x, dtype=F64: F.cross_entropy(x, t.to(dtype), weight=w.to(dtype), **kwargs)  # noqa: E731

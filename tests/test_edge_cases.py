@@ -3,9 +3,9 @@ fp16 N-D layouts, zero class weights, negative label smoothing."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DEVICES, FLOAT_DTYPES, assert_close, assert_loss_of_no_rows, compare_with_torch, input_magnitude
 
 import fused_ce
-from helpers import DEVICES, FLOAT_DTYPES, assert_close, assert_loss_of_no_rows, compare_with_torch, input_magnitude
 
 CE = fused_ce.cross_entropy
 INF = float("inf")
@@ -41,7 +41,7 @@ def test_empty_batch(shape, soft, reduction, device):
     y = torch.rand(shape, device=device) if soft else torch.zeros((shape[0],) + shape[2:], dtype=torch.long,
                                                                      device=device)
     out, _ = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,) if reduction != "none" else (),
-                                kwargs=dict(reduction=reduction))
+                                kwargs={"reduction": reduction})
     assert_loss_of_no_rows(out, reduction)
 
 
@@ -73,7 +73,7 @@ def test_minus_inf_logits(shape, dtype, device):
         if reduction == "none":
             assert (out[0] == INF).all() and (out[1] == INF).all()
     soft = torch.softmax(torch.randn(shape, dtype=torch.float64), 1).to(dtype).to(device)
-    compare_with_torch(CE, F.cross_entropy, (x, soft), grad_args=(0, 1), kwargs=dict(reduction="none"))
+    compare_with_torch(CE, F.cross_entropy, (x, soft), grad_args=(0, 1), kwargs={"reduction": "none"})
 
 
 def _compare_except_ignored_rows(x, y, ignore_index=-100, **kwargs):
@@ -110,9 +110,9 @@ def test_rows_mostly_and_entirely_minus_inf(C, dtype, device):
     x[1, :-1] = -INF  # only the last class finite, target 0 -> inf
     x[2, :] = -INF  # entire row
     y = torch.tensor([0, C - 1, 2, 1], device=device)
-    for kwargs in (dict(reduction="none"), dict(reduction="none", label_smoothing=0.1), dict(reduction="sum")):
+    for kwargs in ({"reduction": "none"}, {"reduction": "none", "label_smoothing": 0.1}, {"reduction": "sum"}):
         _both(x, y, **kwargs)
-    out, g = _compare_except_ignored_rows(x, y, ignore_index=2, reduction="none")
+    out, _g = _compare_except_ignored_rows(x, y, ignore_index=2, reduction="none")
     assert out[2] == 0
     y2 = torch.tensor([0, C - 1, -100, 1], device=device)  # the all -inf row ignored: everything finite
     out, grad = _compare_except_ignored_rows(x, y2, reduction="sum")
@@ -129,10 +129,10 @@ def test_nan_logit_poisons_its_row_only(soft, shape, dtype, device):
     y = torch.softmax(torch.randn(shape), 1).to(dtype).to(device) if soft else \
         torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
     out, grads = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                                    kwargs=dict(reduction="none"))
+                                    kwargs={"reduction": "none"})
     assert out[1].isnan().any() and not out[0].isnan().any() and not out[2:].isnan().any()
     assert grads[0][1].isnan().any() and not grads[0][0].isnan().any()
-    compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs=dict(reduction="mean"))
+    compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"reduction": "mean"})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -150,7 +150,7 @@ def test_huge_logit_offsets(soft, offset, dtype, device):
     for label_smoothing in (0.0, 0.3):
         for reduction in ("none", "mean"):
             out, grads = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0, 1) if soft else (0,),
-                                            kwargs=dict(label_smoothing=label_smoothing, reduction=reduction))
+                                            kwargs={"label_smoothing": label_smoothing, "reduction": reduction})
             assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
 
 
@@ -170,7 +170,7 @@ def test_fp16_nd_layout_reduces_in_fp32(soft, reduction, device):
         tnd = t2d.view(8, 6)
     out2d = CE(x2d, t2d, reduction=reduction, label_smoothing=0.1)
     outnd, grads = compare_with_torch(CE, F.cross_entropy, (xnd, tnd), grad_args=(0, 1) if soft else (0,),
-                                      kwargs=dict(reduction=reduction, label_smoothing=0.1))
+                                      kwargs={"reduction": reduction, "label_smoothing": 0.1})
     assert torch.isfinite(outnd).all() and all(torch.isfinite(g).all() for g in grads)
     # the same rows give the same values in either layout (both sum in fp32; the N-D kernel's vectors
     # run across positions, the 2-D kernel's across classes, so only the rounding may differ)
@@ -189,9 +189,9 @@ def test_zero_weight_classes(soft, dtype, device):
     for reduction in ("mean", "sum", "none"):
         for label_smoothing in (0.0, 0.2):
             compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                               kwargs=dict(weight=w, reduction=reduction, label_smoothing=label_smoothing))
+                               kwargs={"weight": w, "reduction": reduction, "label_smoothing": label_smoothing})
     if not soft:
-        out, (grad,) = _both(x, torch.tensor([0, 2, 0, 2, 2, 0], device=device), weight=w)
+        out, (_grad,) = _both(x, torch.tensor([0, 2, 0, 2, 2, 0], device=device), weight=w)
         assert out.isnan()
 
 
@@ -201,7 +201,7 @@ def test_negative_label_smoothing_acts_as_zero(soft, device):
     x = torch.randn(5, 7, dtype=torch.float64, device=device)
     y = torch.softmax(torch.randn(5, 7, dtype=torch.float64), 1).to(device) if soft else \
         torch.randint(0, 7, (5,), device=device)
-    out, (grad,) = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs=dict(label_smoothing=-0.5))
+    out, (grad,) = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"label_smoothing": -0.5})
     out0, (grad0,) = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,))
     assert torch.equal(out, out0) and torch.equal(grad, grad0)
 
@@ -227,8 +227,8 @@ def test_ignored_rows_write_zero_and_never_read_sentinel(shape, device):
     if len(shape) == 3:
         y = y[:, None].expand(4, 3).contiguous()
     w = torch.rand(6, device=device) + 0.1
-    for kwargs in (dict(reduction="none", label_smoothing=0.1, weight=w), dict(reduction="mean"),
-                   dict(reduction="sum", label_smoothing=0.3)):
+    for kwargs in ({"reduction": "none", "label_smoothing": 0.1, "weight": w}, {"reduction": "mean"},
+                   {"reduction": "sum", "label_smoothing": 0.3}):
         out, grad = _compare_except_ignored_rows(x, y, **kwargs)
         assert torch.isfinite(out).all() and torch.isfinite(grad).all()
         if kwargs["reduction"] == "none":
@@ -263,7 +263,7 @@ def test_spike_far_above_later_blocks(shape, spike, soft, dtype, device):
     y = torch.softmax(torch.randn(shape, dtype=torch.float64), 1).to(dtype).to(device) if soft else \
         torch.randint(1, shape[1] - 1, (shape[0],) + shape[2:], device=device)
     compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0, 1) if soft else (0,),
-                       kwargs=dict(label_smoothing=0.1, reduction="none"))
+                       kwargs={"label_smoothing": 0.1, "reduction": "none"})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -279,7 +279,7 @@ def test_long_smoothing_sums(shape, soft, device):
         torch.randint(0, shape[1], (shape[0],) + shape[2:], device=device)
     for weight in (None, w):
         compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs=dict(label_smoothing=1.0, reduction="none", weight=weight))
+                           kwargs={"label_smoothing": 1.0, "reduction": "none", "weight": weight})
 
 
 # Every zero-size combination: no classes (C == 0), no rows (N == 0 or a zero spatial size), unbatched
@@ -294,7 +294,7 @@ def _run_or_raise(fn, args, grad_args, kwargs):
               for i, a in enumerate(args)]
     try:
         out = fn(*leaves, **kwargs)
-    except Exception as e:  # noqa: BLE001  (compared with torch's below)
+    except Exception as e:
         return e
     go = torch.full_like(out, 0.75)
     return out, torch.autograd.grad(out, [leaves[i] for i in grad_args], go, allow_unused=True)
@@ -339,7 +339,7 @@ def test_zero_size_cross_entropy(shape, dtype, device):
             for reduction in ("mean", "sum", "none"):
                 for label_smoothing in (0.0, 0.1):
                     _assert_same_as_torch(CE, reference, (x, y), grad_args,
-                                          dict(weight=weight, reduction=reduction, label_smoothing=label_smoothing))
+                                          {"weight": weight, "reduction": reduction, "label_smoothing": label_smoothing})
 
 
 def _ce_via_2d(x, y, reduction, **kwargs):
@@ -360,7 +360,7 @@ def test_zero_size_bce_with_logits(shape, dtype, device):
                                               torch.rand(last, dtype=dtype, device=device))):
         for reduction in ("mean", "sum", "none"):
             _assert_same_as_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
-                                  (x, y), (0, 1), dict(weight=weight, pos_weight=pos_weight, reduction=reduction))
+                                  (x, y), (0, 1), {"weight": weight, "pos_weight": pos_weight, "reduction": reduction})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -378,4 +378,4 @@ def test_mean_over_zero_total_weight(shape, dtype, device):
                       (zero_weight.contiguous(), w)):
         for label_smoothing in (0.0, 0.3):
             _assert_same_as_torch(CE, F.cross_entropy, (x, y), (0,),
-                                  dict(weight=weight, reduction="mean", label_smoothing=label_smoothing))
+                                  {"weight": weight, "reduction": "mean", "label_smoothing": label_smoothing})

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
+from test_hypothesis import bce_problems, ce_problems, check_bce, check_cross_entropy
 
 import fused_ce
 import fused_ce.testing
-from test_hypothesis import bce_problems, ce_problems, check_bce, check_cross_entropy
 
 pytestmark = [
     pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
@@ -165,7 +165,7 @@ def test_public_api_forward_backward_double_backward(api):
     x = logits((5, 7), torch.float64).requires_grad_()
     t = class_targets((5,), 7, ignore_share=0.3)
     w = positive((7,), torch.float64)
-    kw = dict(weight=w, label_smoothing=0.2)
+    kw = {"weight": w, "label_smoothing": 0.2}
     if api == "functional":
         fn = fused_ce.cross_entropy
     elif api == "module":

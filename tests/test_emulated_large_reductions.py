@@ -14,10 +14,10 @@ emulator fast: each case runs in about a second.
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import compare_with_torch
 
 import fused_ce
 import fused_ce.testing
-from helpers import compare_with_torch
 
 pytestmark = [
     pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
@@ -50,7 +50,7 @@ def test_bce_over_many_tiles(reduction):
     x = logits_with_larger_tail((BCE_ELEMENTS,)).float()
     y = torch.rand(BCE_ELEMENTS, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
     compare_with_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, (x, y),
-                       kwargs=dict(reduction=reduction))
+                       kwargs={"reduction": reduction})
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -61,7 +61,7 @@ def test_cross_entropy_over_many_rows(target, reduction):
     C = 3
     x = logits_with_larger_tail((CE_ROWS, C)).float()
     gen = torch.Generator().manual_seed(2)
-    kwargs = dict(reduction=reduction)
+    kwargs = {"reduction": reduction}
     if target == "probabilities":
         t = torch.softmax(torch.randn(CE_ROWS, C, generator=gen, dtype=torch.float64), dim=1).float()
     else:

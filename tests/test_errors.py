@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_compat
+from helpers import DEVICES
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fused_ce
 import fused_ce.testing
-from helpers import DEVICES
-import torch_compat
 
 
 def torch_error(call):
@@ -198,7 +198,7 @@ def test_legacy_size_average_reduce_errors_and_values(device):
 # ---- direct op calls with bad arguments: a RuntimeError (or IndexError), never a crash ---------
 def _ops_bad_calls(device):
     ops = fused_ce._core.library.kernel_ops()  # the emulated CUDA glue's own checks in emulated_cuda cases
-    f = dict(device=device)
+    f = {"device": device}
     x = torch.randn(4, 5, **f)
     y = torch.tensor([1, 2, 2, 3], **f)
     lse = torch.zeros(4, dtype=torch.float64, **f)  # the forward saves it in fp64
@@ -302,61 +302,61 @@ def test_direct_op_calls_with_bad_arguments_raise(case, device):
 # ---- argument types: torch's argument parser's exception and message -------------------------------
 X, Y, P = (lambda: torch.randn(4, 5)), (lambda: torch.tensor([1, 2, 2, 3])), (lambda: torch.rand(4, 5))
 TYPE_CASES = {  # name -> (loss, args, kwargs); args are made at call time
-    "ignore_index_float": ("ce", (X, Y), dict(ignore_index=1.5)),
-    "ignore_index_bool": ("ce", (X, Y), dict(ignore_index=True)),
-    "ignore_index_overflow": ("ce", (X, Y), dict(ignore_index=2 ** 70)),
-    "ignore_index_2_63": ("ce", (X, Y), dict(ignore_index=2 ** 63)),
-    "ignore_index_int64_min": ("ce", (X, Y), dict(ignore_index=-2 ** 63)),
-    "ignore_index_none": ("ce", (X, Y), dict(ignore_index=None)),
-    "ignore_index_str": ("ce", (X, Y), dict(ignore_index="2")),
-    "ignore_index_numpy_int64": ("ce", (X, Y), dict(ignore_index=np.int64(2))),
-    "ignore_index_numpy_int32": ("ce", (X, Y), dict(ignore_index=np.int32(2))),
-    "ignore_index_numpy_float": ("ce", (X, Y), dict(ignore_index=np.float64(2))),
-    "ignore_index_numpy_bool": ("ce", (X, Y), dict(ignore_index=np.bool_(True))),
-    "ignore_index_0dim_tensor": ("ce", (X, Y), dict(ignore_index=torch.tensor(2))),
-    "ignore_index_1elem_tensor": ("ce", (X, Y), dict(ignore_index=torch.tensor([2]))),
-    "ignore_index_2elem_tensor": ("ce", (X, Y), dict(ignore_index=torch.tensor([1, 2]))),
-    "ignore_index_float_tensor": ("ce", (X, Y), dict(ignore_index=torch.tensor(2.0))),
-    "label_smoothing_none": ("ce", (X, Y), dict(label_smoothing=None)),
-    "label_smoothing_str": ("ce", (X, Y), dict(label_smoothing="0.1")),
-    "label_smoothing_complex": ("ce", (X, Y), dict(label_smoothing=1j)),
-    "label_smoothing_int": ("ce", (X, Y), dict(label_smoothing=0)),
-    "label_smoothing_bool": ("ce", (X, Y), dict(label_smoothing=True)),
-    "label_smoothing_numpy": ("ce", (X, Y), dict(label_smoothing=np.float64(0.1))),
-    "label_smoothing_tensor": ("ce", (X, Y), dict(label_smoothing=torch.tensor(0.1))),
-    "label_smoothing_2elem_tensor": ("ce", (X, Y), dict(label_smoothing=torch.tensor([0.1, 0.2]))),
-    "label_smoothing_huge_int": ("ce", (X, Y), dict(label_smoothing=2 ** 70)),
-    "label_smoothing_2": ("ce", (X, Y), dict(label_smoothing=2.0)),  # torch prints doubles as C++ streams do
-    "label_smoothing_just_above_1": ("ce", (X, Y), dict(label_smoothing=1.0000001)),
+    "ignore_index_float": ("ce", (X, Y), {"ignore_index": 1.5}),
+    "ignore_index_bool": ("ce", (X, Y), {"ignore_index": True}),
+    "ignore_index_overflow": ("ce", (X, Y), {"ignore_index": 2 ** 70}),
+    "ignore_index_2_63": ("ce", (X, Y), {"ignore_index": 2 ** 63}),
+    "ignore_index_int64_min": ("ce", (X, Y), {"ignore_index": -2 ** 63}),
+    "ignore_index_none": ("ce", (X, Y), {"ignore_index": None}),
+    "ignore_index_str": ("ce", (X, Y), {"ignore_index": "2"}),
+    "ignore_index_numpy_int64": ("ce", (X, Y), {"ignore_index": np.int64(2)}),
+    "ignore_index_numpy_int32": ("ce", (X, Y), {"ignore_index": np.int32(2)}),
+    "ignore_index_numpy_float": ("ce", (X, Y), {"ignore_index": np.float64(2)}),
+    "ignore_index_numpy_bool": ("ce", (X, Y), {"ignore_index": np.bool_(True)}),
+    "ignore_index_0dim_tensor": ("ce", (X, Y), {"ignore_index": torch.tensor(2)}),
+    "ignore_index_1elem_tensor": ("ce", (X, Y), {"ignore_index": torch.tensor([2])}),
+    "ignore_index_2elem_tensor": ("ce", (X, Y), {"ignore_index": torch.tensor([1, 2])}),
+    "ignore_index_float_tensor": ("ce", (X, Y), {"ignore_index": torch.tensor(2.0)}),
+    "label_smoothing_none": ("ce", (X, Y), {"label_smoothing": None}),
+    "label_smoothing_str": ("ce", (X, Y), {"label_smoothing": "0.1"}),
+    "label_smoothing_complex": ("ce", (X, Y), {"label_smoothing": 1j}),
+    "label_smoothing_int": ("ce", (X, Y), {"label_smoothing": 0}),
+    "label_smoothing_bool": ("ce", (X, Y), {"label_smoothing": True}),
+    "label_smoothing_numpy": ("ce", (X, Y), {"label_smoothing": np.float64(0.1)}),
+    "label_smoothing_tensor": ("ce", (X, Y), {"label_smoothing": torch.tensor(0.1)}),
+    "label_smoothing_2elem_tensor": ("ce", (X, Y), {"label_smoothing": torch.tensor([0.1, 0.2])}),
+    "label_smoothing_huge_int": ("ce", (X, Y), {"label_smoothing": 2 ** 70}),
+    "label_smoothing_2": ("ce", (X, Y), {"label_smoothing": 2.0}),  # torch prints doubles as C++ streams do
+    "label_smoothing_just_above_1": ("ce", (X, Y), {"label_smoothing": 1.0000001}),
     "input_list": ("ce", (lambda: [[1.0] * 5] * 4, Y), {}),
     "input_ndarray": ("ce", (lambda: np.ones((4, 5), dtype=np.float32), Y), {}),
     "target_int": ("ce", (X, lambda: 1), {}),
     "target_none": ("ce", (X, lambda: None), {}),
     "target_ndarray": ("ce", (X, lambda: np.ones(4)), {}),
     "target_bool": ("ce", (X, lambda: torch.tensor([True, False, True, True])), {}),
-    "weight_list": ("ce", (X, Y), dict(weight=[1.0] * 5)),
-    "weight_tuple": ("ce", (X, Y), dict(weight=(1.0,) * 5)),
-    "list_input_and_bad_ignore_index": ("ce", (lambda: [1.0], Y), dict(ignore_index=1.5)),
-    "bad_ignore_index_and_bad_reduction": ("ce", (X, Y), dict(ignore_index=1.5, reduction="x")),
-    "reduction_none_value": ("ce", (X, Y), dict(reduction=None)),
-    "reduction_int": ("ce", (X, Y), dict(reduction=1)),
-    "size_average_str": ("ce", (X, Y), dict(size_average="x")),
-    "reduce_int": ("ce", (X, Y), dict(reduce=0)),
+    "weight_list": ("ce", (X, Y), {"weight": [1.0] * 5}),
+    "weight_tuple": ("ce", (X, Y), {"weight": (1.0,) * 5}),
+    "list_input_and_bad_ignore_index": ("ce", (lambda: [1.0], Y), {"ignore_index": 1.5}),
+    "bad_ignore_index_and_bad_reduction": ("ce", (X, Y), {"ignore_index": 1.5, "reduction": "x"}),
+    "reduction_none_value": ("ce", (X, Y), {"reduction": None}),
+    "reduction_int": ("ce", (X, Y), {"reduction": 1}),
+    "size_average_str": ("ce", (X, Y), {"size_average": "x"}),
+    "reduce_int": ("ce", (X, Y), {"reduce": 0}),
     "bce_input_list": ("bce", (lambda: [1.0], lambda: torch.rand(1)), {}),
     "bce_input_ndarray": ("bce", (lambda: np.ones((4, 5)), P), {}),
     "bce_target_int": ("bce", (X, lambda: 1), {}),
     "bce_target_float": ("bce", (X, lambda: 1.0), {}),
     "bce_target_none": ("bce", (X, lambda: None), {}),
     "bce_target_ndarray": ("bce", (X, lambda: np.ones((4, 5))), {}),
-    "bce_weight_float": ("bce", (X, P), dict(weight=2.0)),
-    "bce_weight_list": ("bce", (X, P), dict(weight=[1.0] * 5)),
-    "bce_pos_weight_float": ("bce", (X, P), dict(pos_weight=2.0)),
-    "bce_weight_float_and_size_mismatch": ("bce", (X, lambda: torch.rand(3)), dict(weight=1.0)),
-    "bce_reduction_int": ("bce", (X, P), dict(reduction=1)),
+    "bce_weight_float": ("bce", (X, P), {"weight": 2.0}),
+    "bce_weight_list": ("bce", (X, P), {"weight": [1.0] * 5}),
+    "bce_pos_weight_float": ("bce", (X, P), {"pos_weight": 2.0}),
+    "bce_weight_float_and_size_mismatch": ("bce", (X, lambda: torch.rand(3)), {"weight": 1.0}),
+    "bce_reduction_int": ("bce", (X, P), {"reduction": 1}),
     # not a type error: an empty input broadcasts with a 0-dim pos_weight to an empty loss (0 with 1 gives 0)
     "bce_empty_input_0dim_pos_weight": ("bce", (lambda: torch.randn(0), lambda: torch.rand(0)),
-                                        dict(pos_weight=torch.tensor(2.0), reduction="sum")),
-    "bce_size_average_str": ("bce", (X, P), dict(size_average="x")),
+                                        {"pos_weight": torch.tensor(2.0), "reduction": "sum"}),
+    "bce_size_average_str": ("bce", (X, P), {"size_average": "x"}),
 }
 LOSSES = {"ce": (F.cross_entropy, fused_ce.cross_entropy),
           "bce": (F.binary_cross_entropy_with_logits, fused_ce.binary_cross_entropy_with_logits)}
@@ -366,7 +366,7 @@ def same_outcome(torch_call, ours_call):
     """Both raise the same exception type and message, or both return the same value."""
     try:
         expected = torch_call()
-    except Exception as error:  # noqa: BLE001 (any exception torch raises is the expected one)
+    except Exception as error:
         with pytest.raises(type(error)) as info:
             ours_call()
         assert type(info.value) is type(error), f"{type(info.value)} raised, torch raises {type(error)}"
@@ -391,9 +391,9 @@ def test_argument_types_as_torch_parses_them(case):
 
 
 MODULE_TYPE_CASES = {
-    "ignore_index_float": dict(ignore_index=1.5), "ignore_index_numpy": dict(ignore_index=np.int64(2)),
-    "label_smoothing_none": dict(label_smoothing=None), "label_smoothing_str": dict(label_smoothing="0.1"),
-    "reduction_int": dict(reduction=1),
+    "ignore_index_float": {"ignore_index": 1.5}, "ignore_index_numpy": {"ignore_index": np.int64(2)},
+    "label_smoothing_none": {"label_smoothing": None}, "label_smoothing_str": {"label_smoothing": "0.1"},
+    "reduction_int": {"reduction": 1},
 }
 
 
@@ -446,14 +446,14 @@ DTYPE_ROLES = {  # role -> (loss, args for a dtype)
     "ce_hard_target": ("ce", lambda d: ((X(), _of(d, (4,), True)), {})),
     "ce_hard_target_wrong_shape": ("ce", lambda d: ((X(), _of(d, (4, 4), True)), {})),
     "ce_hard_target_wrong_batch": ("ce", lambda d: ((X(), _of(d, (3,), True)), {})),
-    "ce_hard_weight": ("ce", lambda d: ((X(), Y()), dict(weight=_of(d, (5,))))),
+    "ce_hard_weight": ("ce", lambda d: ((X(), Y()), {"weight": _of(d, (5,))})),
     "ce_soft_input": ("ce", lambda d: ((_of(d, (4, 5)), P()), {})),
     "ce_soft_target": ("ce", lambda d: ((X(), _of(d, (4, 5))), {})),
-    "ce_soft_weight": ("ce", lambda d: ((X(), P()), dict(weight=_of(d, (5,))))),
+    "ce_soft_weight": ("ce", lambda d: ((X(), P()), {"weight": _of(d, (5,))})),
     "bce_input": ("bce", lambda d: ((_of(d, (4, 5)), P()), {})),
     "bce_target": ("bce", lambda d: ((X(), _of(d, (4, 5))), {})),
-    "bce_weight": ("bce", lambda d: ((X(), P()), dict(weight=_of(d, (5,))))),
-    "bce_pos_weight": ("bce", lambda d: ((X(), P()), dict(pos_weight=_of(d, (5,))))),
+    "bce_weight": ("bce", lambda d: ((X(), P()), {"weight": _of(d, (5,))})),
+    "bce_pos_weight": ("bce", lambda d: ((X(), P()), {"pos_weight": _of(d, (5,))})),
 }
 # torch returns a complex loss here; the kernels compute in real dtypes, and fused_ce says so.
 COMPLEX_RESULT = {("ce_soft_weight", torch.complex64), ("ce_soft_weight", torch.complex128),
@@ -470,7 +470,7 @@ def test_every_dtype_in_every_role_as_torch(role, dtype):
     if (role, dtype) == ("bce_pos_weight", torch.uint8):
         # Deliberate difference: torch computes pos_weight - 1 in uint8, where 0 - 1 wraps to 255; fused_ce
         # computes in the input's dtype (as for every other pos_weight dtype), where it is -1.
-        kwargs_f = dict(pos_weight=kwargs["pos_weight"].float())
+        kwargs_f = {"pos_weight": kwargs["pos_weight"].float()}
         torch.testing.assert_close(ours(*args, **kwargs), theirs(*args, **kwargs_f))
         assert not torch.allclose(theirs(*args, **kwargs), theirs(*args, **kwargs_f))
         return

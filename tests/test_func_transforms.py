@@ -5,13 +5,13 @@ vmap rules' promise: one kernel call per op, not one per sample."""
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_compat
+from helpers import DEVICES, assert_close, input_magnitude
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_ce
 import fused_ce.testing
-from helpers import DEVICES, assert_close, input_magnitude
-import torch_compat
 
 DT = torch.float64
 REDUCTIONS = ["none", "mean", "sum"]
@@ -223,7 +223,7 @@ def test_bce_vmap_batched_weights(device, api, reduction):
     wfull = torch.rand(3, 4, 3, dtype=DT, generator=g)
 
     def make(fn_of_kwargs):
-        return lambda x, y, w, pw: fn_of_kwargs(dict(weight=w, pos_weight=pw, reduction=reduction))(x, y)
+        return lambda x, y, w, pw: fn_of_kwargs({"weight": w, "pos_weight": pw, "reduction": reduction})(x, y)
     ours = make(lambda kw: bce_apis(kw)[0][api])
     ref = make(lambda kw: bce_apis(kw)[1])
     for args, in_dims in [((xb, yb, wb, pwb), (0, 0, 0, 0)), ((xb[0], yb[0], wfull, pwb[0]), (None, None, 0, None)),
@@ -376,7 +376,7 @@ def test_vmap_low_precision_within_the_error_bound(device, dtype, reduction):
     yb = torch.randint(0, 100, (4, 64), generator=g)
     yb[:, ::5] = -100
     w = (torch.rand(100, generator=g) + 0.5).to(dtype)
-    kw = dict(reduction=reduction, label_smoothing=0.1)
+    kw = {"reduction": reduction, "label_smoothing": 0.1}
 
     def ours(x, y):
         return fused_ce.cross_entropy(x, y, w, **kw)
@@ -441,7 +441,7 @@ def test_vmap_per_sample_weight_and_smoothing_within_the_error_bound(device, api
     def ref(x, t, w):
         return F.cross_entropy(x, t, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
     exact = (xb.double(), tb.double() if soft else tb, wb.double())  # the same values: the reference is fp64
-    judge = dict(dtype=dtype, input_scale=input_magnitude(xb, wb), terms=xb[0].numel())
+    judge = {"dtype": dtype, "input_scale": input_magnitude(xb, wb), "terms": xb[0].numel()}
     assert_close(vmap(ours)(xb, tb, wb), loop(ref)(*exact), msg="loss", **judge)
     argnums = (0, 1) if soft else (0,)
     for g, r, name in zip(vmap(grad(scalar(ours, reduction), argnums=argnums))(xb, tb, wb),

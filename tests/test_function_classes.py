@@ -5,9 +5,9 @@ the functional API but have their own forward and backward (reshapes, casts, the
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch
 
 import fused_ce
-from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch
 
 CE_SHAPES = [(7,), (6, 5), (3, 5, 4), (2, 5, 3, 2)]
 BCE_SHAPES = [(), (7,), (4, 5), (2, 3, 4)]
@@ -37,13 +37,13 @@ def _soft(shape, dtype, device, seed=3):
 
 
 HARD_OPTIONS = {
-    "weight_smoothing_ignored_none": dict(weight=True, label_smoothing=0.2, ignore=True, reduction="none"),
-    "plain_mean": dict(),
-    "ignored_sum": dict(ignore=True, reduction="sum"),
+    "weight_smoothing_ignored_none": {"weight": True, "label_smoothing": 0.2, "ignore": True, "reduction": "none"},
+    "plain_mean": {},
+    "ignored_sum": {"ignore": True, "reduction": "sum"},
 }
 SOFT_OPTIONS = {
-    "weight_smoothing_mean": dict(weight=True, label_smoothing=0.2),
-    "plain_none": dict(reduction="none"),
+    "weight_smoothing_mean": {"weight": True, "label_smoothing": 0.2},
+    "plain_none": {"reduction": "none"},
 }
 
 
@@ -56,8 +56,8 @@ def test_cross_entropy_function(dtype, shape, option, device):
     o = (SOFT_OPTIONS if soft else HARD_OPTIONS)[option]
     num_classes = shape[0] if len(shape) == 1 else shape[1]
     x = _randn(shape, dtype, device, seed=0)
-    kwargs = dict(weight=_positive(num_classes, dtype, device, seed=1) if o.get("weight") else None,
-                  label_smoothing=o.get("label_smoothing", 0.0), reduction=o.get("reduction", "mean"))
+    kwargs = {"weight": _positive(num_classes, dtype, device, seed=1) if o.get("weight") else None,
+                  "label_smoothing": o.get("label_smoothing", 0.0), "reduction": o.get("reduction", "mean")}
     if soft:
         compare_with_torch(ce_function, F.cross_entropy, (x, _soft(shape, dtype, device)), grad_args=(0, 1),
                            kwargs=kwargs)
@@ -78,10 +78,10 @@ def test_cross_entropy_function_non_contiguous_nd(dtype, soft, device):
     assert not x.is_contiguous()
     if soft:
         t = _soft((2, 5, 3, 4), dtype, device).transpose(2, 3).contiguous().transpose(2, 3)
-        compare_with_torch(ce_function, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs=dict(label_smoothing=0.1))
+        compare_with_torch(ce_function, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs={"label_smoothing": 0.1})
     else:
         y = torch.randint(0, 5, (2, 3, 4), generator=torch.Generator().manual_seed(2)).to(device)
-        compare_with_torch(ce_function, F.cross_entropy, (x, y), grad_args=(0,), kwargs=dict(reduction="none"))
+        compare_with_torch(ce_function, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"reduction": "none"})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -94,7 +94,7 @@ def test_cross_entropy_function_mixed_dtypes(input_dtype, target_dtype, device):
     low = [d for d in (input_dtype, target_dtype) if d in (torch.bfloat16, torch.float16)]
     compare_with_torch(ce_function, F.cross_entropy, (x, t), grad_args=(0, 1), dtype=low[0] if low else None,
                        expected_dtype=torch.promote_types(input_dtype, target_dtype),
-                       kwargs=dict(label_smoothing=0.1))
+                       kwargs={"label_smoothing": 0.1})
 
 
 # input shape -> (weight shape, pos_weight shape)
@@ -109,9 +109,9 @@ def test_bce_with_logits_function(dtype, shape, reduction, device):
     w_shape, pw_shape = BCE_OPERANDS[shape]
     x = _randn(shape, dtype, device, seed=0)
     y = _positive(shape, dtype, device, seed=1) - 0.5
-    kwargs = dict(weight=_positive(w_shape, dtype, device, seed=2),
-                  pos_weight=None if pw_shape is None else _positive(pw_shape, dtype, device, seed=3) * 2,
-                  reduction=reduction)
+    kwargs = {"weight": _positive(w_shape, dtype, device, seed=2),
+                  "pos_weight": None if pw_shape is None else _positive(pw_shape, dtype, device, seed=3) * 2,
+                  "reduction": reduction}
     compare_with_torch(bce_function, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1), kwargs=kwargs)
 
 
@@ -125,7 +125,7 @@ def test_bce_with_logits_function_mixed_dtypes(input_dtype, target_dtype, device
     low = [d for d in (input_dtype, target_dtype) if d in (torch.bfloat16, torch.float16)]
     compare_with_torch(bce_function, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1),
                        dtype=low[0] if low else torch.float32, expected_dtype=target_dtype,
-                       kwargs=dict(pos_weight=_positive((4,), torch.float32, device, seed=3), reduction="none"))
+                       kwargs={"pos_weight": _positive((4,), torch.float32, device, seed=3), "reduction": "none"})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -134,7 +134,7 @@ def test_functions_gradient_wrt_one_argument(wrt, device):
     """Only the argument that requires grad gets a gradient, and it is the right one."""
     x = _randn((4, 6, 3), torch.float32, device, seed=0)
     compare_with_torch(ce_function, F.cross_entropy, (x, _soft((4, 6, 3), torch.float32, device)), grad_args=wrt,
-                       kwargs=dict(label_smoothing=0.1))
+                       kwargs={"label_smoothing": 0.1})
     y = _positive((4, 6, 3), torch.float32, device, seed=1) - 0.5
     compare_with_torch(bce_function, F.binary_cross_entropy_with_logits, (x, y), grad_args=wrt,
-                       kwargs=dict(pos_weight=_positive((3,), torch.float32, device, seed=3)))
+                       kwargs={"pos_weight": _positive((3,), torch.float32, device, seed=3)})

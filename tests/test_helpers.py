@@ -4,9 +4,9 @@ input-gradient error), and accepts fused_ce's own results on the same inputs."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import MAX_BOUND, Tol, assert_close, compare_with_torch, error_bound, unit_roundoff
 
 import fused_ce
-from helpers import MAX_BOUND, Tol, assert_close, compare_with_torch, error_bound, unit_roundoff
 
 
 def _with_wrong_gradient(loss_fn, corrupt):
@@ -144,7 +144,7 @@ def test_compare_with_torch_rejects_a_loss_off_by_clearly_more_than_the_dtype_al
     def wrong(x, y, **kwargs):
         # in fp64, then rounded once: the error is the scale's, not fp16's rounding of it
         return (fused_ce.cross_entropy(x.double(), y, **kwargs) * scale).to(x.dtype)
-    kwargs = dict(reduction="none", label_smoothing=0.1)
+    kwargs = {"reduction": "none", "label_smoothing": 0.1}
     with pytest.raises(AssertionError, match="loss value: error"):
         compare_with_torch(wrong, F.cross_entropy, (x, y), grad_args=(0,), kwargs=kwargs)
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, y), grad_args=(0,), kwargs=kwargs)
@@ -154,13 +154,14 @@ def test_the_self_check_judges_with_the_same_bound(monkeypatch):
     """python -m fused_ce.check runs the suite's parity cases through fused_ce.testing.parity's compare_with_torch
     (tests/helpers.py re-exports that very function): an fp64 loss off by 1e-12 fails one of its cases, as run
     by the check's runner, so a loosened fp64 bound would pass a wrong build there too."""
-    from fused_ce.testing import _parity_cases, parity as _parity
     from fused_ce.check import groups, runner, targets
+    from fused_ce.testing import _parity_cases
+    from fused_ce.testing import parity as _parity
     assert compare_with_torch is _parity.compare_with_torch is _parity_cases.compare_with_torch
     family = groups.GROUPS[0].families[0]
     assert family is _parity_cases.CE_HARD
-    point = dict(shape=(6, 5), weighted=True, ignore="some_rows", label_smoothing=0.1, reduction="none",
-                 dtype=torch.float64)
+    point = {"shape": (6, 5), "weighted": True, "ignore": "some_rows", "label_smoothing": 0.1, "reduction": "none",
+                 "dtype": torch.float64}
     cpu = targets.select("cpu")[0]
     assert runner._run_case(family, point, cpu).passed
     right = _parity_cases.CE

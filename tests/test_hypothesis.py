@@ -9,11 +9,11 @@ i.e. 1024 or 2048 fp32 classes, sums flushed every 64 vectors), N-D inputs with 
 (blocks of 128 classes), BCE inputs past an 8192-element chunk."""
 import torch
 import torch.nn.functional as F
+from helpers import FLOAT_DTYPES, TENSOR_DEVICES, compare_with_torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fused_ce
-from helpers import FLOAT_DTYPES, TENSOR_DEVICES, compare_with_torch
 
 # Derandomized, so that CI draws the same examples every run: a random draw found (1, 1025) fp32 soft
 # targets with smoothing 1.0 off by 7.7e-7 relative against a bound of 4.5e-7 (an open accuracy gap of the
@@ -72,24 +72,24 @@ def _torch_ce_long_target(x, y, **kwargs):
 
 
 def ce_options(draw):
-    return dict(
-        dtype=draw(st.sampled_from(FLOAT_DTYPES)),
-        target_dtype=draw(st.sampled_from([None, None] + FLOAT_DTYPES)),  # soft targets: None = the input's
-        uint8=draw(st.booleans()),  # class-index targets
-        device=draw(st.sampled_from(TENSOR_DEVICES)),
-        soft=draw(st.booleans()),
-        weighted=draw(st.booleans()),
-        ignore_share=draw(st.sampled_from([0.0, 0.3, 1.0])),
-        ignore_index=draw(st.sampled_from([-100, -1, 0])),
-        label_smoothing=draw(st.sampled_from([0.0, 0.05, 0.5, 1.0])),
-        reduction=draw(st.sampled_from(["mean", "sum", "none"])),
-        scale=draw(st.sampled_from([0.1, 3.0, 30.0])),
-        layout=draw(st.sampled_from(LAYOUTS)),
-        target_layout=draw(st.sampled_from(LAYOUTS)),
-        special=draw(st.sampled_from(list(SPECIALS))),
-        special_count=draw(st.integers(1, 3)),
-        seed=draw(st.integers(0, 2 ** 16)),
-    )
+    return {
+        "dtype": draw(st.sampled_from(FLOAT_DTYPES)),
+        "target_dtype": draw(st.sampled_from([None, None] + FLOAT_DTYPES)),  # soft targets: None = the input's
+        "uint8": draw(st.booleans()),  # class-index targets
+        "device": draw(st.sampled_from(TENSOR_DEVICES)),
+        "soft": draw(st.booleans()),
+        "weighted": draw(st.booleans()),
+        "ignore_share": draw(st.sampled_from([0.0, 0.3, 1.0])),
+        "ignore_index": draw(st.sampled_from([-100, -1, 0])),
+        "label_smoothing": draw(st.sampled_from([0.0, 0.05, 0.5, 1.0])),
+        "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+        "scale": draw(st.sampled_from([0.1, 3.0, 30.0])),
+        "layout": draw(st.sampled_from(LAYOUTS)),
+        "target_layout": draw(st.sampled_from(LAYOUTS)),
+        "special": draw(st.sampled_from(list(SPECIALS))),
+        "special_count": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 2 ** 16)),
+    }
 
 
 @st.composite
@@ -119,7 +119,7 @@ def check_cross_entropy(p):
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * p["scale"]
     w = (torch.rand(shape[class_dim], generator=gen, dtype=torch.float64) + 0.1).to(dtype).to(device) \
         if p["weighted"] else None
-    kwargs = dict(weight=w, reduction=p["reduction"], label_smoothing=p["label_smoothing"])
+    kwargs = {"weight": w, "reduction": p["reduction"], "label_smoothing": p["label_smoothing"]}
     value, count = SPECIALS[p["special"]], p["special_count"]
     if p["soft"]:
         target_dtype = p["target_dtype"] or dtype
@@ -165,13 +165,13 @@ def bce_options(draw, shape):
             return None
         keep = draw(st.integers(0, len(shape)))
         return tuple(1 if draw(st.booleans()) else s for s in shape[len(shape) - keep:])
-    return dict(shape=shape, dtype=draw(st.sampled_from(FLOAT_DTYPES)),
-                target_dtype=draw(st.sampled_from([None, None] + FLOAT_DTYPES)),  # None: the input's
-                device=draw(st.sampled_from(TENSOR_DEVICES)),
-                weight=operand(), pos_weight=operand(), reduction=draw(st.sampled_from(["mean", "sum", "none"])),
-                scale=draw(st.sampled_from([0.5, 5.0, 50.0])), layout=draw(st.sampled_from(LAYOUTS)),
-                target_layout=draw(st.sampled_from(LAYOUTS)), special=draw(st.sampled_from(list(SPECIALS))),
-                special_count=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2 ** 16)))
+    return {"shape": shape, "dtype": draw(st.sampled_from(FLOAT_DTYPES)),
+                "target_dtype": draw(st.sampled_from([None, None] + FLOAT_DTYPES)),  # None: the input's
+                "device": draw(st.sampled_from(TENSOR_DEVICES)),
+                "weight": operand(), "pos_weight": operand(), "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+                "scale": draw(st.sampled_from([0.5, 5.0, 50.0])), "layout": draw(st.sampled_from(LAYOUTS)),
+                "target_layout": draw(st.sampled_from(LAYOUTS)), "special": draw(st.sampled_from(list(SPECIALS))),
+                "special_count": draw(st.integers(1, 3)), "seed": draw(st.integers(0, 2 ** 16))}
 
 
 @st.composite
@@ -201,7 +201,7 @@ def check_bce(p):
                   p["target_layout"])
     w = rand(p["weight"], 0.1, 2.0) if p["weight"] is not None else None
     pw = rand(p["pos_weight"], 0.1, 3.0) if p["pos_weight"] is not None else None
-    kwargs = dict(weight=w, pos_weight=pw, reduction=p["reduction"])
+    kwargs = {"weight": w, "pos_weight": pw, "reduction": p["reduction"]}
     with torch.no_grad():  # torch's loss dtype for these dtypes (the target's, with some promotions)
         expected_dtype = F.binary_cross_entropy_with_logits(x, y, **kwargs).dtype
     compare_with_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, (x, y),

@@ -21,14 +21,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-import fused_ce
-import fused_ce.linear
-import fused_ce.testing
 from cpu_isas import SUPPORTED_ISAS
 from helpers import DEVICES, EMULATED_CUDA, assert_close, input_magnitude, random_grad_output
 from lm_reference import reference
 from partial_stats_reference import partial_grad
+
+import fused_ce
+import fused_ce.linear
+import fused_ce.testing
 
 INF, NAN = float("inf"), float("nan")
 C, H = 37, 6
@@ -39,9 +39,9 @@ REDUCTIONS = ["none", "mean", "sum"]
 # "z_loss" squares the ignored rows' lse of -inf, inf, NaN; the cap of "lm" makes the +-inf logits finite.
 OPTIONS = {
     "plain": {},
-    "smoothing_weight": dict(label_smoothing=0.1, weighted=True),
-    "z_loss": dict(lse_square_scale=1e-2, logit_scale=0.7),
-    "lm": dict(label_smoothing=0.1, weighted=True, lse_square_scale=1e-2, logit_scale=1.3, softcap=6.0),
+    "smoothing_weight": {"label_smoothing": 0.1, "weighted": True},
+    "z_loss": {"lse_square_scale": 1e-2, "logit_scale": 0.7},
+    "lm": {"label_smoothing": 0.1, "weighted": True, "lse_square_scale": 1e-2, "logit_scale": 1.3, "softcap": 6.0},
 }
 # The class slices of two ranks; each holds non-finite logits of the +inf and the NaN row.
 SIZES = [17, 20]

@@ -6,25 +6,25 @@ vector and blocks. The rest of the suite runs the build this CPU picks by itself
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fused_ce
 from cpu_isas import isa_device  # noqa: F401  (isa_device: the fixture)
 from helpers import FLOAT_DTYPES, compare_with_torch
+
+import fused_ce
 
 # (7, 3): no full vector, only the scalar tail; (5, 37): vectors and a tail; (3, 1029): several blocks and
 # flushes for fp64 under the 32-byte builds; (2, 19, 5) and (2, 9, 33): N-D with fewer positions than
 # lanes, and several vectors of positions ending in a partial one.
 SHAPES = [(7, 3), (5, 37), (3, 1029), (2, 19, 5), (2, 9, 33)]
 HARD_OPTIONS = {
-    "plain_mean": dict(),
-    "weight_smoothing_ignored_none": dict(weight=True, label_smoothing=0.1, ignore=-100, reduction="none"),
-    "ignore_in_class_range_sum": dict(ignore=2, reduction="sum"),
-    "weight_mean": dict(weight=True, ignore=-100),
-    "uint8_smoothing1_sum": dict(uint8=True, label_smoothing=1.0, reduction="sum"),
+    "plain_mean": {},
+    "weight_smoothing_ignored_none": {"weight": True, "label_smoothing": 0.1, "ignore": -100, "reduction": "none"},
+    "ignore_in_class_range_sum": {"ignore": 2, "reduction": "sum"},
+    "weight_mean": {"weight": True, "ignore": -100},
+    "uint8_smoothing1_sum": {"uint8": True, "label_smoothing": 1.0, "reduction": "sum"},
 }
 SOFT_OPTIONS = {
-    "weight_smoothing_mean": dict(weight=True, label_smoothing=0.2),
-    "plain_none": dict(reduction="none"),
+    "weight_smoothing_mean": {"weight": True, "label_smoothing": 0.2},
+    "plain_none": {"reduction": "none"},
 }
 
 
@@ -50,8 +50,8 @@ def test_class_index_targets(dtype, shape, option, isa_device):
     y = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen)
     if "ignore" in o:
         y.view(-1)[::3] = o["ignore"]
-    kwargs = dict(weight=w if o.get("weight") else None, label_smoothing=o.get("label_smoothing", 0.0),
-                  reduction=o.get("reduction", "mean"), ignore_index=o.get("ignore", -100))
+    kwargs = {"weight": w if o.get("weight") else None, "label_smoothing": o.get("label_smoothing", 0.0),
+                  "reduction": o.get("reduction", "mean"), "ignore_index": o.get("ignore", -100)}
     y = y.to(torch.uint8 if o.get("uint8") else torch.int64).to(device)
     compare_with_torch(fused_ce.cross_entropy, _torch_ce_long_target, (x, y), grad_args=(0,), kwargs=kwargs)
 
@@ -64,8 +64,8 @@ def test_probability_targets(dtype, shape, option, isa_device):
     o = SOFT_OPTIONS[option]
     gen, x, w = _data(shape, dtype, device, seed=1)
     t = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64), 1).to(dtype).to(device)
-    kwargs = dict(weight=w if o.get("weight") else None, label_smoothing=o.get("label_smoothing", 0.0),
-                  reduction=o.get("reduction", "mean"))
+    kwargs = {"weight": w if o.get("weight") else None, "label_smoothing": o.get("label_smoothing", 0.0),
+                  "reduction": o.get("reduction", "mean")}
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs=kwargs)
 
 
@@ -92,4 +92,4 @@ def test_bce_with_logits(dtype, shape, reduction, isa_device):
     w_shape, pw_shape = BCE_CASES[shape]
     compare_with_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, (x, y),
                        grad_args=(0, 1),
-                       kwargs=dict(weight=operand(w_shape), pos_weight=operand(pw_shape), reduction=reduction))
+                       kwargs={"weight": operand(w_shape), "pos_weight": operand(pw_shape), "reduction": reduction})

@@ -6,12 +6,12 @@ the checks torch makes."""
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_compat
+from helpers import DEVICES, assert_close, parametrize_grid
 
 import fused_ce
 import fused_ce.linear
 from fused_ce.testing._opcheck_cases import OPCHECK_LINEAR_CE
-from helpers import DEVICES, assert_close, parametrize_grid
-import torch_compat
 
 N, H, V = 37, 8, 29
 OPTIONS = torch_compat.LinearCrossEntropyOptions
@@ -43,7 +43,7 @@ def _losses_and_grads(fn, x, w, b, grad_seed=1, unit_scalar=False):
 
 
 def _compare(x, w, b, t, cw, reduction, smoothing, ignore_index, chunk, tol_dtype=torch.float64):
-    kwargs = dict(weight=cw, reduction=reduction, label_smoothing=smoothing, ignore_index=ignore_index)
+    kwargs = {"weight": cw, "reduction": reduction, "label_smoothing": smoothing, "ignore_index": ignore_index}
     ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
         xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=chunk), **kwargs), x, w, b)
     ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(
@@ -84,7 +84,7 @@ def test_bf16_per_device(reduction, device):
     """bf16 tiles through each device's kernels (in place on the tile), against fp64 on the same rounded
     inputs: within a few bf16 roundings (the logits tile and dlogits are bf16, as torch's eager ones)."""
     x, w, b, t, cw = _problem(dtype=torch.bfloat16, bias=True, weighted=True, ignore=True, n=11, device=device)
-    kwargs = dict(weight=cw, reduction=reduction, label_smoothing=0.1, ignore_index=3)
+    kwargs = {"weight": cw, "reduction": reduction, "label_smoothing": 0.1, "ignore_index": 3}
     ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
         xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=4), **kwargs), x, w, b, unit_scalar=True)
     ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(
@@ -106,7 +106,7 @@ def test_workspace_knob_sets_the_chunk_rows(monkeypatch):
     assert fused_ce.linear.chunk_rows(100, 1000, torch.float32, OPTIONS(batch_chunk_size=7)) == 7
     # A workspace of two rows of logits: the default path (no options) runs 19 chunks and is still right.
     monkeypatch.setattr(fused_ce.linear, "workspace_mib", 2 * V * 8 / 2**20)
-    x, w, b, t, cw = _problem()
+    x, w, b, t, _cw = _problem()
     ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2]), x, w, b)
     ref = _losses_and_grads(lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2]), x, w, b)
     for o, r in zip(ours, ref):
@@ -117,7 +117,7 @@ def test_gradcheck():
     x, w, b, t, cw = _problem(n=5, weighted=True)
     t = t.remainder(4)
     t[1] = -100
-    for reduction, kwargs in [("mean", dict(weight=cw[:4], label_smoothing=0.2)), ("none", {}), ("sum", {})]:
+    for reduction, kwargs in [("mean", {"weight": cw[:4], "label_smoothing": 0.2}), ("none", {}), ("sum", {})]:
         def fn(xi, wi, bi):
             return fused_ce.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction=reduction,
                                                  options=OPTIONS(batch_chunk_size=2), **kwargs)
@@ -201,7 +201,7 @@ def test_backward_twice_and_scaled_upstream_gradient(reduction):
     (retain_graph=True) finds them spent and runs the chunk loop again: both right."""
     x, w, b, t, cw = _problem(weighted=True, ignore=True)
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
-    kwargs = dict(linear_bias=leaves[2], weight=cw, ignore_index=3, reduction=reduction, label_smoothing=0.1)
+    kwargs = {"linear_bias": leaves[2], "weight": cw, "ignore_index": 3, "reduction": reduction, "label_smoothing": 0.1}
     loss = fused_ce.linear_cross_entropy(*leaves[:2], t, options=OPTIONS(batch_chunk_size=5), **kwargs)
     ref = torch_compat.linear_cross_entropy(*leaves[:2], t, **kwargs)
     for g in (0.5, 3.0):
@@ -213,7 +213,7 @@ def test_backward_twice_and_scaled_upstream_gradient(reduction):
 
 
 def test_double_backward_raises():
-    x, w, b, t, _ = _problem()
+    x, w, _b, t, _ = _problem()
     xg = x.clone().requires_grad_()
     loss = fused_ce.linear_cross_entropy(xg, w, t)
     with pytest.raises(RuntimeError, match="does not support double backward"):
@@ -307,7 +307,7 @@ def test_tile_op_in_place_gradient_matches_cross_entropy_bwd():
     cw = torch.rand(11, dtype=torch.float64) + 0.1
     g = torch.rand(6, dtype=torch.float64) + 0.5
     tile = logits.clone()
-    row_loss, lse, z_rows = ops.linear_ce_tile_(tile, t, cw, -100, 0.2, g, torch.tensor(4.0, dtype=torch.float64), True)
+    row_loss, _lse, _z_rows = ops.linear_ce_tile_(tile, t, cw, -100, 0.2, g, torch.tensor(4.0, dtype=torch.float64), True)
     expected_loss, expected_lse = ops.cross_entropy_fwd(logits, t, cw, -100, 0.2, 0)
     expected = ops.cross_entropy_bwd(g / 4, logits, t, cw, expected_lse, -100, 0.2, 0)
     assert torch.equal(tile, expected)
@@ -323,7 +323,7 @@ def _torch_module(**kwargs):
 @pytest.mark.parametrize("bias", [False, True])
 def test_module_matches_torch_and_state_dict_loads_both_ways(bias):
     cw = torch.rand(V) + 0.1
-    kwargs = dict(bias=bias, weight=cw, label_smoothing=0.1, ignore_index=2, reduction="sum")
+    kwargs = {"bias": bias, "weight": cw, "label_smoothing": 0.1, "ignore_index": 2, "reduction": "sum"}
     ref = _torch_module(**kwargs)
     ours = fused_ce.LinearCrossEntropyLoss(H, V, **kwargs)
     assert list(ours.state_dict()) == list(ref.state_dict())
@@ -357,7 +357,7 @@ def test_autocast_bf16_matches_torch():
 
 
 def test_all_rows_ignored_and_no_rows():
-    x, w, b, t, _ = _problem(n=4)
+    x, w, _b, t, _ = _problem(n=4)
     t.fill_(-100)
     xg = x.clone().requires_grad_()
     mean = fused_ce.linear_cross_entropy(xg, w, t)

@@ -5,11 +5,12 @@ linear_bias, with chunks that do not divide N."""
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_compat
+from helpers import DEVICES
+from lm_reference import reference as lm_reference
+from lm_reference import rel_err
 
 import fused_ce
-from helpers import DEVICES
-from lm_reference import reference as lm_reference, rel_err
-import torch_compat
 
 N, H, V = 23, 8, 29
 OPTIONS = [(1.0, 0.0, 1e-2), (0.7, 2.5, 0.0), (1.2, 4.0, 1e-3)]  # (logit_scale, softcap, lse_square_scale)

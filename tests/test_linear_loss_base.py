@@ -3,16 +3,16 @@ stand-in must hold the state torch's class holds, so that checkpoints move betwe
 class, the stand-in is compared with it directly; the module's own behaviour is tested on every torch."""
 import pytest
 import torch
+import torch_compat
+from helpers import assert_close
 
 import fused_ce
 from fused_ce._core import torch_features as _torch_features
 from fused_ce._linear.loss_base import LinearCrossEntropyLossBase, StandaloneLinearCrossEntropyLoss
-from helpers import assert_close
-import torch_compat
 
 H, V = 6, 5
-KWARGS = [dict(), dict(bias=True, weight=torch.rand(V) + 0.1, reduction="sum", ignore_index=2, label_smoothing=0.2),
-          dict(out_features=(3, 2), bias=True), dict(dtype=torch.float64)]
+KWARGS = [{}, {"bias": True, "weight": torch.rand(V) + 0.1, "reduction": "sum", "ignore_index": 2, "label_smoothing": 0.2},
+          {"out_features": (3, 2), "bias": True}, {"dtype": torch.float64}]
 
 
 def test_base_is_torchs_class_where_torch_has_it():
@@ -37,8 +37,8 @@ def test_standalone_base_holds_torchs_state(kwargs):
 
 
 @torch_compat.needs_torch_linear_ce
-@pytest.mark.parametrize("kwargs", [dict(weight=torch.ones(V + 1)), dict(label_smoothing=1.5),
-                                    dict(label_smoothing=-0.1)], ids=str)
+@pytest.mark.parametrize("kwargs", [{"weight": torch.ones(V + 1)}, {"label_smoothing": 1.5},
+                                    {"label_smoothing": -0.1}], ids=str)
 def test_standalone_base_raises_as_torch(kwargs):
     with pytest.raises(Exception) as expected:
         torch.nn.LinearCrossEntropyLoss(H, V, **kwargs)

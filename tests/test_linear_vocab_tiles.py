@@ -6,12 +6,13 @@ bf16 and fp16 errors no larger than torch's eager ones; gradcheck; torch's Index
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_compat
+from helpers import DEVICES, assert_close
+from lm_reference import reference as lm_reference
+from lm_reference import rel_err
 
 import fused_ce
 import fused_ce.linear
-from helpers import DEVICES, assert_close
-from lm_reference import reference as lm_reference, rel_err
-import torch_compat
 
 N, H, V = 37, 8, 300  # 37 rows: a chunk of 32 (MIN_CHUNK_ROWS) and one of 5
 
@@ -57,7 +58,7 @@ def _losses_and_grads(fn, x, w, b, unit_scalar=False):
 @pytest.mark.parametrize("ignore", [False, True])
 def test_fp64_parity_every_option(vocab_tiles, ignore, weighted, bias, smoothing, reduction):
     x, w, b, t, cw = _problem(bias=bias, weighted=weighted, ignore=ignore)
-    kwargs = dict(weight=cw, reduction=reduction, label_smoothing=smoothing, ignore_index=3 if ignore else None)
+    kwargs = {"weight": cw, "reduction": reduction, "label_smoothing": smoothing, "ignore_index": 3 if ignore else None}
     ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs),
                              x, w, b)
     ref = _losses_and_grads(lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs), x, w, b)
@@ -118,8 +119,8 @@ def test_gradcheck(monkeypatch):
     monkeypatch.setattr(fused_ce.linear, "MIN_CHUNK_ROWS", 2)
     x, w, b, t, cw = _problem(n=5, v=5, weighted=True)
     t[1] = -100
-    for reduction, kwargs in [("mean", dict(weight=cw, label_smoothing=0.2, lse_square_scale=0.1)),
-                              ("none", dict(softcap=1.5)), ("sum", dict(logit_scale=0.5))]:
+    for reduction, kwargs in [("mean", {"weight": cw, "label_smoothing": 0.2, "lse_square_scale": 0.1}),
+                              ("none", {"softcap": 1.5}), ("sum", {"logit_scale": 0.5})]:
         def fn(xi, wi, bi):
             return fused_ce.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction=reduction, **kwargs)
         assert fused_ce.linear.tile_shape(5, 5, torch.float64) == (2, 2)

@@ -8,9 +8,9 @@ into chunks). The in-place gradient must equal the out-of-place one bit for bit,
 import pytest
 import torch
 import torch.nn.functional as F
+from test_emulated_cuda import assert_matches, class_targets, logits, positive
 
 import fused_ce.testing
-from test_emulated_cuda import assert_matches, class_targets, logits, positive
 
 pytestmark = [
     pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),

@@ -3,9 +3,9 @@ return_z_loss, return_lse) against the float64 reference of tests/lm_reference.p
 import pytest
 import torch
 import torch.nn.functional as F
+from lm_reference import reference, rel_err
 
 import fused_ce
-from lm_reference import reference, rel_err
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])

@@ -6,11 +6,11 @@ reduction, the loss, z_loss and lse and the gradients, against the fp64 referenc
 judged by the suite's error bound. The 2-D cases alone cannot tell the class dimension (1) from the last one."""
 import pytest
 import torch
+from helpers import DEVICES, assert_close, input_magnitude, random_grad_output
+from lm_reference import reference
 
 import fused_ce
 from fused_ce._lm import options as _lm_options
-from helpers import DEVICES, assert_close, input_magnitude, random_grad_output
-from lm_reference import reference
 
 SHAPE = (3, 7, 4, 2)  # N, C, d1, d2: no two of the dims after N are equal
 OPTIONS = [  # (logit_scale, softcap, lse_square_scale, label_smoothing, weighted)

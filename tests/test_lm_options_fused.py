@@ -5,10 +5,10 @@ import itertools
 
 import pytest
 import torch
-
-import fused_ce
 from helpers import DEVICES
 from lm_reference import reference, rel_err
+
+import fused_ce
 
 OPTIONS = [  # (logit_scale, softcap, lse_square_scale)
     (1.0, 0.0, 1e-2), (0.7, 0.0, 0.0), (1.3, 2.5, 0.0), (0.9, 4.0, 1e-3), (1.0, 50.0, 1e-4)]

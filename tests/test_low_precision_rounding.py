@@ -4,9 +4,9 @@ terms cancel), and an fp16 mean stays finite where torch's, summed in fp16, over
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DEVICES
 
 import fused_ce
-from helpers import DEVICES
 
 LOW = [torch.float16, torch.bfloat16]
 

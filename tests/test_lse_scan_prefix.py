@@ -26,12 +26,12 @@ turn so that each vector mixes them, and S = 19 ending in a partial vector of po
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fused_ce
-import fused_ce.testing
 from cpu_isas import isa_device  # noqa: F401  (the fixture)
 from helpers import assert_close, compare_with_torch, input_magnitude
 from test_block_boundaries import SCAN_STEPS, lanes
+
+import fused_ce
+import fused_ce.testing
 
 INF = float("inf")
 JUMPS = [20.0, 50.0, 87.0, 89.0, 200.0, INF]  # INF: the first logits are -inf
@@ -84,7 +84,7 @@ def check_prefix_rows(x, target, dtype, device):
     x = x.to(dtype).to(device)
     target = target.to(device)
     out, (grad,) = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, target), grad_args=(0,),
-                                      kwargs=dict(reduction="none"))
+                                      kwargs={"reduction": "none"})
     _, lse = fused_ce.cross_entropy(x, target, reduction="none", return_lse=True)
     ref_lse = torch.logsumexp(x.double(), dim=1)
     assert_close(lse, ref_lse, msg="log-sum-exp", input_scale=input_magnitude(x))

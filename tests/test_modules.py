@@ -5,23 +5,23 @@ import warnings
 
 import pytest
 import torch
-
-import fused_ce
 from helpers import DEVICES, compare_with_torch
 
+import fused_ce
+
 CE_KWARGS = [
-    dict(),
-    dict(weight=torch.tensor([0.5, 1.0, 2.0, 1.5, 0.1])),
-    dict(ignore_index=1, reduction="sum"),
-    dict(reduction="none", label_smoothing=0.2),
-    dict(weight=torch.tensor([0.5, 1.0, 2.0, 1.5, 0.1]), label_smoothing=0.1, ignore_index=-1),
+    {},
+    {"weight": torch.tensor([0.5, 1.0, 2.0, 1.5, 0.1])},
+    {"ignore_index": 1, "reduction": "sum"},
+    {"reduction": "none", "label_smoothing": 0.2},
+    {"weight": torch.tensor([0.5, 1.0, 2.0, 1.5, 0.1]), "label_smoothing": 0.1, "ignore_index": -1},
 ]
 BCE_KWARGS = [
-    dict(),
-    dict(weight=torch.tensor([0.5, 1.0, 2.0, 1.5, 0.1])),
-    dict(pos_weight=torch.tensor([3.0, 1.0, 2.0, 0.5, 1.0])),
-    dict(weight=torch.rand(4, 1), pos_weight=torch.rand(5) + 0.5, reduction="sum"),
-    dict(reduction="none"),
+    {},
+    {"weight": torch.tensor([0.5, 1.0, 2.0, 1.5, 0.1])},
+    {"pos_weight": torch.tensor([3.0, 1.0, 2.0, 0.5, 1.0])},
+    {"weight": torch.rand(4, 1), "pos_weight": torch.rand(5) + 0.5, "reduction": "sum"},
+    {"reduction": "none"},
 ]
 
 
@@ -63,12 +63,12 @@ def test_weight_buffer_only_when_given(kind):
     ours, ref = _pair(kind, {})
     assert "weight" not in ours.state_dict() and "weight" not in ref.state_dict()
     assert ours.weight is None
-    ours, ref = _pair(kind, dict(weight=torch.ones(5)))
+    ours, ref = _pair(kind, {"weight": torch.ones(5)})
     assert "weight" in ours.state_dict() and "weight" in ref.state_dict()
 
 
-@pytest.mark.parametrize("kind,kwargs", [("ce", dict(weight=torch.ones(5))),
-                                         ("bce", dict(weight=torch.ones(5), pos_weight=torch.ones(5)))])
+@pytest.mark.parametrize("kind,kwargs", [("ce", {"weight": torch.ones(5)}),
+                                         ("bce", {"weight": torch.ones(5), "pos_weight": torch.ones(5)})])
 def test_load_torch_state_dict(kind, kwargs):
     ours, ref = _pair(kind, kwargs)
     trained = {k: torch.rand_like(v) + 0.1 for k, v in ref.state_dict().items()}

@@ -6,10 +6,10 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fused_ce
 from helpers import DEVICES, assert_close
 from lm_reference import reference
+
+import fused_ce
 
 F64 = torch.float64
 
@@ -61,8 +61,9 @@ def test_linear_class_weight_requiring_grad_raises_torchs_error(device):
 def test_sequence_classification_int32_labels_are_single_label_as_in_transformers():
     # transformers takes int32 labels for class indices (single-label classification), not multi-label targets.
     transformers = pytest.importorskip("transformers")
-    from fused_ce.integrations.transformers import use_fused_ce
     from transformers.loss import loss_utils
+
+    from fused_ce.integrations.transformers import use_fused_ce
     logits, labels = torch.randn(2, 3), torch.tensor([0, 2], dtype=torch.int32)
     stock_config, fused_config = (types.SimpleNamespace(num_labels=3, problem_type=None) for _ in range(2))
     model = use_fused_ce(transformers.LlamaForSequenceClassification(transformers.LlamaConfig(

@@ -5,13 +5,20 @@ import re
 
 import pytest
 import torch
+from helpers import parametrize_grid
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fused_ce
 import fused_ce.testing
-from fused_ce.testing._opcheck_cases import (ALL_OPS, DTYPES, OPCHECK_BCE, OPCHECK_CE, OPCHECK_CE_SOFT, REDUCTIONS,
-                                     registered_ops)
-from helpers import parametrize_grid
+from fused_ce.testing._opcheck_cases import (
+    ALL_OPS,
+    DTYPES,
+    OPCHECK_BCE,
+    OPCHECK_CE,
+    OPCHECK_CE_SOFT,
+    REDUCTIONS,
+    registered_ops,
+)
 
 
 def ops():

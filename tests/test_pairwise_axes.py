@@ -17,16 +17,16 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_compat
+from cpu_isas import SUPPORTED_ISAS
+from helpers import assert_close, compare_with_torch, input_magnitude, relative_error
+from pairwise import covering_rows, pairs_of, required_pairs
 
 import fused_ce
 import fused_ce.linear
 import fused_ce.parallel
 import fused_ce.testing
 from fused_ce.testing._parity_cases import make_hard_target, make_logits, make_soft_target, make_weight
-from cpu_isas import SUPPORTED_ISAS
-from helpers import assert_close, compare_with_torch, input_magnitude, relative_error
-from pairwise import covering_rows, pairs_of, required_pairs
-import torch_compat
 
 F64 = torch.float64
 LOW = (torch.bfloat16, torch.float16)
@@ -77,7 +77,7 @@ def lm_reference(x, target, weight=None, *, reduction, smoothing, ignore_index, 
 
 def lm_kwargs(lm):
     scale, cap, zscale = LM[lm]
-    return dict(logit_scale=scale, softcap=cap, lse_square_scale=zscale) if lm != "off" else {}
+    return {"logit_scale": scale, "softcap": cap, "lse_square_scale": zscale} if lm != "off" else {}
 
 
 # ---- the judges of each transform ----------------------------------------------------------------------------
@@ -146,10 +146,10 @@ def batched(make, transform):
 
 
 # ---- cross_entropy, CrossEntropyLoss, CrossEntropyFunction ---------------------------------------------------
-CE_AXES = dict(
-    api=["functional", "module", "function"], dtype=[F64, torch.float32, torch.bfloat16, torch.float16], path=PATHS,
-    target=["index", "probs"], weight=[False, True], smoothing=list(SMOOTHING), reduction=["mean", "sum", "none"],
-    ignore=["absent", "some"], lm=["off", "scale", "softcap", "z_loss", "all"], rank=list(SHAPES), transform=TRANSFORMS)
+CE_AXES = {
+    "api": ["functional", "module", "function"], "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS,
+    "target": ["index", "probs"], "weight": [False, True], "smoothing": list(SMOOTHING), "reduction": ["mean", "sum", "none"],
+    "ignore": ["absent", "some"], "lm": ["off", "scale", "softcap", "z_loss", "all"], "rank": list(SHAPES), "transform": TRANSFORMS}
 
 
 def ce_allowed(row):
@@ -168,7 +168,7 @@ CE_ROWS = covering_rows(CE_AXES, ce_allowed)
 
 
 def _ce_functions(row, weight):
-    kwargs = dict(reduction=row["reduction"], label_smoothing=SMOOTHING[row["smoothing"]], ignore_index=-100)
+    kwargs = {"reduction": row["reduction"], "label_smoothing": SMOOTHING[row["smoothing"]], "ignore_index": -100}
     options = lm_kwargs(row["lm"])
 
     def reference(x, t, weight=None):
@@ -197,15 +197,15 @@ def test_cross_entropy_pairs(row, monkeypatch):
     w = make_weight(shape[0 if len(shape) == 1 else 1], dtype, "cpu") if row["weight"] else None
     ours, reference = _ce_functions(row, w)
     with kernel_path(row["path"], monkeypatch):
-        judge(transform, ours, reference, (x, t), (0, 1) if probs else (0,), dict(weight=w), in_dims=(0, 0))
+        judge(transform, ours, reference, (x, t), (0, 1) if probs else (0,), {"weight": w}, in_dims=(0, 0))
 
 
 # ---- binary_cross_entropy_with_logits, BCEWithLogitsLoss, BCEWithLogitsFunction -------------------------------
 BCE_SHAPES = {"0d": (), "1d": (7,), "2d": (5, 7), "nd": (2, 3, 7)}
-BCE_AXES = dict(
-    api=["functional", "module", "function"], dtype=[F64, torch.float32, torch.bfloat16, torch.float16], path=PATHS,
-    target_dtype=["same", "other"], weight=["none", "last_dim", "full"], pos_weight=[False, True],
-    reduction=["mean", "sum", "none"], rank=list(BCE_SHAPES), transform=TRANSFORMS)
+BCE_AXES = {
+    "api": ["functional", "module", "function"], "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS,
+    "target_dtype": ["same", "other"], "weight": ["none", "last_dim", "full"], "pos_weight": [False, True],
+    "reduction": ["mean", "sum", "none"], "rank": list(BCE_SHAPES), "transform": TRANSFORMS}
 
 
 def bce_allowed(row):
@@ -245,18 +245,18 @@ def test_bce_with_logits_pairs(row, monkeypatch):
     def reference(x, t, weight=None, pos_weight=None):
         return F.binary_cross_entropy_with_logits(x, t, weight, reduction=reduction, pos_weight=pos_weight)
     with kernel_path(row["path"], monkeypatch):
-        judge(transform, ours, reference, (x, t), (0, 1), dict(weight=w, pos_weight=pw), in_dims=(0, 0))
+        judge(transform, ours, reference, (x, t), (0, 1), {"weight": w, "pos_weight": pw}, in_dims=(0, 0))
 
 
 # ---- linear_cross_entropy, LinearCrossEntropyLoss -------------------------------------------------------------
 LINEAR_N, LINEAR_H, LINEAR_V = 9, 6, 29
 # A workspace too small for 32 (MIN_CHUNK_ROWS) whole rows: tiles of a few classes (_vocab/tiles.py).
 TINY_WORKSPACE_MIB = 1000 / 2**20
-LINEAR_AXES = dict(
-    api=["functional", "module"], dtype=[F64, torch.float32, torch.bfloat16, torch.float16], path=PATHS,
-    bias=[False, True], weight=[False, True], smoothing=list(SMOOTHING), reduction=["mean", "sum", "none"],
-    ignore=["absent", "some"], lm=["off", "softcap", "z_loss", "all"], rank=["1d", "2d"],
-    tiles=["row_chunks", "vocab_tiles"], transform=["autograd", "grad", "compile", "autocast"])
+LINEAR_AXES = {
+    "api": ["functional", "module"], "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS,
+    "bias": [False, True], "weight": [False, True], "smoothing": list(SMOOTHING), "reduction": ["mean", "sum", "none"],
+    "ignore": ["absent", "some"], "lm": ["off", "softcap", "z_loss", "all"], "rank": ["1d", "2d"],
+    "tiles": ["row_chunks", "vocab_tiles"], "transform": ["autograd", "grad", "compile", "autocast"]}
 
 
 def linear_allowed(row):
@@ -348,17 +348,17 @@ def test_linear_cross_entropy_pairs(row, monkeypatch):
     with kernel_path(row["path"], monkeypatch):
         if row["dtype"] in LOW:
             tile_dtype = torch.bfloat16 if row["transform"] == "autocast" else row["dtype"]
-            _judge_linear_low_precision(ours, reference, (x, lw, b, t), grad_args, dict(weight=w), row["transform"],
+            _judge_linear_low_precision(ours, reference, (x, lw, b, t), grad_args, {"weight": w}, row["transform"],
                                         tile_dtype)
         else:
-            judge(row["transform"], ours, reference, (x, lw, b, t), grad_args, dict(weight=w))
+            judge(row["transform"], ours, reference, (x, lw, b, t), grad_args, {"weight": w})
 
 
 # ---- fused_ce.parallel, on one rank --------------------------------------------------------------------------
-PARALLEL_AXES = dict(
-    dtype=[F64, torch.float32], path=PATHS, weight=[False, True], smoothing=list(SMOOTHING),
-    reduction=["mean", "sum", "none"], ignore=["absent", "some"], lm=["off", "scale", "softcap", "z_loss", "all"],
-    rank=list(SHAPES))
+PARALLEL_AXES = {
+    "dtype": [F64, torch.float32], "path": PATHS, "weight": [False, True], "smoothing": list(SMOOTHING),
+    "reduction": ["mean", "sum", "none"], "ignore": ["absent", "some"], "lm": ["off", "scale", "softcap", "z_loss", "all"],
+    "rank": list(SHAPES)}
 
 
 def parallel_allowed(row):
@@ -366,10 +366,10 @@ def parallel_allowed(row):
 
 
 PARALLEL_ROWS = covering_rows(PARALLEL_AXES, parallel_allowed)
-PARALLEL_LINEAR_AXES = dict(
-    dtype=[F64, torch.float32], path=PATHS, bias=[False, True], weight=[False, True], smoothing=list(SMOOTHING),
-    reduction=["mean", "sum", "none"], ignore=["absent", "some"], lm=["off", "softcap", "z_loss", "all"],
-    rank=["1d", "2d"], tiles=["row_chunks", "vocab_tiles"])
+PARALLEL_LINEAR_AXES = {
+    "dtype": [F64, torch.float32], "path": PATHS, "bias": [False, True], "weight": [False, True], "smoothing": list(SMOOTHING),
+    "reduction": ["mean", "sum", "none"], "ignore": ["absent", "some"], "lm": ["off", "softcap", "z_loss", "all"],
+    "rank": ["1d", "2d"], "tiles": ["row_chunks", "vocab_tiles"]}
 PARALLEL_LINEAR_ROWS = covering_rows(PARALLEL_LINEAR_AXES, linear_allowed)
 
 
@@ -379,7 +379,7 @@ def test_parallel_cross_entropy_pairs(row, monkeypatch, one_rank_group):
     x = make_logits(shape, row["dtype"], "cpu")
     t = make_hard_target(shape, "cpu", -100 if row["ignore"] == "some" else None)
     w = make_weight(shape[0 if len(shape) == 1 else 1], row["dtype"], "cpu") if row["weight"] else None
-    kwargs = dict(reduction=row["reduction"], label_smoothing=SMOOTHING[row["smoothing"]])
+    kwargs = {"reduction": row["reduction"], "label_smoothing": SMOOTHING[row["smoothing"]]}
     scale, cap, zscale = LM[row["lm"]]
 
     def ours(x, t, weight=None):
@@ -390,7 +390,7 @@ def test_parallel_cross_entropy_pairs(row, monkeypatch, one_rank_group):
         return lm_reference(x, t, weight, reduction=kwargs["reduction"], smoothing=kwargs["label_smoothing"],
                             ignore_index=-100, lm=row["lm"])
     with kernel_path(row["path"], monkeypatch):
-        compare_with_torch(ours, reference, (x, t), grad_args=(0,), kwargs=dict(weight=w))
+        compare_with_torch(ours, reference, (x, t), grad_args=(0,), kwargs={"weight": w})
 
 
 @pytest.mark.parametrize("row", PARALLEL_LINEAR_ROWS, ids=describe)
@@ -402,15 +402,15 @@ def test_parallel_linear_cross_entropy_pairs(row, monkeypatch, one_rank_group):
                                                       **kwargs)
     with kernel_path(row["path"], monkeypatch):
         compare_with_torch(ours, reference, (x, lw, b, t), grad_args=(0, 1, 2) if b is not None else (0, 1),
-                           kwargs=dict(weight=w))
+                           kwargs={"weight": w})
 
 
 # ---- the transformers integration (use_fused_ce) --------------------------------------------------------------
-HF_AXES = dict(
-    loss=["ForCausalLM", "ForMaskedLM", "ForTokenClassification", "single_label", "multi_label"],
-    dtype=[F64, torch.float32, torch.bfloat16, torch.float16], path=PATHS, autocast=[False, True],
-    options=["none", "smoothing", "lm"])
-HF_OPTIONS = {"none": {}, "smoothing": dict(label_smoothing=0.2), "lm": dict(softcap=3.0, lse_square_scale=1e-2)}
+HF_AXES = {
+    "loss": ["ForCausalLM", "ForMaskedLM", "ForTokenClassification", "single_label", "multi_label"],
+    "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS, "autocast": [False, True],
+    "options": ["none", "smoothing", "lm"]}
+HF_OPTIONS = {"none": {}, "smoothing": {"label_smoothing": 0.2}, "lm": {"softcap": 3.0, "lse_square_scale": 1e-2}}
 HF_ROWS = covering_rows(HF_AXES)
 
 

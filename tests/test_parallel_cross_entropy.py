@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-import fused_ce
-import fused_ce.testing
+import torch_compat
 from helpers import random_grad_output
 from lm_reference import reference
 from partial_stats_reference import partial_stats
-import torch_compat
+
+import fused_ce
+import fused_ce.testing
 
 CASES = [
     # (reduction, label_smoothing, weighted, lse_square_scale, logit_scale, softcap)
@@ -69,7 +69,7 @@ def _errors(call):
         try:
             f()
             out.append(None)
-        except Exception as e:  # noqa: BLE001  (the type is what is compared)
+        except Exception as e:
             out.append((type(e).__name__, str(e)))
     return out
 

@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from lm_reference import reference, rel_err
 
 import fused_ce
 import fused_ce.linear
 import fused_ce.testing
-from lm_reference import reference, rel_err
 
 N, H = 37, 6
 CASES = [

@@ -20,12 +20,12 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import assert_close, input_magnitude, random_grad_output
+from lm_reference import reference
 
 import fused_ce
 import fused_ce.linear
 import fused_ce.testing
-from helpers import assert_close, input_magnitude, random_grad_output
-from lm_reference import reference
 
 SIZES = [20, 17]  # classes of rank 0 and rank 1
 N, H = 37, 7
@@ -90,8 +90,8 @@ def _worker(rank, world, port, out_dir):
             for dtype in DTYPES:
                 for case in CASES:
                     reduction, eps, weighted, z, scale, cap = case
-                    options = dict(reduction=reduction, label_smoothing=eps, lse_square_scale=z, logit_scale=scale,
-                                   softcap=cap, weight=weight[lo:hi].to(dtype) if weighted else None)
+                    options = {"reduction": reduction, "label_smoothing": eps, "lse_square_scale": z, "logit_scale": scale,
+                                   "softcap": cap, "weight": weight[lo:hi].to(dtype) if weighted else None}
                     for kind, full in logits.items():
                         shard = full[:, lo:hi].to(dtype).requires_grad_()
                         loss = parallel.cross_entropy(shard, target, **options)
@@ -132,7 +132,7 @@ def test_fp16_and_bf16_match_the_fp64_reference(tmp_path):
                 for case in CASES:
                     what = f"{backend} {dtype} {case} rank {rank}"
                     for kind, full in logits.items():
-                        judge = dict(dtype=dtype, input_scale=input_magnitude(full, weight), terms=full.numel())
+                        judge = {"dtype": dtype, "input_scale": input_magnitude(full, weight), "terms": full.numel()}
                         loss, grad = results[backend, dtype, case, kind]
                         ref_loss, ref_grad = _reference(full, target, weight, case, dtype)
                         assert loss.dtype == dtype and grad.dtype == dtype, what
@@ -142,7 +142,7 @@ def test_fp16_and_bf16_match_the_fp64_reference(tmp_path):
                     loss, gx, gw, gb = results[backend, dtype, case, "linear"]
                     ref_loss, dlogits = _reference(head_logits, target, weight, case, dtype)
                     dlogits = dlogits.to(dtype).double()  # as ce_partial_grad rounds them
-                    judge = dict(dtype=dtype, input_scale=input_magnitude(x, w, b, weight), terms=x.numel())
+                    judge = {"dtype": dtype, "input_scale": input_magnitude(x, w, b, weight), "terms": x.numel()}
                     assert all(t.dtype == dtype for t in (loss, gx, gw, gb)), what
                     assert_close(loss, ref_loss, msg=f"linear loss, {what}", **judge)
                     assert_close(gx, dlogits @ w, msg=f"linear input's gradient, {what}", **judge)

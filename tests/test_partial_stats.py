@@ -6,13 +6,13 @@ start at any offset of a wider tensor, targets below, in and above the slice, an
 language-model options (logit_scale, softcap), whose statistics are those of the transformed logits."""
 import pytest
 import torch
+from helpers import DEVICES, parametrize_grid
+from lm_reference import transformed
+from partial_stats_reference import partial_grad, partial_stats
 
 import fused_ce
 from fused_ce._vocab import partial_stats_ops as P
 from fused_ce.testing._opcheck_cases import OPCHECK_PARTIAL_STATS
-from helpers import DEVICES, parametrize_grid
-from lm_reference import transformed
-from partial_stats_reference import partial_grad, partial_stats
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # Largest error of an accumulated statistic, relative to the largest magnitude of that statistic over the

@@ -17,7 +17,7 @@ DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "dtypes.md"
 DTYPES = {short_name(d): d for d in (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
 REDUCTIONS = ["mean", "sum", "none"]
 # The options that make the cross-entropy entry points return (loss, z_loss, lse).
-LM = dict(lse_square_scale=1e-3, return_z_loss=True, return_lse=True)
+LM = {"lse_square_scale": 1e-3, "return_z_loss": True, "return_lse": True}
 N, C, H = 4, 5, 3  # rows, classes, hidden features (linear cross-entropy)
 
 
@@ -127,8 +127,8 @@ def _bce(api):
         g = _gen()
         x = _randn((N, C), ops["input"], g)
         t = torch.rand((N, C), generator=g, dtype=torch.float64).to(ops.get("target", ops["input"]))
-        kwargs = dict(weight=_optional(ops, "weight", lambda d: _positive(C, d, g)),
-                      pos_weight=_optional(ops, "pos_weight", lambda d: _positive(C, d, g)), reduction=reduction)
+        kwargs = {"weight": _optional(ops, "weight", lambda d: _positive(C, d, g)),
+                      "pos_weight": _optional(ops, "pos_weight", lambda d: _positive(C, d, g)), "reduction": reduction}
         if api == "module":
             ours = fused_ce.BCEWithLogitsLoss(**kwargs)(x, t)
             theirs = torch.nn.BCEWithLogitsLoss(**kwargs)(x, t)
@@ -196,13 +196,14 @@ def _parallel_linear_cross_entropy(ops, reduction):
 def _on_one_rank():
     """The parallel entry points on the one rank of the one_rank_group fixture (conftest.py), which holds every
     class."""
-    return dict(class_offsets=[0, C])
+    return {"class_offsets": [0, C]}
 
 
 def _hugging_face(loss_type, multi_label=False):
     def call(ops, reduction):
         transformers = pytest.importorskip("transformers")
         from transformers.loss import loss_utils
+
         from fused_ce.integrations.transformers import fused_loss_function
         stock = loss_utils.LOSS_MAPPING[loss_type]
         fused = fused_loss_function(loss_type)

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cpu_isas import SUPPORTED_ISAS
 
 import fused_ce
 import fused_ce.testing
-from cpu_isas import SUPPORTED_ISAS
 
 CAPS = (30.0, 300.0, 3000.0)
 # Where each kernel computes: every CPU instruction set this CPU runs, and the CUDA kernels on the emulator.

@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from cpu_isas import isa_device  # noqa: F401  (the fixture)
+from helpers import DEVICES, assert_close, compare_with_torch, input_magnitude
 
 import fused_ce
 import fused_ce.parallel
 import fused_ce.testing
-from cpu_isas import isa_device  # noqa: F401  (the fixture)
-from helpers import DEVICES, assert_close, compare_with_torch, input_magnitude
 
 CAPS = [30.0, 50.0, 100.0, 1000.0]
 KINDS = ["far_negative", "mixed", "moderate"]
@@ -62,7 +62,7 @@ def capped_lse(x, cap):
 def check_cross_entropy(x, target, cap):
     """fused_ce.cross_entropy with the cap: loss per row, gradient and log-sum-exp against float64."""
     compare_with_torch(fused_ce.cross_entropy, torch_capped, (x, target), grad_args=(0,),
-                       kwargs=dict(reduction="none", softcap=cap))
+                       kwargs={"reduction": "none", "softcap": cap})
     _, lse = fused_ce.cross_entropy(x, target, reduction="none", softcap=cap, return_lse=True)
     assert_close(lse, capped_lse(x, cap), msg="log-sum-exp", input_scale=input_magnitude(x))
 
@@ -142,7 +142,7 @@ def test_parallel_cross_entropy(dtype, cap, kind, device, world_of_one):
     x = capped_logits((ROWS, CLASSES), cap, kind).to(dtype).to(device)
     ours = lambda x, t, **kw: fused_ce.parallel.cross_entropy(x, t, class_offsets=[0, CLASSES], **kw)  # noqa: E731
     compare_with_torch(ours, torch_capped, (x, class_targets(x.shape).to(device)), grad_args=(0,),
-                       kwargs=dict(reduction="none", softcap=cap))
+                       kwargs={"reduction": "none", "softcap": cap})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -153,4 +153,4 @@ def test_probability_targets(dtype, cap, kind, device):
     p = torch.softmax(torch.randn(ROWS, CLASSES, generator=torch.Generator().manual_seed(4), dtype=torch.float64),
                       dim=1).to(dtype).to(device)
     compare_with_torch(fused_ce.cross_entropy, torch_capped, (x, p), grad_args=(0, 1),
-                       kwargs=dict(reduction="none", softcap=cap))
+                       kwargs={"reduction": "none", "softcap": cap})

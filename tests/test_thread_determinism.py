@@ -5,9 +5,9 @@ round the same way in every thread. The shapes give each op more parallel tasks 
 2-D inputs go 32768 elements to a task, N-D positions in vectors of them."""
 import pytest
 import torch
+from cpu_isas import isa_device  # noqa: F401  (isa_device: the fixture)
 
 import fused_ce
-from cpu_isas import isa_device  # noqa: F401  (isa_device: the fixture)
 
 THREADS = [1, 2, 3]
 # 2-D with long rows, 2-D with more than 3 blocks of 4096 rows (the reduction's blocks), N-D
@@ -48,7 +48,7 @@ def _assert_bitwise_equal(results, case):
 
 
 # Every option that changes the kernels' code path: class weights and label smoothing, each alone and together.
-CE_OPTIONS = [dict(), dict(weight=True), dict(label_smoothing=0.1), dict(weight=True, label_smoothing=0.1)]
+CE_OPTIONS = [{}, {"weight": True}, {"label_smoothing": 0.1}, {"weight": True, "label_smoothing": 0.1}]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
@@ -87,7 +87,7 @@ def test_bce_with_logits(reduction, dtype, isa_device, restore_threads):
     y = torch.rand(BCE_SHAPE, generator=gen, dtype=torch.float64).to(dtype).to(device)
     w = (torch.rand(BCE_SHAPE[1], generator=gen, dtype=torch.float64) + 0.5).to(dtype).to(device)
     pw = (torch.rand(BCE_SHAPE[0], 1, generator=gen, dtype=torch.float64) * 2 + 0.5).to(dtype).to(device)
-    for weights in (dict(), dict(weight=w, pos_weight=pw)):
+    for weights in ({}, {"weight": w, "pos_weight": pw}):
         def run(x, y):
             return fused_ce.binary_cross_entropy_with_logits(x, y, reduction=reduction, **weights)
         _assert_bitwise_equal(_results_per_thread_count(run, [x, y]), sorted(weights))

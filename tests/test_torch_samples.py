@@ -7,13 +7,13 @@ each must give the same value, gradients, dtype and shape, or the same exception
 import pytest
 import torch
 import torch.nn.functional as F
-
-import fused_ce
 from helpers import DEVICES, FLOAT_DTYPES, compare_with_torch
 
+import fused_ce
+
 pytest.importorskip("expecttest", reason="torch.testing._internal needs expecttest (scripts/test.sh installs it)")
-from torch.testing._internal.common_methods_invocations import op_db  # noqa: E402
-from torch.testing._internal.common_modules import ModuleErrorEnum, module_db  # noqa: E402
+from torch.testing._internal.common_methods_invocations import op_db
+from torch.testing._internal.common_modules import ModuleErrorEnum, module_db
 
 OURS = {
     "nn.functional.cross_entropy": fused_ce.cross_entropy,

@@ -4,11 +4,10 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
+import torch_compat
 
 import fused_ce
 import fused_ce.testing
-import torch_compat
 
 DT = torch.float64
 # Tracing records the eager validation's shape checks as constants (expected: a trace is specialized to

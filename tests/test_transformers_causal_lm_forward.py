@@ -15,12 +15,11 @@ transformers = pytest.importorskip("transformers")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import hf_families  # noqa: E402
+from helpers import relative_error, spy_on  # noqa: E402
 from saved_tensors import SavedTensors  # noqa: E402
 
 import fused_ce.linear  # noqa: E402
 from fused_ce.integrations.transformers import use_fused_ce  # noqa: E402
-
-from helpers import relative_error, spy_on  # noqa: E402
 
 # N = BATCH * SEQ rows above the hidden size, so that N x V is the largest thing a step could save.
 VOCAB, HIDDEN, BATCH, SEQ = 257, 32, 2, 24
@@ -31,7 +30,7 @@ def _batch(seed=1):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (BATCH, SEQ), generator=gen)
     labels = ids.masked_fill(torch.rand(ids.shape, generator=gen) < 0.2, -100)
-    return dict(input_ids=ids, labels=labels)
+    return {"input_ids": ids, "labels": labels}
 
 
 def _twins(family, **options):
@@ -86,9 +85,9 @@ def test_loss_kwargs_and_tuple_outputs(family):
     stock, fused = _twins(family)
     batch = _batch()
     gen = torch.Generator().manual_seed(5)
-    extra = dict(num_items_in_batch=torch.tensor(97), return_dict=False,
-                 shift_labels=torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen).masked_fill(
-                     torch.rand(BATCH, SEQ, generator=gen) < 0.3, -100))
+    extra = {"num_items_in_batch": torch.tensor(97), "return_dict": False,
+                 "shift_labels": torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen).masked_fill(
+                     torch.rand(BATCH, SEQ, generator=gen) < 0.3, -100)}
     expected = stock(**batch, **extra)
     actual = fused(**batch, **extra)
     assert isinstance(actual, tuple) and len(actual) == len(expected) - 1  # the same, less the logits

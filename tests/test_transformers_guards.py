@@ -20,7 +20,7 @@ VOCAB, HIDDEN = 97, 16
 
 def _batch():
     ids = torch.randint(3, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
-    return dict(input_ids=ids, labels=ids)
+    return {"input_ids": ids, "labels": ids}
 
 
 @pytest.mark.parametrize("family, option, match", [

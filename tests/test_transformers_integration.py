@@ -10,11 +10,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+from helpers import relative_error, spy_on  # noqa: E402
+
 import fused_ce  # noqa: E402
 import fused_ce._lm.row_loss_sum  # noqa: E402
 from fused_ce.integrations.transformers import MIN_TRANSFORMERS_VERSION, FusedLoss, restore, use_fused_ce  # noqa: E402
-
-from helpers import relative_error, spy_on  # noqa: E402
 
 VOCAB, BATCH, SEQ = 101, 2, 7
 # The stock losses compute in fp32 (transformers upcasts fp16/bf16 and downcasts fp64 logits); fused_ce's in
@@ -46,7 +46,7 @@ def _with_ignored(labels, gen):
 
 def _causal(gen):
     ids = _ids(gen)
-    return transformers.LlamaForCausalLM(_llama_config()), dict(input_ids=ids, labels=_with_ignored(ids, gen))
+    return transformers.LlamaForCausalLM(_llama_config()), {"input_ids": ids, "labels": _with_ignored(ids, gen)}
 
 
 def _causal_num_items(gen):
@@ -63,23 +63,23 @@ def _causal_shift_labels(gen):
 
 def _masked(gen):
     ids = _ids(gen)
-    return transformers.ModernBertForMaskedLM(_modernbert_config()), dict(input_ids=ids, labels=_with_ignored(ids, gen))
+    return transformers.ModernBertForMaskedLM(_modernbert_config()), {"input_ids": ids, "labels": _with_ignored(ids, gen)}
 
 
 def _single_label(gen):
     model = transformers.LlamaForSequenceClassification(_llama_config(num_labels=3))
-    return model, dict(input_ids=_ids(gen), labels=torch.randint(0, 3, (BATCH,), generator=gen))
+    return model, {"input_ids": _ids(gen), "labels": torch.randint(0, 3, (BATCH,), generator=gen)}
 
 
 def _multi_label(gen):
     model = transformers.LlamaForSequenceClassification(_llama_config(num_labels=4))
-    return model, dict(input_ids=_ids(gen), labels=(torch.rand(BATCH, 4, generator=gen) < 0.5))
+    return model, {"input_ids": _ids(gen), "labels": (torch.rand(BATCH, 4, generator=gen) < 0.5)}
 
 
 def _token_classification(gen):
     model = transformers.LlamaForTokenClassification(_llama_config(num_labels=5))
     labels = _with_ignored(torch.randint(0, 5, (BATCH, SEQ), generator=gen), gen)
-    return model, dict(input_ids=_ids(gen), labels=labels)
+    return model, {"input_ids": _ids(gen), "labels": labels}
 
 
 CASES = {"causal": _causal, "causal_num_items": _causal_num_items, "causal_shift_labels": _causal_shift_labels,
@@ -182,7 +182,7 @@ def test_bf16_logits_not_upcast(case, autocast, fused_calls):
 
 
 def test_options_reach_fused_ce():
-    stock, fused, batch = _twins("causal", torch.float64)
+    _stock, fused, batch = _twins("causal", torch.float64)
     use_fused_ce(fused, label_smoothing=0.25)
     logits = fused(input_ids=batch["input_ids"]).logits.detach()
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), batch["labels"][:, 1:].reshape(-1),
@@ -196,7 +196,7 @@ def test_regression_stays_with_transformers(fused_calls):
     torch.manual_seed(0)
     stock = transformers.LlamaForSequenceClassification(_llama_config(num_labels=1))
     fused = use_fused_ce(copy.deepcopy(stock))
-    batch = dict(input_ids=_ids(torch.Generator().manual_seed(1)), labels=torch.randn(BATCH))
+    batch = {"input_ids": _ids(torch.Generator().manual_seed(1)), "labels": torch.randn(BATCH)}
     assert torch.equal(fused(**batch).loss, stock(**batch).loss)
     assert fused_calls == []
 
@@ -313,13 +313,13 @@ def test_fused_loss_compiles_fullgraph():
     gen = torch.Generator().manual_seed(4)
     logits = torch.randn(BATCH, SEQ, VOCAB, generator=gen).bfloat16()
     labels = _with_ignored(torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen), gen)
-    kwargs = dict(labels=labels, vocab_size=VOCAB, num_items_in_batch=torch.tensor(9))
+    kwargs = {"labels": labels, "vocab_size": VOCAB, "num_items_in_batch": torch.tensor(9)}
     compiled = torch.compile(loss_function, fullgraph=True)(logits=logits, **kwargs)
     _assert_near(compiled, loss_function(logits=logits, **kwargs), "compiled loss", tol=1e-6)
 
 
 def test_language_model_options_reach_fused_ce():
-    stock, fused, batch = _twins("causal", torch.float64)
+    _stock, fused, batch = _twins("causal", torch.float64)
     use_fused_ce(fused, softcap=2.0, lse_square_scale=1e-2)
     logits = fused(input_ids=batch["input_ids"]).logits.detach()
     z = 2.0 * torch.tanh(logits[:, :-1].reshape(-1, VOCAB) / 2.0)

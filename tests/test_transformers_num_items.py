@@ -11,9 +11,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from fused_ce.integrations.transformers import use_fused_ce  # noqa: E402
-
 from helpers import DEVICES, assert_close, input_magnitude  # noqa: E402
+
+from fused_ce.integrations.transformers import use_fused_ce  # noqa: E402
 
 VOCAB, BATCH, SEQ = 101, 2, 64
 # None (a mean over the batch's tokens), a small count and one beyond fp16's range, each as an int and as a tensor

@@ -12,10 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from helpers import relative_error, spy_on  # noqa: E402
+
 import fused_ce.linear  # noqa: E402
 from fused_ce.integrations.transformers import use_fused_ce  # noqa: E402
-
-from helpers import relative_error, spy_on  # noqa: E402
 
 VOCAB = 211
 
@@ -31,7 +31,7 @@ def _llama():
 def _batch():
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(3, VOCAB, (2, 12), generator=gen)
-    return dict(input_ids=ids, labels=ids.masked_fill(torch.rand(ids.shape, generator=gen) < 0.2, -100))
+    return {"input_ids": ids, "labels": ids.masked_fill(torch.rand(ids.shape, generator=gen) < 0.2, -100)}
 
 
 def _lora(model, targets):

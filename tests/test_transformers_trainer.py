@@ -13,10 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
 
-from fused_ce.integrations.transformers import restore, use_fused_ce  # noqa: E402
-import fused_ce.functional  # noqa: E402
-
 from helpers import relative_error, spy_on  # noqa: E402
+
+import fused_ce.functional  # noqa: E402
+from fused_ce.integrations.transformers import restore, use_fused_ce  # noqa: E402
 
 VOCAB, SEQ, EXAMPLES = 211, 16, 8
 FP32_TOL = 1e-5  # the issue's bar for fp32: relative to the loss

@@ -9,9 +9,9 @@ library's lane by lane.
 import numpy as np
 import pytest
 import torch
+from cpu_isas import isa_device  # noqa: F401  (fixture)
 
 import fused_ce
-from cpu_isas import isa_device  # noqa: F401  (fixture)
 
 # ulp allowed per instruction set, a little above what was measured here (AVX-512 1.5, AVX2 1.7, the default
 # build 1.6): the exp, the factor 1 - lo rounded to fp32 and the product. Before issue 27 the backward took the
@@ -28,7 +28,7 @@ def _rows(d):
 
 
 def test_exp_relative_error_against_fp64(isa_device):
-    device, isa = isa_device
+    _device, isa = isa_device
     if isa is None:
         pytest.skip("the CPU kernels' exp")
     # Differences x - lse from -86 up to 0, densely: the results stay normal fp32 numbers (exp(-87.3) is the
@@ -50,7 +50,7 @@ def test_exp_relative_error_against_fp64(isa_device):
 def test_exp_limits(isa_device):
     """-inf logits get exactly 0 gradient, NaN stays NaN, and a difference below fp32's range gives 0, not a
     wrapped exponent."""
-    device, isa = isa_device
+    _device, isa = isa_device
     if isa is None:
         pytest.skip("the CPU kernels' exp")
     x = torch.zeros(3, 64, dtype=torch.float32)

@@ -7,9 +7,9 @@ at::vec's exp and log1p."""
 import numpy as np
 import pytest
 import torch
+from cpu_isas import isa_device  # noqa: F401  (fixture)
 
 import fused_ce
-from cpu_isas import isa_device  # noqa: F401  (fixture)
 
 # ulp of the loss allowed per instruction set, a little above what was measured here with the exp's error
 # included (AVX-512: 3.4; AVX2: at::vec's exp_u20).
@@ -25,20 +25,20 @@ def _loss_ulps(x):
 
 
 def test_softplus_relative_error_against_fp64(isa_device):
-    device, isa = isa_device
+    _device, isa = isa_device
     if isa is None:
         pytest.skip("the CPU kernels' log1p")
     # From exp(-|x|) near 1 (x = 0) down to 1e-35 (x = 80), where 1 + e rounds to 1 and only the rounding error
     # of 1 + e carries the answer; and negative x, where log1p(e^x) adds to -x.
     x = torch.cat([torch.linspace(0.0, 80.0, 400001), torch.linspace(-20.0, 0.0, 100001)]).to(torch.float32)
-    ulps, exact = _loss_ulps(x)
+    ulps, _exact = _loss_ulps(x)
     assert ulps.max() <= ULPS[isa], f"{isa}: loss off by {ulps.max():.2f} ulp at x = {x[int(ulps.argmax())]}"
 
 
 def test_softplus_limits(isa_device):
     """log 2 at 0, exactly 0 and -x at large |x|, NaN stays NaN, and +-inf give torch's NaN ((1 - y) * x is
     0 * inf there)."""
-    device, isa = isa_device
+    _device, isa = isa_device
     if isa is None:
         pytest.skip("the CPU kernels' log1p")
     x = torch.tensor([0.0, float("inf"), -float("inf"), float("nan"), 200.0, -200.0] + [0.5] * 10)

@@ -77,4 +77,4 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     return validation.bce_output(kernel_ops().bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
 
 
-__all__ = ["cross_entropy", "binary_cross_entropy_with_logits"]
+__all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]

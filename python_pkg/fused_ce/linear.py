@@ -13,10 +13,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ._core import func, library, reductions, validation
+from ._core import func, library, reductions
 from ._core.dtypes import KERNEL_DTYPES
 from ._core.reductions import NONE
-from ._linear import ops as linear_ops
 from ._linear.loss_base import LinearCrossEntropyLossBase
 from ._lm import options as lm_options
 from .functional import cross_entropy
@@ -142,8 +141,8 @@ def _linear_cross_entropy(input, linear_weight, target, linear_bias, weight, red
     red = reductions.reduction_enum(reduction)
     softcap = 0.0 if softcap is None else float(softcap)
     lm_options.check_softcap(softcap)
-    lm = dict(logit_scale=logit_scale, softcap=softcap, lse_square_scale=lse_square_scale,
-              return_z_loss=return_z_loss, return_lse=return_lse)
+    lm = {"logit_scale": logit_scale, "softcap": softcap, "lse_square_scale": lse_square_scale,
+              "return_z_loss": return_z_loss, "return_lse": return_lse}
     # Under autocast the logits are fp16/bf16 but torch's loss reads class weights in fp32: the reference path.
     if (label_smoothing > 1.0 or (weight is not None and torch.is_autocast_enabled(input.device.type))
             or not _fused_path_applies(input, linear_weight, target, linear_bias, weight, probabilities)):
@@ -182,8 +181,8 @@ class LinearCrossEntropyLoss(LinearCrossEntropyLossBase):
     def __init__(self, *args, logit_scale=1.0, softcap=None, lse_square_scale=0.0, return_z_loss=False,
                  return_lse=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.lm_options = dict(logit_scale=float(logit_scale), softcap=softcap, lse_square_scale=float(lse_square_scale),
-                               return_z_loss=bool(return_z_loss), return_lse=bool(return_lse))
+        self.lm_options = {"logit_scale": float(logit_scale), "softcap": softcap, "lse_square_scale": float(lse_square_scale),
+                               "return_z_loss": bool(return_z_loss), "return_lse": bool(return_lse)}
 
     def forward(self, input, target):
         linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features, self.linear.in_features))
@@ -194,5 +193,11 @@ class LinearCrossEntropyLoss(LinearCrossEntropyLossBase):
                                     label_smoothing=self.label_smoothing, options=self.options, **self.lm_options)
 
 
-__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy", "summed_in_fp32", "chunk_rows", "tile_shape",
-           "workspace_mib"]
+__all__ = [
+    "LinearCrossEntropyLoss",
+    "chunk_rows",
+    "linear_cross_entropy",
+    "summed_in_fp32",
+    "tile_shape",
+    "workspace_mib",
+]

@@ -2,7 +2,13 @@
 target and raised by 6: losses 0.002 to 0.13), soft caps 30 / 300 / 3000, fused_ce on every CPU instruction set and
 emulated CUDA next to torch's fp32 composite: the largest error relative to each row's own loss, and absolute.
     python confident_rows.py"""
-import os, torch, fused_ce, fused_ce.testing
+import os
+
+import torch
+
+import fused_ce
+import fused_ce.testing
+
 gen = torch.Generator().manual_seed(1)
 x = (torch.randn(512, 1024, dtype=torch.float64, generator=gen) * 2)
 t = x.argmax(1)
@@ -18,4 +24,4 @@ for path in ["default", "avx2", "avx512", "emu"]:
             os.environ["FUSED_CE_CPU_CAPABILITY"] = path; l = f()
         tl = torch.nn.functional.cross_entropy(cap*torch.tanh(x/cap), t, reduction="none")
         rel = ((l.double()-ref).abs()/ref).max().item(); trel = ((tl.double()-ref).abs()/ref).max().item(); ab=(l.double()-ref).abs().max().item(); tab=(tl.double()-ref).abs().max().item()
-        print(path, cap, "loss range %.3f-%.3f" % (ref.min(), ref.max()), "fused %.2e torch %.2e abs %.2e / %.2e" % (rel, trel, ab, tab))
+        print(path, cap, f"loss range {ref.min():.3f}-{ref.max():.3f}", f"fused {rel:.2e} torch {trel:.2e} abs {ab:.2e} / {tab:.2e}")

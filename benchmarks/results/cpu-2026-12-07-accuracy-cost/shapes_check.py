@@ -16,7 +16,7 @@ out = []
 for shape, cap in CASES:
     x = torch.randn(*shape).requires_grad_()
     t = torch.randint(0, shape[1], (shape[0],) + shape[2:])
-    kw = {} if cap is None else dict(softcap=cap)
+    kw = {} if cap is None else {"softcap": cap}
     fw, bw = [], []
     for _ in range(10):
         t0 = time.perf_counter()

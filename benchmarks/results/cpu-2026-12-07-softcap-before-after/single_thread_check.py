@@ -19,7 +19,7 @@ out = []
 for dtype, cap in cases:
     x = (torch.randn(1024, 32000) * SCALE).to(dtype).requires_grad_()
     t = torch.randint(0, 32000, (1024,))
-    kw = {} if cap is None else dict(softcap=cap, lse_square_scale=1e-4)
+    kw = {} if cap is None else {"softcap": cap, "lse_square_scale": 1e-4}
     fw, bw = [], []
     for _ in range(15):
         t0 = time.perf_counter()

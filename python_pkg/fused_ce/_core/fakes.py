@@ -1,8 +1,16 @@
 """Fake (meta) kernels of the plain cross-entropy and BCE ops (csrc/op_schemas.h), for every op library."""
 import torch
 
-from .fake_checks import check_backward, check_bce, check_ce, check_floating, check_reduction, check_weight, \
-    grad_like, loss_like
+from .fake_checks import (
+    check_backward,
+    check_bce,
+    check_ce,
+    check_floating,
+    check_reduction,
+    check_weight,
+    grad_like,
+    loss_like,
+)
 from .library import SAVED_LSE_DTYPE, register_in_every_library, row_shape
 from .reductions import NONE
 

@@ -57,10 +57,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignor
         if lm_options:
             if softcap < 0:
                 raise ValueError("cross_entropy: softcap must be >= 0 (0 turns it off), got " + str(softcap))
-            loss, lse, z_loss = torch.ops.fused_ce.cross_entropy_lm_fwd(input, target, weight, ignore_index, smoothing,
+            loss, lse, _z_loss = torch.ops.fused_ce.cross_entropy_lm_fwd(input, target, weight, ignore_index, smoothing,
                                                                         red, logit_scale, softcap, lse_square_scale)
         else:
-            loss, lse = torch.ops.fused_ce.cross_entropy_fwd(input, target, weight, ignore_index, smoothing, red)
+            loss, _lse = torch.ops.fused_ce.cross_entropy_fwd(input, target, weight, ignore_index, smoothing, red)
     if unbatched and red == 0:
         loss = loss.squeeze(0)
     return loss

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from . import arguments, messages
 from .devices import on_input_device
 from .dtypes import KERNEL_DTYPES, check_castable, check_subtractable, dtype_name
-from .reductions import MEAN, NONE, SUM
+
 
 def autocast_runs_fp32(t):
     """Whether autocast runs these losses on `t` in float32, as it does torch's (fp32 policy on CPU and CUDA)."""

@@ -19,10 +19,12 @@ import torch
 from torch import Tensor
 
 from .._core.fake_checks import check_ce, check_reduction
-from .._core.library import lse_dtype as acc_dtype, register_in_every_library  # the accumulation dtype
+from .._core.library import lse_dtype as acc_dtype  # the accumulation dtype
+from .._core.library import register_in_every_library
 from .._core.reductions import MEAN, NONE, SUM
 from .._vocab import tiles
 from .._vocab.stats import fixed_order_sum as _fixed_order_sum
+
 
 def _target_weight_total(target, weight, ignore_index, num_classes):
     """The weighted mean's denominator: sum of w[y] over rows that are not ignored (float64, 0-dim)."""

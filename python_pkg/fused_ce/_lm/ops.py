@@ -21,8 +21,7 @@ In-place backward (inplace_backward=True) writes the gradient over the logits' o
 import torch
 
 from .._core import double_backward, transform_levels
-from .._core.fake_checks import check_backward, check_ce, check_reduction, check_softcap, \
-    grad_like, loss_like
+from .._core.fake_checks import check_backward, check_ce, check_reduction, check_softcap, grad_like, loss_like
 from .._core.library import SAVED_LSE_DTYPE, kernel_ops, lse_dtype, register_in_every_library, row_shape
 from .._core.reductions import NONE
 

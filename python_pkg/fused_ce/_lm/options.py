@@ -12,10 +12,10 @@ and the z-loss's log-sum-exp is computed by torch.logsumexp. Both follow the sam
     loss = cross_entropy(z, ...) + z_loss"""
 import torch
 
-from . import ops as lm_ops
 from .._core import double_backward, func, messages, validation
 from .._core.library import lse_dtype
 from .._core.reductions import NONE, SUM
+from . import ops as lm_ops
 
 
 def has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward=False):

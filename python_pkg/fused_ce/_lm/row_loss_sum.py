@@ -18,10 +18,11 @@ the row also needs the mean of the transformed logits, which only the kernel rea
 """
 import torch
 
-from . import ops as lm_ops, options as lm_options
 from .._core import validation
 from .._core.library import kernel_ops
 from .._core.reductions import NONE, SUM
+from . import ops as lm_ops
+from . import options as lm_options
 
 
 def fp32_rows(logits, target, ignore_index, lse, z_loss, logit_scale, softcap):

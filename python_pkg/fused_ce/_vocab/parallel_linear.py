@@ -12,10 +12,11 @@ every rank's slice of the logits depends on the whole input.
 import torch
 import torch.distributed as dist
 
-from . import stats as S, tiles
 from .._core import messages, validation
 from .._core.dtypes import KERNEL_DTYPES, dtype_name
 from .._core.reductions import MEAN, NONE
+from . import stats as S
+from . import tiles
 
 
 def check_arguments(input, linear_weight, linear_bias, target, weight, label_smoothing):

@@ -13,7 +13,15 @@ import torch
 import torch.distributed as dist
 
 from .._core import messages
-from .partial_stats_ops import MAX, PARTIAL_STATS, SMOOTHING, SUM_EXP, TARGET_LOGIT, TARGET_WEIGHT, WEIGHT_SUM  # noqa: F401
+from .partial_stats_ops import (  # noqa: F401
+    MAX,
+    PARTIAL_STATS,
+    SMOOTHING,
+    SUM_EXP,
+    TARGET_LOGIT,
+    TARGET_WEIGHT,
+    WEIGHT_SUM,
+)
 
 
 def check_targets(target, ignore_index, num_classes):

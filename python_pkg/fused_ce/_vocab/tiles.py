@@ -14,8 +14,8 @@ dX and dW are accumulated in fp32 for fp16/bf16 (fp64 for fp64).
 """
 import torch
 
-from . import stats as S
 from .._core.library import lse_dtype as acc_dtype
+from . import stats as S
 
 
 def _tiles(num_rows, num_classes, rows, cols):

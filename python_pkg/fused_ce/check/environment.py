@@ -9,6 +9,7 @@ import sys
 import torch
 
 import fused_ce
+
 from .._core import cpu_isas, library
 from ..testing import emulated_cuda_available
 

@@ -4,8 +4,9 @@ a group of its own, here.
 """
 from dataclasses import dataclass
 
-from ..testing import _gradcheck_cases as gradcheck_cases, _opcheck_cases as opcheck_cases, \
-    _parity_cases as parity
+from ..testing import _gradcheck_cases as gradcheck_cases
+from ..testing import _opcheck_cases as opcheck_cases
+from ..testing import _parity_cases as parity
 
 
 @dataclass(frozen=True)

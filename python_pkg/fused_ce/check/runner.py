@@ -50,7 +50,7 @@ def _run_case(family, point, target):
     try:
         with target.active():
             family.run(target.device, **point)
-    except Exception as e:  # noqa: BLE001  (every failure is a result to report, not a crash)
+    except Exception as e:
         message = f"{type(e).__name__}: {e}"
         if not isinstance(e, AssertionError):
             where = traceback.extract_tb(e.__traceback__)[-1]

@@ -43,19 +43,19 @@ def check_both(fn, inputs):
 
 
 HARD_OPTIONS = [
-    dict(),
-    dict(weighted=True),
-    dict(label_smoothing=0.2),
-    dict(weighted=True, label_smoothing=0.3, ignore=True),
-    dict(ignore=True, ignore_index=2),
+    {},
+    {"weighted": True},
+    {"label_smoothing": 0.2},
+    {"weighted": True, "label_smoothing": 0.3, "ignore": True},
+    {"ignore": True, "ignore_index": 2},
 ]
-SOFT_OPTIONS = [dict(), dict(weighted=True, label_smoothing=0.25)]
+SOFT_OPTIONS = [{}, {"weighted": True, "label_smoothing": 0.25}]
 BCE_OPTIONS = [
-    dict(),
-    dict(weight=(4,)),
-    dict(pos_weight=(4,)),
-    dict(weight=(3, 1), pos_weight=(4,)),
-    dict(weight=(), pos_weight=(3, 4)),
+    {},
+    {"weight": (4,)},
+    {"pos_weight": (4,)},
+    {"weight": (3, 1), "pos_weight": (4,)},
+    {"weight": (), "pos_weight": (3, 4)},
 ]
 APIS = ["functional", "function_class"]
 
@@ -106,8 +106,8 @@ def bce(device, api, options, reduction):
     check_both(fn, (x, y))
 
 
-GRADCHECK_CE_HARD = Family("gradcheck_ce_hard_targets", hard_targets, dict(
-    api=APIS, shape=[(4, 5), (2, 4, 3), (5,)], options=HARD_OPTIONS, reduction=REDUCTIONS))
-GRADCHECK_CE_SOFT = Family("gradcheck_ce_soft_targets", soft_targets, dict(
-    api=APIS, shape=[(3, 4), (2, 3, 2), (4,)], options=SOFT_OPTIONS, reduction=REDUCTIONS))
-GRADCHECK_BCE = Family("gradcheck_bce", bce, dict(api=APIS, options=BCE_OPTIONS, reduction=REDUCTIONS))
+GRADCHECK_CE_HARD = Family("gradcheck_ce_hard_targets", hard_targets, {
+    "api": APIS, "shape": [(4, 5), (2, 4, 3), (5,)], "options": HARD_OPTIONS, "reduction": REDUCTIONS})
+GRADCHECK_CE_SOFT = Family("gradcheck_ce_soft_targets", soft_targets, {
+    "api": APIS, "shape": [(3, 4), (2, 3, 2), (4,)], "options": SOFT_OPTIONS, "reduction": REDUCTIONS})
+GRADCHECK_BCE = Family("gradcheck_bce", bce, {"api": APIS, "options": BCE_OPTIONS, "reduction": REDUCTIONS})

@@ -146,14 +146,14 @@ def partial_stats(device, shape, smoothing, dtype):
 
 # requires_grad first: the --quick walk then alternates it, so it reaches the backward ops (False) early.
 OPS_COVERED = Family("every_op_has_an_opcheck_case", every_op_covered, {})
-OPCHECK_CE = Family("opcheck_cross_entropy", cross_entropy, dict(
-    requires_grad=[False, True], shape=SHAPES, reduction=list(REDUCTIONS), dtype=DTYPES))
-OPCHECK_CE_SOFT = Family("opcheck_cross_entropy_soft", cross_entropy_soft, dict(
-    requires_grad=[False, True], shape=SHAPES, reduction=list(REDUCTIONS), dtype=DTYPES))
-OPCHECK_BCE = Family("opcheck_bce", bce, dict(
-    requires_grad=[False, True], operands=["none", "weight_col_pos_weight_row", "scalar_and_full"],
-    reduction=list(REDUCTIONS), dtype=DTYPES))
-OPCHECK_LINEAR_CE = Family("opcheck_linear_cross_entropy", linear_cross_entropy, dict(
-    reduction=list(REDUCTIONS), dtype=[torch.float32, torch.float64, torch.bfloat16]))
-OPCHECK_PARTIAL_STATS = Family("opcheck_partial_stats", partial_stats, dict(
-    shape=SHAPES, smoothing=[False, True], dtype=DTYPES))
+OPCHECK_CE = Family("opcheck_cross_entropy", cross_entropy, {
+    "requires_grad": [False, True], "shape": SHAPES, "reduction": list(REDUCTIONS), "dtype": DTYPES})
+OPCHECK_CE_SOFT = Family("opcheck_cross_entropy_soft", cross_entropy_soft, {
+    "requires_grad": [False, True], "shape": SHAPES, "reduction": list(REDUCTIONS), "dtype": DTYPES})
+OPCHECK_BCE = Family("opcheck_bce", bce, {
+    "requires_grad": [False, True], "operands": ["none", "weight_col_pos_weight_row", "scalar_and_full"],
+    "reduction": list(REDUCTIONS), "dtype": DTYPES})
+OPCHECK_LINEAR_CE = Family("opcheck_linear_cross_entropy", linear_cross_entropy, {
+    "reduction": list(REDUCTIONS), "dtype": [torch.float32, torch.float64, torch.bfloat16]})
+OPCHECK_PARTIAL_STATS = Family("opcheck_partial_stats", partial_stats, {
+    "shape": SHAPES, "smoothing": [False, True], "dtype": DTYPES})

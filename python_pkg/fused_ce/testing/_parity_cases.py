@@ -108,8 +108,8 @@ def ce_hard_targets(device, shape, weighted, ignore, label_smoothing, reduction,
     y = make_hard_target(shape, device, ignore_value)
     w = make_weight(num_classes_of(shape), dtype, device) if weighted else None
     compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                       kwargs=dict(weight=w, ignore_index=ignore_index, reduction=reduction,
-                                   label_smoothing=label_smoothing))
+                       kwargs={"weight": w, "ignore_index": ignore_index, "reduction": reduction,
+                                   "label_smoothing": label_smoothing})
 
 
 def ce_soft_targets(device, shape, weighted, label_smoothing, reduction, dtype):
@@ -117,7 +117,7 @@ def ce_soft_targets(device, shape, weighted, label_smoothing, reduction, dtype):
     t = make_soft_target(shape, dtype, device)
     w = make_weight(num_classes_of(shape), dtype, device) if weighted else None
     compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1),
-                       kwargs=dict(weight=w, reduction=reduction, label_smoothing=label_smoothing))
+                       kwargs={"weight": w, "reduction": reduction, "label_smoothing": label_smoothing})
 
 
 def ce_odd_shapes(device, shape, soft, dtype):
@@ -126,21 +126,21 @@ def ce_odd_shapes(device, shape, soft, dtype):
     w = make_weight(shape[1], dtype, device)
     if soft:
         t = make_soft_target(shape, dtype, device)
-        compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs=dict(weight=w, label_smoothing=0.1))
+        compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs={"weight": w, "label_smoothing": 0.1})
     else:
         y = make_hard_target(shape, device, ignore_value=-100)
-        compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs=dict(weight=w, label_smoothing=0.1))
+        compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"weight": w, "label_smoothing": 0.1})
 
 
 # Language-model sizes (they dominate the runtime: few cases). name -> (shape, dtype, soft, options)
 LM_SHAPES = {
     # Liger's B x T x V = 3 x 423 x 32000, flattened to (B*T, V) as language models do
     "liger_fp32_weighted_mean": ((3 * 423, 32000), torch.float32, False,
-                                 dict(weighted=True, ignore_value=-100, label_smoothing=0.1, reduction="mean")),
+                                 {"weighted": True, "ignore_value": -100, "label_smoothing": 0.1, "reduction": "mean"}),
     "liger_bf16_none": ((3 * 423, 32000), torch.bfloat16, False,
-                        dict(weighted=False, ignore_value=None, label_smoothing=0.0, reduction="none")),
-    "soft_fp32": ((48, 32000), torch.float32, True, dict(weighted=True, label_smoothing=0.1, reduction="mean")),
-    "soft_fp16": ((48, 32000), torch.float16, True, dict(weighted=True, label_smoothing=0.1, reduction="mean")),
+                        {"weighted": False, "ignore_value": None, "label_smoothing": 0.0, "reduction": "none"}),
+    "soft_fp32": ((48, 32000), torch.float32, True, {"weighted": True, "label_smoothing": 0.1, "reduction": "mean"}),
+    "soft_fp16": ((48, 32000), torch.float16, True, {"weighted": True, "label_smoothing": 0.1, "reduction": "mean"}),
 }
 
 
@@ -148,7 +148,7 @@ def ce_lm_shapes(device, variant):
     shape, dtype, soft, options = LM_SHAPES[variant]
     x = make_logits(shape, dtype, device)
     w = make_weight(shape[1], dtype, device) if options["weighted"] else None
-    kwargs = dict(weight=w, reduction=options["reduction"], label_smoothing=options["label_smoothing"])
+    kwargs = {"weight": w, "reduction": options["reduction"], "label_smoothing": options["label_smoothing"]}
     if soft:
         t = make_soft_target(shape, dtype, device)
         compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs=kwargs)
@@ -163,11 +163,11 @@ def ce_non_contiguous_2d(device, layout, soft, dtype):
     w = make_weight(37, dtype, device)
     if soft:
         t = LAYOUTS_2D[layout](make_soft_target((6, 37), dtype, device))
-        compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs=dict(weight=w, label_smoothing=0.1))
+        compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs={"weight": w, "label_smoothing": 0.1})
     else:
         y = make_hard_target((12, 37), device, ignore_value=-100)[::2]  # a strided target too
         compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs=dict(weight=w, label_smoothing=0.1, reduction="none"))
+                           kwargs={"weight": w, "label_smoothing": 0.1, "reduction": "none"})
 
 
 def ce_non_contiguous_nd(device, soft, dtype):
@@ -179,25 +179,25 @@ def ce_non_contiguous_nd(device, soft, dtype):
     else:
         y = make_hard_target((2, 7, 5, 3), device, ignore_value=-100).transpose(1, 2)
         compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs=dict(label_smoothing=0.2, reduction="sum"))
+                           kwargs={"label_smoothing": 0.2, "reduction": "sum"})
 
 
-CE_HARD = Family("ce_hard_targets", ce_hard_targets, dict(
-    shape=SMALL_SHAPES, weighted=[False, True], ignore=list(IGNORE), label_smoothing=SMOOTHINGS,
-    reduction=REDUCTIONS, dtype=FLOAT_DTYPES))
-CE_SOFT = Family("ce_soft_targets", ce_soft_targets, dict(
-    shape=SMALL_SHAPES, weighted=[False, True], label_smoothing=SMOOTHINGS, reduction=REDUCTIONS, dtype=FLOAT_DTYPES))
+CE_HARD = Family("ce_hard_targets", ce_hard_targets, {
+    "shape": SMALL_SHAPES, "weighted": [False, True], "ignore": list(IGNORE), "label_smoothing": SMOOTHINGS,
+    "reduction": REDUCTIONS, "dtype": FLOAT_DTYPES})
+CE_SOFT = Family("ce_soft_targets", ce_soft_targets, {
+    "shape": SMALL_SHAPES, "weighted": [False, True], "label_smoothing": SMOOTHINGS, "reduction": REDUCTIONS, "dtype": FLOAT_DTYPES})
 # Liger's 9 x 7 x 41 (flat and N-D), a true N-D (3, 41, 7, 5), sizes around vector/block boundaries
 # (C = 4099, S = 65537 spatial positions), and a vocabulary above 32K (GPT-2's 50257: odd, > 2^15).
-CE_ODD_SHAPES = Family("ce_odd_shapes", ce_odd_shapes, dict(
-    shape=[(63, 41), (9, 41, 7), (3, 41, 7, 5), (2, 1000, 33), (37, 4099), (2, 3, 65537), (4, 50257)],
-    soft=[False, True], dtype=FLOAT_DTYPES),
-    quick=dict(shape=[(9, 41, 7), (37, 4099), (4, 50257)]))
-CE_LM_SHAPES = Family("ce_lm_shapes", ce_lm_shapes, dict(variant=list(LM_SHAPES)), quick=dict(variant=[]))
-CE_NON_CONTIGUOUS_2D = Family("ce_non_contiguous_2d", ce_non_contiguous_2d, dict(
-    layout=list(LAYOUTS_2D), soft=[False, True], dtype=FLOAT_DTYPES))
-CE_NON_CONTIGUOUS_ND = Family("ce_non_contiguous_nd", ce_non_contiguous_nd, dict(
-    soft=[False, True], dtype=FLOAT_DTYPES))
+CE_ODD_SHAPES = Family("ce_odd_shapes", ce_odd_shapes, {
+    "shape": [(63, 41), (9, 41, 7), (3, 41, 7, 5), (2, 1000, 33), (37, 4099), (2, 3, 65537), (4, 50257)],
+    "soft": [False, True], "dtype": FLOAT_DTYPES},
+    quick={"shape": [(9, 41, 7), (37, 4099), (4, 50257)]})
+CE_LM_SHAPES = Family("ce_lm_shapes", ce_lm_shapes, {"variant": list(LM_SHAPES)}, quick={"variant": []})
+CE_NON_CONTIGUOUS_2D = Family("ce_non_contiguous_2d", ce_non_contiguous_2d, {
+    "layout": list(LAYOUTS_2D), "soft": [False, True], "dtype": FLOAT_DTYPES})
+CE_NON_CONTIGUOUS_ND = Family("ce_non_contiguous_nd", ce_non_contiguous_nd, {
+    "soft": [False, True], "dtype": FLOAT_DTYPES})
 
 
 # ---- BCE-with-logits ------------------------------------------------------------------------------
@@ -217,9 +217,9 @@ def bce_weight_and_pos_weight(device, case, which, reduction, dtype):
     op = None if op_shape is None else make_positive(op_shape, dtype, device)
     # "both": pos_weight along the last dim, weight of the case's shape
     pw_both = make_positive(shape[-1:] if shape else (), dtype, device)
-    kwargs = dict(reduction=reduction,
-                  weight=op if which in ("weight", "both") else None,
-                  pos_weight=op if which == "pos_weight" else (pw_both if which == "both" else None))
+    kwargs = {"reduction": reduction,
+                  "weight": op if which in ("weight", "both") else None,
+                  "pos_weight": op if which == "pos_weight" else (pw_both if which == "both" else None)}
     compare_with_torch(BCE, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1), kwargs=kwargs)
 
 
@@ -227,8 +227,8 @@ def bce_larger_shapes(device, shape, reduction):
     """Sizes around the vector width and the 8192-element partial-sum chunk."""
     x, y = make_bce_input(shape, torch.float32, device), make_bce_target(shape, torch.float32, device)
     compare_with_torch(BCE, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1),
-                       kwargs=dict(reduction=reduction, weight=make_positive(shape[-1:], torch.float32, device),
-                                   pos_weight=make_positive(shape[-1:], torch.float32, device)))
+                       kwargs={"reduction": reduction, "weight": make_positive(shape[-1:], torch.float32, device),
+                                   "pos_weight": make_positive(shape[-1:], torch.float32, device)})
 
 
 def bce_non_contiguous(device, reduction, dtype):
@@ -238,12 +238,12 @@ def bce_non_contiguous(device, reduction, dtype):
     w = make_positive((1, 6), dtype, device).expand(10, 6)      # expanded, stride 0
     pw = make_positive((12,), dtype, device)[::2]               # strided vector
     compare_with_torch(BCE, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1),
-                       kwargs=dict(weight=w, pos_weight=pw, reduction=reduction))
+                       kwargs={"weight": w, "pos_weight": pw, "reduction": reduction})
 
 
-BCE_WEIGHTS = Family("bce_weight_and_pos_weight", bce_weight_and_pos_weight, dict(
-    case=BCE_SHAPE_CASES, which=["weight", "pos_weight", "both"], reduction=REDUCTIONS, dtype=FLOAT_DTYPES))
-BCE_LARGER_SHAPES = Family("bce_larger_shapes", bce_larger_shapes, dict(
-    shape=[(3, 1000, 7), (4099,), (8193, 3)], reduction=REDUCTIONS))
-BCE_NON_CONTIGUOUS = Family("bce_non_contiguous", bce_non_contiguous, dict(
-    reduction=["mean", "none"], dtype=FLOAT_DTYPES))
+BCE_WEIGHTS = Family("bce_weight_and_pos_weight", bce_weight_and_pos_weight, {
+    "case": BCE_SHAPE_CASES, "which": ["weight", "pos_weight", "both"], "reduction": REDUCTIONS, "dtype": FLOAT_DTYPES})
+BCE_LARGER_SHAPES = Family("bce_larger_shapes", bce_larger_shapes, {
+    "shape": [(3, 1000, 7), (4099,), (8193, 3)], "reduction": REDUCTIONS})
+BCE_NON_CONTIGUOUS = Family("bce_non_contiguous", bce_non_contiguous, {
+    "reduction": ["mean", "none"], "dtype": FLOAT_DTYPES})

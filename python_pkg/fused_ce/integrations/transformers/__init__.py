@@ -15,4 +15,4 @@ from ._requirements import MIN_TRANSFORMERS_VERSION
 from .losses import FusedLoss, fused_loss_function
 from .patching import restore, use_fused_ce
 
-__all__ = ["FusedLoss", "MIN_TRANSFORMERS_VERSION", "fused_loss_function", "restore", "use_fused_ce"]
+__all__ = ["MIN_TRANSFORMERS_VERSION", "FusedLoss", "fused_loss_function", "restore", "use_fused_ce"]
