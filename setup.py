@@ -16,6 +16,7 @@ toolkit that cannot compile gives a CPU-only build with a warning. Environment:
                         (load it with FUSED_CE_EMULATED_CUDA_LIBRARY and libasan preloaded, see
                         scripts/test_emulated_asan.sh)
 """
+
 import functools
 import glob
 import os
@@ -54,6 +55,7 @@ def _locate_cuda_toolkit():
 
 try:
     import torch
+
     if torch.version.cuda is not None:
         _locate_cuda_toolkit()
     from torch.utils import cpp_extension
@@ -112,8 +114,12 @@ def _cuda_probe_error():
 def _toolkit_cuda_version():
     """The toolkit's CUDA version as nvcc prints it ("13.0"), or None when nvcc does not answer."""
     try:
-        out = subprocess.run([os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"), "--version"],
-                             capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(
+            [os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(r"release (\d+\.\d+)", out)
@@ -127,8 +133,10 @@ def _cuda_major_mismatch():
     toolkit = _toolkit_cuda_version()
     if toolkit is None or toolkit.split(".")[0] == torch.version.cuda.split(".")[0]:
         return None
-    return (f"the CUDA toolkit at {cpp_extension.CUDA_HOME} is CUDA {toolkit}, torch {torch.__version__} was built "
-            f"with CUDA {torch.version.cuda}; their major versions must match")
+    return (
+        f"the CUDA toolkit at {cpp_extension.CUDA_HOME} is CUDA {toolkit}, torch {torch.__version__} was built "
+        f"with CUDA {torch.version.cuda}; their major versions must match"
+    )
 
 
 def _want_cuda():
@@ -149,21 +157,29 @@ def _want_cuda():
             sys.exit(f"USE_CUDA=1 but {mismatch}. Set CUDA_HOME to a matching toolkit.")
         error = _cuda_probe_error()
         if error:
-            sys.exit(f"USE_CUDA=1 but the CUDA toolkit at {cpp_extension.CUDA_HOME} cannot compile:\n{error}\n"
-                     "Set CUDA_HOME to the toolkit's folder (the one holding bin/nvcc and include/).")
+            sys.exit(
+                f"USE_CUDA=1 but the CUDA toolkit at {cpp_extension.CUDA_HOME} cannot compile:\n{error}\n"
+                "Set CUDA_HOME to the toolkit's folder (the one holding bin/nvcc and include/)."
+            )
         return True
     if not (toolkit and torch_cuda):
         return False
     mismatch = _cuda_major_mismatch()
     if mismatch:
-        print(f"fused_ce: WARNING: building WITHOUT CUDA kernels: {mismatch} (set CUDA_HOME to a matching toolkit, "
-              "or USE_CUDA=0 to silence this)", file=sys.stderr)
+        print(
+            f"fused_ce: WARNING: building WITHOUT CUDA kernels: {mismatch} (set CUDA_HOME to a matching toolkit, "
+            "or USE_CUDA=0 to silence this)",
+            file=sys.stderr,
+        )
         return False
     error = _cuda_probe_error()
     if error:  # auto mode: the CPU build still works; say loudly why CUDA was left out
-        print(f"fused_ce: WARNING: building WITHOUT CUDA kernels: the CUDA toolkit at {cpp_extension.CUDA_HOME} "
-              f"cannot compile a test file (set CUDA_HOME to a complete toolkit, or USE_CUDA=0 to silence this):\n"
-              f"{error}", file=sys.stderr)
+        print(
+            f"fused_ce: WARNING: building WITHOUT CUDA kernels: the CUDA toolkit at {cpp_extension.CUDA_HOME} "
+            f"cannot compile a test file (set CUDA_HOME to a complete toolkit, or USE_CUDA=0 to silence this):\n"
+            f"{error}",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -187,8 +203,16 @@ CPU_ISA_FLAGS = {
     "default": ["-DCPU_CAPABILITY=DEFAULT"],
     "avx2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
     # -mavx512bf16 only for vec_math.h's bf16 stores, which check the CPU for it at run time first.
-    "avx512": ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
-               "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx512bf16"],
+    "avx512": [
+        "-DCPU_CAPABILITY=AVX512",
+        "-DCPU_CAPABILITY_AVX512",
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mfma",
+        "-mavx512bf16",
+    ],
 }
 
 
@@ -203,7 +227,9 @@ class CpuIsaBuildExtension(cpp_extension.BuildExtension):
         for ext in self.extensions:
             if ext.name != MAIN_EXTENSION:
                 continue
-            cflags = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
+            cflags = (
+                ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
+            )
             jobs = max(1, int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
 
             def compile_one(isa, ext=ext, cflags=cflags):
@@ -211,7 +237,9 @@ class CpuIsaBuildExtension(cpp_extension.BuildExtension):
                     [_isa_source(isa)],
                     output_dir=os.path.join(self.build_temp, "isa"),
                     include_dirs=ext.include_dirs + cpp_extension.include_paths(),
-                    extra_postargs=cflags + [ISA_CXX_STD] + CPU_ISA_FLAGS[isa]
+                    extra_postargs=cflags
+                    + [ISA_CXX_STD]
+                    + CPU_ISA_FLAGS[isa]
                     + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"],
                 )
 
@@ -302,8 +330,14 @@ def get_extensions():
 # What the build was made for, written into the package as fused_ce/_build_info.py (BuildPyWithBuildInfo):
 # fused_ce's import compares it with the torch it finds, so a build or wheel made for another torch fails with
 # an ImportError that says so, instead of an undefined symbol or a crash.
-BUILD = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_kernels": False,
-         "cuda_toolkit": None, "cuda_arch_list": None, "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI)}
+BUILD = {
+    "torch": torch.__version__,
+    "torch_cuda": torch.version.cuda,
+    "cuda_kernels": False,
+    "cuda_toolkit": None,
+    "cuda_arch_list": None,
+    "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+}
 
 
 def _base_version():

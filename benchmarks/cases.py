@@ -1,5 +1,6 @@
 """The sweep: which (loss, mode, dtype, shape, feature) cases run, how their inputs are made, and how many
 bytes each case must move at least (the traffic that the GB/s columns divide by)."""
+
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -58,8 +59,10 @@ def parse_feature(text):
     name, _, value = text.partition("=")
     name = name.strip()
     if name not in FEATURES["ce"] + FEATURES["bce"]:
-        raise ValueError(f"unknown feature {name!r}; choose from none, weight, smoothing[=eps], ignore[=share], "
-                         "soft, softcap_zloss, pos_weight")
+        raise ValueError(
+            f"unknown feature {name!r}; choose from none, weight, smoothing[=eps], ignore[=share], "
+            "soft, softcap_zloss, pos_weight"
+        )
     if name in FEATURE_DEFAULTS:
         return name, float(value) if value else FEATURE_DEFAULTS[name]
     if value:
@@ -99,8 +102,18 @@ def default_cases(device, quick):
         for c in (1000, 8000, 32000, 128000, 256000):
             cases.append(Case("ce", "full", "bf16", (256 << 20) // c, c, repeats=10, series=series))
         for feature in ("weight", "smoothing", "ignore", "soft", "softcap_zloss"):
-            cases.append(Case("ce", "full", "bf16", 16384, 32000, feature=feature,
-                              value=FEATURE_DEFAULTS.get(feature, 0.0), repeats=10))
+            cases.append(
+                Case(
+                    "ce",
+                    "full",
+                    "bf16",
+                    16384,
+                    32000,
+                    feature=feature,
+                    value=FEATURE_DEFAULTS.get(feature, 0.0),
+                    repeats=10,
+                )
+            )
         cases += [Case("bce", "full", dtype, 16384, 8192, repeats=20) for dtype in ("bf16", "fp32")]
         return cases
     # Each input group costs a torch.compile in the THP worker (seconds), so the C sweep has three points, not
@@ -158,8 +171,9 @@ def build_cases(device, quick, losses=None, dtypes=None, shapes=None, features=N
                 for dtype in dtypes:
                     for n, c in shape_list:
                         for mode in modes:
-                            cases.append(Case(loss, mode, dtype, n, c, name, value,
-                                              repeats=3 if quick else 5, series=series))
+                            cases.append(
+                                Case(loss, mode, dtype, n, c, name, value, repeats=3 if quick else 5, series=series)
+                            )
     if repeats:
         cases = [replace(c, repeats=repeats) for c in cases]
     # Same-input cases next to each other: inputs and compiled functions are built once per group.
@@ -170,9 +184,9 @@ def build_cases(device, quick, losses=None, dtypes=None, shapes=None, features=N
 
 @dataclass
 class Inputs:
-    x: torch.Tensor       # leaf logits, requires_grad
+    x: torch.Tensor  # leaf logits, requires_grad
     target: torch.Tensor
-    kwargs: dict          # keyword arguments shared by every provider's loss call
+    kwargs: dict  # keyword arguments shared by every provider's loss call
 
 
 def make_inputs(case, device, seed=0):
@@ -187,7 +201,7 @@ def make_inputs(case, device, seed=0):
         else:
             target = torch.randint(0, c, (n,), device=device, generator=gen)
         if case.feature == "ignore":  # exactly ignored_rows(case) rows, so that the byte floor is exact
-            target[torch.randperm(n, device=device, generator=gen)[:ignored_rows(case)]] = IGNORE_INDEX
+            target[torch.randperm(n, device=device, generator=gen)[: ignored_rows(case)]] = IGNORE_INDEX
         if case.feature == "weight":
             kwargs["weight"] = (torch.rand(c, device=device, generator=gen) + 0.5).to(dtype)
         if case.feature == "smoothing":
@@ -206,10 +220,12 @@ def make_inputs(case, device, seed=0):
     return Inputs(x, target, kwargs)
 
 
-BYTES_MODEL = ("forward reads every N×C input once (the logits, and the target when it is N×C: "
-               "soft CE, BCE); backward reads them once more and writes the N×C gradient once; full is both "
-               "(N×C inputs read twice, gradient written once); the logits of ignored rows are never read (their "
-               "gradient rows are zeros, still written); per-row and per-class vectors not counted")
+BYTES_MODEL = (
+    "forward reads every N×C input once (the logits, and the target when it is N×C: "
+    "soft CE, BCE); backward reads them once more and writes the N×C gradient once; full is both "
+    "(N×C inputs read twice, gradient written once); the logits of ignored rows are never read (their "
+    "gradient rows are zeros, still written); per-row and per-class vectors not counted"
+)
 
 
 def ignored_rows(case):

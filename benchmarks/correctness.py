@@ -1,6 +1,7 @@
 """Every case first checks fused_ce's loss and input gradient against eager torch, computed in fp32 for
 low-precision inputs. Gradient tolerances are relative to the largest reference gradient, because a mean
 over N·C elements makes every entry small."""
+
 import providers
 import torch
 from cases import Inputs
@@ -34,7 +35,7 @@ def _compare(name, actual, expected, rtol, atol_share):
     atol = atol_share * max(torch.linalg.vector_norm(e, ord=float("inf")).item(), 1e-30) if e.numel() else 0.0
     bad, worst, worst_at = 0, 0.0, 0
     for start in range(0, e.numel(), BLOCK):
-        ab, eb = a[start:start + BLOCK], e[start:start + BLOCK]
+        ab, eb = a[start : start + BLOCK], e[start : start + BLOCK]
         diff = (ab - eb).abs()
         mismatch = ~((diff <= atol + rtol * eb.abs()) | (ab == eb))
         count = int(mismatch.sum())
@@ -46,8 +47,10 @@ def _compare(name, actual, expected, rtol, atol_share):
                 worst, worst_at = d[i].item(), start + i
     if not bad:
         return None
-    return (f"{name}: {bad} of {e.numel()} elements differ; greatest absolute difference {worst:.3g} at flat index "
-            f"{worst_at} (atol {atol:.3g}, rtol {rtol:g})")
+    return (
+        f"{name}: {bad} of {e.numel()} elements differ; greatest absolute difference {worst:.3g} at flat index "
+        f"{worst_at} (atol {atol:.3g}, rtol {rtol:g})"
+    )
 
 
 def check(case, inputs, device):
@@ -62,6 +65,12 @@ def check(case, inputs, device):
     if loss.dtype != inputs.x.dtype or grad.dtype != inputs.x.dtype:
         return f"MISMATCH: dtype loss {loss.dtype}, grad {grad.dtype}, input {inputs.x.dtype}"
     ref_loss, ref_grad = _reference(case, inputs)
-    problems = [p for p in (_compare("loss", loss.detach(), ref_loss, rtol, atol_share),
-                            _compare("grad", grad, ref_grad, rtol, atol_share)) if p]
+    problems = [
+        p
+        for p in (
+            _compare("loss", loss.detach(), ref_loss, rtol, atol_share),
+            _compare("grad", grad, ref_grad, rtol, atol_share),
+        )
+        if p
+    ]
     return "MISMATCH: " + "; ".join(problems) if problems else "ok"

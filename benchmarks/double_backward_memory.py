@@ -10,6 +10,7 @@ the inputs exist (the benchmark's CPU method, timing.py), in MiB:
   create_graph     loss, then torch.autograd.grad(loss, x, create_graph=True)
   hessian_vector   the same, then the gradient of (grad * v).sum() w.r.t. x (a Hessian-vector product)
 """
+
 import argparse
 import subprocess
 import sys
@@ -54,8 +55,12 @@ def main():
     grad_mib = n * c * torch.empty((), dtype=getattr(torch, args.dtype)).element_size() / MiB
     print(f"{args.shape} {args.dtype}: one N x C tensor is {grad_mib:.0f} MiB")
     for variant in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--dtype", args.dtype,
-                              "--variant", variant], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--shape", args.shape, "--dtype", args.dtype, "--variant", variant],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         print(f"{variant:15s} peak extra memory {int(out) / MiB:7.0f} MiB")
 
 

@@ -10,6 +10,7 @@ on a VM, the host backs guest memory that the guest has never used at its first 
 --pretouch-gb G touches and frees G GB in a separate process first, so that the measured calls do not land on
 never-used memory (compare a run with and without it to see the machine's share).
 """
+
 import argparse
 import os
 import subprocess
@@ -24,6 +25,7 @@ def child(provider, n, c, dtype_name):
     import torch
 
     import fused_ce
+
     loss_fn = fused_ce.cross_entropy if provider == "fused_ce" else torch.nn.functional.cross_entropy
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)
@@ -40,12 +42,15 @@ def child(provider, n, c, dtype_name):
         times.append((time.perf_counter() - start) * 1e3)
         x.grad = None
     kept = timing._rss_bytes("VmRSS") - baseline
-    print(f"{provider:9s} first {times[0]:8.1f} ms   warm {min(times[1:]):7.1f}-{max(times[1:]):7.1f} ms   "
-          f"RSS kept after del {kept / 2**20:7.1f} MiB")
+    print(
+        f"{provider:9s} first {times[0]:8.1f} ms   warm {min(times[1:]):7.1f}-{max(times[1:]):7.1f} ms   "
+        f"RSS kept after del {kept / 2**20:7.1f} MiB"
+    )
 
 
 def pretouch(gigabytes):
     import torch
+
     held = [torch.empty(1 << 30, dtype=torch.uint8).fill_(1) for _ in range(int(gigabytes))]  # all at once
     del held  # freed when the process ends; the guest keeps the pages backed by the host
 
@@ -65,10 +70,27 @@ def main():
     print(f"{args.dtype} {n}x{c} forward+backward, a fresh process per provider, THP_MEM_ALLOC_ENABLE=1")
     for provider in PROVIDERS:
         if args.pretouch_gb:
-            subprocess.run([sys.executable, "-c", f"import first_call; first_call.pretouch({args.pretouch_gb})"],
-                           cwd=here, env=env, check=True)
-        subprocess.run([sys.executable, os.path.join(here, "first_call.py"), "--child", provider, "--shape",
-                        args.shape, "--dtype", args.dtype], cwd=here, env=env, check=True)
+            subprocess.run(
+                [sys.executable, "-c", f"import first_call; first_call.pretouch({args.pretouch_gb})"],
+                cwd=here,
+                env=env,
+                check=True,
+            )
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(here, "first_call.py"),
+                "--child",
+                provider,
+                "--shape",
+                args.shape,
+                "--dtype",
+                args.dtype,
+            ],
+            cwd=here,
+            env=env,
+            check=True,
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ torch's buffers, like fused_ce's gradients, sit on fresh huge pages):
 Rounds alternate the variants (A B A B ...); medians are reported, with GB/s counting what the operation must
 read and write (2x the buffer for a copy and for a backward without its forward).
 """
+
 import argparse
 import os
 import statistics
@@ -69,11 +70,16 @@ def measure(mib, rounds):
     bwd = timed(backward, rounds, ("fresh", "in place"))
     nbytes = 2 * n * 4
     gbs = lambda s: nbytes / s / 1e9
-    print(f"{mib} MiB fp32: copy into existing memory {copies['existing'] * 1e3:.2f} ms ({gbs(copies['existing']):.1f} GB/s), "
-          f"into fresh memory {copies['fresh'] * 1e3:.2f} ms ({gbs(copies['fresh']):.1f} GB/s)")
-    print(f"{mib} MiB fp32: fused_ce backward ({rows}, {classes}) into a fresh gradient {bwd['fresh'] * 1e3:.2f} ms "
-          f"({gbs(bwd['fresh']):.1f} GB/s), into the logits' storage {bwd['in place'] * 1e3:.2f} ms "
-          f"({gbs(bwd['in place']):.1f} GB/s)", flush=True)
+    print(
+        f"{mib} MiB fp32: copy into existing memory {copies['existing'] * 1e3:.2f} ms ({gbs(copies['existing']):.1f} GB/s), "
+        f"into fresh memory {copies['fresh'] * 1e3:.2f} ms ({gbs(copies['fresh']):.1f} GB/s)"
+    )
+    print(
+        f"{mib} MiB fp32: fused_ce backward ({rows}, {classes}) into a fresh gradient {bwd['fresh'] * 1e3:.2f} ms "
+        f"({gbs(bwd['fresh']):.1f} GB/s), into the logits' storage {bwd['in place'] * 1e3:.2f} ms "
+        f"({gbs(bwd['in place']):.1f} GB/s)",
+        flush=True,
+    )
 
 
 def main():
@@ -84,6 +90,7 @@ def main():
     if os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "THP_MEM_ALLOC_ENABLE": "1"})
     import torch
+
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, THP_MEM_ALLOC_ENABLE=1")
     for mib in (int(m) for m in args.mib.split(",")):
         measure(mib, args.rounds)

@@ -17,6 +17,7 @@ Time: in one more fresh process holding both models, the median of --steps steps
 alternating after a warm-up step each (wall clock; zero_grad(set_to_none=True) after each step, as the Trainer
 does). Printed as a table; with --out, written as CSV too.
 """
+
 import argparse
 import csv
 import json
@@ -102,9 +103,12 @@ def _run_child(call):
 def measure(family, args):
     """{provider: {loss, peak_mib, saved_mib, step_ms}} for one family."""
     shape = f"{args.vocab}, {args.seq}, {args.batch}, {args.hidden}"
-    rows = {provider: dict(family=family, provider=provider,
-                           **_run_child(f"b._memory_child({family!r}, {provider!r}, {shape})"))
-            for provider in PROVIDERS}
+    rows = {
+        provider: dict(
+            family=family, provider=provider, **_run_child(f"b._memory_child({family!r}, {provider!r}, {shape})")
+        )
+        for provider in PROVIDERS
+    }
     for provider, ms in _run_child(f"b._time_child({family!r}, {shape}, {args.steps})").items():
         rows[provider]["step_ms"] = ms
     return rows
@@ -124,18 +128,24 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     rows = []
-    print(f"vocab {args.vocab}, seq {args.seq}, batch {args.batch}, hidden {args.hidden}, fp32; "
-          f"step time: median of {args.steps}")
-    print(f"{'family':<11} {'stock MiB':>10} {'fused MiB':>10} {'ratio':>6} {'stock saved':>12} "
-          f"{'fused saved':>12} {'stock ms':>9} {'fused ms':>9} {'loss diff':>10}")
+    print(
+        f"vocab {args.vocab}, seq {args.seq}, batch {args.batch}, hidden {args.hidden}, fp32; "
+        f"step time: median of {args.steps}"
+    )
+    print(
+        f"{'family':<11} {'stock MiB':>10} {'fused MiB':>10} {'ratio':>6} {'stock saved':>12} "
+        f"{'fused saved':>12} {'stock ms':>9} {'fused ms':>9} {'loss diff':>10}"
+    )
     for family in args.families.split(","):
         measured = measure(family, args)
         stock, fused = measured["stock"], measured["fused"]
         rows += [stock, fused]
-        print(f"{family:<11} {stock['peak_mib']:>10.1f} {fused['peak_mib']:>10.1f} "
-              f"{fused['peak_mib'] / stock['peak_mib']:>6.3f} {stock['saved_mib']:>12.1f} {fused['saved_mib']:>12.1f} "
-              f"{stock['step_ms']:>9.1f} {fused['step_ms']:>9.1f} {abs(fused['loss'] - stock['loss']):>10.2g}",
-              flush=True)
+        print(
+            f"{family:<11} {stock['peak_mib']:>10.1f} {fused['peak_mib']:>10.1f} "
+            f"{fused['peak_mib'] / stock['peak_mib']:>6.3f} {stock['saved_mib']:>12.1f} {fused['saved_mib']:>12.1f} "
+            f"{stock['step_ms']:>9.1f} {fused['step_ms']:>9.1f} {abs(fused['loss'] - stock['loss']):>10.2g}",
+            flush=True,
+        )
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, f"hf_training_step_v{args.vocab}.csv")

@@ -19,6 +19,7 @@ Peak extra memory: each provider in a fresh process; on CPU the RSS high-water m
 inputs exist (and, for torch_compile, once it has compiled); on GPU max_memory_allocated minus the allocation
 then. The same step (loss and both gradients) is measured.
 """
+
 import argparse
 import json
 import os
@@ -45,7 +46,7 @@ class Unavailable(Exception):
 def make_inputs(n, h, v, dtype, device, seed=0):
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(n, h, device=device, generator=gen).to(dtype).requires_grad_()
-    w = (torch.randn(v, h, device=device, generator=gen) * h ** -0.5).to(dtype).requires_grad_()
+    w = (torch.randn(v, h, device=device, generator=gen) * h**-0.5).to(dtype).requires_grad_()
     target = torch.randint(0, v, (n,), device=device, generator=gen)
     return x, w, target
 
@@ -157,23 +158,45 @@ def main():
             skipped[name] = str(e)
     x, w, target = make_inputs(n, h, v, dtype, args.device)
     logits_mib = n * v * x.element_size() / MiB
-    print(f"linear CE {args.dtype} N={n} H={h} V={v} on {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; one N x V tensor is {logits_mib:.0f} MiB; fused_ce workspace "
-          f"{fused_ce.linear.workspace_mib:g} MiB (chunk of {fused_ce.linear.chunk_rows(n, v, dtype)} rows)")
+    print(
+        f"linear CE {args.dtype} N={n} H={h} V={v} on {args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; one N x V tensor is {logits_mib:.0f} MiB; fused_ce workspace "
+        f"{fused_ce.linear.workspace_mib:g} MiB (chunk of {fused_ce.linear.chunk_rows(n, v, dtype)} rows)"
+    )
     start = load.snapshot()
     samples = time_providers(fns, x, w, target, args.repeats, args.device)
     busy = load.window(start, load.snapshot())
     other = "unknown" if busy.other_cores is None else f"{busy.other_cores:.2f}"
-    print(f"while timed ({busy.seconds:.0f} s): other processes used {other} cores on average; 1-minute load "
-          f"average {load._fmt(busy.load_before)} before, {load._fmt(busy.load_after)} after")
+    print(
+        f"while timed ({busy.seconds:.0f} s): other processes used {other} cores on average; 1-minute load "
+        f"average {load._fmt(busy.load_before)} before, {load._fmt(busy.load_after)} after"
+    )
     del x, w, target
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
     thp_names = [name for name in ("torch", "torch_chunked", "torch_compile") if name in fns]
     thp_rows = {}
     if args.device == "cpu" and not args.no_thp and thp_names:
-        out = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--dtype", args.dtype, "--device", "cpu",
-                              "--repeats", str(args.repeats), "--providers", ",".join(thp_names), "--time-only"],
-                             check=True, capture_output=True, text=True, env=dict(env, THP_MEM_ALLOC_ENABLE="1")).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--shape",
+                args.shape,
+                "--dtype",
+                args.dtype,
+                "--device",
+                "cpu",
+                "--repeats",
+                str(args.repeats),
+                "--providers",
+                ",".join(thp_names),
+                "--time-only",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=dict(env, THP_MEM_ALLOC_ENABLE="1"),
+        ).stdout
         thp_rows = {f"{name} (THP)": s for name, s in json.loads(out.strip().splitlines()[-1]).items()}
     print("| provider | ms p50 [p20–p80] | × vs torch eager | × vs torch eager (THP) | peak extra MiB |")
     print("|---|---|---|---|---|")
@@ -181,22 +204,42 @@ def main():
     eager_thp = timing.quantiles(thp_rows["torch (THP)"])[1] if "torch (THP)" in thp_rows else None
     for name, s in thp_rows.items():
         p20, p50, p80 = timing.quantiles(s)
-        print(f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | {eager / p50:.2f}× | "
-              f"{eager_thp / p50:.2f}× | not measured |" if eager and eager_thp else
-              f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | – | – | not measured |")
+        print(
+            f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | {eager / p50:.2f}× | "
+            f"{eager_thp / p50:.2f}× | not measured |"
+            if eager and eager_thp
+            else f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | – | – | not measured |"
+        )
     for name in names:
         if name in skipped:
             print(f"| {name} | skipped: {skipped[name]} | – | – |")
             continue
         p20, p50, p80 = timing.quantiles(samples[name])
-        out = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--dtype", args.dtype,
-                              "--device", args.device, "--memory-of", name],
-                             check=True, capture_output=True, text=True, env=env).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--shape",
+                args.shape,
+                "--dtype",
+                args.dtype,
+                "--device",
+                args.device,
+                "--memory-of",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
         peak = json.loads(out.strip().splitlines()[-1]) / MiB
         ratio = f"{eager / p50:.2f}×" if eager else "–"
         ratio_thp = f"{eager_thp / p50:.2f}×" if eager_thp else "–"
-        print(f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | {ratio} | {ratio_thp} | {peak:.0f} |",
-              flush=True)
+        print(
+            f"| {name} | {p50 * 1e3:.0f} [{p20 * 1e3:.0f}–{p80 * 1e3:.0f}] | {ratio} | {ratio_thp} | {peak:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ this process and covers exactly the timed window, so it is the one that flags a 
 the whole machine (or VM) as the kernel reports it: in a container on a larger host, other tenants'
 work shows up too.
 """
+
 import os
 import resource
 import time
@@ -62,6 +63,7 @@ def snapshot():
 @dataclass(frozen=True)
 class Window:
     """Load over one timed window."""
+
     load_before: float
     load_after: float
     other_cores: float  # CPU used by other processes, in cores; None where unknown
@@ -69,8 +71,7 @@ class Window:
 
     @property
     def busy(self):
-        return (self.other_cores is not None and self.seconds >= MIN_WINDOW_S
-                and self.other_cores > BUSY_OTHER_CORES)
+        return self.other_cores is not None and self.seconds >= MIN_WINDOW_S and self.other_cores > BUSY_OTHER_CORES
 
 
 def window(start, end):
@@ -94,11 +95,13 @@ def describe(windows, load_start, load_end, threads):
     if not busy:
         return None
     worst = max(w.other_cores for w in busy)
-    return (f"WARNING: the machine was busy: other processes used up to {worst:.2f} cores (above "
-            f"{BUSY_OTHER_CORES}) while {len(busy)} of {len(windows)} cases were timed, against this benchmark's "
-            f"{threads} threads; 1-minute load average {_fmt(load_start)} at the start, {_fmt(load_end)} at the "
-            "end. Their timings (marked busy) can be far slower than on an idle machine, for every provider; "
-            "rerun on an idle machine before trusting them.")
+    return (
+        f"WARNING: the machine was busy: other processes used up to {worst:.2f} cores (above "
+        f"{BUSY_OTHER_CORES}) while {len(busy)} of {len(windows)} cases were timed, against this benchmark's "
+        f"{threads} threads; 1-minute load average {_fmt(load_start)} at the start, {_fmt(load_end)} at the "
+        "end. Their timings (marked busy) can be far slower than on an idle machine, for every provider; "
+        "rerun on an idle machine before trusting them."
+    )
 
 
 def _fmt(v):

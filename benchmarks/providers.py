@@ -1,5 +1,6 @@
 """The functions under test. Each provider turns a case into a callable loss(x, target) -> scalar tensor, or
 raises Unavailable with the reason it is skipped (the reason is reported next to the results)."""
+
 import inspect
 
 import torch
@@ -17,8 +18,7 @@ THP = {"eager-thp": "torch", "compile-thp": "torch_compile"}
 # pays page faults on every fresh buffer (eager takes 3-5x as long), which would dominate the run's time (and
 # torch_compile would double its compile time) for a comparison against a handicap that a careful user
 # switches off; ask for them with --providers.
-DEFAULTS = {"cpu": ("fused_ce", "eager-thp", "compile-thp"),
-            "cuda": ("fused_ce", "torch", "torch_compile", "liger")}
+DEFAULTS = {"cpu": ("fused_ce", "eager-thp", "compile-thp"), "cuda": ("fused_ce", "torch", "torch_compile", "liger")}
 
 
 class Unavailable(Exception):
@@ -49,6 +49,7 @@ def _fused(case):
 def _bind(fn, kwargs):
     def loss(x, target):
         return fn(x, target, **kwargs)
+
     return loss
 
 

@@ -1,4 +1,5 @@
 """Turns measured results into the markdown table, the long-format CSV, the PNG plots and the summary line."""
+
 import csv
 import os
 import re
@@ -11,26 +12,55 @@ import matplotlib.pyplot as plt
 from cases import BYTES_MODEL, Case, floor_seconds, min_bytes
 from load import BUSY_OTHER_CORES as LOAD_THRESHOLD
 
-CSV_COLUMNS = ("provider", "loss", "mode", "dtype", "N", "C", "options", "metric", "unit", "p50", "p20", "p80",
-               "check", "note", "busy", "other_cpu_cores", "load_avg_before", "load_avg_after", "device",
-               "device_name", "torch_version", "fused_ce_version", "cuda_version", "timestamp")
+CSV_COLUMNS = (
+    "provider",
+    "loss",
+    "mode",
+    "dtype",
+    "N",
+    "C",
+    "options",
+    "metric",
+    "unit",
+    "p50",
+    "p20",
+    "p80",
+    "check",
+    "note",
+    "busy",
+    "other_cpu_cores",
+    "load_avg_before",
+    "load_avg_after",
+    "device",
+    "device_name",
+    "torch_version",
+    "fused_ce_version",
+    "cuda_version",
+    "timestamp",
+)
 OURS = "fused_ce"
 MiB = 1 << 20
 # The share of the copy bandwidth (byte floor / time) a case must reach to count as at the memory floor.
 FLOOR_TARGET = 0.7
-SHORT = {OURS: "fused", "eager-thp": "eager-thp", "compile-thp": "compile-thp", "torch": "eager",
-         "torch_compile": "compile", "liger": "liger"}
+SHORT = {
+    OURS: "fused",
+    "eager-thp": "eager-thp",
+    "compile-thp": "compile-thp",
+    "torch": "eager",
+    "torch_compile": "compile",
+    "liger": "liger",
+}
 
 
 @dataclass
 class CaseResult:
     case: Case
     check: str = "not run"
-    times: dict = field(default_factory=dict)   # provider -> (p20, p50, p80) seconds
+    times: dict = field(default_factory=dict)  # provider -> (p20, p50, p80) seconds
     memory: dict = field(default_factory=dict)  # provider -> peak extra bytes
-    notes: dict = field(default_factory=dict)   # provider -> why it has no time or memory
-    load: object = None                          # load.Window over the case's timing, or None
-    copy_bandwidth: float = None                 # bytes/s of the copy probe timed in the case's rounds, or None
+    notes: dict = field(default_factory=dict)  # provider -> why it has no time or memory
+    load: object = None  # load.Window over the case's timing, or None
+    copy_bandwidth: float = None  # bytes/s of the copy probe timed in the case's rounds, or None
 
     def copy_bw(self, run_copy_bandwidth):
         """The copy bandwidth this case's byte floor uses: its own when measured, else the run's."""
@@ -71,59 +101,189 @@ def _fmt(x, digits=3):
 
 
 def csv_rows(results, meta, providers):
-    env = {k: meta[k] for k in ("device", "device_name", "torch_version", "fused_ce_version", "cuda_version",
-                                 "timestamp")}
-    rows = [dict(env, provider="copy", loss="-", mode="copy", dtype="fp32", N="", C="", options="",
-                 metric="copy_bandwidth", unit="GB/s", p50=meta["copy_bandwidth"] / 1e9, p20="", p80="",
-                 check="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, fastest of 9")]
+    env = {
+        k: meta[k] for k in ("device", "device_name", "torch_version", "fused_ce_version", "cuda_version", "timestamp")
+    }
+    rows = [
+        dict(
+            env,
+            provider="copy",
+            loss="-",
+            mode="copy",
+            dtype="fp32",
+            N="",
+            C="",
+            options="",
+            metric="copy_bandwidth",
+            unit="GB/s",
+            p50=meta["copy_bandwidth"] / 1e9,
+            p20="",
+            p80="",
+            check="",
+            note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB, read+write bytes, fastest of 9",
+        )
+    ]
     for when in ("start", "end"):
         if meta.get(f"load_{when}") is not None:
-            rows.append(dict(env, provider="machine", loss="-", mode="-", dtype="", N="", C="", options="",
-                             metric="load_average_1min", unit="", p50=meta[f"load_{when}"], p20="", p80="",
-                             check="", note=f"os.getloadavg()[0] at the {when} of the run"))
+            rows.append(
+                dict(
+                    env,
+                    provider="machine",
+                    loss="-",
+                    mode="-",
+                    dtype="",
+                    N="",
+                    C="",
+                    options="",
+                    metric="load_average_1min",
+                    unit="",
+                    p50=meta[f"load_{when}"],
+                    p20="",
+                    p80="",
+                    check="",
+                    note=f"os.getloadavg()[0] at the {when} of the run",
+                )
+            )
     if meta.get("load_warning"):
-        rows.append(dict(env, provider="machine", loss="-", mode="-", dtype="", N="", C="", options="",
-                         metric="machine_busy", unit="", p50="", p20="", p80="", check="", busy="yes",
-                         note=meta["load_warning"]))
+        rows.append(
+            dict(
+                env,
+                provider="machine",
+                loss="-",
+                mode="-",
+                dtype="",
+                N="",
+                C="",
+                options="",
+                metric="machine_busy",
+                unit="",
+                p50="",
+                p20="",
+                p80="",
+                check="",
+                busy="yes",
+                note=meta["load_warning"],
+            )
+        )
     for r in results:
         c = r.case
-        base = dict(env, loss=c.loss, mode=c.mode, dtype=c.dtype, N=c.N, C=c.C, options=c.options, check=r.check,
-                    **_load_columns(r.load))
+        base = dict(
+            env,
+            loss=c.loss,
+            mode=c.mode,
+            dtype=c.dtype,
+            N=c.N,
+            C=c.C,
+            options=c.options,
+            check=r.check,
+            **_load_columns(r.load),
+        )
         copy_bw = r.copy_bw(meta["copy_bandwidth"])
         if r.copy_bandwidth:
-            rows.append(dict(base, provider="copy", metric="copy_bandwidth", unit="GB/s", p50=r.copy_bandwidth / 1e9,
-                             p20="", p80="", note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB timed in this "
-                             "case's rounds, read+write bytes, median"))
-        rows.append(dict(base, provider="floor", metric="byte_floor", unit="ms", note=BYTES_MODEL,
-                         p50=floor_seconds(c, copy_bw) * 1e3, p20="", p80=""))
+            rows.append(
+                dict(
+                    base,
+                    provider="copy",
+                    metric="copy_bandwidth",
+                    unit="GB/s",
+                    p50=r.copy_bandwidth / 1e9,
+                    p20="",
+                    p80="",
+                    note=f"dst.copy_(src) of {meta['copy_bytes'] // MiB} MiB timed in this "
+                    "case's rounds, read+write bytes, median",
+                )
+            )
+        rows.append(
+            dict(
+                base,
+                provider="floor",
+                metric="byte_floor",
+                unit="ms",
+                note=BYTES_MODEL,
+                p50=floor_seconds(c, copy_bw) * 1e3,
+                p20="",
+                p80="",
+            )
+        )
         for p in providers:
             note = r.notes.get(p, "")
             t = r.times.get(p)
-            rows.append(dict(base, provider=p, metric="time", unit="ms", note=note,
-                             **({"p20": t[0] * 1e3, "p50": t[1] * 1e3, "p80": t[2] * 1e3} if t else
-                                {"p20": "", "p50": "", "p80": ""})))
+            rows.append(
+                dict(
+                    base,
+                    provider=p,
+                    metric="time",
+                    unit="ms",
+                    note=note,
+                    **(
+                        {"p20": t[0] * 1e3, "p50": t[1] * 1e3, "p80": t[2] * 1e3}
+                        if t
+                        else {"p20": "", "p50": "", "p80": ""}
+                    ),
+                )
+            )
             if p in r.memory:
-                rows.append(dict(base, provider=p, metric="peak_extra_memory", unit="MiB", note=meta["memory_note"],
-                                 p50=r.memory[p] / MiB, p20="", p80=""))
+                rows.append(
+                    dict(
+                        base,
+                        provider=p,
+                        metric="peak_extra_memory",
+                        unit="MiB",
+                        note=meta["memory_note"],
+                        p50=r.memory[p] / MiB,
+                        p20="",
+                        p80="",
+                    )
+                )
             bw = r.bandwidth(p)
             if bw:
-                rows.append(dict(base, provider=p, metric="bandwidth", unit="GB/s", note=BYTES_MODEL,
-                                 p20=bw[0] / 1e9, p50=bw[1] / 1e9, p80=bw[2] / 1e9))
-                rows.append(dict(base, provider=p, metric="copy_bandwidth_fraction", unit="%", note="",
-                                 **{k: 100 * v / copy_bw for k, v in zip(("p20", "p50", "p80"), bw)}))
+                rows.append(
+                    dict(
+                        base,
+                        provider=p,
+                        metric="bandwidth",
+                        unit="GB/s",
+                        note=BYTES_MODEL,
+                        p20=bw[0] / 1e9,
+                        p50=bw[1] / 1e9,
+                        p80=bw[2] / 1e9,
+                    )
+                )
+                rows.append(
+                    dict(
+                        base,
+                        provider=p,
+                        metric="copy_bandwidth_fraction",
+                        unit="%",
+                        note="",
+                        **{k: 100 * v / copy_bw for k, v in zip(("p20", "p50", "p80"), bw)},
+                    )
+                )
             if p != OURS and r.speedup(p) is not None:
-                rows.append(dict(base, provider=OURS, metric=f"speedup_vs_{p}", unit="x",
-                                 note=f"time_{p} / time_{OURS} at p50", p50=r.speedup(p), p20="", p80=""))
+                rows.append(
+                    dict(
+                        base,
+                        provider=OURS,
+                        metric=f"speedup_vs_{p}",
+                        unit="x",
+                        note=f"time_{p} / time_{OURS} at p50",
+                        p50=r.speedup(p),
+                        p20="",
+                        p80="",
+                    )
+                )
     return rows
 
 
 def _load_columns(w):
     if w is None:
         return {}
-    return {"busy": "yes" if w.busy else "no",
-                "other_cpu_cores": "" if w.other_cores is None else w.other_cores,
-                "load_avg_before": "" if w.load_before is None else w.load_before,
-                "load_avg_after": "" if w.load_after is None else w.load_after}
+    return {
+        "busy": "yes" if w.busy else "no",
+        "other_cpu_cores": "" if w.other_cores is None else w.other_cores,
+        "load_avg_before": "" if w.load_before is None else w.load_before,
+        "load_avg_after": "" if w.load_after is None else w.load_after,
+    }
 
 
 def _load_cell(w):
@@ -141,8 +301,11 @@ def _per_case_copy_range(results):
 def _load_line(meta):
     def fmt(v):
         return "unknown" if v is None else f"{v:.2f}"
-    return (f"1-minute load average: {fmt(meta.get('load_start'))} at the start, {fmt(meta.get('load_end'))} at "
-            "the end (the latter counts this benchmark's own threads).")
+
+    return (
+        f"1-minute load average: {fmt(meta.get('load_start'))} at the start, {fmt(meta.get('load_end'))} at "
+        "the end (the latter counts this benchmark's own threads)."
+    )
 
 
 def write_csv(path, rows):
@@ -162,22 +325,32 @@ def at_floor(results, copy_bandwidth):
 
 def _floor_line(results, meta):
     reached, measured = at_floor(results, meta["copy_bandwidth"])
-    return (f"At ≥{FLOOR_TARGET:.0%} of the copy bandwidth (time ≤ byte floor / {FLOOR_TARGET}): {len(reached)} of "
-            f"{measured} cases" + (f" ({', '.join(reached)})" if reached else "") + ".")
+    return (
+        f"At ≥{FLOOR_TARGET:.0%} of the copy bandwidth (time ≤ byte floor / {FLOOR_TARGET}): {len(reached)} of "
+        f"{measured} cases" + (f" ({', '.join(reached)})" if reached else "") + "."
+    )
 
 
 def markdown(results, meta, providers):
     others = [p for p in providers if p != OURS]
-    head = (["case", "check", f"{OURS} ms p50 [p20–p80]", "byte floor ms", "% copy BW (floor / time)"]
-            + [f"× vs {SHORT[p]}" for p in others]
-            + [f"{p} ms p50 [p20–p80]" for p in others]
-            + ["fused GB/s", "copy GB/s", "peak extra MiB (" + " / ".join(SHORT[p] for p in providers) + ")",
-               "others' CPU, cores"])
+    head = (
+        ["case", "check", f"{OURS} ms p50 [p20–p80]", "byte floor ms", "% copy BW (floor / time)"]
+        + [f"× vs {SHORT[p]}" for p in others]
+        + [f"{p} ms p50 [p20–p80]" for p in others]
+        + [
+            "fused GB/s",
+            "copy GB/s",
+            "peak extra MiB (" + " / ".join(SHORT[p] for p in providers) + ")",
+            "others' CPU, cores",
+        ]
+    )
     lines = [
         f"Device: {meta['device_name']} ({meta['device']}), torch {meta['torch_version']}, "
         f"fused_ce {meta['fused_ce_version']}, threads {meta['threads']}. "
         f"Measured copy bandwidth: {meta['copy_bandwidth'] / 1e9:.1f} GB/s (read+write) at the end of the run"
-        + _per_case_copy_range(results) + ". " + _load_line(meta),
+        + _per_case_copy_range(results)
+        + ". "
+        + _load_line(meta),
         "",
     ]
     if meta.get("thp_note"):
@@ -199,8 +372,12 @@ def markdown(results, meta, providers):
 
     for r in results:
         copy_bw = r.copy_bw(meta["copy_bandwidth"])
-        cells = [r.case.label, "ok" if r.ok else f"**{r.check}**", time_cell(r, OURS),
-                 _fmt(floor_seconds(r.case, copy_bw) * 1e3)]
+        cells = [
+            r.case.label,
+            "ok" if r.ok else f"**{r.check}**",
+            time_cell(r, OURS),
+            _fmt(floor_seconds(r.case, copy_bw) * 1e3),
+        ]
         fraction = r.floor_fraction(meta["copy_bandwidth"])
         cells.append(_fmt(100 * fraction) if fraction is not None else "–")
         cells += [(_fmt(r.speedup(p), 2) + "×") if r.speedup(p) else "–" for p in others]
@@ -211,15 +388,19 @@ def markdown(results, meta, providers):
         cells.append(" / ".join(_fmt(r.memory[p] / MiB) if p in r.memory else "–" for p in providers))
         cells.append(_load_cell(r.load))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", _floor_line(results, meta), "",
-              f"Byte floor: {BYTES_MODEL}; its time is those bytes at the copy bandwidth, and "
-              "% copy BW is that time over fused_ce's median (fused GB/s over the copy bandwidth). Copy GB/s: "
-              "on CPU, the median of a copy timed once in every round of the case, beside the providers (the "
-              "machine's bandwidth varies over minutes); elsewhere, the run's copy above.",
-              meta["memory_note"] + ".",
-              "Providers are timed in interleaved rounds (A B A B ...). Others' CPU: CPU time that processes other "
-              "than this benchmark took while the case was timed, in cores (from /proc/stat); above "
-              f"{LOAD_THRESHOLD} the case is marked busy."]
+    lines += [
+        "",
+        _floor_line(results, meta),
+        "",
+        f"Byte floor: {BYTES_MODEL}; its time is those bytes at the copy bandwidth, and "
+        "% copy BW is that time over fused_ce's median (fused GB/s over the copy bandwidth). Copy GB/s: "
+        "on CPU, the median of a copy timed once in every round of the case, beside the providers (the "
+        "machine's bandwidth varies over minutes); elsewhere, the run's copy above.",
+        meta["memory_note"] + ".",
+        "Providers are timed in interleaved rounds (A B A B ...). Others' CPU: CPU time that processes other "
+        "than this benchmark took while the case was timed, in cores (from /proc/stat); above "
+        f"{LOAD_THRESHOLD} the case is marked busy.",
+    ]
     if footnotes:
         lines += [""] + [f"[{i}] {text}" for i, text in enumerate(footnotes, 1)]
     return "\n".join(lines) + "\n"
@@ -244,10 +425,13 @@ def plots(results, out_dir, providers):
             continue
         title = f"{loss} {mode} {dtype}" + ("" if options == "none" else f" {options}") + f" ({series})"
         for metric, ylabel, get in (
-                ("time", "time per call, ms (p50, bars p20–p80)",
-                 lambda r, p: tuple(v * 1e3 for v in r.times[p]) if p in r.times else None),
-                ("memory", "peak extra memory, MiB",
-                 lambda r, p: (r.memory[p] / MiB,) * 3 if p in r.memory else None)):
+            (
+                "time",
+                "time per call, ms (p50, bars p20–p80)",
+                lambda r, p: tuple(v * 1e3 for v in r.times[p]) if p in r.times else None,
+            ),
+            ("memory", "peak extra memory, MiB", lambda r, p: (r.memory[p] / MiB,) * 3 if p in r.memory else None),
+        ):
             fig, ax = plt.subplots(figsize=(7.5, 4.8))
             drawn = False
             for p in providers:
@@ -300,6 +484,9 @@ def summary(results, providers, copy_bandwidth=None):
     if busy:
         parts.append(f"MACHINE BUSY during {len(busy)} of {len(results)} cases: timings unreliable")
     bad = [r for r in results if not r.ok]
-    parts.append(f"correctness: all {len(results)} cases ok" if not bad else
-                 f"correctness: {len(bad)} of {len(results)} cases FAILED ({'; '.join(r.case.label for r in bad)})")
+    parts.append(
+        f"correctness: all {len(results)} cases ok"
+        if not bad
+        else f"correctness: {len(bad)} of {len(results)} cases FAILED ({'; '.join(r.case.label for r in bad)})"
+    )
     return "SUMMARY: " + "; ".join(parts)

@@ -7,6 +7,7 @@
 Writes results.csv, results.md and PNG plots into --out, prints the table and a SUMMARY line, and exits
 non-zero when fused_ce disagrees with torch on any case. See benchmarks/README.md.
 """
+
 import argparse
 import datetime
 import os
@@ -31,19 +32,25 @@ CUDA_COPY_BYTES = 1 << 30
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", help=f"comma list of {', '.join(cases_mod.DTYPES)} (default fp32)")
     ap.add_argument("--shapes", help="comma list of NxC, e.g. 4096x32000,16384x1000")
     ap.add_argument("--losses", help="comma list of ce, bce (default ce)")
-    ap.add_argument("--features", help="comma list of none, weight, smoothing[=eps], ignore[=share], soft, softcap_zloss, "
-                                       "pos_weight (bce) (default none)")
+    ap.add_argument(
+        "--features",
+        help="comma list of none, weight, smoothing[=eps], ignore[=share], soft, softcap_zloss, "
+        "pos_weight (bce) (default none)",
+    )
     ap.add_argument("--modes", help="comma list of forward, backward, full (default full)")
-    ap.add_argument("--providers",
-                    help=f"comma list of {', '.join(providers_mod.ALL)} (default: "
-                         f"{','.join(providers_mod.DEFAULTS['cpu'])} on CPU, "
-                         f"{','.join(providers_mod.DEFAULTS['cuda'])} on CUDA)")
+    ap.add_argument(
+        "--providers",
+        help=f"comma list of {', '.join(providers_mod.ALL)} (default: "
+        f"{','.join(providers_mod.DEFAULTS['cpu'])} on CPU, "
+        f"{','.join(providers_mod.DEFAULTS['cuda'])} on CUDA)",
+    )
     ap.add_argument("--repeats", type=int, help="timed repeats per case (default: per case, 5 or more)")
     ap.add_argument("--warmup", type=int, help="untimed calls before timing (default 1 on CPU, 5 on CUDA)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -63,11 +70,13 @@ def environment(device):
         "cuda_version": torch.version.cuda or "",
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
-        "memory_note": ("peak extra memory: torch.cuda.max_memory_allocated minus the allocation before the "
-                        "measured call" if cuda else
-                        "peak extra memory: RSS high-water mark over two calls minus RSS after the inputs exist "
-                        "(after compilation for torch_compile), one fresh process per provider and case; not "
-                        "measured for the THP providers"),
+        "memory_note": (
+            "peak extra memory: torch.cuda.max_memory_allocated minus the allocation before the measured call"
+            if cuda
+            else "peak extra memory: RSS high-water mark over two calls minus RSS after the inputs exist "
+            "(after compilation for torch_compile), one fresh process per provider and case; not "
+            "measured for the THP providers"
+        ),
     }
 
 
@@ -104,9 +113,16 @@ def run_group(group, providers, device, args, bar, thp_worker, probe=None):
         c = r.case
         bar.set_postfix_str(c.label)
         started = []
-        samples, errors = timing.time_interleaved(fns, inputs, c.mode, c.repeats, warmup, device,
-                                                  on_timing_start=lambda: started.append(load.snapshot()),
-                                                  probe=probe)
+        samples, errors = timing.time_interleaved(
+            fns,
+            inputs,
+            c.mode,
+            c.repeats,
+            warmup,
+            device,
+            on_timing_start=lambda: started.append(load.snapshot()),
+            probe=probe,
+        )
         r.load = load.window(started[0], load.snapshot())
         copy_samples = samples.pop(timing.COPY, None)
         if copy_samples:
@@ -147,8 +163,10 @@ def time_thp(results, names, worker, warmup, seed):
 
 def thp_note(switch, huge_page_bytes):
     huge = "(unknown)" if huge_page_bytes is None else f"{huge_page_bytes >> 20} MiB"
-    return (f"THP providers: a separate process with {thp.ENV}={switch}; of a fresh {thp.PROBE_BYTES >> 20} MiB "
-            f"tensor there, {huge} sat on huge pages")
+    return (
+        f"THP providers: a separate process with {thp.ENV}={switch}; of a fresh {thp.PROBE_BYTES >> 20} MiB "
+        f"tensor there, {huge} sat on huge pages"
+    )
 
 
 def measure_cpu_memory(results, seed):
@@ -186,8 +204,9 @@ def main(argv=None):
     # Table columns in a fixed order: fused_ce, then torch at its best, then the rest.
     providers.sort(key=providers_mod.ALL.index)
     try:
-        cases, notes = cases_mod.build_cases(device, args.quick, args.losses, args.dtypes, args.shapes,
-                                             args.features, args.modes, args.repeats)
+        cases, notes = cases_mod.build_cases(
+            device, args.quick, args.losses, args.dtypes, args.shapes, args.features, args.modes, args.repeats
+        )
     except ValueError as e:
         sys.exit(str(e))
     for note in notes:
@@ -223,8 +242,9 @@ def main(argv=None):
     # byte floors use each case's own copy bandwidth (the probe); this one is for cases without it.
     meta["copy_bandwidth"] = timing.copy_bandwidth(device, meta["copy_bytes"])
     meta["load_end"] = load.load_average()
-    meta["load_warning"] = load.describe([r.load for r in results if r.load], meta["load_start"], meta["load_end"],
-                                         meta["threads"])
+    meta["load_warning"] = load.describe(
+        [r.load for r in results if r.load], meta["load_start"], meta["load_end"], meta["threads"]
+    )
     if meta["load_warning"]:
         print(meta["load_warning"], file=sys.stderr)
     if device == "cpu" and not args.no_memory:
@@ -236,8 +256,10 @@ def main(argv=None):
     report.write_csv(os.path.join(args.out, "results.csv"), report.csv_rows(results, meta, providers))
     pngs = report.plots(results, args.out, providers)
     print(table)
-    print(f"wrote {os.path.join(args.out, 'results.csv')}, results.md and {len(pngs)} plot(s) "
-          f"in {time.perf_counter() - start:.0f} s")
+    print(
+        f"wrote {os.path.join(args.out, 'results.csv')}, results.md and {len(pngs)} plot(s) "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
     print(report.summary(results, providers, meta["copy_bandwidth"]))
     return 0 if all(r.ok for r in results) else 1
 

@@ -1,6 +1,7 @@
 """Runs every fused_ce CUDA op once on small inputs that reach each kernel path (row groups of 1 to 256
 threads, split rows, the N-D layout, misaligned and strided rows, ignored and out-of-range targets,
 every reduction), for compute-sanitizer's memcheck and racecheck (benchmarks/gpu_run.sh)."""
+
 import torch
 
 import fused_ce

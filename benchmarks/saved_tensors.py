@@ -4,6 +4,7 @@ training step these (plus the parameters and their gradients) are what is alive,
 torch does not instrument, they measure a step's peak memory beyond the model: for a causal LM's stock loss they
 include the N x V logits (and their fp32 log-softmax), which the fused forward never builds.
 """
+
 import torch
 
 

@@ -6,6 +6,7 @@ The worker is started once per run (torch imported once), gets one group of same
 times its providers in interleaved rounds like the main process does. The main process waits meanwhile, so
 the two never share the CPU; each group is timed by both back to back, the worker right after the main process.
 """
+
 import multiprocessing
 import os
 
@@ -58,8 +59,9 @@ def _time_group(case_dicts, names, warmup, seed):
     results = []
     for c in group:
         started = []
-        samples, errors = timing.time_interleaved(fns, inputs, c.mode, c.repeats, warmup, "cpu",
-                                                  on_timing_start=lambda: started.append(load.snapshot()))
+        samples, errors = timing.time_interleaved(
+            fns, inputs, c.mode, c.repeats, warmup, "cpu", on_timing_start=lambda: started.append(load.snapshot())
+        )
         errors = {name: providers.describe_error(e) for name, e in errors.items()}
         results.append((samples, errors, load.window(started[0], load.snapshot())))
     return results
@@ -89,8 +91,7 @@ class Worker:
         previous = os.environ.get(ENV)
         os.environ[ENV] = "1"
         try:
-            self._proc = ctx.Process(target=_serve, args=(child, torch._dynamo.config.recompile_limit),
-                                     daemon=True)
+            self._proc = ctx.Process(target=_serve, args=(child, torch._dynamo.config.recompile_limit), daemon=True)
             self._proc.start()
         finally:
             if previous is None:

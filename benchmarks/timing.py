@@ -9,6 +9,7 @@ CPU, the RSS high-water mark (VmHWM) minus the RSS after the inputs exist, over 
 per (provider, case) forked from a server that has torch and fused_ce imported already. For `backward`, the
 forward's saved tensors are part of the baseline; for torch.compile, so is the compilation.
 """
+
 import concurrent.futures
 import ctypes
 import ctypes.util
@@ -158,6 +159,7 @@ def copy_bandwidth(device, nbytes, repeats=9):
 
 
 # ---- memory ----------------------------------------------------------------------------------------------
+
 
 def _rss_bytes(field):
     with open("/proc/self/status") as f:

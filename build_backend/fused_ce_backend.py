@@ -8,6 +8,7 @@ backend with the user's interpreter and only hides that interpreter's site-packa
 sys.path here: the isolated environment's setuptools still comes first. With `python -m build` (a separate
 interpreter) there is no installed torch to find, and setup.py stops at once with instructions.
 """
+
 import os
 import site
 import sys

@@ -3,6 +3,7 @@ nearly separable dataset; prints the loss curves of fused_ce and torch side by s
 
     python examples/logistic_regression.py
 """
+
 import torch
 import torch.nn.functional as F
 

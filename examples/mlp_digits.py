@@ -3,6 +3,7 @@ prints the loss curves of fused_ce and torch side by side, and the final test ac
 
     python examples/mlp_digits.py
 """
+
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits

@@ -17,8 +17,11 @@ import fused_ce.testing
 def pytest_report_header(config):
     where = fused_ce.__file__
     cuda = "cuda cases collected" if "cuda" in TENSOR_DEVICES else "no GPU: cuda cases not collected"
-    emulated = "emulated_cuda cases collected" if fused_ce.testing.emulated_cuda_available() else \
-        "no emulated CUDA extension (build with FUSED_CE_EMULATED_CUDA=1): emulated_cuda cases not collected"
+    emulated = (
+        "emulated_cuda cases collected"
+        if fused_ce.testing.emulated_cuda_available()
+        else "no emulated CUDA extension (build with FUSED_CE_EMULATED_CUDA=1): emulated_cuda cases not collected"
+    )
     return f"fused_ce {fused_ce.__version__} from {where}; torch {torch.__version__}; {cuda}; {emulated}"
 
 

@@ -4,6 +4,7 @@
 The kernels are compiled three times (default, AVX2, AVX-512); FUSED_CE_CPU_CAPABILITY picks one and is
 read at every call (csrc/cpu/kernel_choice.cpp), so one process can run them all in turn.
 """
+
 import pytest
 from helpers import TENSOR_DEVICES
 
@@ -11,8 +12,9 @@ from fused_ce._core.cpu_isas import ALL_ISAS, SUPPORTED, SUPPORTED_ISAS, VECTOR_
 
 # (device, isa): the CPU once per instruction set it runs; a GPU once, with isa None. (The CUDA kernels'
 # block boundaries under emulation are tests/test_emulated_cuda.py's tiling paths.)
-_PARAMS = [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in SUPPORTED_ISAS] + \
-          [pytest.param((d, None), id=d) for d in TENSOR_DEVICES if d != "cpu"]
+_PARAMS = [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in SUPPORTED_ISAS] + [
+    pytest.param((d, None), id=d) for d in TENSOR_DEVICES if d != "cpu"
+]
 
 
 @pytest.fixture(params=_PARAMS)

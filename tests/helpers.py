@@ -5,6 +5,7 @@ The judge itself lives in the package, fused_ce.testing.parity, whose docstring 
 installed self-check (python -m fused_ce.check) applies the same rule to the same cases
 (fused_ce.testing._parity_cases).
 """
+
 import pytest
 import torch
 
@@ -48,10 +49,12 @@ TENSOR_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def parametrize_grid(family):
     """A test parametrized over a fused_ce.testing.case_grid.Family's whole grid (one pytest parameter per grid
     parameter, values named as the self-check names them) and over DEVICES."""
+
     def parametrize(test):
         for name, values in reversed(family.grid.items()):
             test = pytest.mark.parametrize(name, values, ids=short_name)(test)
         return pytest.mark.parametrize("device", DEVICES)(test)
+
     return parametrize
 
 
@@ -65,5 +68,6 @@ def spy_on(monkeypatch, targets, record):
         def spied(*args, _original=original, _name=name, **kwargs):
             calls.append(record(_name, args))
             return _original(*args, **kwargs)
+
         monkeypatch.setattr(module, name, spied)
     return calls

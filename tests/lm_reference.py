@@ -1,6 +1,7 @@
 """fp64 reference of the language-model options of cross-entropy (logit_scale, softcap, the z-loss), written
 with plain torch operations independently of fused_ce; shared by the tests of cross_entropy and of
 linear_cross_entropy."""
+
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +21,7 @@ def reference(x, target, weight, reduction, smoothing, scale, cap, zscale, ignor
     loss = F.cross_entropy(z, target, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
     lse = torch.logsumexp(z, dim=1)
     counted = torch.ones_like(lse) if target.is_floating_point() else (target != ignore_index).double()
-    per_row = zscale * lse ** 2 * counted
+    per_row = zscale * lse**2 * counted
     z_loss = {"none": per_row, "sum": per_row.sum(), "mean": per_row.sum() / counted.sum()}[reduction]
     return loss + z_loss, z_loss, lse
 

@@ -7,14 +7,20 @@ only when the values already chosen cannot go together. Every partial row it acc
 accepts, which holds when each constraint has a way out (a value of some axis that lifts it, such as LM options
 off); the generator then never backtracks. The result is deterministic: the same axes give the same rows.
 """
+
 import itertools
 
 
 def required_pairs(axes, allowed):
     """Every ((axis, value), (axis, value)) pair of two axes (in the axes' order) that the constraints allow."""
     names = list(axes)
-    return {((a, va), (b, vb)) for a, b in itertools.combinations(names, 2)
-            for va in axes[a] for vb in axes[b] if allowed({a: va, b: vb})}
+    return {
+        ((a, va), (b, vb))
+        for a, b in itertools.combinations(names, 2)
+        for va in axes[a]
+        for vb in axes[b]
+        if allowed({a: va, b: vb})
+    }
 
 
 def pairs_of(row, names):
@@ -35,9 +41,12 @@ def covering_rows(axes, allowed=lambda row: True):
         for name in names:
             if name in row:
                 continue
+
             def gain(value):
-                return sum(((c, row[c]), (name, value)) in missing or ((name, value), (c, row[c])) in missing
-                           for c in row)
+                return sum(
+                    ((c, row[c]), (name, value)) in missing or ((name, value), (c, row[c])) in missing for c in row
+                )
+
             choices = [v for v in axes[name] if allowed({**row, name: v})]
             if not choices:
                 raise ValueError(f"no value of {name} goes with {row}: a constraint without a way out")

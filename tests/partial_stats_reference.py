@@ -3,6 +3,7 @@ ce_partial_stats and ce_partial_grad (csrc/partial_stats_schema.h, rowmath.h's P
 classes [offset, offset + C) of every row, logits (N, C, d1..dk) or (N, C). With the language-model options
 (logit_scale, softcap) the statistics are those of the transformed logits z (lm_reference.transformed) and the
 gradient is the one for z times dz/dx, here from autograd through the transform."""
+
 import torch
 from lm_reference import transformed
 

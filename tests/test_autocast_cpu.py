@@ -2,6 +2,7 @@
 do (its CPU autocast policy lists them as fp32 ops): the loss is fp32 and as accurate as an fp32 loss of
 the low-precision inputs, the gradients reach those inputs in their own dtype, and from there the layer
 that produced them."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,16 +45,19 @@ def check_under_autocast(ours_fn, torch_fn, amp_dtype, shape, others, grad_args,
     assert err <= 4 * torch.finfo(amp_dtype).eps, f"the layer's weight gradient is {err:.3g} off torch's"
     logits = logits.detach()
     with torch.autocast("cpu", dtype=amp_dtype):
-        out, _ = compare_with_torch(ours_fn, torch_fn, (logits, *others), grad_args=grad_args, kwargs=kwargs,
-                                    expected_dtype=torch.float32)
+        out, _ = compare_with_torch(
+            ours_fn, torch_fn, (logits, *others), grad_args=grad_args, kwargs=kwargs, expected_dtype=torch.float32
+        )
     exact = torch_fn(logits.double(), *map(_double, others), **{k: _double(v) for k, v in kwargs.items()})
     assert_close(out, exact, torch.float32, msg="loss under autocast, at fp32 accuracy")
 
 
 def _as_nd(fn):
     """fn on (N, d, C) logits taken as N-D (N, C, d): a strided view of the layer's output."""
+
     def nd(x, *rest, **kwargs):
         return fn(x.transpose(1, 2), *rest, **kwargs)
+
     nd.__name__ = fn.__name__
     return nd
 
@@ -93,5 +97,12 @@ def test_bce_with_logits_runs_in_fp32(amp_dtype, case):
     if low:  # every operand low precision: without autocast the loss would be low precision too
         target, weight, pos_weight = (t.to(amp_dtype) for t in (target, weight, pos_weight))
     kwargs = {"weight": weight, "pos_weight": pos_weight, "reduction": "mean" if low else "none"}
-    check_under_autocast(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
-                         amp_dtype, shape, (target,), (0, 1), kwargs)
+    check_under_autocast(
+        fused_ce.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        amp_dtype,
+        shape,
+        (target,),
+        (0, 1),
+        kwargs,
+    )

@@ -1,6 +1,7 @@
 """gradcheck and gradgradcheck in fp64 on small inputs, for every loss and option, through the
 functional API and the public autograd.Function classes (the families of fused_ce.testing._gradcheck_cases, which
 python -m fused_ce.check runs too); no gradient w.r.t. weight / pos_weight."""
+
 import pytest
 import torch
 from helpers import DEVICES, parametrize_grid
@@ -41,8 +42,11 @@ def test_bce_grad_wrt_input_and_target(api, options, reduction, device):
 def test_soft_targets_grad_wrt_one_side(wrt, device):
     x = _x((3, 4), device).requires_grad_(wrt == "logits")
     t = soft_target((3, 4), device, requires_grad=wrt == "target")
-    fn = lambda a: fused_ce.cross_entropy(a, t, label_smoothing=0.1) if wrt == "logits" else \
-        fused_ce.cross_entropy(x, a, label_smoothing=0.1)
+    fn = (
+        lambda a: fused_ce.cross_entropy(a, t, label_smoothing=0.1)
+        if wrt == "logits"
+        else fused_ce.cross_entropy(x, a, label_smoothing=0.1)
+    )
     check_both(fn, (x if wrt == "logits" else t,))
 
 
@@ -51,8 +55,12 @@ def test_bce_zero_dim_and_nd(device):
     for shape in [(), (2, 3, 2)]:
         x = _x(shape, device)
         y = torch.rand(shape, dtype=F64, device=device, requires_grad=True)
-        check_both(lambda x, y: fused_ce.binary_cross_entropy_with_logits(
-            x, y, pos_weight=torch.full(shape[-1:], 1.7, dtype=F64, device=device)), (x, y))
+        check_both(
+            lambda x, y: fused_ce.binary_cross_entropy_with_logits(
+                x, y, pos_weight=torch.full(shape[-1:], 1.7, dtype=F64, device=device)
+            ),
+            (x, y),
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -61,11 +69,13 @@ def test_no_gradient_wrt_weight_or_pos_weight(device):
     x = _x((3, 4), device)
     w = torch.rand(4, dtype=F64, device=device, requires_grad=True)
     y = torch.tensor([0, 1, 3], device=device)
-    for call in (lambda: fused_ce.cross_entropy(x, y, weight=w),
-                 lambda: fused_ce.CrossEntropyFunction.apply(x, y, w),
-                 lambda: fused_ce.binary_cross_entropy_with_logits(x, torch.rand_like(x), weight=w),
-                 lambda: fused_ce.binary_cross_entropy_with_logits(x, torch.rand_like(x), pos_weight=w),
-                 lambda: fused_ce.BCEWithLogitsFunction.apply(x, torch.rand_like(x), None, "mean", w)):
+    for call in (
+        lambda: fused_ce.cross_entropy(x, y, weight=w),
+        lambda: fused_ce.CrossEntropyFunction.apply(x, y, w),
+        lambda: fused_ce.binary_cross_entropy_with_logits(x, torch.rand_like(x), weight=w),
+        lambda: fused_ce.binary_cross_entropy_with_logits(x, torch.rand_like(x), pos_weight=w),
+        lambda: fused_ce.BCEWithLogitsFunction.apply(x, torch.rand_like(x), None, "mean", w),
+    ):
         with pytest.raises(RuntimeError, match="is not differentiable with respect to argument"):
             call()
     # a weight that does not require grad gets no .grad and leaves the graph alone

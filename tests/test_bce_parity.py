@@ -1,6 +1,7 @@
 """fused_ce.binary_cross_entropy_with_logits against torch's: values and gradients w.r.t. the input
 and the target, over shapes x weight / pos_weight broadcast shapes x reduction x dtype, plus dtype
 promotion, extreme and infinite logits, 0-dim and empty inputs, and non-contiguous operands."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,17 +27,30 @@ def test_larger_shapes_across_chunks(shape, reduction, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("input_dtype,target_dtype", [
-    (torch.float32, torch.float64), (torch.float64, torch.float32), (torch.float32, torch.float16),
-    (torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "input_dtype,target_dtype",
+    [
+        (torch.float32, torch.float64),
+        (torch.float64, torch.float32),
+        (torch.float32, torch.float16),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.bfloat16),
+    ],
+)
 def test_mixed_dtypes(input_dtype, target_dtype, device):
     """torch computes (1 - target).mul_(input)...: the loss has the target's dtype (fp32 input with an
     fp64 target promotes to fp64; fp64 input with an fp32 target gives fp32)."""
     x, y = make_input((4, 5), input_dtype, device), make_target((4, 5), target_dtype, device)
     low = [d for d in (input_dtype, target_dtype) if d in (torch.bfloat16, torch.float16)]
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), dtype=low[0] if low else torch.float32,
-                       expected_dtype=target_dtype,
-                       kwargs={"pos_weight": make_positive((5,), torch.float64, device)})
+    compare_with_torch(
+        BCE,
+        TORCH_BCE,
+        (x, y),
+        grad_args=(0, 1),
+        dtype=low[0] if low else torch.float32,
+        expected_dtype=target_dtype,
+        kwargs={"pos_weight": make_positive((5,), torch.float64, device)},
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -44,8 +58,13 @@ def test_mixed_dtypes(input_dtype, target_dtype, device):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_zero_dim_input(reduction, dtype, device):
     x, y = make_input((), dtype, device), make_target((), dtype, device)
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                       kwargs={"reduction": reduction, "pos_weight": make_positive((), dtype, device)})
+    compare_with_torch(
+        BCE,
+        TORCH_BCE,
+        (x, y),
+        grad_args=(0, 1),
+        kwargs={"reduction": reduction, "pos_weight": make_positive((), dtype, device)},
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -54,8 +73,9 @@ def test_zero_dim_input(reduction, dtype, device):
 def test_empty_input(shape, reduction, device):
     """mean of nothing is NaN, sum 0, none an empty tensor; gradients are empty."""
     x, y = make_input(shape, torch.float32, device), make_target(shape, torch.float32, device)
-    out, _ = compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1) if reduction != "none" else (),
-                                kwargs={"reduction": reduction})
+    out, _ = compare_with_torch(
+        BCE, TORCH_BCE, (x, y), grad_args=(0, 1) if reduction != "none" else (), kwargs={"reduction": reduction}
+    )
     assert_loss_of_no_rows(out, reduction)
 
 
@@ -68,8 +88,9 @@ def test_extreme_finite_logits(with_pos_weight, reduction, dtype, device):
     x = torch.tensor([[-100.0, 100.0, -100.0, 100.0, -30.0, 30.0, 0.0, -88.0, 88.0]], dtype=dtype, device=device)
     y = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.5, 0.5, 1.0, 0.3, 0.7]], dtype=dtype, device=device)
     pw = make_positive((9,), dtype, device) * 3 if with_pos_weight else None
-    out, grads = compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                                    kwargs={"reduction": reduction, "pos_weight": pw})
+    out, grads = compare_with_torch(
+        BCE, TORCH_BCE, (x, y), grad_args=(0, 1), kwargs={"reduction": reduction, "pos_weight": pw}
+    )
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(g).all() for g in grads)
 
@@ -80,8 +101,9 @@ def test_extreme_finite_logits(with_pos_weight, reduction, dtype, device):
 @pytest.mark.parametrize("with_pos_weight", [False, True])
 def test_infinite_logits(with_pos_weight, reduction, dtype, device):
     """+-inf logits: inf/NaN exactly where torch has them (compared with equal_nan)."""
-    x = torch.tensor([-float("inf"), float("inf"), -float("inf"), float("inf"), float("inf"), 1.0],
-                     dtype=dtype, device=device)
+    x = torch.tensor(
+        [-float("inf"), float("inf"), -float("inf"), float("inf"), float("inf"), 1.0], dtype=dtype, device=device
+    )
     y = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5, 0.5], dtype=dtype, device=device)
     pw = torch.full((6,), 2.5, dtype=dtype, device=device) if with_pos_weight else None
     compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), kwargs={"reduction": reduction, "pos_weight": pw})
@@ -91,8 +113,9 @@ def test_infinite_logits(with_pos_weight, reduction, dtype, device):
 def test_targets_are_not_range_checked(device):
     x = make_input((3, 4), torch.float64, device)
     y = torch.randn(3, 4, dtype=torch.float64, device=device) * 3
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1),
-                       kwargs={"pos_weight": make_positive((4,), torch.float64, device)})
+    compare_with_torch(
+        BCE, TORCH_BCE, (x, y), grad_args=(0, 1), kwargs={"pos_weight": make_positive((4,), torch.float64, device)}
+    )
 
 
 @parametrize_grid(BCE_NON_CONTIGUOUS)
@@ -105,13 +128,23 @@ def test_non_contiguous_operands(reduction, dtype, device):
 def test_reduction_none_nonuniform_grad_output(dtype, device):
     x, y = make_input((4, 6), dtype, device), make_target((4, 6), dtype, device)
     go = torch.linspace(-2, 2, 24, dtype=torch.float64).view(4, 6).to(device)
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(0, 1), grad_output=go,
-                       kwargs={"reduction": "none", "weight": make_positive((4, 1), dtype, device),
-                                   "pos_weight": make_positive((6,), dtype, device)})
+    compare_with_torch(
+        BCE,
+        TORCH_BCE,
+        (x, y),
+        grad_args=(0, 1),
+        grad_output=go,
+        kwargs={
+            "reduction": "none",
+            "weight": make_positive((4, 1), dtype, device),
+            "pos_weight": make_positive((6,), dtype, device),
+        },
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradient_only_wrt_target(device):
     x, y = make_input((3, 5), torch.float64, device), make_target((3, 5), torch.float64, device)
-    compare_with_torch(BCE, TORCH_BCE, (x, y), grad_args=(1,),
-                       kwargs={"pos_weight": make_positive((5,), torch.float64, device)})
+    compare_with_torch(
+        BCE, TORCH_BCE, (x, y), grad_args=(1,), kwargs={"pos_weight": make_positive((5,), torch.float64, device)}
+    )

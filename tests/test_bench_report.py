@@ -1,6 +1,7 @@
 """The benchmark's report logic: the byte floor model, fused_ce's share of the copy bandwidth, the table that
 leads with torch at its best (the THP providers), the correctness comparison, and the THP worker process.
 No timing is asserted: times are made up, except the worker's, which are only checked to exist."""
+
 import os
 import sys
 
@@ -18,20 +19,34 @@ import load
 import report
 import thp
 
-MB = 10 ** 6
-META = {"device": "cpu", "device_name": "test cpu", "torch_version": "x", "fused_ce_version": "y",
-        "cuda_version": "", "timestamp": "t", "threads": 2, "copy_bandwidth": 10e9, "copy_bytes": 1 << 20,
-        "memory_note": "memory note", "load_start": 1.0, "load_end": 1.0}
+MB = 10**6
+META = {
+    "device": "cpu",
+    "device_name": "test cpu",
+    "torch_version": "x",
+    "fused_ce_version": "y",
+    "cuda_version": "",
+    "timestamp": "t",
+    "threads": 2,
+    "copy_bandwidth": 10e9,
+    "copy_bytes": 1 << 20,
+    "memory_note": "memory note",
+    "load_start": 1.0,
+    "load_end": 1.0,
+}
 
 
-@pytest.mark.parametrize("loss,feature,mode,elements_moved", [
-    ("ce", "none", "forward", 1),       # logits read once
-    ("ce", "none", "backward", 2),      # logits read again, gradient written
-    ("ce", "none", "full", 3),          # logits read twice, gradient written once
-    ("ce", "soft", "full", 5),          # the N×C target is read in both passes too
-    ("bce", "none", "forward", 2),
-    ("bce", "pos_weight", "full", 5),
-])
+@pytest.mark.parametrize(
+    "loss,feature,mode,elements_moved",
+    [
+        ("ce", "none", "forward", 1),  # logits read once
+        ("ce", "none", "backward", 2),  # logits read again, gradient written
+        ("ce", "none", "full", 3),  # logits read twice, gradient written once
+        ("ce", "soft", "full", 5),  # the N×C target is read in both passes too
+        ("bce", "none", "forward", 2),
+        ("bce", "pos_weight", "full", 5),
+    ],
+)
 def test_byte_floor_counts_every_nxc_tensor_each_pass_must_touch(loss, feature, mode, elements_moved):
     case = cases.Case(loss, mode, "bf16", 100, 1000, feature)
     assert cases.min_bytes(case) == elements_moved * 100 * 1000 * 2
@@ -76,10 +91,16 @@ def test_table_leads_with_torch_at_its_best():
     row = next(line for line in lines if line.startswith("| ce fp32 full"))
     columns = [c.strip() for c in head.strip("|").split("|")]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert columns[2:8] == ["fused_ce ms p50 [p20–p80]", "byte floor ms", "% copy BW (floor / time)",
-                            "× vs eager-thp", "× vs compile-thp", "× vs eager"]
-    assert cells[3] == "6.00"                   # 3 · 4 · 1000 · 5000 bytes at 10 GB/s, in ms
-    assert cells[4] == "60.0"                   # 6 ms floor / 10 ms
+    assert columns[2:8] == [
+        "fused_ce ms p50 [p20–p80]",
+        "byte floor ms",
+        "% copy BW (floor / time)",
+        "× vs eager-thp",
+        "× vs compile-thp",
+        "× vs eager",
+    ]
+    assert cells[3] == "6.00"  # 3 · 4 · 1000 · 5000 bytes at 10 GB/s, in ms
+    assert cells[4] == "60.0"  # 6 ms floor / 10 ms
     assert cells[5:8] == ["3.0×", "2.0×", "10×"]
     assert "THP providers: probe." in text
     assert "At ≥70% of the copy bandwidth (time ≤ byte floor / 0.7): 0 of 1 cases." in text
@@ -92,7 +113,7 @@ def test_a_cases_own_copy_bandwidth_sets_its_floor_and_the_runs_serves_the_other
     own = _result(5000, 0.010)
     own.copy_bandwidth = 20e9  # the copy probe in this case's rounds: twice the run's 10 GB/s
     other = _result(6000, 0.010)
-    assert own.floor_fraction(10e9) == pytest.approx(0.3)    # 60e6 bytes at 20 GB/s = 3 ms, of 10 ms
+    assert own.floor_fraction(10e9) == pytest.approx(0.3)  # 60e6 bytes at 20 GB/s = 3 ms, of 10 ms
     assert other.floor_fraction(10e9) == pytest.approx(0.72)  # 72e6 bytes at 10 GB/s
     assert report.at_floor([own, other], 10e9) == ([other.case.label], 2)
     text = report.markdown([own, other], META, ["fused_ce"])

@@ -1,5 +1,6 @@
 """Smoke test of the benchmark CLI: a --quick run on tiny shapes writes its table, CSV and plots, and every
 case passes the correctness check. torch.compile is left out to keep this within seconds."""
+
 import csv
 import os
 import subprocess
@@ -15,9 +16,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_run_writes_outputs(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--device", "cpu",
-         "--providers", "fused_ce,torch", "--out", str(out)],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "run.py"),
+            "--quick",
+            "--device",
+            "cpu",
+            "--providers",
+            "fused_ce,torch",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| case | check |" in proc.stdout
     assert "SUMMARY: fused_ce vs torch eager" in proc.stdout
@@ -37,6 +50,8 @@ def test_quick_run_writes_outputs(tmp_path):
     assert all(r["busy"] in ("yes", "no") and float(r["other_cpu_cores"]) >= 0 for r in times)
     assert all(r["load_avg_before"] and r["load_avg_after"] for r in times)
     assert [r["note"] for r in rows if r["metric"] == "load_average_1min"] == [
-        "os.getloadavg()[0] at the start of the run", "os.getloadavg()[0] at the end of the run"]
+        "os.getloadavg()[0] at the start of the run",
+        "os.getloadavg()[0] at the end of the run",
+    ]
     busy = any(r["busy"] == "yes" for r in times)
     assert ("MACHINE BUSY" in proc.stdout) == busy and ("WARNING: the machine was busy" in proc.stderr) == busy

@@ -1,6 +1,7 @@
 """The benchmark's timing and load bookkeeping, without timing anything real: providers are timed in
 interleaved rounds, a provider that fails its first call is reported and left out, and a case is flagged
 busy only when other processes took CPU time over a long enough window."""
+
 import os
 import sys
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ def _recorder(name, calls):
     def fn(x, target):
         calls.append(name)
         return x.sum()
+
     return fn
 
 
@@ -30,8 +32,9 @@ def test_providers_are_timed_in_interleaved_rounds(monkeypatch):
 
     fns = {"a": _recorder("a", calls), "broken": broken, "b": _recorder("b", calls)}
     marks = []
-    samples, errors = timing.time_interleaved(fns, inputs, "forward", repeats=4, warmup=3, device="cpu",
-                                              on_timing_start=lambda: marks.append(len(calls)))
+    samples, errors = timing.time_interleaved(
+        fns, inputs, "forward", repeats=4, warmup=3, device="cpu", on_timing_start=lambda: marks.append(len(calls))
+    )
     assert set(samples) == {"a", "b"} and all(len(s) == 4 and min(s) > 0 for s in samples.values())
     assert set(errors) == {"broken"} and isinstance(errors["broken"], ValueError)
     assert marks == [2], "the load window must start after every provider's first (compiling) call"
@@ -49,8 +52,9 @@ def test_the_copy_probe_is_timed_once_in_every_timed_round(monkeypatch):
         probe()
 
     fns = {"a": _recorder("a", calls), "b": _recorder("b", calls)}
-    samples, errors = timing.time_interleaved(fns, inputs, "forward", repeats=4, warmup=2, device="cpu",
-                                              probe=probe_call)
+    samples, errors = timing.time_interleaved(
+        fns, inputs, "forward", repeats=4, warmup=2, device="cpu", probe=probe_call
+    )
     assert errors == {} and len(samples[timing.COPY]) == 4 and min(samples[timing.COPY]) > 0
     assert calls == ["a", "b"] * 2 + ["a", "b", "copy"] * 4, calls  # not in the warm-up rounds
     assert probe.bandwidth([0.5, 0.002, 0.001]) == pytest.approx(2 * (1 << 20) / 0.002)  # the median copy

@@ -7,6 +7,7 @@ below put some probabilities below 2^-126 (a logit 90 above the rest), whose bf1
 zeros. The same check runs again with FUSED_CE_NATIVE_BF16=0 (at::vec's rounding), in a fresh process since the
 switch is read once at load.
 """
+
 import os
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def check_all_isas():
         for n, c in ((48, 1024), (48, 1000), (6, 7)):
             x, target = bf16_inputs(n, c)
             fp32 = ce_grad(x.float(), target)
-            denormals += int(((fp32 != 0) & (fp32.abs() < 2.0 ** -126)).sum())
+            denormals += int(((fp32 != 0) & (fp32.abs() < 2.0**-126)).sum())
             assert_rounded_from_fp32(ce_grad(x, target), fp32)
             y = torch.rand(n, c, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
             xb = x.clone()

@@ -11,6 +11,7 @@ AVX2 builds, 64-byte ones under AVX-512, so L is 8 or 16 for fp32 and 4 or 8 for
     every 64 classes, and the last S mod L positions fill a partial vector;
   BCE: each partial sum, and each parallel task, covers 8192 elements.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,11 +50,21 @@ def check_ce(x, target, dtype, device, smoothing, weighted, reduction="none", fi
     also be finite (an overflow in one block would make them inf or NaN)."""
     x = x.to(dtype).to(device)
     target = target.to(dtype).to(device) if target.is_floating_point() else target.to(device)
-    w = (torch.rand(x.shape[1], generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5) \
-        .to(dtype).to(device) if weighted else None
+    w = (
+        (torch.rand(x.shape[1], generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5)
+        .to(dtype)
+        .to(device)
+        if weighted
+        else None
+    )
     grad_args = (0, 1) if target.is_floating_point() else (0,)
-    out, grads = compare_with_torch(CE, F.cross_entropy, (x, target), grad_args=grad_args,
-                                    kwargs={"weight": w, "label_smoothing": smoothing, "reduction": reduction})
+    out, grads = compare_with_torch(
+        CE,
+        F.cross_entropy,
+        (x, target),
+        grad_args=grad_args,
+        kwargs={"weight": w, "label_smoothing": smoothing, "reduction": reduction},
+    )
     if finite:
         assert torch.isfinite(out).all(), f"non-finite loss in rows {(~torch.isfinite(out)).nonzero().tolist()}"
         for g in grads:
@@ -92,7 +103,7 @@ def test_spikes_at_row_block_edges(dtype, soft, options, isa_device):
         target = soft_target((rows, C))
     else:  # half the spikes are the target (loss ~0), half are not (loss ~100)
         target = torch.randint(0, C, (rows,), generator=torch.Generator().manual_seed(3))
-        target[: len(edges): 2] = torch.tensor(edges[::2])
+        target[: len(edges) : 2] = torch.tensor(edges[::2])
     check_ce(x, target, dtype, device, *options)
 
 
@@ -145,7 +156,7 @@ def special_rows(C, B):
     and one ordinary row that must stay unaffected."""
     x = randn(10, C)
     y = torch.tensor([5, B + 1, C - 1, 5, 5, 5, B, 5, 5, B + 2])
-    x[0, B - 1: B + 1] = -INF  # both sides of a block edge; finite loss
+    x[0, B - 1 : B + 1] = -INF  # both sides of a block edge; finite loss
     x[1, :B] = -INF  # a whole first block; the running max starts at -inf
     x[2, : C - 1] = -INF  # all but the scalar tail's last class, the target
     x[3, B] = INF  # NaN loss, as torch (inf - inf)
@@ -213,7 +224,12 @@ def test_bce_chunk_edges(dtype, reduction, values, isa_device):
     w = torch.rand(shape[1], generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
     pw = torch.rand(shape[0], 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 3 + 0.5
     args = [t.to(dtype).to(device) for t in (x, y, w, pw)]
-    out, grads = compare_with_torch(BCE, F.binary_cross_entropy_with_logits, tuple(args[:2]), grad_args=(0, 1),
-                                    kwargs={"weight": args[2], "pos_weight": args[3], "reduction": reduction})
+    out, grads = compare_with_torch(
+        BCE,
+        F.binary_cross_entropy_with_logits,
+        tuple(args[:2]),
+        grad_args=(0, 1),
+        kwargs={"weight": args[2], "pos_weight": args[3], "reduction": reduction},
+    )
     if values == "finite_extremes":
         assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)

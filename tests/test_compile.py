@@ -2,6 +2,7 @@
 AOTAutograd-compiled backward graph) with each loss matches eager fused_ce and torch; fullgraph=True
 makes any graph break an error. (Dynamo does not trace autograd.grad/backward calls themselves, so
 backward runs on the compiled forward's output, as in a compiled model's training step.)"""
+
 import re
 
 import pytest
@@ -29,12 +30,18 @@ def _data(device, kind):
 
 ROW_WEIGHT = torch.rand(N, 1, generator=torch.Generator().manual_seed(1))
 LOSSES = {
-    "hard": (lambda m, o, y: m.cross_entropy(o, y, label_smoothing=0.1,
-                                             weight=torch.linspace(0.5, 1.5, C, device=o.device, dtype=o.dtype))),
+    "hard": (
+        lambda m, o, y: m.cross_entropy(
+            o, y, label_smoothing=0.1, weight=torch.linspace(0.5, 1.5, C, device=o.device, dtype=o.dtype)
+        )
+    ),
     "hard_none": (lambda m, o, y: (m.cross_entropy(o, y, reduction="none") * torch.arange(N, device=o.device)).sum()),
     "soft": (lambda m, o, y: m.cross_entropy(o, y, label_smoothing=0.2, reduction="sum")),
-    "bce": (lambda m, o, y: m.binary_cross_entropy_with_logits(
-        o, y, pos_weight=torch.full((C,), 2.0, device=o.device, dtype=o.dtype), weight=ROW_WEIGHT.to(o))),
+    "bce": (
+        lambda m, o, y: m.binary_cross_entropy_with_logits(
+            o, y, pos_weight=torch.full((C,), 2.0, device=o.device, dtype=o.dtype), weight=ROW_WEIGHT.to(o)
+        )
+    ),
     "bce_none": (lambda m, o, y: m.binary_cross_entropy_with_logits(o, y, reduction="none").mean(0).sum()),
 }
 
@@ -44,6 +51,7 @@ def _step(module, loss_name):
 
     def forward(linear_weight, x, y):
         return loss_fn(module, x @ linear_weight.t(), y)
+
     return forward
 
 
@@ -58,15 +66,23 @@ def _train_step_module(loss_module):
 
     def forward(x, y):
         return loss_module(lin(x), y)
+
     return lin, forward
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("loss_name,backend", [
-    ("hard", "inductor"), ("bce", "inductor"),
-    ("hard", "aot_eager"), ("hard_none", "aot_eager"), ("soft", "aot_eager"), ("bce", "aot_eager"),
-    ("bce_none", "aot_eager"),
-])
+@pytest.mark.parametrize(
+    "loss_name,backend",
+    [
+        ("hard", "inductor"),
+        ("bce", "inductor"),
+        ("hard", "aot_eager"),
+        ("hard_none", "aot_eager"),
+        ("soft", "aot_eager"),
+        ("bce", "aot_eager"),
+        ("bce_none", "aot_eager"),
+    ],
+)
 def test_compiled_step_matches_eager(loss_name, backend, device):
     torch._dynamo.reset()
     x, y = _data(device, "soft" if loss_name.startswith(("soft", "bce")) else "hard")
@@ -86,8 +102,11 @@ def test_compiled_module_training_step_with_backward(kind, device):
     """A module step: nn.Linear -> fused_ce module -> loss.backward(), compiled with fullgraph=True."""
     torch._dynamo.reset()
     x, y = _data(device, "soft" if kind == "bce" else "hard")
-    loss_cls = fused_ce.CrossEntropyLoss(label_smoothing=0.1) if kind == "hard" else \
-        fused_ce.BCEWithLogitsLoss(pos_weight=torch.full((C,), 1.5, device=device))
+    loss_cls = (
+        fused_ce.CrossEntropyLoss(label_smoothing=0.1)
+        if kind == "hard"
+        else fused_ce.BCEWithLogitsLoss(pos_weight=torch.full((C,), 1.5, device=device))
+    )
     torch.manual_seed(0)
     lin, forward = _train_step_module(loss_cls.to(device))
     lin.to(device)
@@ -106,8 +125,12 @@ def test_compiled_module_training_step_with_backward(kind, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_with_dynamic_shapes(device):
     torch._dynamo.reset()
-    fn = torch.compile(lambda x, y: fused_ce.cross_entropy(x, y, label_smoothing=0.1), fullgraph=True,
-                       backend="aot_eager", dynamic=True)
+    fn = torch.compile(
+        lambda x, y: fused_ce.cross_entropy(x, y, label_smoothing=0.1),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=True,
+    )
     for n in (5, 9, 13):
         x = torch.randn(n, 7, device=device)
         y = torch.randint(0, 7, (n,), device=device)
@@ -121,8 +144,15 @@ def test_compiled_with_dynamic_shapes(device):
 # RuntimeError or NotImplementedError), while fused_ce refuses them in traced Python, which dynamo reports
 # as 'Unsupported: Observed exception' (a RuntimeError too). Without fullgraph, that is a graph break and
 # the call raises torch's eager error.
-RAISED_AT_RUN_TIME_BY_TORCH = {"int32_target", "weight_dtype_mismatch", "integer_input", "integer_input_nd",
-                               "bce_integer_input", "bce_weight_would_grow_input", "bce_pos_weight_would_grow_input"}
+RAISED_AT_RUN_TIME_BY_TORCH = {
+    "int32_target",
+    "weight_dtype_mismatch",
+    "integer_input",
+    "integer_input_nd",
+    "bce_integer_input",
+    "bce_weight_would_grow_input",
+    "bce_pos_weight_would_grow_input",
+}
 # torch's meta gather refuses a uint8 index while tracing; fused_ce takes uint8 targets and checks the values
 # when the graph runs (IndexError, as in eager mode).
 CHECKED_AT_RUN_TIME_BY_FUSED_CE = {"uint8_target_out_of_range"}
@@ -146,11 +176,19 @@ def _summary(error):
 
 # Every case with the eager backend; a few with aot_eager (the errors come from dynamo's tracing, before
 # any backend runs) and inductor (below), which are slow on two cores.
-AOT_EAGER_CASES = ["batch_size_mismatch", "bce_target_size_mismatch", "bad_reduction", "weight_wrong_size", "int32_target"]
+AOT_EAGER_CASES = [
+    "batch_size_mismatch",
+    "bce_target_size_mismatch",
+    "bad_reduction",
+    "weight_wrong_size",
+    "int32_target",
+]
 
 
 @torch_compat.needs_current_torch_semantics
-@pytest.mark.parametrize("case,backend", [(c, "eager") for c in ERROR_CASES] + [(c, "aot_eager") for c in AOT_EAGER_CASES])
+@pytest.mark.parametrize(
+    "case,backend", [(c, "eager") for c in ERROR_CASES] + [(c, "aot_eager") for c in AOT_EAGER_CASES]
+)
 def test_error_cases_under_compile_as_torch(case, backend):
     torch_call, ours_call = ERROR_CASES[case]("cpu")
     expected, got = _compiled_error(torch_call, backend), _compiled_error(ours_call, backend)

@@ -2,6 +2,7 @@
 (csrc/cpu/large_buffers.cpp): 2 MiB-aligned mappings advised as transparent huge pages, unmapped when
 the tensor dies. Issue 9, item 8: an earlier cache of freed gradient buffers kept up to two of them, so
 RSS stayed 0.5 to 1 GB up after the user's tensors were gone; torch's own losses give it all back."""
+
 import copy
 import io
 import os
@@ -55,19 +56,29 @@ def _rss_script(steps):
 
 
 ONE_STEP = [("ce", (4096, 32000), "float32")]
-VARYING = [("ce", (4096, 32000), "float32"), ("ce", (2048, 50000), "float32"), ("soft", (1024, 32000), "bfloat16"),
-           ("bce", (3000, 4000), "float32"), ("ce", (700, 3000), "float32"), ("ce", (4096, 32000), "bfloat16")]
+VARYING = [
+    ("ce", (4096, 32000), "float32"),
+    ("ce", (2048, 50000), "float32"),
+    ("soft", (1024, 32000), "bfloat16"),
+    ("bce", (3000, 4000), "float32"),
+    ("ce", (700, 3000), "float32"),
+    ("ce", (4096, 32000), "bfloat16"),
+]
 
 
-@pytest.mark.parametrize("steps, huge_pages", [(ONE_STEP, "1"), (VARYING, "1"), (ONE_STEP, "0")],
-                         ids=["fp32-4096x32000", "varying-shapes", "fp32-4096x32000-torch-allocator"])
+@pytest.mark.parametrize(
+    "steps, huge_pages",
+    [(ONE_STEP, "1"), (VARYING, "1"), (ONE_STEP, "0")],
+    ids=["fp32-4096x32000", "varying-shapes", "fp32-4096x32000-torch-allocator"],
+)
 def test_memory_returns_after_the_tensors_die(steps, huge_pages):
     """Run fused_ce steps in a fresh process, free everything, and read VmRSS: it must come back within
     150 MiB of where it was before the first large step (the issue's requirement). Also with the
     fallback to torch's allocator (FUSED_CE_CPU_HUGE_PAGES=0, as where THP is off)."""
     env = dict(os.environ, FUSED_CE_CPU_HUGE_PAGES=huge_pages)
-    proc = subprocess.run([sys.executable, "-c", _rss_script(steps)], capture_output=True, text=True, timeout=600,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _rss_script(steps)], capture_output=True, text=True, timeout=600, env=env
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kept, peak = map(float, proc.stdout.split())
     assert peak > 400, f"the steps never used memory (peak rise {peak:.0f} MiB): the test measures nothing"
@@ -116,9 +127,9 @@ def test_large_gradient_is_an_ordinary_tensor():
     g.mul_(2).div_(2)
     assert torch.equal(g, want)
     g.resize_(LARGE[0] * 2, LARGE[1])  # grows the storage: a new block, the old contents copied over
-    assert torch.equal(g[:LARGE[0]], want)
-    g[LARGE[0]:] = 1.5
-    assert (g[LARGE[0]:] == 1.5).all()
+    assert torch.equal(g[: LARGE[0]], want)
+    g[LARGE[0] :] = 1.5
+    assert (g[LARGE[0] :] == 1.5).all()
     g.resize_(3, 5)
     assert torch.equal(g, want.view(-1)[:15].view(3, 5))
     g = _large_grad()

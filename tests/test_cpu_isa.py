@@ -2,6 +2,7 @@
 read at every call (so the `isa_device` fixture can run the parity matrix, tests/test_isa_parity.py, and
 the block-boundary tests under each), and a value the CPU cannot run, or that names no instruction set,
 is refused with a clear error instead of running illegal instructions."""
+
 import subprocess
 import sys
 

@@ -3,6 +3,7 @@ targets. Each device-independent test runs twice: on a real GPU (skipped when no
 emulator (CPU tensors through the same CUDA glue and kernels, fused_ce.testing.emulated_cuda, skipped when
 the emulated extension is not built); tests of what only a GPU has (graphs, device indices, autocast on
 CUDA, more than 2^31 elements) run on a GPU only. Nothing here touches the GPU at import."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,9 +13,13 @@ import fused_ce
 import fused_ce.testing
 
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-EMULATED = [pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
-                               reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)"),
-            pytest.mark.emulated_cuda]  # conftest.py enters emulated_cuda() for these
+EMULATED = [
+    pytest.mark.skipif(
+        not fused_ce.testing.emulated_cuda_available(),
+        reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)",
+    ),
+    pytest.mark.emulated_cuda,
+]  # conftest.py enters emulated_cuda() for these
 
 
 @pytest.fixture(params=[pytest.param("cuda", marks=GPU_ONLY), pytest.param("emulated_cuda", marks=EMULATED)])
@@ -35,8 +40,9 @@ def check_parity(fn_ours, fn_torch, x, target, dtype, **kw):
     """fused_ce's loss and gradients (w.r.t. x, and the target when it requires grad) against torch's
     float64 result on the same inputs, within helpers.error_bound."""
     assert x.dtype == dtype
-    out, _ = compare_with_torch(fn_ours, fn_torch, (x, target), grad_args=(0, 1) if target.requires_grad else (0,),
-                                kwargs=kw)
+    out, _ = compare_with_torch(
+        fn_ours, fn_torch, (x, target), grad_args=(0, 1) if target.requires_grad else (0,), kwargs=kw
+    )
     assert out.dtype == x.dtype and out.device == x.device
 
 
@@ -58,8 +64,9 @@ def test_hard_parity(dtype, shape, weighted, ignore, smoothing, reduction, dev):
     x = torch.randn(shape, device=dev).to(dtype) * 3
     t = hard_target((shape[0],) + shape[2:], C, dev, ignore_index=-100 if ignore else None)
     w = torch.rand(C, device=dev).to(dtype) + 0.1 if weighted else None
-    check_parity(fused_ce.cross_entropy, F.cross_entropy, x, t, dtype, weight=w, reduction=reduction,
-                 label_smoothing=smoothing)
+    check_parity(
+        fused_ce.cross_entropy, F.cross_entropy, x, t, dtype, weight=w, reduction=reduction, label_smoothing=smoothing
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -72,8 +79,9 @@ def test_soft_parity(dtype, shape, weighted, smoothing, reduction, dev):
     x = torch.randn(shape, device=dev).to(dtype) * 3
     t = torch.softmax(torch.randn(shape, device=dev), 1).to(dtype).requires_grad_()
     w = torch.rand(C, device=dev).to(dtype) + 0.1 if weighted else None
-    check_parity(fused_ce.cross_entropy, F.cross_entropy, x, t, dtype, weight=w, reduction=reduction,
-                 label_smoothing=smoothing)
+    check_parity(
+        fused_ce.cross_entropy, F.cross_entropy, x, t, dtype, weight=w, reduction=reduction, label_smoothing=smoothing
+    )
 
 
 BCE_OPERANDS = {
@@ -95,8 +103,11 @@ def test_bce_parity(dtype, shape, weight, pos_weight, reduction, dev):
     y = torch.rand(shape, device=dev).to(dtype).requires_grad_()
     w = BCE_OPERANDS[weight](shape, dev)
     pw = BCE_OPERANDS[pos_weight](shape, dev)
-    kw = {"weight": None if w is None else w.to(dtype), "pos_weight": None if pw is None else pw.to(dtype),
-          "reduction": reduction}
+    kw = {
+        "weight": None if w is None else w.to(dtype),
+        "pos_weight": None if pw is None else pw.to(dtype),
+        "reduction": reduction,
+    }
     check_parity(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, y, dtype, **kw)
 
 
@@ -119,8 +130,7 @@ def test_device_index(device):
     with torch.cuda.device(0):  # the op must follow its input's device, not the current one
         check_parity(fused_ce.cross_entropy, F.cross_entropy, x, t, torch.float32, label_smoothing=0.1)
         y = torch.rand(33, 1000, device=device)
-        check_parity(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, y,
-                     torch.float32)
+        check_parity(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, y, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -128,7 +138,7 @@ def test_device_index(device):
 def test_layouts(dtype, layout, dev):
     N, C = 37, 1003
     if layout == "row_slice":  # rows of a wider tensor: row stride != C
-        x = torch.randn(N, C + 13, device=dev).to(dtype)[:, 5:5 + C]
+        x = torch.randn(N, C + 13, device=dev).to(dtype)[:, 5 : 5 + C]
     elif layout == "transposed":
         x = torch.randn(C, N, device=dev).to(dtype).t()
     elif layout == "misaligned":  # every row off a 16-byte boundary by one element
@@ -138,13 +148,13 @@ def test_layouts(dtype, layout, dev):
     t = torch.randint(0, C, (N,) + tuple(x.shape[2:]), device=dev)
     t.view(-1)[0] = -100
     for smoothing in (0.0, 0.3):
-        check_parity(fused_ce.cross_entropy, F.cross_entropy, x, t, dtype, label_smoothing=smoothing,
-                     reduction="none")
+        check_parity(fused_ce.cross_entropy, F.cross_entropy, x, t, dtype, label_smoothing=smoothing, reduction="none")
     p = torch.softmax(torch.randn(x.shape, device=dev), 1).to(dtype)
     check_parity(fused_ce.cross_entropy, F.cross_entropy, x, p, dtype)
     y = torch.rand(x.shape, device=dev).to(dtype)
-    check_parity(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, y, dtype,
-                 reduction="none")
+    check_parity(
+        fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, x, y, dtype, reduction="none"
+    )
 
 
 @pytest.mark.parametrize("C", [1, 3, 4095, 65537, 262144])
@@ -298,8 +308,9 @@ def test_autocast():
         ours_b = fused_ce.binary_cross_entropy_with_logits(logits, torch.rand_like(logits.float()))
     assert ours.dtype == ref.dtype == torch.float32
     assert ours_b.dtype == torch.float32
-    assert_close(ours, F.cross_entropy(logits.double(), t), msg="autocast loss against fp64",
-                 input_scale=input_magnitude(logits))
+    assert_close(
+        ours, F.cross_entropy(logits.double(), t), msg="autocast loss against fp64", input_scale=input_magnitude(logits)
+    )
 
 
 def test_out_of_range_target_check_mode(dev, monkeypatch):

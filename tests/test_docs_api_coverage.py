@@ -4,6 +4,7 @@ A module's public names are its __all__, or else the classes and functions it de
 underscore. A name is covered when a `::: module` directive renders it (no `members:` list, or the name in it);
 a name that the module re-exports from another public module must also be named on the module's page as
 `module.name`, and be covered where it is defined."""
+
 import importlib
 import inspect
 import pathlib
@@ -30,9 +31,13 @@ _DIRECTIVE = re.compile(r"^::: (?P<path>[\w.]+)\n(?P<options>(?:[ \t]+\S.*\n)*)"
 def public_names(module):
     if hasattr(module, "__all__"):
         return list(module.__all__)
-    return [name for name, obj in vars(module).items()
-            if not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
-            and obj.__module__ == module.__name__]
+    return [
+        name
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and obj.__module__ == module.__name__
+    ]
 
 
 def directives():
@@ -67,8 +72,11 @@ def test_every_public_name_is_in_the_api_reference(module_name):
     missing = []
     for name in public_names(module):
         obj = getattr(module, name)
-        home = getattr(obj, "__module__", module_name) if (inspect.isclass(obj) or inspect.isfunction(obj)) \
+        home = (
+            getattr(obj, "__module__", module_name)
+            if (inspect.isclass(obj) or inspect.isfunction(obj))
             else module_name
+        )
         if home != module_name and home in PUBLIC_MODULES:  # a re-export: named here, rendered at home
             if f"`{module_name}.{name}`" not in page_text or not rendered(home, name, found):
                 missing.append(name)

@@ -6,6 +6,7 @@ HTML comment `<!-- docs-test: subprocess (reason) -->` is a whole program and ru
 process (the vocabulary-parallel example spawns its ranks); one preceded by `<!-- docs-test: skip (reason) -->`
 does not run, and the reason must say why. Skips are counted and listed, and kept few.
 """
+
 import dataclasses
 import pathlib
 import re
@@ -18,8 +19,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = sorted(p.relative_to(ROOT).as_posix() for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 MAX_SKIPS = 2  # raise it only with a reason on the page; a skipped example is one that can drift
 
-_BLOCK = re.compile(r"(?:<!-- docs-test: (?P<mode>skip|subprocess) \((?P<reason>[^)]+)\) -->\n)?"
-                    r"^```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^```", re.S | re.M)
+_BLOCK = re.compile(
+    r"(?:<!-- docs-test: (?P<mode>skip|subprocess) \((?P<reason>[^)]+)\) -->\n)?"
+    r"^```(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)^```",
+    re.S | re.M,
+)
 
 
 @dataclasses.dataclass
@@ -39,7 +43,9 @@ def python_blocks(page):
         if m.group("lang") not in ("python", "py"):
             continue
         line = text.count("\n", 0, m.start("code")) + 1
-        blocks.append(Block(page, len(blocks), line, m.group("code"), m.group("mode") or "run", m.group("reason") or ""))
+        blocks.append(
+            Block(page, len(blocks), line, m.group("code"), m.group("mode") or "run", m.group("reason") or "")
+        )
     return blocks
 
 
@@ -67,8 +73,7 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
         exec(compile(path.read_text(), str(path), "exec"), namespace)
 
 
-@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.mode == "subprocess"],
-                         ids=lambda b: f"{b.page}:{b.line}")
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.mode == "subprocess"], ids=lambda b: f"{b.page}:{b.line}")
 def test_program_examples_run(block, tmp_path):
     path = _script(tmp_path, block)
     run = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -3,6 +3,7 @@ and the Hessian-vector product (the gradient of <gradient, v> w.r.t. the inputs 
 gradient) agree with torch's, in fp64, within helpers.error_bound. gradgradcheck (test_autograd.py) only
 checks the double-backward formulas against their own finite differences: a wrong formula passes it.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ def compare_double_backward(ours_fn, torch_fn, inputs, constants=(), upstream=Tr
     fp32 = run(lambda *a: torch_fn(*a, dtype=torch.float32), torch.float32)
     scale = input_magnitude(*leaves, *constants)
     terms = sum(t.numel() for t in leaves)  # the product with v sums this many terms
-    for name, a, r, b in list(zip(_names(inputs), ours, ref, fp32))[:None if upstream else -1]:
+    for name, a, r, b in list(zip(_names(inputs), ours, ref, fp32))[: None if upstream else -1]:
         assert_close(a, r, msg=name, input_scale=scale, torch_error=relative_error(b, r)[0], terms=terms)
     return ours
 
@@ -100,13 +101,15 @@ def test_hard_targets(shape, option, reduction, api, device):
 
     def ours(x):
         if api == "functional":
-            return fused_ce.cross_entropy(x, y, weight=w, ignore_index=ignore_index, reduction=reduction,
-                                          label_smoothing=ls)
+            return fused_ce.cross_entropy(
+                x, y, weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=ls
+            )
         return fused_ce.CrossEntropyFunction.apply(x, y, w, ignore_index, reduction, ls)
 
     def theirs(x, dtype=F64):
-        return F.cross_entropy(x, y, weight=_cast(w, dtype), ignore_index=ignore_index, reduction=reduction,
-                               label_smoothing=ls)
+        return F.cross_entropy(
+            x, y, weight=_cast(w, dtype), ignore_index=ignore_index, reduction=reduction, label_smoothing=ls
+        )
 
     compare_double_backward(ours, theirs, (x,), (w,))
 
@@ -124,9 +127,13 @@ def test_hard_targets_mean_over_zero_weight(shape, case, label_smoothing, device
     w = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5, 0.7], dtype=F64, device=device)
     y = torch.full(rows, -100 if case == "all_ignored" else 2, device=device)
     kwargs = {"label_smoothing": label_smoothing}
-    ours = compare_double_backward(lambda x: fused_ce.cross_entropy(x, y, weight=w, **kwargs),
-                                   lambda x, dtype=F64: F.cross_entropy(x, y, weight=w.to(dtype), **kwargs),
-                                   (x,), (w,), upstream=case != "all_ignored")
+    ours = compare_double_backward(
+        lambda x: fused_ce.cross_entropy(x, y, weight=w, **kwargs),
+        lambda x, dtype=F64: F.cross_entropy(x, y, weight=w.to(dtype), **kwargs),
+        (x,),
+        (w,),
+        upstream=case != "all_ignored",
+    )
     if case == "all_ignored":
         assert (ours[1] == 0).all() and ours[-1] == 0
 
@@ -221,8 +228,9 @@ def test_bce(shape, option, reduction, api, device):
         return fused_ce.BCEWithLogitsFunction.apply(x, y, w, reduction, pw)
 
     def theirs(x, y, dtype=F64):
-        return F.binary_cross_entropy_with_logits(x, y, _cast(w, dtype), reduction=reduction,
-                                                  pos_weight=_cast(pw, dtype))
+        return F.binary_cross_entropy_with_logits(
+            x, y, _cast(w, dtype), reduction=reduction, pos_weight=_cast(pw, dtype)
+        )
 
     compare_double_backward(ours, theirs, (x, y), (w, pw))
 
@@ -239,8 +247,16 @@ def test_lm_options(scale, cap, zscale, reduction, device):
     w = (torch.rand(6, dtype=F64) + 0.2).to(device)
 
     def ours(x):
-        return fused_ce.cross_entropy(x, y, weight=w, reduction=reduction, label_smoothing=0.1, logit_scale=scale,
-                                      softcap=cap, lse_square_scale=zscale)
+        return fused_ce.cross_entropy(
+            x,
+            y,
+            weight=w,
+            reduction=reduction,
+            label_smoothing=0.1,
+            logit_scale=scale,
+            softcap=cap,
+            lse_square_scale=zscale,
+        )
 
     def theirs(x, dtype=F64):
         z = x * scale

@@ -1,5 +1,6 @@
 """Edge cases of cross-entropy: ignored and empty batches, infinities and NaN in the logits, huge offsets,
 fp16 N-D layouts, zero class weights, negative label smoothing."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,10 +39,14 @@ def test_all_targets_ignored(weighted, label_smoothing, shape, dtype, device):
 def test_empty_batch(shape, soft, reduction, device):
     """mean -> NaN, sum -> 0, none -> empty, as torch (for soft targets too)."""
     x = torch.randn(shape, device=device)
-    y = torch.rand(shape, device=device) if soft else torch.zeros((shape[0],) + shape[2:], dtype=torch.long,
-                                                                     device=device)
-    out, _ = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,) if reduction != "none" else (),
-                                kwargs={"reduction": reduction})
+    y = (
+        torch.rand(shape, device=device)
+        if soft
+        else torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
+    )
+    out, _ = compare_with_torch(
+        CE, F.cross_entropy, (x, y), grad_args=(0,) if reduction != "none" else (), kwargs={"reduction": reduction}
+    )
     assert_loss_of_no_rows(out, reduction)
 
 
@@ -126,10 +131,12 @@ def test_rows_mostly_and_entirely_minus_inf(C, dtype, device):
 def test_nan_logit_poisons_its_row_only(soft, shape, dtype, device):
     x = torch.randn(shape, dtype=dtype, device=device)
     x[1, 4] = float("nan")
-    y = torch.softmax(torch.randn(shape), 1).to(dtype).to(device) if soft else \
-        torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
-    out, grads = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                                    kwargs={"reduction": "none"})
+    y = (
+        torch.softmax(torch.randn(shape), 1).to(dtype).to(device)
+        if soft
+        else torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
+    )
+    out, grads = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"reduction": "none"})
     assert out[1].isnan().any() and not out[0].isnan().any() and not out[2:].isnan().any()
     assert grads[0][1].isnan().any() and not grads[0][0].isnan().any()
     compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"reduction": "mean"})
@@ -145,12 +152,20 @@ def test_huge_logit_offsets(soft, offset, dtype, device):
     does (ulp(1e4) / 2 = 4.9e-4 in fp32: the loss of a row of 1e4 logits is 8.6e-5 off in absolute terms)."""
     base = torch.randn(6, 50, dtype=torch.float64) * 3
     x = (base + offset).to(dtype).to(device)
-    y = torch.softmax(torch.randn(6, 50, dtype=torch.float64), 1).to(dtype).to(device) if soft else \
-        torch.randint(0, 50, (6,), device=device)
+    y = (
+        torch.softmax(torch.randn(6, 50, dtype=torch.float64), 1).to(dtype).to(device)
+        if soft
+        else torch.randint(0, 50, (6,), device=device)
+    )
     for label_smoothing in (0.0, 0.3):
         for reduction in ("none", "mean"):
-            out, grads = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0, 1) if soft else (0,),
-                                            kwargs={"label_smoothing": label_smoothing, "reduction": reduction})
+            out, grads = compare_with_torch(
+                CE,
+                F.cross_entropy,
+                (x, y),
+                grad_args=(0, 1) if soft else (0,),
+                kwargs={"label_smoothing": label_smoothing, "reduction": reduction},
+            )
             assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
 
 
@@ -169,8 +184,13 @@ def test_fp16_nd_layout_reduces_in_fp32(soft, reduction, device):
         t2d = torch.randint(0, 300, (48,), device=device)
         tnd = t2d.view(8, 6)
     out2d = CE(x2d, t2d, reduction=reduction, label_smoothing=0.1)
-    outnd, grads = compare_with_torch(CE, F.cross_entropy, (xnd, tnd), grad_args=(0, 1) if soft else (0,),
-                                      kwargs={"reduction": reduction, "label_smoothing": 0.1})
+    outnd, grads = compare_with_torch(
+        CE,
+        F.cross_entropy,
+        (xnd, tnd),
+        grad_args=(0, 1) if soft else (0,),
+        kwargs={"reduction": reduction, "label_smoothing": 0.1},
+    )
     assert torch.isfinite(outnd).all() and all(torch.isfinite(g).all() for g in grads)
     # the same rows give the same values in either layout (both sum in fp32; the N-D kernel's vectors
     # run across positions, the 2-D kernel's across classes, so only the rounding may differ)
@@ -184,12 +204,20 @@ def test_zero_weight_classes(soft, dtype, device):
     """Classes of weight 0 contribute nothing; if every target has weight 0 the mean is NaN as torch."""
     x = torch.randn(6, 5, dtype=dtype, device=device)
     w = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5], dtype=dtype, device=device)
-    y = torch.softmax(torch.randn(6, 5), 1).to(dtype).to(device) if soft else \
-        torch.tensor([0, 1, 2, 3, 4, 0], device=device)
+    y = (
+        torch.softmax(torch.randn(6, 5), 1).to(dtype).to(device)
+        if soft
+        else torch.tensor([0, 1, 2, 3, 4, 0], device=device)
+    )
     for reduction in ("mean", "sum", "none"):
         for label_smoothing in (0.0, 0.2):
-            compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                               kwargs={"weight": w, "reduction": reduction, "label_smoothing": label_smoothing})
+            compare_with_torch(
+                CE,
+                F.cross_entropy,
+                (x, y),
+                grad_args=(0,),
+                kwargs={"weight": w, "reduction": reduction, "label_smoothing": label_smoothing},
+            )
     if not soft:
         out, (_grad,) = _both(x, torch.tensor([0, 2, 0, 2, 2, 0], device=device), weight=w)
         assert out.isnan()
@@ -199,8 +227,11 @@ def test_zero_weight_classes(soft, dtype, device):
 @pytest.mark.parametrize("soft", [False, True])
 def test_negative_label_smoothing_acts_as_zero(soft, device):
     x = torch.randn(5, 7, dtype=torch.float64, device=device)
-    y = torch.softmax(torch.randn(5, 7, dtype=torch.float64), 1).to(device) if soft else \
-        torch.randint(0, 7, (5,), device=device)
+    y = (
+        torch.softmax(torch.randn(5, 7, dtype=torch.float64), 1).to(device)
+        if soft
+        else torch.randint(0, 7, (5,), device=device)
+    )
     out, (grad,) = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"label_smoothing": -0.5})
     out0, (grad0,) = compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,))
     assert torch.equal(out, out0) and torch.equal(grad, grad0)
@@ -227,8 +258,11 @@ def test_ignored_rows_write_zero_and_never_read_sentinel(shape, device):
     if len(shape) == 3:
         y = y[:, None].expand(4, 3).contiguous()
     w = torch.rand(6, device=device) + 0.1
-    for kwargs in ({"reduction": "none", "label_smoothing": 0.1, "weight": w}, {"reduction": "mean"},
-                   {"reduction": "sum", "label_smoothing": 0.3}):
+    for kwargs in (
+        {"reduction": "none", "label_smoothing": 0.1, "weight": w},
+        {"reduction": "mean"},
+        {"reduction": "sum", "label_smoothing": 0.3},
+    ):
         out, grad = _compare_except_ignored_rows(x, y, **kwargs)
         assert torch.isfinite(out).all() and torch.isfinite(grad).all()
         if kwargs["reduction"] == "none":
@@ -260,10 +294,18 @@ def test_spike_far_above_later_blocks(shape, spike, soft, dtype, device):
     x = torch.randn(shape, dtype=torch.float64) * 3
     x[:, 0 if spike == "first_class" else -1] += 100
     x = x.to(dtype).to(device)
-    y = torch.softmax(torch.randn(shape, dtype=torch.float64), 1).to(dtype).to(device) if soft else \
-        torch.randint(1, shape[1] - 1, (shape[0],) + shape[2:], device=device)
-    compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0, 1) if soft else (0,),
-                       kwargs={"label_smoothing": 0.1, "reduction": "none"})
+    y = (
+        torch.softmax(torch.randn(shape, dtype=torch.float64), 1).to(dtype).to(device)
+        if soft
+        else torch.randint(1, shape[1] - 1, (shape[0],) + shape[2:], device=device)
+    )
+    compare_with_torch(
+        CE,
+        F.cross_entropy,
+        (x, y),
+        grad_args=(0, 1) if soft else (0,),
+        kwargs={"label_smoothing": 0.1, "reduction": "none"},
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -275,11 +317,19 @@ def test_long_smoothing_sums(shape, soft, device):
     on the (1, 2300, 2) soft case, bound 2.8e-6), so the kernels add in blocks."""
     x = (torch.randn(shape, dtype=torch.float64) * 3).float().to(device)
     w = (torch.rand(shape[1], dtype=torch.float64) + 0.5).float().to(device)
-    y = torch.softmax(torch.randn(shape, dtype=torch.float64), 1).float().to(device) if soft else \
-        torch.randint(0, shape[1], (shape[0],) + shape[2:], device=device)
+    y = (
+        torch.softmax(torch.randn(shape, dtype=torch.float64), 1).float().to(device)
+        if soft
+        else torch.randint(0, shape[1], (shape[0],) + shape[2:], device=device)
+    )
     for weight in (None, w):
-        compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs={"label_smoothing": 1.0, "reduction": "none", "weight": weight})
+        compare_with_torch(
+            CE,
+            F.cross_entropy,
+            (x, y),
+            grad_args=(0,),
+            kwargs={"label_smoothing": 1.0, "reduction": "none", "weight": weight},
+        )
 
 
 # Every zero-size combination: no classes (C == 0), no rows (N == 0 or a zero spatial size), unbatched
@@ -290,8 +340,9 @@ ZERO_SIZE_BCE_SHAPES = [(0,), (4, 0), (0, 3), (2, 0, 3)]
 
 def _run_or_raise(fn, args, grad_args, kwargs):
     """(loss, gradients w.r.t. args[i] for i in grad_args), or the exception fn raised."""
-    leaves = [a.detach().requires_grad_(i in grad_args) if isinstance(a, torch.Tensor) else a
-              for i, a in enumerate(args)]
+    leaves = [
+        a.detach().requires_grad_(i in grad_args) if isinstance(a, torch.Tensor) else a for i, a in enumerate(args)
+    ]
     try:
         out = fn(*leaves, **kwargs)
     except Exception as e:
@@ -308,11 +359,14 @@ def _assert_same_as_torch(ours_fn, torch_fn, args, grad_args, kwargs):
         assert type(ours) is type(ref), f"{case}: torch raises {ref!r}, fused_ce gives {ours!r}"
         return
     assert not isinstance(ours, Exception), f"{case}: fused_ce raises {ours!r}, torch gives {ref}"
-    for what, a, b in [("loss", ours[0], ref[0])] + [(f"gradient {i}", g, r) for i, g, r in zip(grad_args, ours[1], ref[1])]:
+    for what, a, b in [("loss", ours[0], ref[0])] + [
+        (f"gradient {i}", g, r) for i, g, r in zip(grad_args, ours[1], ref[1])
+    ]:
         assert (a is None) == (b is None), f"{case}: {what} {a} vs torch {b}"
         if a is not None:
-            assert a.dtype == b.dtype and a.shape == b.shape, f"{case}: {what} {a.dtype} {tuple(a.shape)}, " \
-                                                              f"torch {b.dtype} {tuple(b.shape)}"
+            assert a.dtype == b.dtype and a.shape == b.shape, (
+                f"{case}: {what} {a.dtype} {tuple(a.shape)}, torch {b.dtype} {tuple(b.shape)}"
+            )
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{case}: {what}: {m}")
 
 
@@ -327,9 +381,11 @@ def test_zero_size_cross_entropy(shape, dtype, device):
     x = torch.randn(shape, dtype=dtype, device=device)
     C = shape[1] if len(shape) > 1 else shape[0]
     row_shape = (shape[0],) + shape[2:] if len(shape) > 1 else ()
-    targets = [(torch.rand(shape, dtype=dtype, device=device), (0, 1)),
-               (torch.zeros(row_shape, dtype=torch.long, device=device), (0,)),
-               (torch.full(row_shape, -100, dtype=torch.long, device=device), (0,))]
+    targets = [
+        (torch.rand(shape, dtype=dtype, device=device), (0, 1)),
+        (torch.zeros(row_shape, dtype=torch.long, device=device), (0,)),
+        (torch.full(row_shape, -100, dtype=torch.long, device=device), (0,)),
+    ]
     for y, grad_args in targets:
         # Deliberate difference: torch 2.13 fails N-D class-index inputs with C == 0 inside nll_loss2d
         # (RuntimeError "size mismatch (got input: [2, 0, 0, 0] , target: [2, 1, 3]"); fused_ce treats
@@ -338,14 +394,18 @@ def test_zero_size_cross_entropy(shape, dtype, device):
         for weight in (None, torch.rand(C, dtype=dtype, device=device)):
             for reduction in ("mean", "sum", "none"):
                 for label_smoothing in (0.0, 0.1):
-                    _assert_same_as_torch(CE, reference, (x, y), grad_args,
-                                          {"weight": weight, "reduction": reduction, "label_smoothing": label_smoothing})
+                    _assert_same_as_torch(
+                        CE,
+                        reference,
+                        (x, y),
+                        grad_args,
+                        {"weight": weight, "reduction": reduction, "label_smoothing": label_smoothing},
+                    )
 
 
 def _ce_via_2d(x, y, reduction, **kwargs):
     """torch's cross_entropy of N-D class-index inputs computed on their rows laid out in 2-D."""
-    out = F.cross_entropy(x.movedim(1, -1).reshape(y.numel(), x.shape[1]), y.reshape(-1), reduction=reduction,
-                          **kwargs)
+    out = F.cross_entropy(x.movedim(1, -1).reshape(y.numel(), x.shape[1]), y.reshape(-1), reduction=reduction, **kwargs)
     return out.reshape(y.shape) if reduction == "none" else out
 
 
@@ -356,11 +416,18 @@ def test_zero_size_bce_with_logits(shape, dtype, device):
     x = torch.randn(shape, dtype=dtype, device=device)
     y = torch.rand(shape, dtype=dtype, device=device)
     last = shape[-1:]
-    for weight, pos_weight in ((None, None), (torch.rand(last, dtype=dtype, device=device),
-                                              torch.rand(last, dtype=dtype, device=device))):
+    for weight, pos_weight in (
+        (None, None),
+        (torch.rand(last, dtype=dtype, device=device), torch.rand(last, dtype=dtype, device=device)),
+    ):
         for reduction in ("mean", "sum", "none"):
-            _assert_same_as_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
-                                  (x, y), (0, 1), {"weight": weight, "pos_weight": pos_weight, "reduction": reduction})
+            _assert_same_as_torch(
+                fused_ce.binary_cross_entropy_with_logits,
+                F.binary_cross_entropy_with_logits,
+                (x, y),
+                (0, 1),
+                {"weight": weight, "pos_weight": pos_weight, "reduction": reduction},
+            )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -374,8 +441,16 @@ def test_mean_over_zero_total_weight(shape, dtype, device):
     w = torch.tensor([0.0, 1.0, 0.0, 2.0, 0.5], dtype=dtype, device=device)
     row_shape = (shape[0],) + shape[2:]
     zero_weight = torch.tensor([0, 2, -100, 2], device=device).view((4,) + (1,) * (len(shape) - 2)).expand(row_shape)
-    for y, weight in ((torch.full(row_shape, -100, device=device), None), (torch.full(row_shape, -100, device=device), w),
-                      (zero_weight.contiguous(), w)):
+    for y, weight in (
+        (torch.full(row_shape, -100, device=device), None),
+        (torch.full(row_shape, -100, device=device), w),
+        (zero_weight.contiguous(), w),
+    ):
         for label_smoothing in (0.0, 0.3):
-            _assert_same_as_torch(CE, F.cross_entropy, (x, y), (0,),
-                                  {"weight": weight, "reduction": "mean", "label_smoothing": label_smoothing})
+            _assert_same_as_torch(
+                CE,
+                F.cross_entropy,
+                (x, y),
+                (0,),
+                {"weight": weight, "reduction": "mean", "label_smoothing": label_smoothing},
+            )

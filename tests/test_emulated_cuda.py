@@ -9,6 +9,7 @@ The rest of the suite runs here too: every test parametrized over DEVICES has an
 tests/test_cuda.py runs its device-independent tests (special values, out-of-range targets, determinism
 under the emulator's random block and thread orders, ...) on the emulator as well.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,10 @@ import fused_ce
 import fused_ce.testing
 
 pytestmark = [
-    pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
-                       reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)"),
+    pytest.mark.skipif(
+        not fused_ce.testing.emulated_cuda_available(),
+        reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)",
+    ),
     pytest.mark.emulated_cuda,  # conftest.py: inside emulated_cuda(), FUSED_CE_CUDA_CHECK_TARGETS=1
 ]
 
@@ -43,7 +46,9 @@ def assert_matches(actual, expected, dtype, what, scale_floor=0.0):
     if finite.any():
         scale = max(e[finite].abs().max().item(), scale_floor)
         err = (a[finite] - e[finite]).abs().max().item()
-        assert err <= REL_TOL[dtype] * scale, f"{what}: max error {err:.3g} > {REL_TOL[dtype]:g} x max |expected| {scale:.3g}"
+        assert err <= REL_TOL[dtype] * scale, (
+            f"{what}: max error {err:.3g} > {REL_TOL[dtype]:g} x max |expected| {scale:.3g}"
+        )
 
 
 def upstream_like(loss, seed=7):
@@ -169,11 +174,14 @@ def test_public_api_forward_backward_double_backward(api):
     if api == "functional":
         fn = fused_ce.cross_entropy
     elif api == "module":
+
         def fn(x, t, weight, label_smoothing):
             return fused_ce.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)(x, t)
     else:
+
         def fn(x, t, weight, label_smoothing):
             return fused_ce.CrossEntropyFunction.apply(x, t, weight, -100, "mean", label_smoothing)
+
     torch.autograd.gradcheck(lambda x: fn(x, t, **kw), (x,))
     torch.autograd.gradgradcheck(lambda x: fn(x, t, **kw), (x,))
     check(fn, F.cross_entropy, [x, t], [0], torch.float64, **kw)
@@ -199,8 +207,16 @@ def test_class_index_tiling(N, C, dtype):
         t = class_targets((N,), C, ignore, seed=i)
         w = positive((C,), dtype) if weighted else None
         reduction = REDUCTIONS[i % 3]
-        check(fused_ce.cross_entropy, F.cross_entropy, [x, t], [0], dtype, weight=w, label_smoothing=smoothing,
-              reduction=reduction)
+        check(
+            fused_ce.cross_entropy,
+            F.cross_entropy,
+            [x, t],
+            [0],
+            dtype,
+            weight=w,
+            label_smoothing=smoothing,
+            reduction=reduction,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -210,8 +226,16 @@ def test_soft_target_tiling(N, C, dtype):
     p = probabilities((N, C), dtype)
     for i, (smoothing, weighted, _) in enumerate(OPTIONS):
         w = positive((C,), dtype) if weighted else None
-        check(fused_ce.cross_entropy, F.cross_entropy, [x, p], [0, 1], dtype, weight=w, label_smoothing=smoothing,
-              reduction=REDUCTIONS[i % 3])
+        check(
+            fused_ce.cross_entropy,
+            F.cross_entropy,
+            [x, p],
+            [0, 1],
+            dtype,
+            weight=w,
+            label_smoothing=smoothing,
+            reduction=REDUCTIONS[i % 3],
+        )
 
 
 # N-D shapes (N, C, d1..dk): rows are (n, position) pairs, one thread per row walking the classes with
@@ -228,10 +252,26 @@ def test_nd_tiling(shape, dtype):
     for i, (smoothing, weighted, ignore) in enumerate(OPTIONS):
         w = positive((C,), dtype) if weighted else None
         reduction = REDUCTIONS[i % 3]
-        check(fused_ce.cross_entropy, F.cross_entropy, [x, class_targets(rows, C, ignore, seed=i)], [0], dtype,
-              weight=w, label_smoothing=smoothing, reduction=reduction)
-        check(fused_ce.cross_entropy, F.cross_entropy, [x, probabilities(shape, dtype, seed=i)], [0, 1], dtype,
-              weight=w, label_smoothing=smoothing, reduction=reduction)
+        check(
+            fused_ce.cross_entropy,
+            F.cross_entropy,
+            [x, class_targets(rows, C, ignore, seed=i)],
+            [0],
+            dtype,
+            weight=w,
+            label_smoothing=smoothing,
+            reduction=reduction,
+        )
+        check(
+            fused_ce.cross_entropy,
+            F.cross_entropy,
+            [x, probabilities(shape, dtype, seed=i)],
+            [0, 1],
+            dtype,
+            weight=w,
+            label_smoothing=smoothing,
+            reduction=reduction,
+        )
 
 
 def test_nd_long_smoothing_sums_stay_accurate():
@@ -253,7 +293,7 @@ def test_row_layouts(layout, C, dtype):
     if layout == "misaligned":
         x = misaligned(base)
     elif layout == "row_slice":
-        x = torch.cat([logits((N, 3), dtype), base, logits((N, 6), dtype)], 1)[:, 3:3 + C]
+        x = torch.cat([logits((N, 3), dtype), base, logits((N, 6), dtype)], 1)[:, 3 : 3 + C]
     else:
         x = base.t().contiguous().t()
     assert torch.equal(x, base)
@@ -262,8 +302,14 @@ def test_row_layouts(layout, C, dtype):
         check(fused_ce.cross_entropy, F.cross_entropy, [x, t], [0], dtype, label_smoothing=smoothing, reduction="none")
     check(fused_ce.cross_entropy, F.cross_entropy, [x, misaligned(probabilities((N, C), dtype))], [0, 1], dtype)
     y = torch.rand(N, C, dtype=torch.float64).to(dtype)
-    check(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, [x, misaligned(y)], [0, 1],
-          dtype, reduction="none")
+    check(
+        fused_ce.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        [x, misaligned(y)],
+        [0, 1],
+        dtype,
+        reduction="none",
+    )
 
 
 def test_uint8_targets():
@@ -283,8 +329,10 @@ BCE_OPERANDS = {
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(7,), (5, 9), (3, 4, 130), (2, 8200)])
-@pytest.mark.parametrize("weight,pos_weight", [("none", "none"), ("scalar", "last_dim"), ("column", "none"),
-                                               ("full", "last_dim"), ("last_dim", "scalar")])
+@pytest.mark.parametrize(
+    "weight,pos_weight",
+    [("none", "none"), ("scalar", "last_dim"), ("column", "none"), ("full", "last_dim"), ("last_dim", "scalar")],
+)
 def test_bce_tiling_and_broadcasts(shape, weight, pos_weight, dtype):
     """Elementwise tiles of 8192 elements (2 x 8200 crosses one), vector bodies and scalar tails, and every
     weight / pos_weight broadcast that the kernels read in place."""
@@ -292,13 +340,25 @@ def test_bce_tiling_and_broadcasts(shape, weight, pos_weight, dtype):
     y = torch.rand(shape, dtype=torch.float64).to(dtype)
     w, pw = BCE_OPERANDS[weight](shape, dtype), BCE_OPERANDS[pos_weight](shape, dtype)
     for reduction in REDUCTIONS:
-        check(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, [x, y], [0, 1], dtype,
-              weight=w, pos_weight=pw, reduction=reduction)
+        check(
+            fused_ce.binary_cross_entropy_with_logits,
+            F.binary_cross_entropy_with_logits,
+            [x, y],
+            [0, 1],
+            dtype,
+            weight=w,
+            pos_weight=pw,
+            reduction=reduction,
+        )
 
 
 # ---- property-based parity, with a small budget (the emulator is slow) -------------------------------
-EMULATED_EXAMPLES = settings(max_examples=30, deadline=None, derandomize=True,
-                             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+EMULATED_EXAMPLES = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @EMULATED_EXAMPLES

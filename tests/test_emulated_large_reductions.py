@@ -11,6 +11,7 @@ denominator, a sum of w[y] over the rows, too). Their last rows differ from the 
 any rows left out move the result far beyond the bound. Class counts stay small (2 and 3) to keep the
 emulator fast: each case runs in about a second.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,10 @@ import fused_ce
 import fused_ce.testing
 
 pytestmark = [
-    pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
-                       reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)"),
+    pytest.mark.skipif(
+        not fused_ce.testing.emulated_cuda_available(),
+        reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)",
+    ),
     pytest.mark.emulated_cuda,  # conftest.py: runs inside fused_ce.testing.emulated_cuda()
 ]
 
@@ -36,7 +39,7 @@ IGNORE = -100
 def logits_with_larger_tail(shape, seed=0):
     """float64 N(0, 1) logits whose last tenth of rows (dimension 0) is four times larger."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    x[-shape[0] // 10:] *= 4
+    x[-shape[0] // 10 :] *= 4
     return x
 
 
@@ -49,8 +52,12 @@ def test_sizes_exceed_one_block_of_partials():
 def test_bce_over_many_tiles(reduction):
     x = logits_with_larger_tail((BCE_ELEMENTS,)).float()
     y = torch.rand(BCE_ELEMENTS, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
-    compare_with_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, (x, y),
-                       kwargs={"reduction": reduction})
+    compare_with_torch(
+        fused_ce.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        (x, y),
+        kwargs={"reduction": reduction},
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -2,6 +2,7 @@
 for the same bad call (torch's message is computed at test time, by making the same call to torch).
 Direct calls of the ops with bad arguments raise a RuntimeError (or IndexError) with the expected message,
 never crash."""
+
 import re
 
 import numpy as np
@@ -45,14 +46,13 @@ CE_CASES = {
     "int32_target": lambda d: ce_case(d, target=torch.tensor([1, 2, 2, 3], dtype=torch.int32, device=d)),
     "int16_target": lambda d: ce_case(d, target=torch.tensor([1, 2, 2, 3], dtype=torch.int16, device=d)),
     "target_out_of_range": lambda d: ce_case(d, target=long_(1, 5, 2, 3, device=d)),
-    "target_far_out_of_range": lambda d: ce_case(d, target=long_(1, 2, 2 ** 40, 3, device=d)),
+    "target_far_out_of_range": lambda d: ce_case(d, target=long_(1, 2, 2**40, 3, device=d)),
     "negative_target_not_ignored": lambda d: ce_case(d, target=long_(1, -3, 2, 3, device=d)),
     "minus_one_not_ignore_index": lambda d: ce_case(d, target=long_(1, -1, 2, 3, device=d)),
     "out_of_range_with_ignore_in_range": lambda d: ce_case(d, target=long_(1, 7, 2, 3, device=d), ignore_index=2),
     "nd_target_out_of_range": lambda d: ce_case(d, (2, 5, 3), target=torch.tensor([[0, 1, 9], [0, 1, 2]], device=d)),
     "unbatched_target_out_of_range": lambda d: ce_case(d, (5,), target=torch.tensor(6, device=d)),
-    "uint8_target_out_of_range": lambda d: ce_case(d, target=torch.tensor([1, 200, 2, 3], dtype=torch.uint8,
-                                                                          device=d)),
+    "uint8_target_out_of_range": lambda d: ce_case(d, target=torch.tensor([1, 200, 2, 3], dtype=torch.uint8, device=d)),
     "weight_wrong_size": lambda d: ce_case(d, weight=torch.ones(3, device=d)),
     "weight_2d": lambda d: ce_case(d, weight=torch.ones(1, 5, device=d)),
     "weight_wrong_size_soft": lambda d: ce_case(d, target=torch.rand(4, 5, device=d), weight=torch.ones(3, device=d)),
@@ -74,14 +74,18 @@ CE_CASES = {
     "weight_requires_grad": lambda d: ce_case(d, weight=torch.ones(5, device=d, requires_grad=True)),
     "zero_dim_input_long_target": lambda d: ce_case(d, (), target=torch.tensor(0, device=d)),
     "zero_dim_input_float_target": lambda d: ce_case(d, (), target=torch.tensor(0.5, device=d)),
-    "integer_input": lambda d: (lambda: F.cross_entropy(torch.ones(4, 5, dtype=torch.long, device=d),
-                                                        long_(1, 2, 2, 3, device=d)),
-                                lambda: fused_ce.cross_entropy(torch.ones(4, 5, dtype=torch.long, device=d),
-                                                               long_(1, 2, 2, 3, device=d))),
-    "integer_input_nd": lambda d: (lambda: F.cross_entropy(torch.ones(2, 5, 3, dtype=torch.long, device=d),
-                                                           torch.zeros(2, 3, dtype=torch.long, device=d)),
-                                   lambda: fused_ce.cross_entropy(torch.ones(2, 5, 3, dtype=torch.long, device=d),
-                                                                  torch.zeros(2, 3, dtype=torch.long, device=d))),
+    "integer_input": lambda d: (
+        lambda: F.cross_entropy(torch.ones(4, 5, dtype=torch.long, device=d), long_(1, 2, 2, 3, device=d)),
+        lambda: fused_ce.cross_entropy(torch.ones(4, 5, dtype=torch.long, device=d), long_(1, 2, 2, 3, device=d)),
+    ),
+    "integer_input_nd": lambda d: (
+        lambda: F.cross_entropy(
+            torch.ones(2, 5, 3, dtype=torch.long, device=d), torch.zeros(2, 3, dtype=torch.long, device=d)
+        ),
+        lambda: fused_ce.cross_entropy(
+            torch.ones(2, 5, 3, dtype=torch.long, device=d), torch.zeros(2, 3, dtype=torch.long, device=d)
+        ),
+    ),
 }
 # CUDA's messages for these name CUDA kernels / report device asserts: only the type is compared there.
 CPU_ONLY_TEXT = {"integer_input", "integer_input_nd"}
@@ -133,21 +137,26 @@ def test_errors_through_modules_and_function_classes(module, device):
         y = torch.tensor([1, 2, 2, 3], dtype=torch.int32, device=device)
         assert_same_error(lambda: torch.nn.CrossEntropyLoss()(x, y), lambda: fused_ce.CrossEntropyLoss()(x, y))
         assert_same_error(lambda: F.cross_entropy(x, y), lambda: fused_ce.CrossEntropyFunction.apply(x, y))
-        assert_same_error(lambda: torch.nn.CrossEntropyLoss(reduction="avg")(x, y.long()),
-                          lambda: fused_ce.CrossEntropyLoss(reduction="avg")(x, y.long()))
+        assert_same_error(
+            lambda: torch.nn.CrossEntropyLoss(reduction="avg")(x, y.long()),
+            lambda: fused_ce.CrossEntropyLoss(reduction="avg")(x, y.long()),
+        )
     else:
         y = torch.rand(5, device=device)
         assert_same_error(lambda: torch.nn.BCEWithLogitsLoss()(x, y), lambda: fused_ce.BCEWithLogitsLoss()(x, y))
-        assert_same_error(lambda: F.binary_cross_entropy_with_logits(x, y),
-                          lambda: fused_ce.BCEWithLogitsFunction.apply(x, y))
+        assert_same_error(
+            lambda: F.binary_cross_entropy_with_logits(x, y), lambda: fused_ce.BCEWithLogitsFunction.apply(x, y)
+        )
 
 
 def bce_case(device, input_shape=(2, 3), target=None, **kwargs):
     x = torch.randn(input_shape, device=device)
     if target is None:
         target = torch.rand(input_shape, device=device)
-    return (lambda: F.binary_cross_entropy_with_logits(x, target, **kwargs),
-            lambda: fused_ce.binary_cross_entropy_with_logits(x, target, **kwargs))
+    return (
+        lambda: F.binary_cross_entropy_with_logits(x, target, **kwargs),
+        lambda: fused_ce.binary_cross_entropy_with_logits(x, target, **kwargs),
+    )
 
 
 BCE_CASES = {
@@ -155,10 +164,14 @@ BCE_CASES = {
     "target_size_mismatch_0d": lambda d: bce_case(d, (), target=torch.rand(1, device=d)),
     "integer_target": lambda d: bce_case(d, target=torch.ones(2, 3, dtype=torch.long, device=d)),
     "bool_target": lambda d: bce_case(d, target=torch.ones(2, 3, dtype=torch.bool, device=d)),
-    "integer_input": lambda d: (lambda: F.binary_cross_entropy_with_logits(
-        torch.ones(2, 3, dtype=torch.long, device=d), torch.rand(2, 3, device=d)),
+    "integer_input": lambda d: (
+        lambda: F.binary_cross_entropy_with_logits(
+            torch.ones(2, 3, dtype=torch.long, device=d), torch.rand(2, 3, device=d)
+        ),
         lambda: fused_ce.binary_cross_entropy_with_logits(
-            torch.ones(2, 3, dtype=torch.long, device=d), torch.rand(2, 3, device=d))),
+            torch.ones(2, 3, dtype=torch.long, device=d), torch.rand(2, 3, device=d)
+        ),
+    ),
     "weight_not_broadcastable": lambda d: bce_case(d, weight=torch.ones(4, device=d)),
     "weight_not_broadcastable_rows": lambda d: bce_case(d, weight=torch.ones(3, 1, device=d)),
     "weight_would_grow_input": lambda d: bce_case(d, weight=torch.ones(2, 2, 3, device=d)),
@@ -204,42 +217,67 @@ def _ops_bad_calls(device):
     lse = torch.zeros(4, dtype=torch.float64, **f)  # the forward saves it in fp64
     g = torch.tensor(1.0, **f)
     return {
-        "ce_fwd_1d_logits": lambda: ops.cross_entropy_fwd(torch.randn(5, **f), torch.tensor(1, **f), None, -100, 0.0, 1),
+        "ce_fwd_1d_logits": lambda: ops.cross_entropy_fwd(
+            torch.randn(5, **f), torch.tensor(1, **f), None, -100, 0.0, 1
+        ),
         "ce_fwd_target_shape": lambda: ops.cross_entropy_fwd(x, y[:3], None, -100, 0.0, 1),
         "ce_fwd_target_int32": lambda: ops.cross_entropy_fwd(x, y.int(), None, -100, 0.0, 1),
         "ce_fwd_target_oob": lambda: ops.cross_entropy_fwd(x, torch.tensor([1, 2, 99, 3], **f), None, -100, 0.0, 1),
         "ce_fwd_weight_size": lambda: ops.cross_entropy_fwd(x, y, torch.ones(4, **f), -100, 0.0, 1),
-        "ce_fwd_weight_dtype": lambda: ops.cross_entropy_fwd(x, y, torch.ones(5, dtype=torch.float64, **f), -100, 0.0, 1),
+        "ce_fwd_weight_dtype": lambda: ops.cross_entropy_fwd(
+            x, y, torch.ones(5, dtype=torch.float64, **f), -100, 0.0, 1
+        ),
         "ce_fwd_int_logits": lambda: ops.cross_entropy_fwd(x.long(), y, None, -100, 0.0, 1),
         "ce_fwd_reduction": lambda: ops.cross_entropy_fwd(x, y, None, -100, 0.0, 3),
         "ce_bwd_lse_shape": lambda: ops.cross_entropy_bwd(g, x, y, None, torch.zeros(3, **f), -100, 0.0, 1),
         "ce_bwd_lse_dtype": lambda: ops.cross_entropy_bwd(g, x, y, None, lse.float(), -100, 0.0, 1),
-        "ce_bwd_target_oob": lambda: ops.cross_entropy_bwd(g, x, torch.tensor([1, 2, 99, 3], **f), None, lse, -100, 0.0, 1),
+        "ce_bwd_target_oob": lambda: ops.cross_entropy_bwd(
+            g, x, torch.tensor([1, 2, 99, 3], **f), None, lse, -100, 0.0, 1
+        ),
         "ce_bwd_grad_shape_none": lambda: ops.cross_entropy_bwd(torch.ones(3, **f), x, y, None, lse, -100, 0.0, 0),
         "ce_bwd_grad_not_scalar_mean": lambda: ops.cross_entropy_bwd(torch.ones(4, **f), x, y, None, lse, -100, 0.0, 1),
         "soft_fwd_target_shape": lambda: ops.cross_entropy_soft_fwd(x, torch.rand(4, 4, **f), None, 0.0, 1),
-        "soft_fwd_target_dtype": lambda: ops.cross_entropy_soft_fwd(x, torch.rand(4, 5, dtype=torch.float64, **f), None, 0.0, 1),
-        "soft_fwd_weight_size": lambda: ops.cross_entropy_soft_fwd(x, torch.rand(4, 5, **f), torch.ones(2, **f), 0.0, 1),
-        "soft_bwd_lse_shape": lambda: ops.cross_entropy_soft_bwd(g, x, torch.rand(4, 5, **f), None, torch.zeros(5, **f), 0.0, 1),
-        "soft_bwd_grad_shape_none": lambda: ops.cross_entropy_soft_bwd(torch.ones(2, **f), x, torch.rand(4, 5, **f), None, lse, 0.0, 0),
+        "soft_fwd_target_dtype": lambda: ops.cross_entropy_soft_fwd(
+            x, torch.rand(4, 5, dtype=torch.float64, **f), None, 0.0, 1
+        ),
+        "soft_fwd_weight_size": lambda: ops.cross_entropy_soft_fwd(
+            x, torch.rand(4, 5, **f), torch.ones(2, **f), 0.0, 1
+        ),
+        "soft_bwd_lse_shape": lambda: ops.cross_entropy_soft_bwd(
+            g, x, torch.rand(4, 5, **f), None, torch.zeros(5, **f), 0.0, 1
+        ),
+        "soft_bwd_grad_shape_none": lambda: ops.cross_entropy_soft_bwd(
+            torch.ones(2, **f), x, torch.rand(4, 5, **f), None, lse, 0.0, 0
+        ),
         "soft_target_bwd_lse": lambda: ops.cross_entropy_soft_target_bwd(g, x, None, torch.zeros(2, 2, **f), 0.0, 1),
         "soft_target_bwd_int_logits": lambda: ops.cross_entropy_soft_target_bwd(g, x.long(), None, lse, 0.0, 1),
         "bce_fwd_target_shape": lambda: ops.bce_with_logits_fwd(x, torch.rand(5, **f), None, None, 1),
-        "bce_fwd_target_dtype": lambda: ops.bce_with_logits_fwd(x, torch.rand(4, 5, dtype=torch.float64, **f), None, None, 1),
-        "bce_fwd_weight_broadcast": lambda: ops.bce_with_logits_fwd(x, torch.rand(4, 5, **f), torch.ones(3, **f), None, 1),
-        "bce_fwd_pos_weight_grow": lambda: ops.bce_with_logits_fwd(x, torch.rand(4, 5, **f), None, torch.ones(2, 4, 5, **f), 1),
+        "bce_fwd_target_dtype": lambda: ops.bce_with_logits_fwd(
+            x, torch.rand(4, 5, dtype=torch.float64, **f), None, None, 1
+        ),
+        "bce_fwd_weight_broadcast": lambda: ops.bce_with_logits_fwd(
+            x, torch.rand(4, 5, **f), torch.ones(3, **f), None, 1
+        ),
+        "bce_fwd_pos_weight_grow": lambda: ops.bce_with_logits_fwd(
+            x, torch.rand(4, 5, **f), None, torch.ones(2, 4, 5, **f), 1
+        ),
         "bce_fwd_int_input": lambda: ops.bce_with_logits_fwd(x.long(), torch.rand(4, 5, **f).long(), None, None, 1),
         "bce_fwd_reduction": lambda: ops.bce_with_logits_fwd(x, torch.rand(4, 5, **f), None, None, -1),
-        "bce_bwd_grad_shape_none": lambda: ops.bce_with_logits_bwd(torch.ones(3, **f), x, torch.rand(4, 5, **f), None, None, 0),
-        "bce_bwd_grad_not_scalar_mean": lambda: ops.bce_with_logits_bwd(torch.ones(4, 5, **f), x, torch.rand(4, 5, **f), None, None, 1),
+        "bce_bwd_grad_shape_none": lambda: ops.bce_with_logits_bwd(
+            torch.ones(3, **f), x, torch.rand(4, 5, **f), None, None, 0
+        ),
+        "bce_bwd_grad_not_scalar_mean": lambda: ops.bce_with_logits_bwd(
+            torch.ones(4, 5, **f), x, torch.rand(4, 5, **f), None, None, 1
+        ),
         "bce_target_bwd_shape": lambda: ops.bce_with_logits_target_bwd(g, x, torch.rand(5, 4, **f), None, None, 1),
     }
 
 
 LSE = re.escape("fused_ce: lse must be the forward's second output")
 BAD_DTYPE = "fused_ce: {} must be float32, float64, float16 or bfloat16, got Long"
-EXPAND_5_3 = re.escape("The expanded size of the tensor (5) must match the existing size (3) at non-singleton "
-                       "dimension 1")
+EXPAND_5_3 = re.escape(
+    "The expanded size of the tensor (5) must match the existing size (3) at non-singleton dimension 1"
+)
 
 
 def grad_message(expected, got):
@@ -253,8 +291,12 @@ OP_ERRORS = {
     "ce_fwd_target_shape": (RuntimeError, re.escape("Expected target size [4], got [3]")),
     "ce_fwd_target_int32": (RuntimeError, "expected target dtype to be Long or Byte, but got Int"),
     "ce_fwd_target_oob": (IndexError, "Target 99 is out of bounds."),
-    "ce_fwd_weight_size": (RuntimeError, re.escape("weight tensor should be defined either for all 5 classes or no "
-                                                   "classes but got weight tensor of shape: [4]")),
+    "ce_fwd_weight_size": (
+        RuntimeError,
+        re.escape(
+            "weight tensor should be defined either for all 5 classes or no classes but got weight tensor of shape: [4]"
+        ),
+    ),
     "ce_fwd_weight_dtype": (RuntimeError, "expected scalar type Float but found Double"),
     "ce_fwd_int_logits": (RuntimeError, BAD_DTYPE.format("logits")),
     "ce_fwd_reduction": (RuntimeError, re.escape("fused_ce: reduction must be 0 (none), 1 (mean) or 2 (sum), got 3")),
@@ -263,12 +305,26 @@ OP_ERRORS = {
     "ce_bwd_target_oob": (IndexError, "Target 99 is out of bounds."),
     "ce_bwd_grad_shape_none": (RuntimeError, grad_message("[4]", "[3]")),
     "ce_bwd_grad_not_scalar_mean": (RuntimeError, grad_message("[]", "[4]")),
-    "soft_fwd_target_shape": (RuntimeError, re.escape("fused_ce: probability targets must have the logits' shape and "
-                                                      "dtype, got [4, 4] Float for logits [4, 5] Float")),
-    "soft_fwd_target_dtype": (RuntimeError, re.escape("fused_ce: probability targets must have the logits' shape and "
-                                                      "dtype, got [4, 5] Double for logits [4, 5] Float")),
-    "soft_fwd_weight_size": (RuntimeError, re.escape("weight tensor should be defined either for all 5 classes or no "
-                                                     "classes but got weight tensor of shape: [2]")),
+    "soft_fwd_target_shape": (
+        RuntimeError,
+        re.escape(
+            "fused_ce: probability targets must have the logits' shape and "
+            "dtype, got [4, 4] Float for logits [4, 5] Float"
+        ),
+    ),
+    "soft_fwd_target_dtype": (
+        RuntimeError,
+        re.escape(
+            "fused_ce: probability targets must have the logits' shape and "
+            "dtype, got [4, 5] Double for logits [4, 5] Float"
+        ),
+    ),
+    "soft_fwd_weight_size": (
+        RuntimeError,
+        re.escape(
+            "weight tensor should be defined either for all 5 classes or no classes but got weight tensor of shape: [2]"
+        ),
+    ),
     "soft_bwd_lse_shape": (RuntimeError, LSE),
     "soft_bwd_grad_shape_none": (RuntimeError, grad_message("[4]", "[2]")),
     "soft_target_bwd_lse": (RuntimeError, LSE),
@@ -276,8 +332,12 @@ OP_ERRORS = {
     "bce_fwd_target_shape": (RuntimeError, re.escape("Target size ([5]) must be the same as input size ([4, 5])")),
     "bce_fwd_target_dtype": (RuntimeError, "fused_ce: target must have the input's dtype, got Double"),
     "bce_fwd_weight_broadcast": (RuntimeError, EXPAND_5_3),
-    "bce_fwd_pos_weight_grow": (RuntimeError, re.escape("the number of sizes provided (2) must be greater or equal to "
-                                                        "the number of dimensions in the tensor")),
+    "bce_fwd_pos_weight_grow": (
+        RuntimeError,
+        re.escape(
+            "the number of sizes provided (2) must be greater or equal to the number of dimensions in the tensor"
+        ),
+    ),
     "bce_fwd_int_input": (RuntimeError, BAD_DTYPE.format("input")),
     "bce_fwd_reduction": (RuntimeError, re.escape("fused_ce: reduction must be 0 (none), 1 (mean) or 2 (sum), got -1")),
     "bce_bwd_grad_shape_none": (RuntimeError, grad_message("[4, 5]", "[3]")),
@@ -304,9 +364,9 @@ X, Y, P = (lambda: torch.randn(4, 5)), (lambda: torch.tensor([1, 2, 2, 3])), (la
 TYPE_CASES = {  # name -> (loss, args, kwargs); args are made at call time
     "ignore_index_float": ("ce", (X, Y), {"ignore_index": 1.5}),
     "ignore_index_bool": ("ce", (X, Y), {"ignore_index": True}),
-    "ignore_index_overflow": ("ce", (X, Y), {"ignore_index": 2 ** 70}),
-    "ignore_index_2_63": ("ce", (X, Y), {"ignore_index": 2 ** 63}),
-    "ignore_index_int64_min": ("ce", (X, Y), {"ignore_index": -2 ** 63}),
+    "ignore_index_overflow": ("ce", (X, Y), {"ignore_index": 2**70}),
+    "ignore_index_2_63": ("ce", (X, Y), {"ignore_index": 2**63}),
+    "ignore_index_int64_min": ("ce", (X, Y), {"ignore_index": -(2**63)}),
     "ignore_index_none": ("ce", (X, Y), {"ignore_index": None}),
     "ignore_index_str": ("ce", (X, Y), {"ignore_index": "2"}),
     "ignore_index_numpy_int64": ("ce", (X, Y), {"ignore_index": np.int64(2)}),
@@ -325,7 +385,7 @@ TYPE_CASES = {  # name -> (loss, args, kwargs); args are made at call time
     "label_smoothing_numpy": ("ce", (X, Y), {"label_smoothing": np.float64(0.1)}),
     "label_smoothing_tensor": ("ce", (X, Y), {"label_smoothing": torch.tensor(0.1)}),
     "label_smoothing_2elem_tensor": ("ce", (X, Y), {"label_smoothing": torch.tensor([0.1, 0.2])}),
-    "label_smoothing_huge_int": ("ce", (X, Y), {"label_smoothing": 2 ** 70}),
+    "label_smoothing_huge_int": ("ce", (X, Y), {"label_smoothing": 2**70}),
     "label_smoothing_2": ("ce", (X, Y), {"label_smoothing": 2.0}),  # torch prints doubles as C++ streams do
     "label_smoothing_just_above_1": ("ce", (X, Y), {"label_smoothing": 1.0000001}),
     "input_list": ("ce", (lambda: [[1.0] * 5] * 4, Y), {}),
@@ -354,12 +414,17 @@ TYPE_CASES = {  # name -> (loss, args, kwargs); args are made at call time
     "bce_weight_float_and_size_mismatch": ("bce", (X, lambda: torch.rand(3)), {"weight": 1.0}),
     "bce_reduction_int": ("bce", (X, P), {"reduction": 1}),
     # not a type error: an empty input broadcasts with a 0-dim pos_weight to an empty loss (0 with 1 gives 0)
-    "bce_empty_input_0dim_pos_weight": ("bce", (lambda: torch.randn(0), lambda: torch.rand(0)),
-                                        {"pos_weight": torch.tensor(2.0), "reduction": "sum"}),
+    "bce_empty_input_0dim_pos_weight": (
+        "bce",
+        (lambda: torch.randn(0), lambda: torch.rand(0)),
+        {"pos_weight": torch.tensor(2.0), "reduction": "sum"},
+    ),
     "bce_size_average_str": ("bce", (X, P), {"size_average": "x"}),
 }
-LOSSES = {"ce": (F.cross_entropy, fused_ce.cross_entropy),
-          "bce": (F.binary_cross_entropy_with_logits, fused_ce.binary_cross_entropy_with_logits)}
+LOSSES = {
+    "ce": (F.cross_entropy, fused_ce.cross_entropy),
+    "bce": (F.binary_cross_entropy_with_logits, fused_ce.binary_cross_entropy_with_logits),
+}
 
 
 def same_outcome(torch_call, ours_call):
@@ -391,8 +456,10 @@ def test_argument_types_as_torch_parses_them(case):
 
 
 MODULE_TYPE_CASES = {
-    "ignore_index_float": {"ignore_index": 1.5}, "ignore_index_numpy": {"ignore_index": np.int64(2)},
-    "label_smoothing_none": {"label_smoothing": None}, "label_smoothing_str": {"label_smoothing": "0.1"},
+    "ignore_index_float": {"ignore_index": 1.5},
+    "ignore_index_numpy": {"ignore_index": np.int64(2)},
+    "label_smoothing_none": {"label_smoothing": None},
+    "label_smoothing_str": {"label_smoothing": "0.1"},
     "reduction_int": {"reduction": 1},
 }
 
@@ -413,26 +480,61 @@ def test_module_tensor_arguments_as_torch_refuses_them(case):
     same_outcome(lambda: getattr(torch.nn, loss)(**kwargs), lambda: getattr(fused_ce, loss)(**kwargs))
 
 
-@pytest.mark.parametrize("case", ["ignore_index_float", "ignore_index_numpy_int64", "label_smoothing_none",
-                                  "input_list", "target_int", "weight_list", "bce_target_int", "bce_weight_float"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "ignore_index_float",
+        "ignore_index_numpy_int64",
+        "label_smoothing_none",
+        "input_list",
+        "target_int",
+        "weight_list",
+        "bce_target_int",
+        "bce_weight_float",
+    ],
+)
 def test_function_class_arguments_as_torch_parses_them(case):
     loss, make, kwargs = TYPE_CASES[case]
     args = [m() for m in make]
     theirs = LOSSES[loss][0]
     if loss == "ce":
         ours = lambda: fused_ce.CrossEntropyFunction.apply(  # noqa: E731
-            *args, kwargs.get("weight"), kwargs.get("ignore_index", -100), "mean", kwargs.get("label_smoothing", 0.0))
+            *args, kwargs.get("weight"), kwargs.get("ignore_index", -100), "mean", kwargs.get("label_smoothing", 0.0)
+        )
     else:
         ours = lambda: fused_ce.BCEWithLogitsFunction.apply(  # noqa: E731
-            *args, kwargs.get("weight"), "mean", kwargs.get("pos_weight"))
+            *args, kwargs.get("weight"), "mean", kwargs.get("pos_weight")
+        )
     same_outcome(lambda: theirs(*args, **kwargs), ours)
 
 
 # ---- dtypes: every dtype in every tensor role, against torch ---------------------------------------
-ALL_DTYPES = [getattr(torch, name) for name in (  # those this torch has (float8_e8m0fnu: torch 2.7)
-    "float32", "float64", "float16", "bfloat16", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2",
-    "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "uint8", "uint16", "uint32", "uint64", "int8", "int16",
-    "int32", "int64", "bool") if hasattr(torch, name)]
+ALL_DTYPES = [
+    getattr(torch, name)
+    for name in (  # those this torch has (float8_e8m0fnu: torch 2.7)
+        "float32",
+        "float64",
+        "float16",
+        "bfloat16",
+        "complex64",
+        "complex128",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "bool",
+    )
+    if hasattr(torch, name)
+]
 
 
 def _of(dtype, shape, integers=False):
@@ -456,8 +558,12 @@ DTYPE_ROLES = {  # role -> (loss, args for a dtype)
     "bce_pos_weight": ("bce", lambda d: ((X(), P()), {"pos_weight": _of(d, (5,))})),
 }
 # torch returns a complex loss here; the kernels compute in real dtypes, and fused_ce says so.
-COMPLEX_RESULT = {("ce_soft_weight", torch.complex64), ("ce_soft_weight", torch.complex128),
-                  ("bce_target", torch.complex64), ("bce_target", torch.complex128)}
+COMPLEX_RESULT = {
+    ("ce_soft_weight", torch.complex64),
+    ("ce_soft_weight", torch.complex128),
+    ("bce_target", torch.complex64),
+    ("bce_target", torch.complex128),
+}
 
 
 @torch_compat.needs_current_torch_semantics
@@ -501,7 +607,9 @@ def _device_cases():
             for with_weights in (False, True):
                 if moved in ("weight", "pos_weight") and not with_weights:
                     continue
-                yield pytest.param(setup, moved, with_weights, id=f"{setup}-{moved}-meta-{'w' if with_weights else 'nw'}")
+                yield pytest.param(
+                    setup, moved, with_weights, id=f"{setup}-{moved}-meta-{'w' if with_weights else 'nw'}"
+                )
 
 
 def _call(loss_fn, loss, x, t, w, p):
@@ -545,18 +653,33 @@ def _op_calls(lib):
     lse, g = torch.zeros(4, dtype=torch.float64), torch.tensor(1.0)  # lse: saved in fp64
     return {
         "cross_entropy_fwd": (ops.cross_entropy_fwd, (x, y, w, -100, 0.0, 1), ("logits", "target", "weight")),
-        "cross_entropy_bwd": (ops.cross_entropy_bwd, (g, x, y, w, lse, -100, 0.0, 1),
-                              ("grad", "logits", "target", "weight", "lse")),
+        "cross_entropy_bwd": (
+            ops.cross_entropy_bwd,
+            (g, x, y, w, lse, -100, 0.0, 1),
+            ("grad", "logits", "target", "weight", "lse"),
+        ),
         "cross_entropy_soft_fwd": (ops.cross_entropy_soft_fwd, (x, t, w, 0.0, 1), ("logits", "target", "weight")),
-        "cross_entropy_soft_bwd": (ops.cross_entropy_soft_bwd, (g, x, t, w, lse, 0.0, 1),
-                                   ("grad", "logits", "target", "weight", "lse")),
-        "cross_entropy_soft_target_bwd": (ops.cross_entropy_soft_target_bwd, (g, x, w, lse, 0.0, 1),
-                                          ("grad", "logits", "weight", "lse")),
+        "cross_entropy_soft_bwd": (
+            ops.cross_entropy_soft_bwd,
+            (g, x, t, w, lse, 0.0, 1),
+            ("grad", "logits", "target", "weight", "lse"),
+        ),
+        "cross_entropy_soft_target_bwd": (
+            ops.cross_entropy_soft_target_bwd,
+            (g, x, w, lse, 0.0, 1),
+            ("grad", "logits", "weight", "lse"),
+        ),
         "bce_with_logits_fwd": (ops.bce_with_logits_fwd, (x, t, w, w, 1), ("logits", "target", "weight", "pos_weight")),
-        "bce_with_logits_bwd": (ops.bce_with_logits_bwd, (g, x, t, w, w, 1),
-                                ("grad", "logits", "target", "weight", "pos_weight")),
-        "bce_with_logits_target_bwd": (ops.bce_with_logits_target_bwd, (g, x, t, w, w, 1),
-                                       ("grad", "logits", "target", "weight", "pos_weight")),
+        "bce_with_logits_bwd": (
+            ops.bce_with_logits_bwd,
+            (g, x, t, w, w, 1),
+            ("grad", "logits", "target", "weight", "pos_weight"),
+        ),
+        "bce_with_logits_target_bwd": (
+            ops.bce_with_logits_target_bwd,
+            (g, x, t, w, w, 1),
+            ("grad", "logits", "target", "weight", "pos_weight"),
+        ),
     }
 
 
@@ -577,8 +700,11 @@ def test_direct_op_calls_refuse_a_tensor_on_another_device(op_name, moved, lib, 
     position = tensor_positions[names.index(moved)]
     args = list(args)
     args[position] = args[position].to("meta")
-    call = (lambda: op(*args)) if path == "dispatch" else \
-        (lambda: op.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args))
+    call = (
+        (lambda: op(*args))
+        if path == "dispatch"
+        else (lambda: op.default.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args))
+    )
     if moved == "logits":
         pattern = r"fused_ce: every tensor must be on the logits' device meta, but \w+ is on cpu"
     else:

@@ -1,5 +1,6 @@
 """The examples (examples/*.py, not part of the package) train the same model with fused_ce's and
 torch's losses: the curves agree step by step, the loss decreases, and the MLP learns the digits."""
+
 import importlib.util
 import pathlib
 import subprocess
@@ -50,8 +51,7 @@ def test_mlp_digits_curves_agree_and_learn():
 def test_examples_run_as_scripts(name):
     if name == "mlp_digits":
         pytest.importorskip("sklearn", reason="the digits data set comes with scikit-learn")
-    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py")], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "fused_ce" in proc.stdout and "torch" in proc.stdout
     assert len(proc.stdout.strip().splitlines()) > 5

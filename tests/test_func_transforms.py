@@ -2,6 +2,7 @@
 jacfwd, hessian and vmap of the forward, for the functional API and the Function classes, compared with
 the same transforms over torch.nn.functional's losses in float64 on every device of DEVICES; and the
 vmap rules' promise: one kernel call per op, not one per sample."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ def close(actual, expected):
 def loop(fn, in_dims=0):
     """What vmap(fn, in_dims) must give, computed sample by sample (torch's own losses do not vmap in
     every case: with ignore_index and label smoothing F.cross_entropy masks rows, which vmap refuses)."""
+
     def run(*args):
         dims = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
@@ -31,6 +33,7 @@ def loop(fn, in_dims=0):
         if isinstance(outs[0], tuple):
             return tuple(torch.stack(o) for o in zip(*outs))
         return torch.stack(outs)
+
     return run
 
 
@@ -42,8 +45,12 @@ def scalar(fn, reduction):
 # ---- the functions compared -----------------------------------------------------------------------
 def ce_apis(kwargs):
     """(fused functional, fused Function class, torch) cross-entropy of (input, target) with kwargs."""
-    w, ii, red, ls = (kwargs.get("weight"), kwargs.get("ignore_index", -100), kwargs["reduction"],
-                      kwargs.get("label_smoothing", 0.0))
+    w, ii, red, ls = (
+        kwargs.get("weight"),
+        kwargs.get("ignore_index", -100),
+        kwargs["reduction"],
+        kwargs.get("label_smoothing", 0.0),
+    )
     return {
         "functional": lambda x, y: fused_ce.cross_entropy(x, y, **kwargs),
         "function": lambda x, y: fused_ce.CrossEntropyFunction.apply(x, y, w, ii, red, ls),
@@ -73,7 +80,9 @@ def ce_case(name, batch=None):
     }[name]
     x = torch.randn(lead + x_shape, generator=g, dtype=DT) * 2
     if soft:
-        y = torch.softmax(torch.randn(lead + y_shape, generator=g, dtype=DT), dim=len(lead) + (1 if len(x_shape) > 1 else 0))
+        y = torch.softmax(
+            torch.randn(lead + y_shape, generator=g, dtype=DT), dim=len(lead) + (1 if len(x_shape) > 1 else 0)
+        )
     else:
         y = torch.randint(0, C, lead + y_shape, generator=g)
         if y.dim() > 0:
@@ -86,8 +95,7 @@ VARIANTS = {
     "weight": {"weight": torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25], dtype=DT)},
     "ignore": {"ignore_index": 1},
     "smooth": {"label_smoothing": 0.2},
-    "all": {"weight": torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25], dtype=DT), "ignore_index": 1,
-            "label_smoothing": 0.1},
+    "all": {"weight": torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25], dtype=DT), "ignore_index": 1, "label_smoothing": 0.1},
 }
 
 
@@ -135,8 +143,10 @@ def test_cross_entropy_per_sample_grads(device, api, case, variant, reduction):
 
 def _with_weight(fn_of_kwargs, variant, reduction):
     """fn(x, y, w): the loss with the class weight as an argument, so that vmap can batch it."""
+
     def fn(x, y, w):
         return fn_of_kwargs(dict(ce_kwargs(variant, reduction), weight=w))(x, y)
+
     return fn
 
 
@@ -155,13 +165,19 @@ def test_cross_entropy_vmap_in_dims(device, api, case, variant, reduction):
     wb = torch.rand(4, w.shape[0], dtype=DT, generator=torch.Generator().manual_seed(3)) + 0.1
     ours = _with_weight(lambda kw: ce_apis(kw)[0][api], variant, reduction)
     ref = _with_weight(lambda kw: ce_apis(kw)[1], variant, reduction)
-    for args, in_dims in [((x, yb, w), (None, 0, None)), ((x, y, wb), (None, None, 0)),
-                          ((xb, y, wb), (0, None, 0)), ((xb, yb, wb), (0, 0, 0)),
-                          ((xb.movedim(0, -1), yb, wb.t()), (-1, 0, 1))]:
+    for args, in_dims in [
+        ((x, yb, w), (None, 0, None)),
+        ((x, y, wb), (None, None, 0)),
+        ((xb, y, wb), (0, None, 0)),
+        ((xb, yb, wb), (0, 0, 0)),
+        ((xb.movedim(0, -1), yb, wb.t()), (-1, 0, 1)),
+    ]:
         close(vmap(ours, in_dims=in_dims)(*args), loop(ref, in_dims=in_dims)(*args))
         argnums = (0, 1) if soft else 0
-        close(vmap(grad(scalar(ours, reduction), argnums=argnums), in_dims=in_dims)(*args),
-              loop(grad(scalar(ref, reduction), argnums=argnums), in_dims=in_dims)(*args))
+        close(
+            vmap(grad(scalar(ours, reduction), argnums=argnums), in_dims=in_dims)(*args),
+            loop(grad(scalar(ref, reduction), argnums=argnums), in_dims=in_dims)(*args),
+        )
 
 
 def test_cross_entropy_vmap_all_ignored_sample():
@@ -181,8 +197,10 @@ BCE_VARIANTS = {
     "weight_row": lambda: {"weight": torch.tensor([0.5, 2.0, 1.5], dtype=DT)},
     "weight_full": lambda: {"weight": torch.rand(4, 3, dtype=DT, generator=torch.Generator().manual_seed(2))},
     "pos_weight": lambda: {"pos_weight": torch.tensor([3.0, 0.5, 1.0], dtype=DT)},
-    "both": lambda: {"weight": torch.tensor([[0.5], [2.0], [1.0], [0.1]], dtype=DT),
-                     "pos_weight": torch.tensor([3.0, 0.5, 1.0], dtype=DT)},
+    "both": lambda: {
+        "weight": torch.tensor([[0.5], [2.0], [1.0], [0.1]], dtype=DT),
+        "pos_weight": torch.tensor([3.0, 0.5, 1.0], dtype=DT),
+    },
 }
 
 
@@ -207,8 +225,10 @@ def test_bce_transforms(device, api, variant, reduction):
     close(jacrev(ours, argnums=both)(x, y), jacrev(ref, argnums=both)(x, y))
     close(jacfwd(ours, argnums=both)(x, y), jacfwd(ref, argnums=both)(x, y))
     close(hessian(scalar(ours, reduction), argnums=both)(x, y), hessian(scalar(ref, reduction), argnums=both)(x, y))
-    close(vmap(grad(scalar(ours, reduction), argnums=both))(xb, yb),
-          loop(grad(scalar(ref, reduction), argnums=both))(xb, yb))
+    close(
+        vmap(grad(scalar(ours, reduction), argnums=both))(xb, yb),
+        loop(grad(scalar(ref, reduction), argnums=both))(xb, yb),
+    )
     close(vmap(ours)(xb, yb), loop(ref)(xb, yb))
     close(vmap(ours, in_dims=(None, 0))(x, yb), loop(ref, in_dims=(None, 0))(x, yb))
 
@@ -224,13 +244,19 @@ def test_bce_vmap_batched_weights(device, api, reduction):
 
     def make(fn_of_kwargs):
         return lambda x, y, w, pw: fn_of_kwargs({"weight": w, "pos_weight": pw, "reduction": reduction})(x, y)
+
     ours = make(lambda kw: bce_apis(kw)[0][api])
     ref = make(lambda kw: bce_apis(kw)[1])
-    for args, in_dims in [((xb, yb, wb, pwb), (0, 0, 0, 0)), ((xb[0], yb[0], wfull, pwb[0]), (None, None, 0, None)),
-                          ((xb, yb[0], wb[0], pwb.t()), (0, None, None, 1))]:
+    for args, in_dims in [
+        ((xb, yb, wb, pwb), (0, 0, 0, 0)),
+        ((xb[0], yb[0], wfull, pwb[0]), (None, None, 0, None)),
+        ((xb, yb[0], wb[0], pwb.t()), (0, None, None, 1)),
+    ]:
         close(vmap(ours, in_dims=in_dims)(*args), loop(ref, in_dims=in_dims)(*args))
-        close(vmap(grad(scalar(ours, reduction), argnums=(0, 1)), in_dims=in_dims)(*args),
-              loop(grad(scalar(ref, reduction), argnums=(0, 1)), in_dims=in_dims)(*args))
+        close(
+            vmap(grad(scalar(ours, reduction), argnums=(0, 1)), in_dims=in_dims)(*args),
+            loop(grad(scalar(ref, reduction), argnums=(0, 1)), in_dims=in_dims)(*args),
+        )
 
 
 # ---- one kernel call per op under vmap -------------------------------------------------------------
@@ -259,18 +285,27 @@ def test_vmap_makes_one_kernel_call(device, api, case, batched_weight):
         xb, yb = bce_case(batch=batch)
         w = torch.rand(batch, 3, dtype=DT) if batched_weight else torch.rand(3, dtype=DT)
         fn = bce_apis({"reduction": "mean"})[0][api]
-        fn_w = (lambda x, y, w: fused_ce.binary_cross_entropy_with_logits(x, y, w)) if api == "functional" else \
-            (lambda x, y, w: fused_ce.BCEWithLogitsFunction.apply(x, y, w))
+        fn_w = (
+            (lambda x, y, w: fused_ce.binary_cross_entropy_with_logits(x, y, w))
+            if api == "functional"
+            else (lambda x, y, w: fused_ce.BCEWithLogitsFunction.apply(x, y, w))
+        )
         fwd, bwd = ["bce_with_logits_fwd"], ["bce_with_logits_bwd", "bce_with_logits_target_bwd"]
     else:
         xb, yb, _ = ce_case(case, batch=batch)
         w = torch.rand(batch, 5, dtype=DT) if batched_weight else torch.rand(5, dtype=DT)
-        fn_w = (lambda x, y, w: fused_ce.cross_entropy(x, y, w, ignore_index=-1)) if api == "functional" else \
-            (lambda x, y, w: fused_ce.CrossEntropyFunction.apply(x, y, w, -1))
+        fn_w = (
+            (lambda x, y, w: fused_ce.cross_entropy(x, y, w, ignore_index=-1))
+            if api == "functional"
+            else (lambda x, y, w: fused_ce.CrossEntropyFunction.apply(x, y, w, -1))
+        )
         soft = case == "soft"
         fwd = ["cross_entropy_soft_fwd" if soft or batched_weight else "cross_entropy_fwd"]
-        bwd = ["cross_entropy_soft_bwd", "cross_entropy_soft_target_bwd"] if soft else \
-            ["cross_entropy_soft_bwd" if batched_weight else "cross_entropy_bwd"]
+        bwd = (
+            ["cross_entropy_soft_bwd", "cross_entropy_soft_target_bwd"]
+            if soft
+            else ["cross_entropy_soft_bwd" if batched_weight else "cross_entropy_bwd"]
+        )
     in_dims = (0, 0, 0 if batched_weight else None)
     with CountOps() as count:
         vmap(fn_w, in_dims=in_dims)(xb, yb, w)
@@ -286,8 +321,10 @@ def _losses(api):
     ce_kw = {"label_smoothing": 0.1, "weight": VARIANTS["weight"]["weight"], "reduction": "mean"}
     bce_kw = dict(BCE_VARIANTS["both"](), reduction="sum")
     (ce_ours, ce_ref), (bce_ours, bce_ref) = ce_apis(ce_kw), bce_apis(bce_kw)
-    return [(ce_ours[api], ce_ref, ce_case("hard2d")[:2], ce_case("hard2d", batch=3)[:2]),
-            (bce_ours[api], bce_ref, bce_case(), bce_case(batch=3))]
+    return [
+        (ce_ours[api], ce_ref, ce_case("hard2d")[:2], ce_case("hard2d", batch=3)[:2]),
+        (bce_ours[api], bce_ref, bce_case(), bce_case(batch=3)),
+    ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -295,8 +332,11 @@ def _losses(api):
 def test_second_orders_and_per_sample_hessians(device, api):
     """Every composition with reverse mode on one side: the backward runs as differentiable torch ops
     exactly where an outer transform differentiates it (fused_ce._core.transform_levels)."""
-    second = {"jacrev(jacrev)": lambda f: jacrev(jacrev(f)), "jacrev(jacfwd)": lambda f: jacrev(jacfwd(f)),
-              "grad(grad)": lambda f: grad(lambda x, y: grad(f)(x, y).sum())}
+    second = {
+        "jacrev(jacrev)": lambda f: jacrev(jacrev(f)),
+        "jacrev(jacfwd)": lambda f: jacrev(jacfwd(f)),
+        "grad(grad)": lambda f: grad(lambda x, y: grad(f)(x, y).sum()),
+    }
     for ours, ref, (x, y), (xb, yb) in _losses(api):
         for name, transform in second.items():
             close(transform(ours)(x, y), transform(ref)(x, y))
@@ -319,10 +359,20 @@ def test_forward_over_forward_raises(device, api):
 def test_modules_under_transforms(device):
     """The modules call the functional API, so they take the same path (vmap(grad) and hessian shown)."""
     w = VARIANTS["weight"]["weight"]
-    pairs = [(fused_ce.CrossEntropyLoss(weight=w, label_smoothing=0.1), torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1),
-              ce_case("nd"), ce_case("nd", batch=3)),
-             (fused_ce.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 0.5], dtype=DT)),
-              torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 0.5], dtype=DT)), bce_case(), bce_case(batch=3))]
+    pairs = [
+        (
+            fused_ce.CrossEntropyLoss(weight=w, label_smoothing=0.1),
+            torch.nn.CrossEntropyLoss(weight=w, label_smoothing=0.1),
+            ce_case("nd"),
+            ce_case("nd", batch=3),
+        ),
+        (
+            fused_ce.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 0.5], dtype=DT)),
+            torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 0.5], dtype=DT)),
+            bce_case(),
+            bce_case(batch=3),
+        ),
+    ]
     for ours, ref, (x, y, *_), (xb, yb, *_) in pairs:
         close(vmap(grad(ours))(xb, yb), loop(grad(ref))(xb, yb))
         close(hessian(ours)(x, y), hessian(ref)(x, y))
@@ -338,8 +388,11 @@ def test_vmap_batched_weight_out_of_range_target(device, api):
     xb, yb, _ = ce_case("hard2d", batch=3)
     yb[1, 2] = 7
     wb = torch.rand(3, 5, dtype=DT) + 0.1
-    fn = (lambda x, y, w: fused_ce.cross_entropy(x, y, w)) if api == "functional" else \
-        (lambda x, y, w: fused_ce.CrossEntropyFunction.apply(x, y, w))
+    fn = (
+        (lambda x, y, w: fused_ce.cross_entropy(x, y, w))
+        if api == "functional"
+        else (lambda x, y, w: fused_ce.CrossEntropyFunction.apply(x, y, w))
+    )
     with pytest.raises(IndexError) as expected:
         F.cross_entropy(xb[1], yb[1], wb[1])
     with pytest.raises(IndexError, match=f"^{expected.value}$"):
@@ -383,12 +436,18 @@ def test_vmap_low_precision_within_the_error_bound(device, dtype, reduction):
 
     def ref(x, y):
         return F.cross_entropy(x.double(), y, w.double(), **kw)
+
     scale = input_magnitude(xb)
     assert_close(vmap(ours)(xb, yb), loop(ref)(xb, yb), input_scale=scale, terms=64, msg="loss")
     # the reference's gradient of fp64 logits: of the rounded ones it would be rounded to their dtype too
-    assert_close(vmap(grad(lambda x, y: ours(x, y).sum()))(xb, yb),
-                 loop(grad(lambda x, y: ref(x, y).sum()))(xb.double(), yb),
-                 dtype=dtype, input_scale=scale, terms=64, msg="gradient")
+    assert_close(
+        vmap(grad(lambda x, y: ours(x, y).sum()))(xb, yb),
+        loop(grad(lambda x, y: ref(x, y).sum()))(xb.double(), yb),
+        dtype=dtype,
+        input_scale=scale,
+        terms=64,
+        msg="gradient",
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -405,12 +464,15 @@ def test_vmap_low_precision_bce_within_the_error_bound(device, dtype, reduction)
 
     def ref(x, y):
         return F.binary_cross_entropy_with_logits(x.double(), y.double(), pos_weight=pw.double(), reduction=reduction)
+
     scale = input_magnitude(xb, pw)
     both = (0, 1)
     assert_close(vmap(ours)(xb, yb), loop(ref)(xb, yb), input_scale=scale, terms=xb[0].numel(), msg="loss")
-    for ours_g, ref_g, name in zip(vmap(grad(lambda x, y: ours(x, y).sum(), argnums=both))(xb, yb),
-                                   loop(grad(lambda x, y: ref(x, y).sum(), argnums=both))(xb.double(), yb.double()),
-                                   ["input", "target"]):
+    for ours_g, ref_g, name in zip(
+        vmap(grad(lambda x, y: ours(x, y).sum(), argnums=both))(xb, yb),
+        loop(grad(lambda x, y: ref(x, y).sum(), argnums=both))(xb.double(), yb.double()),
+        ["input", "target"],
+    ):
         assert_close(ours_g, ref_g, dtype=dtype, input_scale=scale, terms=xb[0].numel(), msg=f"gradient {name}")
 
 
@@ -434,17 +496,24 @@ def test_vmap_per_sample_weight_and_smoothing_within_the_error_bound(device, api
     ignore_index = -100 if soft else 1  # class 1: a third of the class-index rows (ce_case)
 
     def ours(x, t, w):
-        return {"functional": lambda: fused_ce.cross_entropy(x, t, w, ignore_index=ignore_index, reduction=reduction,
-                                                             label_smoothing=eps),
-                "function": lambda: fused_ce.CrossEntropyFunction.apply(x, t, w, ignore_index, reduction, eps)}[api]()
+        return {
+            "functional": lambda: fused_ce.cross_entropy(
+                x, t, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps
+            ),
+            "function": lambda: fused_ce.CrossEntropyFunction.apply(x, t, w, ignore_index, reduction, eps),
+        }[api]()
 
     def ref(x, t, w):
         return F.cross_entropy(x, t, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
+
     exact = (xb.double(), tb.double() if soft else tb, wb.double())  # the same values: the reference is fp64
     judge = {"dtype": dtype, "input_scale": input_magnitude(xb, wb), "terms": xb[0].numel()}
     assert_close(vmap(ours)(xb, tb, wb), loop(ref)(*exact), msg="loss", **judge)
     argnums = (0, 1) if soft else (0,)
-    for g, r, name in zip(vmap(grad(scalar(ours, reduction), argnums=argnums))(xb, tb, wb),
-                          loop(grad(scalar(ref, reduction), argnums=argnums))(*exact), ["logits", "target"]):
+    for g, r, name in zip(
+        vmap(grad(scalar(ours, reduction), argnums=argnums))(xb, tb, wb),
+        loop(grad(scalar(ref, reduction), argnums=argnums))(*exact),
+        ["logits", "target"],
+    ):
         assert g.dtype == dtype
         assert_close(g, r, msg=f"gradient w.r.t. the {name}", **judge)

@@ -1,6 +1,7 @@
 """The suite's judge can fail: compare_with_torch rejects the wrong gradients that the old absolute
 tolerances let through (an all-zero gradient of a mean over many rows, a 1% error in bf16, a 10% BCE
 input-gradient error), and accepts fused_ce's own results on the same inputs."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ import fused_ce
 
 def _with_wrong_gradient(loss_fn, corrupt):
     """loss_fn whose gradient w.r.t. its first argument goes through corrupt(grad, *args) in fp32."""
+
     class Corrupt(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, *rest):
@@ -40,15 +42,38 @@ def _ten_percent_high(g, y):
 CASES = {
     # the issue's case: entries of about 1 / 131074, below the old absolute atol of 1e-5
     "zero_gradient_of_a_mean_over_131074_rows": (
-        fused_ce.cross_entropy, F.cross_entropy, _zero, (2, 3, 65537), torch.float32, False),
+        fused_ce.cross_entropy,
+        F.cross_entropy,
+        _zero,
+        (2, 3, 65537),
+        torch.float32,
+        False,
+    ),
     "zero_gradient_vocab_32000": (fused_ce.cross_entropy, F.cross_entropy, _zero, (48, 32000), torch.float32, False),
     "bf16_on_target_gradient_1_percent_high": (
-        fused_ce.cross_entropy, F.cross_entropy, _on_target_1_percent_high, (64, 37), torch.bfloat16, False),
+        fused_ce.cross_entropy,
+        F.cross_entropy,
+        _on_target_1_percent_high,
+        (64, 37),
+        torch.bfloat16,
+        False,
+    ),
     "fp16_on_target_gradient_1_percent_high": (
-        fused_ce.cross_entropy, F.cross_entropy, _on_target_1_percent_high, (64, 37), torch.float16, False),
+        fused_ce.cross_entropy,
+        F.cross_entropy,
+        _on_target_1_percent_high,
+        (64, 37),
+        torch.float16,
+        False,
+    ),
     "bce_input_gradient_10_percent_high": (
-        fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, _ten_percent_high,
-        (3, 1000, 7), torch.float32, True),
+        fused_ce.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        _ten_percent_high,
+        (3, 1000, 7),
+        torch.float32,
+        True,
+    ),
 }
 
 
@@ -73,7 +98,7 @@ def test_wrong_gradient_fails(case):
 def test_bounds_leave_room_to_fail(dtype):
     """Every bound of an ordinary result is far below the error of zeros (1), and a bound that is not
     (a tolerance set too loose) is refused."""
-    assert error_bound(dtype, input_scale=100.0, terms=10 ** 6) < 0.01
+    assert error_bound(dtype, input_scale=100.0, terms=10**6) < 0.01
     with pytest.raises(ValueError, match="could not tell a result from zeros"):
         error_bound(dtype, tol=Tol(rounding=2 * MAX_BOUND / unit_roundoff(dtype)))
 
@@ -84,8 +109,12 @@ def test_bounds_leave_room_to_fail(dtype):
 # summed terms is 41 u(fp64) = 4.6e-15 (fused_ce.testing.parity: rounding, compute, and the fp64 reference's own
 # error where its formula cancels), so a result 32 ulps (64 u) off fails. fp32: 9 u(fp32) = 5.4e-7 at
 # magnitude 1, so 32 eps = 3.8e-6. bf16 and fp16: one unit roundoff, so 2 eps (4 u).
-CLEARLY_WRONG = {torch.float64: 32 * torch.finfo(torch.float64).eps, torch.float32: 32 * torch.finfo(torch.float32).eps,
-                 torch.bfloat16: 2 * torch.finfo(torch.bfloat16).eps, torch.float16: 2 * torch.finfo(torch.float16).eps}
+CLEARLY_WRONG = {
+    torch.float64: 32 * torch.finfo(torch.float64).eps,
+    torch.float32: 32 * torch.finfo(torch.float32).eps,
+    torch.bfloat16: 2 * torch.finfo(torch.bfloat16).eps,
+    torch.float16: 2 * torch.finfo(torch.float16).eps,
+}
 # compare_with_torch may widen the bound to torch_multiple times torch's own fp32 error (scaled to fp64) and to
 # how far the fp64 answer moves when an input moves by one fp32 step (small inputs): on its 40 x 7 case below an
 # fp64 loss 128 ulps off still passes it (256 fails), so its fp64 test takes 1e-12.
@@ -96,8 +125,9 @@ def _non_trivial_reference():
     """fp64 values of both signs spread over four decades, none exactly representable in fp32: what a
     gradient looks like."""
     gen = torch.Generator().manual_seed(5)
-    return torch.randn(64, 33, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-3, 1, (64, 33),
-                                                                                           generator=gen)
+    return torch.randn(64, 33, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(
+        -3, 1, (64, 33), generator=gen
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
@@ -144,6 +174,7 @@ def test_compare_with_torch_rejects_a_loss_off_by_clearly_more_than_the_dtype_al
     def wrong(x, y, **kwargs):
         # in fp64, then rounded once: the error is the scale's, not fp16's rounding of it
         return (fused_ce.cross_entropy(x.double(), y, **kwargs) * scale).to(x.dtype)
+
     kwargs = {"reduction": "none", "label_smoothing": 0.1}
     with pytest.raises(AssertionError, match="loss value: error"):
         compare_with_torch(wrong, F.cross_entropy, (x, y), grad_args=(0,), kwargs=kwargs)
@@ -157,14 +188,23 @@ def test_the_self_check_judges_with_the_same_bound(monkeypatch):
     from fused_ce.check import groups, runner, targets
     from fused_ce.testing import _parity_cases
     from fused_ce.testing import parity as _parity
+
     assert compare_with_torch is _parity.compare_with_torch is _parity_cases.compare_with_torch
     family = groups.GROUPS[0].families[0]
     assert family is _parity_cases.CE_HARD
-    point = {"shape": (6, 5), "weighted": True, "ignore": "some_rows", "label_smoothing": 0.1, "reduction": "none",
-                 "dtype": torch.float64}
+    point = {
+        "shape": (6, 5),
+        "weighted": True,
+        "ignore": "some_rows",
+        "label_smoothing": 0.1,
+        "reduction": "none",
+        "dtype": torch.float64,
+    }
     cpu = targets.select("cpu")[0]
     assert runner._run_case(family, point, cpu).passed
     right = _parity_cases.CE
-    monkeypatch.setattr(_parity_cases, "CE", lambda *a, **k: right(*a, **k) * (1 + CLEARLY_WRONG_COMPARED[torch.float64]))
+    monkeypatch.setattr(
+        _parity_cases, "CE", lambda *a, **k: right(*a, **k) * (1 + CLEARLY_WRONG_COMPARED[torch.float64])
+    )
     result = runner._run_case(family, point, cpu)
     assert not result.passed and "loss value: error" in result.error, result.error

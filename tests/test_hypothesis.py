@@ -7,6 +7,7 @@ Two budgets: many small problems (C <= 70, BCE <= 216 elements), and a few large
 kernels' blocks (csrc/cpu/kernels_impl.h): C in the thousands (rows: 128-vector blocks of the online max,
 i.e. 1024 or 2048 fp32 classes, sums flushed every 64 vectors), N-D inputs with more than 128 classes
 (blocks of 128 classes), BCE inputs past an 8192-element chunk."""
+
 import torch
 import torch.nn.functional as F
 from helpers import FLOAT_DTYPES, TENSOR_DEVICES, compare_with_torch
@@ -20,11 +21,19 @@ import fused_ce
 # CPU soft-target sums); run with derandomize=False to search new examples.
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 # Large problems take ~20 ms each: a small budget keeps the suite fast.
-LARGE_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+LARGE_SETTINGS = settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 LAYOUTS = ["contiguous", "strided", "row_padded", "transposed", "storage_offset"]
 # values written into a few logits; "none" leaves the random ones
-SPECIALS = {"none": None, "-inf": -float("inf"), "+inf": float("inf"), "nan": float("nan"),
-            "+100": 100.0, "-100": -100.0}
+SPECIALS = {
+    "none": None,
+    "-inf": -float("inf"),
+    "+inf": float("inf"),
+    "nan": float("nan"),
+    "+100": 100.0,
+    "-100": -100.0,
+}
 
 
 def as_layout(t, layout):
@@ -88,7 +97,7 @@ def ce_options(draw):
         "target_layout": draw(st.sampled_from(LAYOUTS)),
         "special": draw(st.sampled_from(list(SPECIALS))),
         "special_count": draw(st.integers(1, 3)),
-        "seed": draw(st.integers(0, 2 ** 16)),
+        "seed": draw(st.integers(0, 2**16)),
     }
 
 
@@ -96,8 +105,12 @@ def ce_options(draw):
 def ce_problems(draw):
     ndim = draw(st.integers(1, 4))
     num_classes = draw(st.integers(1, 70))
-    shape = [num_classes] if ndim == 1 else \
-        [draw(st.integers(0 if ndim > 1 else 1, 6)), num_classes] + [draw(st.integers(1, 5)) for _ in range(ndim - 2)]
+    shape = (
+        [num_classes]
+        if ndim == 1
+        else [draw(st.integers(0 if ndim > 1 else 1, 6)), num_classes]
+        + [draw(st.integers(1, 5)) for _ in range(ndim - 2)]
+    )
     return dict(ce_options(draw), shape=tuple(shape))
 
 
@@ -117,8 +130,11 @@ def check_cross_entropy(p):
     class_dim = 0 if len(shape) == 1 else 1
     rows = () if len(shape) == 1 else (shape[0],) + shape[2:]
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * p["scale"]
-    w = (torch.rand(shape[class_dim], generator=gen, dtype=torch.float64) + 0.1).to(dtype).to(device) \
-        if p["weighted"] else None
+    w = (
+        (torch.rand(shape[class_dim], generator=gen, dtype=torch.float64) + 0.1).to(dtype).to(device)
+        if p["weighted"]
+        else None
+    )
     kwargs = {"weight": w, "reduction": p["reduction"], "label_smoothing": p["label_smoothing"]}
     value, count = SPECIALS[p["special"]], p["special_count"]
     if p["soft"]:
@@ -127,9 +143,15 @@ def check_cross_entropy(p):
         x = put_specials(x, torch.ones(shape, dtype=torch.bool), value, count, gen)
         x = as_layout(x.to(dtype).to(device), p["layout"])
         t = as_layout(t.to(target_dtype).to(device), p["target_layout"])
-        compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs=kwargs,
-                           dtype=least_precise(dtype, target_dtype),
-                           expected_dtype=torch.promote_types(dtype, target_dtype))
+        compare_with_torch(
+            fused_ce.cross_entropy,
+            F.cross_entropy,
+            (x, t),
+            grad_args=(0, 1),
+            kwargs=kwargs,
+            dtype=least_precise(dtype, target_dtype),
+            expected_dtype=torch.promote_types(dtype, target_dtype),
+        )
         return
     # uint8 indices cannot hold a negative ignore_index, and reach classes below 256 only
     uint8 = p["uint8"] and not (p["ignore_index"] < 0 and p["ignore_share"] > 0)
@@ -142,8 +164,13 @@ def check_cross_entropy(p):
     x = put_specials(x, live, value, count, gen)
     x = as_layout(x.to(dtype).to(device), p["layout"])
     y = as_layout(y.to(torch.uint8 if uint8 else torch.int64).to(device), p["target_layout"])
-    compare_with_torch(fused_ce.cross_entropy, _torch_ce_long_target, (x, y), grad_args=(0,),
-                       kwargs=dict(kwargs, ignore_index=p["ignore_index"]))
+    compare_with_torch(
+        fused_ce.cross_entropy,
+        _torch_ce_long_target,
+        (x, y),
+        grad_args=(0,),
+        kwargs=dict(kwargs, ignore_index=p["ignore_index"]),
+    )
 
 
 @SETTINGS
@@ -164,14 +191,23 @@ def bce_options(draw, shape):
         if not draw(st.booleans()):
             return None
         keep = draw(st.integers(0, len(shape)))
-        return tuple(1 if draw(st.booleans()) else s for s in shape[len(shape) - keep:])
-    return {"shape": shape, "dtype": draw(st.sampled_from(FLOAT_DTYPES)),
-                "target_dtype": draw(st.sampled_from([None, None] + FLOAT_DTYPES)),  # None: the input's
-                "device": draw(st.sampled_from(TENSOR_DEVICES)),
-                "weight": operand(), "pos_weight": operand(), "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
-                "scale": draw(st.sampled_from([0.5, 5.0, 50.0])), "layout": draw(st.sampled_from(LAYOUTS)),
-                "target_layout": draw(st.sampled_from(LAYOUTS)), "special": draw(st.sampled_from(list(SPECIALS))),
-                "special_count": draw(st.integers(1, 3)), "seed": draw(st.integers(0, 2 ** 16))}
+        return tuple(1 if draw(st.booleans()) else s for s in shape[len(shape) - keep :])
+
+    return {
+        "shape": shape,
+        "dtype": draw(st.sampled_from(FLOAT_DTYPES)),
+        "target_dtype": draw(st.sampled_from([None, None] + FLOAT_DTYPES)),  # None: the input's
+        "device": draw(st.sampled_from(TENSOR_DEVICES)),
+        "weight": operand(),
+        "pos_weight": operand(),
+        "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+        "scale": draw(st.sampled_from([0.5, 5.0, 50.0])),
+        "layout": draw(st.sampled_from(LAYOUTS)),
+        "target_layout": draw(st.sampled_from(LAYOUTS)),
+        "special": draw(st.sampled_from(list(SPECIALS))),
+        "special_count": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
 
 
 @st.composite
@@ -194,19 +230,25 @@ def check_bce(p):
 
     def rand(s, lo=0.0, scale=1.0):
         return (torch.rand(s, generator=gen, dtype=torch.float64) * scale + lo).to(dtype).to(device)
+
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * p["scale"]
     x = put_specials(x, torch.ones(shape, dtype=torch.bool), SPECIALS[p["special"]], p["special_count"], gen)
     x = as_layout(x.to(dtype).to(device), p["layout"])
-    y = as_layout(torch.rand(shape, generator=gen, dtype=torch.float64).to(target_dtype).to(device),
-                  p["target_layout"])
+    y = as_layout(torch.rand(shape, generator=gen, dtype=torch.float64).to(target_dtype).to(device), p["target_layout"])
     w = rand(p["weight"], 0.1, 2.0) if p["weight"] is not None else None
     pw = rand(p["pos_weight"], 0.1, 3.0) if p["pos_weight"] is not None else None
     kwargs = {"weight": w, "pos_weight": pw, "reduction": p["reduction"]}
     with torch.no_grad():  # torch's loss dtype for these dtypes (the target's, with some promotions)
         expected_dtype = F.binary_cross_entropy_with_logits(x, y, **kwargs).dtype
-    compare_with_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, (x, y),
-                       grad_args=(0, 1), kwargs=kwargs, dtype=least_precise(dtype, target_dtype),
-                       expected_dtype=expected_dtype)
+    compare_with_torch(
+        fused_ce.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        (x, y),
+        grad_args=(0, 1),
+        kwargs=kwargs,
+        dtype=least_precise(dtype, target_dtype),
+        expected_dtype=expected_dtype,
+    )
 
 
 @SETTINGS

@@ -13,6 +13,7 @@ the inputs themselves is that (asserted where there are no options; with the z-l
 PyTorch"), 0 here. A row whose lse is +-inf or NaN turns any term multiplied by 0 into NaN: the paths must
 select such rows away, not scale them by 0.
 """
+
 import os
 import socket
 
@@ -50,10 +51,15 @@ TILED_WORKSPACE_MIB = 448 / 2**20
 
 # Every CPU instruction set (the plain and linear kernels are built for each), the CUDA kernels under the
 # emulator, and a GPU where one is visible.
-BACKENDS = [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in SUPPORTED_ISAS] + \
-    ([pytest.param(("cpu", None), id=EMULATED_CUDA, marks=pytest.mark.emulated_cuda)]
-     if fused_ce.testing.emulated_cuda_available() else []) + \
-    ([pytest.param(("cuda", None), id="cuda")] if torch.cuda.is_available() else [])
+BACKENDS = (
+    [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in SUPPORTED_ISAS]
+    + (
+        [pytest.param(("cpu", None), id=EMULATED_CUDA, marks=pytest.mark.emulated_cuda)]
+        if fused_ce.testing.emulated_cuda_available()
+        else []
+    )
+    + ([pytest.param(("cuda", None), id="cuda")] if torch.cuda.is_available() else [])
+)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -96,8 +102,13 @@ def _split(options, weight):
     """(fused_ce keyword arguments, lm_reference arguments) of an OPTIONS entry."""
     kwargs = {k: v for k, v in options.items() if k != "weighted"}
     kwargs["weight"] = weight if options.get("weighted") else None
-    ref = (kwargs["weight"], kwargs.get("label_smoothing", 0.0), kwargs.get("logit_scale", 1.0),
-           kwargs.get("softcap") or 0.0, kwargs.get("lse_square_scale", 0.0))
+    ref = (
+        kwargs["weight"],
+        kwargs.get("label_smoothing", 0.0),
+        kwargs.get("logit_scale", 1.0),
+        kwargs.get("softcap") or 0.0,
+        kwargs.get("lse_square_scale", 0.0),
+    )
     return kwargs, ref
 
 
@@ -114,8 +125,12 @@ def torch_answer(x, target, reduction, ref_args, go, linear=None):
     loss = reference(logits, target, weight, reduction, eps, scale, cap, z)[0]
     if (scale, cap, z) == (1.0, 0.0, 0.0):
         raw = F.linear(x.double(), *(t.double() for t in linear)) if linear else x.double()
-        assert_close(F.cross_entropy(raw, target, weight, reduction=reduction, label_smoothing=eps), loss,
-                     msg="torch's loss on the inputs themselves", input_scale=input_magnitude(logits))
+        assert_close(
+            F.cross_entropy(raw, target, weight, reduction=reduction, label_smoothing=eps),
+            loss,
+            msg="torch's loss on the inputs themselves",
+            input_scale=input_magnitude(logits),
+        )
     grads = torch.autograd.grad(loss, leaves, go.double())
     return loss.detach(), grads, input_magnitude(logits)
 
@@ -157,8 +172,9 @@ def test_linear_cross_entropy(options, tiles, backend, monkeypatch):
     kwargs, ref_args = _split(OPTIONS[options], cw)
     for reduction in REDUCTIONS:
         leaves = [t.to(backend).requires_grad_() for t in (x, w, b)]
-        out = fused_ce.linear_cross_entropy(leaves[0], leaves[1], TARGET.to(backend), linear_bias=leaves[2],
-                                            reduction=reduction, **on(backend, kwargs))
+        out = fused_ce.linear_cross_entropy(
+            leaves[0], leaves[1], TARGET.to(backend), linear_bias=leaves[2], reduction=reduction, **on(backend, kwargs)
+        )
         go = random_grad_output(out)
         gx, gw, gb = (g.cpu() for g in torch.autograd.grad(out, leaves, go))
         expected, (ex, ew, eb), scale = torch_answer(x, TARGET, reduction, ref_args, go.cpu(), linear=(w, b))
@@ -181,17 +197,18 @@ def test_vmap(case, device):
     for reduction in REDUCTIONS:
         leaf = xb.clone().requires_grad_()
         if case == "per_sample_weight":
-            out = torch.func.vmap(lambda xi, ti, wi: fused_ce.cross_entropy(xi, ti, wi, reduction=reduction,
-                                                                             **options))(leaf, tb, wb)
+            out = torch.func.vmap(
+                lambda xi, ti, wi: fused_ce.cross_entropy(xi, ti, wi, reduction=reduction, **options)
+            )(leaf, tb, wb)
         else:
-            out = torch.func.vmap(lambda xi, ti: fused_ce.cross_entropy(xi, ti, wb[0], reduction=reduction,
-                                                                         **options))(leaf, tb)
+            out = torch.func.vmap(lambda xi, ti: fused_ce.cross_entropy(xi, ti, wb[0], reduction=reduction, **options))(
+                leaf, tb
+            )
         go = random_grad_output(out)
         (grad,) = torch.autograd.grad(out, leaf, go)
         for s in range(2):
             _, ref_args = _split(dict(options, weighted=True), wb[s if case == "per_sample_weight" else 0].cpu())
-            expected, (expected_grad,), scale = torch_answer(xb[s].cpu(), tb[s].cpu(), reduction, ref_args,
-                                                             go[s].cpu())
+            expected, (expected_grad,), scale = torch_answer(xb[s].cpu(), tb[s].cpu(), reduction, ref_args, go[s].cpu())
             check(f"{reduction} sample {s}", out[s], grad[s], expected, expected_grad, scale, tb[s].cpu() == -100)
 
 
@@ -229,8 +246,9 @@ def test_partial_grad_writes_zero_for_ignored_rows(transform, device):
     coefs[0] = torch.logsumexp(torch.where(IGNORED.unsqueeze(1), 0.0, x), 1)
     coefs[0, IGNORED] = torch.tensor([-INF, INF, NAN], dtype=torch.float64)
     ops = fused_ce._core.library.kernel_ops()
-    grad = ops.ce_partial_grad(x.to(device), TARGET.to(device), weight.to(device), coefs.to(device), 0, -100,
-                               *transform).cpu()
+    grad = ops.ce_partial_grad(
+        x.to(device), TARGET.to(device), weight.to(device), coefs.to(device), 0, -100, *transform
+    ).cpu()
     assert torch.equal(grad[IGNORED], torch.zeros_like(grad[IGNORED]))
     expected = partial_grad(x, TARGET, weight, coefs, 0, -100, *transform)
     assert_close(grad, expected, msg="rows that count", input_scale=input_magnitude(x))
@@ -255,10 +273,11 @@ def _parallel_cases():
 
 def _worker(rank, world, port, out_dir):
     from fused_ce import parallel
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     sizes = SIZES if world == 2 else [C]
-    lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     x, weight = logits_problem()
     lx, lw, lb, lcw = linear_problem()
     backends = ["cpu"] + ([EMULATED_CUDA] if fused_ce.testing.emulated_cuda_available() else [])
@@ -274,10 +293,14 @@ def _worker(rank, world, port, out_dir):
                 kwargs, _ = _split(OPTIONS[options], lcw[lo:hi])
                 for tiles, workspace in LINEAR_WORKSPACES.items():
                     fused_ce.linear.workspace_mib = workspace
-                    leaves = [lx.clone().requires_grad_(), lw[lo:hi].clone().requires_grad_(),
-                              lb[lo:hi].clone().requires_grad_()]
-                    out = parallel.linear_cross_entropy(leaves[0], leaves[1], TARGET, linear_bias=leaves[2],
-                                                        reduction=reduction, **kwargs)
+                    leaves = [
+                        lx.clone().requires_grad_(),
+                        lw[lo:hi].clone().requires_grad_(),
+                        lb[lo:hi].clone().requires_grad_(),
+                    ]
+                    out = parallel.linear_cross_entropy(
+                        leaves[0], leaves[1], TARGET, linear_bias=leaves[2], reduction=reduction, **kwargs
+                    )
                     grads = torch.autograd.grad(out, leaves, random_grad_output(out))
                     results[backend, "linear", tiles, reduction, options] = (out.detach(),) + grads
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
@@ -292,7 +315,7 @@ def test_parallel(world, tmp_path):
     lx, lw, lb, lcw = linear_problem()
     for rank in range(world):
         results = torch.load(os.path.join(tmp_path, f"{rank}.pt"))
-        lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
         backends = sorted({k[0] for k in results})
         assert backends == sorted(["cpu"] + ([EMULATED_CUDA] if fused_ce.testing.emulated_cuda_available() else []))
         for backend in backends:
@@ -300,16 +323,24 @@ def test_parallel(world, tmp_path):
                 what = f"rank {rank} {backend} {reduction} {options}"
                 out, grad = results[backend, "cross_entropy", reduction, options]
                 _, ref_args = _split(OPTIONS[options], weight)
-                expected, (expected_grad,), scale = torch_answer(x, TARGET, reduction, ref_args,
-                                                                 random_grad_output(out))
+                expected, (expected_grad,), scale = torch_answer(
+                    x, TARGET, reduction, ref_args, random_grad_output(out)
+                )
                 check("cross_entropy " + what, out, grad, expected, expected_grad[:, lo:hi], scale)
                 _, ref_args = _split(OPTIONS[options], lcw)
                 for tiles in LINEAR_WORKSPACES:
                     out, gx, gw, gb = results[backend, "linear", tiles, reduction, options]
-                    expected, (ex, ew, eb), scale = torch_answer(lx, TARGET, reduction, ref_args,
-                                                                 random_grad_output(out), linear=(lw, lb))
+                    expected, (ex, ew, eb), scale = torch_answer(
+                        lx, TARGET, reduction, ref_args, random_grad_output(out), linear=(lw, lb)
+                    )
                     check(f"linear {tiles} {what}", out, gx, expected, ex, scale)
-                    assert_close(gw[:, 1:], ew[lo:hi, 1:], msg=f"linear {tiles} {what}: head weight's gradient",
-                                 input_scale=scale, terms=len(lx))
-                    assert_close(gb, eb[lo:hi], msg=f"linear {tiles} {what}: bias gradient", input_scale=scale,
-                                 terms=len(lx))
+                    assert_close(
+                        gw[:, 1:],
+                        ew[lo:hi, 1:],
+                        msg=f"linear {tiles} {what}: head weight's gradient",
+                        input_scale=scale,
+                        terms=len(lx),
+                    )
+                    assert_close(
+                        gb, eb[lo:hi], msg=f"linear {tiles} {what}: bias gradient", input_scale=scale, terms=len(lx)
+                    )

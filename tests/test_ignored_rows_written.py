@@ -5,6 +5,7 @@ with huge pages usable, csrc/cpu/large_buffers.cpp), which the OS hands over zer
 torch's allocator, which may hand back a freed block still holding old values (NaN here), and the in-place
 backward writes over the logits themselves: both must be written.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F

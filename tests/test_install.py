@@ -5,6 +5,7 @@ never download a second torch into the isolated build environment, and, where no
 seconds with instructions. The full isolated build (minutes) is not repeated here; these tests check its two
 halves: the backend exposes the installed torch to an isolated build, and a build without torch fails fast.
 """
+
 import os
 import shutil
 import subprocess
@@ -30,8 +31,9 @@ def _source_copy(dest):
 def _pip(python, *args, cwd=None, timeout=600):
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
     start = time.monotonic()
-    result = subprocess.run([python, "-m", "pip", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=timeout, env=env)
+    result = subprocess.run(
+        [python, "-m", "pip", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
     return result, time.monotonic() - start
 
 
@@ -62,12 +64,16 @@ def test_isolated_build_sees_the_installed_torch(tmp_path):
         "print(setuptools.__file__)\n"
         "print(fused_ce_backend.build_wheel.__module__)\n"
     )
-    env = dict(os.environ, PYTHONNOUSERSITE="1", PYTHONPATH=os.pathsep.join(
-        [str(isolation), str(overlay), os.path.join(ROOT, "build_backend")]))
+    env = dict(
+        os.environ,
+        PYTHONNOUSERSITE="1",
+        PYTHONPATH=os.pathsep.join([str(isolation), str(overlay), os.path.join(ROOT, "build_backend")]),
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     torch_file, setuptools_file, backend_module = out.stdout.split()
     import torch
+
     assert torch_file == torch.__file__
     assert setuptools_file.startswith(str(overlay))  # the build environment's setuptools still comes first
     assert backend_module == "setuptools.build_meta"
@@ -75,6 +81,7 @@ def test_isolated_build_sees_the_installed_torch(tmp_path):
 
 def test_pyproject_does_not_pull_torch_into_the_build_environment():
     import tomllib  # Python >= 3.11 (the project's test environment)
+
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         build = tomllib.load(f)["build-system"]
     assert not any(req.split("=")[0].split(">")[0].split("<")[0].strip() == "torch" for req in build["requires"])
@@ -86,9 +93,18 @@ def test_sdist_holds_every_source_file(tmp_path):
     """A source distribution builds on its own only if it carries every header, CUDA file and the backend."""
     src = _source_copy(str(tmp_path / "src"))
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, fused_ce_backend; print(fused_ce_backend.build_sdist(sys.argv[1]))",
-         str(tmp_path / "dist")], cwd=src, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PYTHONPATH=os.path.join(src, "build_backend"), USE_CUDA="0"))
+        [
+            sys.executable,
+            "-c",
+            "import sys, fused_ce_backend; print(fused_ce_backend.build_sdist(sys.argv[1]))",
+            str(tmp_path / "dist"),
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=os.path.join(src, "build_backend"), USE_CUDA="0"),
+    )
     assert out.returncode == 0, out.stderr
     with tarfile.open(tmp_path / "dist" / out.stdout.split()[-1]) as tar:
         packed = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}

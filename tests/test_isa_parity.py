@@ -3,6 +3,7 @@ them; the `isa_device` fixture switches FUSED_CE_CPU_CAPABILITY per case): every
 indices with and without smoothing and weights, uint8 indices, soft targets with both gradients, BCE with
 each kind of broadcast operand) in every dtype, on shapes that reach each layout's vector tail, partial
 vector and blocks. The rest of the suite runs the build this CPU picks by itself."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,12 @@ def test_class_index_targets(dtype, shape, option, isa_device):
     y = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=gen)
     if "ignore" in o:
         y.view(-1)[::3] = o["ignore"]
-    kwargs = {"weight": w if o.get("weight") else None, "label_smoothing": o.get("label_smoothing", 0.0),
-                  "reduction": o.get("reduction", "mean"), "ignore_index": o.get("ignore", -100)}
+    kwargs = {
+        "weight": w if o.get("weight") else None,
+        "label_smoothing": o.get("label_smoothing", 0.0),
+        "reduction": o.get("reduction", "mean"),
+        "ignore_index": o.get("ignore", -100),
+    }
     y = y.to(torch.uint8 if o.get("uint8") else torch.int64).to(device)
     compare_with_torch(fused_ce.cross_entropy, _torch_ce_long_target, (x, y), grad_args=(0,), kwargs=kwargs)
 
@@ -64,8 +69,11 @@ def test_probability_targets(dtype, shape, option, isa_device):
     o = SOFT_OPTIONS[option]
     gen, x, w = _data(shape, dtype, device, seed=1)
     t = torch.softmax(torch.randn(shape, generator=gen, dtype=torch.float64), 1).to(dtype).to(device)
-    kwargs = {"weight": w if o.get("weight") else None, "label_smoothing": o.get("label_smoothing", 0.0),
-                  "reduction": o.get("reduction", "mean")}
+    kwargs = {
+        "weight": w if o.get("weight") else None,
+        "label_smoothing": o.get("label_smoothing", 0.0),
+        "reduction": o.get("reduction", "mean"),
+    }
     compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs=kwargs)
 
 
@@ -87,9 +95,13 @@ def test_bce_with_logits(dtype, shape, reduction, isa_device):
     y = torch.rand(shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
 
     def operand(s):
-        return None if s is None else \
-            (torch.rand(s, generator=gen, dtype=torch.float64) * 2 + 0.2).to(dtype).to(device)
+        return None if s is None else (torch.rand(s, generator=gen, dtype=torch.float64) * 2 + 0.2).to(dtype).to(device)
+
     w_shape, pw_shape = BCE_CASES[shape]
-    compare_with_torch(fused_ce.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits, (x, y),
-                       grad_args=(0, 1),
-                       kwargs={"weight": operand(w_shape), "pos_weight": operand(pw_shape), "reduction": reduction})
+    compare_with_torch(
+        fused_ce.binary_cross_entropy_with_logits,
+        F.binary_cross_entropy_with_logits,
+        (x, y),
+        grad_args=(0, 1),
+        kwargs={"weight": operand(w_shape), "pos_weight": operand(pw_shape), "reduction": reduction},
+    )

@@ -11,6 +11,7 @@ Layers, bottom up (a module may import its own layer and those below it):
                           integrations
 Within a layer any import is allowed as long as the modules' import graph has no cycle.
 """
+
 import ast
 import pathlib
 
@@ -48,7 +49,7 @@ def _imported(module, is_package, node, known):
         return [alias.name for alias in node.names if alias.name.split(".")[0] == module.split(".")[0]]
     if node.level:
         base = module.split(".") if is_package else module.split(".")[:-1]
-        base = base[:len(base) - (node.level - 1)]
+        base = base[: len(base) - (node.level - 1)]
         source = ".".join(base + ([node.module] if node.module else []))
     else:
         source = node.module or ""
@@ -80,8 +81,12 @@ def read_imports(root):
 
 
 def upward_imports(graph):
-    return [f"{module}:{line} imports {target} (layer {layer(target)} above {layer(module)})"
-            for module, edges in graph.items() for target, line in edges if layer(target) > layer(module)]
+    return [
+        f"{module}:{line} imports {target} (layer {layer(target)} above {layer(module)})"
+        for module, edges in graph.items()
+        for target, line in edges
+        if layer(target) > layer(module)
+    ]
 
 
 def cycles(graph):
@@ -154,18 +159,21 @@ def _write(root, files):
 def test_the_checks_catch_what_they_are_for(tmp_path):
     """A small package with one fault of each kind: every check reports its own, and only it."""
     root = tmp_path / "fused_ce"
-    _write(root, {
-        "__init__.py": "from . import functional\n",
-        "functional.py": "from ._core import a\n",
-        "_core/__init__.py": "",
-        "_core/a.py": "from . import b\n",
-        "_core/b.py": "from .a import thing\n",                  # cycle a -> b -> a
-        "_core/c.py": "from ..functional import x\n",            # upward: core imports the public API
-        "_lm/__init__.py": "",
-        "_lm/d.py": "def f():\n    from .._core import a\n",    # function-local
-        "_vocab/__init__.py": "",
-        "_linear/__init__.py": "",
-    })
+    _write(
+        root,
+        {
+            "__init__.py": "from . import functional\n",
+            "functional.py": "from ._core import a\n",
+            "_core/__init__.py": "",
+            "_core/a.py": "from . import b\n",
+            "_core/b.py": "from .a import thing\n",  # cycle a -> b -> a
+            "_core/c.py": "from ..functional import x\n",  # upward: core imports the public API
+            "_lm/__init__.py": "",
+            "_lm/d.py": "def f():\n    from .._core import a\n",  # function-local
+            "_vocab/__init__.py": "",
+            "_linear/__init__.py": "",
+        },
+    )
     graph, local = read_imports(root)
     assert cycles(graph) == [["fused_ce._core.a", "fused_ce._core.b"]]
     assert [u.split(" ")[0] for u in upward_imports(graph)] == ["fused_ce._core.c:1"]

@@ -3,6 +3,7 @@
 linear_bias in fp64 for every option, chunk sizes that do not divide N, the CUDA kernels under emulation,
 gradcheck, low precision against torch's own error, torch.compile, opcheck, the module's state_dict, and
 the checks torch makes."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,9 @@ def _problem(dtype=torch.float64, bias=True, weighted=False, ignore=False, n=N, 
 def _losses_and_grads(fn, x, w, b, grad_seed=1, unit_scalar=False):
     """fn's loss, and the gradients of (x, w, b) under a random upstream gradient of the loss's shape (1 for
     a scalar loss with unit_scalar)."""
-    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()] + \
-             ([b.clone().requires_grad_()] if b is not None else [])
+    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()] + (
+        [b.clone().requires_grad_()] if b is not None else []
+    )
     loss = fn(*leaves, *([None] if b is None else []))
     gen = torch.Generator().manual_seed(grad_seed)
     g = (torch.rand(loss.shape, generator=gen, dtype=torch.float64) + 0.5).to(loss)
@@ -44,15 +46,36 @@ def _losses_and_grads(fn, x, w, b, grad_seed=1, unit_scalar=False):
 
 def _compare(x, w, b, t, cw, reduction, smoothing, ignore_index, chunk, tol_dtype=torch.float64):
     kwargs = {"weight": cw, "reduction": reduction, "label_smoothing": smoothing, "ignore_index": ignore_index}
-    ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
-        xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=chunk), **kwargs), x, w, b)
-    ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(
-        xi.double(), wi.double(), t, linear_bias=None if bi is None else bi.double(),
-        **{**kwargs, "weight": None if cw is None else cw.double()}), x, w, b)
+    ours = _losses_and_grads(
+        lambda xi, wi, bi: fused_ce.linear_cross_entropy(
+            xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=chunk), **kwargs
+        ),
+        x,
+        w,
+        b,
+    )
+    ref = _losses_and_grads(
+        lambda xi, wi, bi: torch_compat.linear_cross_entropy(
+            xi.double(),
+            wi.double(),
+            t,
+            linear_bias=None if bi is None else bi.double(),
+            **{**kwargs, "weight": None if cw is None else cw.double()},
+        ),
+        x,
+        w,
+        b,
+    )
     for name, o, r in zip(["loss", "grad input", "grad linear_weight", "grad linear_bias"], ours, ref):
         assert o.dtype == x.dtype, f"{name}: dtype {o.dtype}"
-        assert_close(o, r, dtype=tol_dtype, msg=f"{name} ({reduction}, eps={smoothing}, chunk={chunk})",
-                     input_scale=10.0, terms=x.shape[0])
+        assert_close(
+            o,
+            r,
+            dtype=tol_dtype,
+            msg=f"{name} ({reduction}, eps={smoothing}, chunk={chunk})",
+            input_scale=10.0,
+            terms=x.shape[0],
+        )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -85,11 +108,24 @@ def test_bf16_per_device(reduction, device):
     inputs: within a few bf16 roundings (the logits tile and dlogits are bf16, as torch's eager ones)."""
     x, w, b, t, cw = _problem(dtype=torch.bfloat16, bias=True, weighted=True, ignore=True, n=11, device=device)
     kwargs = {"weight": cw, "reduction": reduction, "label_smoothing": 0.1, "ignore_index": 3}
-    ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
-        xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=4), **kwargs), x, w, b, unit_scalar=True)
-    ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(
-        xi, wi, t, linear_bias=bi, **{**kwargs, "weight": cw.double()}), x.double(), w.double(), b.double(),
-        unit_scalar=True)
+    ours = _losses_and_grads(
+        lambda xi, wi, bi: fused_ce.linear_cross_entropy(
+            xi, wi, t, linear_bias=bi, options=OPTIONS(batch_chunk_size=4), **kwargs
+        ),
+        x,
+        w,
+        b,
+        unit_scalar=True,
+    )
+    ref = _losses_and_grads(
+        lambda xi, wi, bi: torch_compat.linear_cross_entropy(
+            xi, wi, t, linear_bias=bi, **{**kwargs, "weight": cw.double()}
+        ),
+        x.double(),
+        w.double(),
+        b.double(),
+        unit_scalar=True,
+    )
     for name, o, r in zip(["loss", "dX", "dW", "db"], ours, ref):
         assert o.dtype == torch.bfloat16
         err = ((o.double() - r).abs().max() / r.abs().max()).item()
@@ -118,11 +154,18 @@ def test_gradcheck():
     t = t.remainder(4)
     t[1] = -100
     for reduction, kwargs in [("mean", {"weight": cw[:4], "label_smoothing": 0.2}), ("none", {}), ("sum", {})]:
+
         def fn(xi, wi, bi):
-            return fused_ce.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction=reduction,
-                                                 options=OPTIONS(batch_chunk_size=2), **kwargs)
-        assert torch.autograd.gradcheck(fn, (x[:, :3].clone().requires_grad_(), w[:4, :3].clone().requires_grad_(),
-                                             b[:4].clone().requires_grad_()), eps=1e-6, atol=1e-8)
+            return fused_ce.linear_cross_entropy(
+                xi, wi, t, linear_bias=bi, reduction=reduction, options=OPTIONS(batch_chunk_size=2), **kwargs
+            )
+
+        assert torch.autograd.gradcheck(
+            fn,
+            (x[:, :3].clone().requires_grad_(), w[:4, :3].clone().requires_grad_(), b[:4].clone().requires_grad_()),
+            eps=1e-6,
+            atol=1e-8,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -142,11 +185,18 @@ def test_low_precision_error_no_larger_than_torch(reduction, dtype):
 
         def ref(xi, wi, bi):
             return F.cross_entropy(F.linear(xi, wi, bi), t, reduction=reduction)
+
         exact = _losses_and_grads(ref, x.double(), w.double(), b.double(), unit_scalar=True)
         eager = _losses_and_grads(ref, x, w, b, unit_scalar=True)
-        ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
-            xi, wi, t, linear_bias=bi, reduction=reduction, options=OPTIONS(batch_chunk_size=24)), x, w, b,
-            unit_scalar=True)
+        ours = _losses_and_grads(
+            lambda xi, wi, bi: fused_ce.linear_cross_entropy(
+                xi, wi, t, linear_bias=bi, reduction=reduction, options=OPTIONS(batch_chunk_size=24)
+            ),
+            x,
+            w,
+            b,
+            unit_scalar=True,
+        )
         for i, (o, e, r) in enumerate(zip(ours, eager, exact)):
             assert o.dtype == dtype
             ours_total[i] += ((o.double() - r).abs().max() / r.abs().max()).item()
@@ -158,10 +208,20 @@ def test_low_precision_error_no_larger_than_torch(reduction, dtype):
 def test_fp32_weight_gradient_accumulates_in_fp32_for_bf16():
     """Many one-row chunks: dW summed in bf16 chunk by chunk would lose the small contributions."""
     x, w, b, t, _ = _problem(dtype=torch.bfloat16, n=256)
-    ours = _losses_and_grads(lambda xi, wi, bi: fused_ce.linear_cross_entropy(
-        xi, wi, t, linear_bias=bi, reduction="sum", options=OPTIONS(batch_chunk_size=1)), x, w, b)
-    ref = _losses_and_grads(lambda xi, wi, bi: torch_compat.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction="sum"),
-                            x.double(), w.double(), b.double())
+    ours = _losses_and_grads(
+        lambda xi, wi, bi: fused_ce.linear_cross_entropy(
+            xi, wi, t, linear_bias=bi, reduction="sum", options=OPTIONS(batch_chunk_size=1)
+        ),
+        x,
+        w,
+        b,
+    )
+    ref = _losses_and_grads(
+        lambda xi, wi, bi: torch_compat.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction="sum"),
+        x.double(),
+        w.double(),
+        b.double(),
+    )
     for name, o, r in zip(["loss", "dX", "dW", "db"], ours, ref):
         err = ((o.double() - r).abs().max() / r.abs().max()).item()
         assert err <= 2 * 2**-8, f"{name}: error {err:.3g}"  # one bf16 rounding of an fp32-accurate result
@@ -181,7 +241,9 @@ def test_no_gradient_work_without_requires_grad(monkeypatch):
             def call(*args):
                 seen.append(args[9:12])  # need_input, need_weight, need_bias
                 return op(*args)
+
             return call
+
     monkeypatch.setattr(fused_ce._core.library, "kernel_ops", lambda: Spy())
     x, w, b, t, _ = _problem()
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -191,7 +253,9 @@ def test_no_gradient_work_without_requires_grad(monkeypatch):
     fused_ce.linear_cross_entropy(x, wg, t, linear_bias=b)
     assert seen == [(False, False, False), (False, False, False), (False, True, False)]
     monkeypatch.undo()
-    out = fused_ce._core.library.kernel_ops().linear_cross_entropy_fwd(x, w, b, t, None, -100, 0.0, 1, 8, False, False, False)
+    out = fused_ce._core.library.kernel_ops().linear_cross_entropy_fwd(
+        x, w, b, t, None, -100, 0.0, 1, 8, False, False, False
+    )
     assert [g.numel() for g in out[1:4]] == [0, 0, 0]
 
 
@@ -240,10 +304,12 @@ def test_reference_path_cases(case):
         t = torch.softmax(torch.randn(6, V, dtype=torch.float64), 1)
     else:
         w, b, t = w[:28].reshape(7, 4, H), b[:28].reshape(7, 4), t.remainder(7)[:, None].expand(6, 4).contiguous()
-    ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2],
-                                                                      label_smoothing=0.1), x, w, b)
-    ref = _losses_and_grads(lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], label_smoothing=0.1),
-                            x, w, b)
+    ours = _losses_and_grads(
+        lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], label_smoothing=0.1), x, w, b
+    )
+    ref = _losses_and_grads(
+        lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], label_smoothing=0.1), x, w, b
+    )
     for o, r in zip(ours, ref):
         assert_close(o, r)
 
@@ -282,9 +348,18 @@ def test_compile_fullgraph(reduction):
     x, w, b, t, cw = _problem(dtype=torch.float32, weighted=True, ignore=True)
 
     def step(xi, wi, bi):
-        return fused_ce.linear_cross_entropy(xi, wi, t, linear_bias=bi, weight=cw, ignore_index=3,
-                                             reduction=reduction, label_smoothing=0.1,
-                                             options=OPTIONS(batch_chunk_size=10))
+        return fused_ce.linear_cross_entropy(
+            xi,
+            wi,
+            t,
+            linear_bias=bi,
+            weight=cw,
+            ignore_index=3,
+            reduction=reduction,
+            label_smoothing=0.1,
+            options=OPTIONS(batch_chunk_size=10),
+        )
+
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     eager = _losses_and_grads(step, x, w, b)
     for _ in range(2):
@@ -307,7 +382,9 @@ def test_tile_op_in_place_gradient_matches_cross_entropy_bwd():
     cw = torch.rand(11, dtype=torch.float64) + 0.1
     g = torch.rand(6, dtype=torch.float64) + 0.5
     tile = logits.clone()
-    row_loss, _lse, _z_rows = ops.linear_ce_tile_(tile, t, cw, -100, 0.2, g, torch.tensor(4.0, dtype=torch.float64), True)
+    row_loss, _lse, _z_rows = ops.linear_ce_tile_(
+        tile, t, cw, -100, 0.2, g, torch.tensor(4.0, dtype=torch.float64), True
+    )
     expected_loss, expected_lse = ops.cross_entropy_fwd(logits, t, cw, -100, 0.2, 0)
     expected = ops.cross_entropy_bwd(g / 4, logits, t, cw, expected_lse, -100, 0.2, 0)
     assert torch.equal(tile, expected)
@@ -346,8 +423,9 @@ def test_autocast_bf16_matches_torch():
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = fused_ce.linear_cross_entropy(*leaves[:2], t, linear_bias=leaves[2])
-        ref = torch_compat.linear_cross_entropy(x.bfloat16().double(), w.bfloat16().double(), t,
-                                     linear_bias=b.bfloat16().double())
+        ref = torch_compat.linear_cross_entropy(
+            x.bfloat16().double(), w.bfloat16().double(), t, linear_bias=b.bfloat16().double()
+        )
     assert ours.dtype == torch.float32
     ours.backward()
     for leaf in leaves:
@@ -368,7 +446,6 @@ def test_all_rows_ignored_and_no_rows():
     assert fused_ce.linear_cross_entropy(x[:0], w, t[:0]).isnan()
 
 
-
 @pytest.mark.parametrize("workspace_bytes", [64 * V * 8, 32 * 8 * 16], ids=["whole_rows", "vocabulary_tiles"])
 def test_bitwise_identical_at_one_and_two_threads(monkeypatch, workspace_bytes):
     """The chunks (from the workspace knob: 64 whole rows, or 32-row tiles of 8 classes) are the same and run
@@ -380,8 +457,16 @@ def test_bitwise_identical_at_one_and_two_threads(monkeypatch, workspace_bytes):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(_losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(
-                a[0], a[1], t, linear_bias=a[2], weight=cw, label_smoothing=0.1), x, w, b))
+            results.append(
+                _losses_and_grads(
+                    lambda *a: fused_ce.linear_cross_entropy(
+                        a[0], a[1], t, linear_bias=a[2], weight=cw, label_smoothing=0.1
+                    ),
+                    x,
+                    w,
+                    b,
+                )
+            )
     finally:
         torch.set_num_threads(threads)
     for name, one, two in zip(["loss", "dX", "dW", "db"], *results):

@@ -2,6 +2,7 @@
 fused_ce.linear_cross_entropy and LinearCrossEntropyLoss, on every device, against the float64 reference of
 tests/lm_reference.py (plain PyTorch): the loss and z-loss, and the gradients of input, linear_weight and
 linear_bias, with chunks that do not divide N."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,11 +38,24 @@ def test_fp64_matches_the_reference(device, scale, cap, zscale, reduction, extra
     leaves = [a.clone().requires_grad_() for a in (x, w) + ((b,) if extras else ())]
     ref_leaves = [a.clone().requires_grad_() for a in leaves]
     loss, z_loss, lse = fused_ce.linear_cross_entropy(
-        leaves[0], leaves[1], t, linear_bias=leaves[2] if extras else None, weight=cw, reduction=reduction,
-        ignore_index=3, label_smoothing=smoothing, options=torch_compat.LinearCrossEntropyOptions(batch_chunk_size=7),
-        logit_scale=scale, softcap=cap, lse_square_scale=zscale, return_z_loss=True, return_lse=True)
-    ref_loss, ref_z, ref_lse = reference(ref_leaves[0], ref_leaves[1], ref_leaves[2] if extras else None, t, cw,
-                                         reduction, smoothing, scale, cap, zscale)
+        leaves[0],
+        leaves[1],
+        t,
+        linear_bias=leaves[2] if extras else None,
+        weight=cw,
+        reduction=reduction,
+        ignore_index=3,
+        label_smoothing=smoothing,
+        options=torch_compat.LinearCrossEntropyOptions(batch_chunk_size=7),
+        logit_scale=scale,
+        softcap=cap,
+        lse_square_scale=zscale,
+        return_z_loss=True,
+        return_lse=True,
+    )
+    ref_loss, ref_z, ref_lse = reference(
+        ref_leaves[0], ref_leaves[1], ref_leaves[2] if extras else None, t, cw, reduction, smoothing, scale, cap, zscale
+    )
     counted = t != 3
     assert rel_err(loss, ref_loss) < 1e-9 and rel_err(lse[counted], ref_lse[counted]) < 1e-9
     assert rel_err(z_loss, ref_z) < 1e-9 if zscale else bool((z_loss == 0).all())
@@ -54,8 +68,9 @@ def test_fp64_matches_the_reference(device, scale, cap, zscale, reduction, extra
 
 def test_module_takes_the_options():
     torch.manual_seed(0)
-    module = fused_ce.LinearCrossEntropyLoss(H, V, dtype=torch.float64, softcap=3.0, lse_square_scale=0.1,
-                                             return_lse=True)
+    module = fused_ce.LinearCrossEntropyLoss(
+        H, V, dtype=torch.float64, softcap=3.0, lse_square_scale=0.1, return_lse=True
+    )
     x, t = torch.randn(N, H, dtype=torch.float64), torch.randint(0, V, (N,))
     loss, lse = module(x, t)
     ref = reference(x, module.linear.weight, module.linear.bias, t, None, "mean", 0.0, 1.0, 3.0, 0.1, -100)
@@ -70,8 +85,16 @@ def test_gradcheck_with_every_option():
     t = torch.tensor([0, 5, -100, 2, 2])
 
     def f(x, w, b):
-        return fused_ce.linear_cross_entropy(x, w, t, linear_bias=b, label_smoothing=0.1, logit_scale=0.8, softcap=2.0,
-                                             lse_square_scale=0.1, options=torch_compat.LinearCrossEntropyOptions(
-                                                 batch_chunk_size=2))
+        return fused_ce.linear_cross_entropy(
+            x,
+            w,
+            t,
+            linear_bias=b,
+            label_smoothing=0.1,
+            logit_scale=0.8,
+            softcap=2.0,
+            lse_square_scale=0.1,
+            options=torch_compat.LinearCrossEntropyOptions(batch_chunk_size=2),
+        )
 
     torch.autograd.gradcheck(f, (x, w, b))

@@ -1,6 +1,7 @@
 """fused_ce.LinearCrossEntropyLoss's base on a torch without nn.LinearCrossEntropyLoss (older than 2.13): the
 stand-in must hold the state torch's class holds, so that checkpoints move between the two. Where torch has the
 class, the stand-in is compared with it directly; the module's own behaviour is tested on every torch."""
+
 import pytest
 import torch
 import torch_compat
@@ -11,8 +12,12 @@ from fused_ce._core import torch_features as _torch_features
 from fused_ce._linear.loss_base import LinearCrossEntropyLossBase, StandaloneLinearCrossEntropyLoss
 
 H, V = 6, 5
-KWARGS = [{}, {"bias": True, "weight": torch.rand(V) + 0.1, "reduction": "sum", "ignore_index": 2, "label_smoothing": 0.2},
-          {"out_features": (3, 2), "bias": True}, {"dtype": torch.float64}]
+KWARGS = [
+    {},
+    {"bias": True, "weight": torch.rand(V) + 0.1, "reduction": "sum", "ignore_index": 2, "label_smoothing": 0.2},
+    {"out_features": (3, 2), "bias": True},
+    {"dtype": torch.float64},
+]
 
 
 def test_base_is_torchs_class_where_torch_has_it():
@@ -37,8 +42,9 @@ def test_standalone_base_holds_torchs_state(kwargs):
 
 
 @torch_compat.needs_torch_linear_ce
-@pytest.mark.parametrize("kwargs", [{"weight": torch.ones(V + 1)}, {"label_smoothing": 1.5},
-                                    {"label_smoothing": -0.1}], ids=str)
+@pytest.mark.parametrize(
+    "kwargs", [{"weight": torch.ones(V + 1)}, {"label_smoothing": 1.5}, {"label_smoothing": -0.1}], ids=str
+)
 def test_standalone_base_raises_as_torch(kwargs):
     with pytest.raises(Exception) as expected:
         torch.nn.LinearCrossEntropyLoss(H, V, **kwargs)
@@ -49,11 +55,16 @@ def test_standalone_base_raises_as_torch(kwargs):
 
 @pytest.mark.parametrize("kwargs", KWARGS[:2], ids=str)
 def test_module_on_this_torch_matches_the_linear_then_cross_entropy(kwargs):
-    module = fused_ce.LinearCrossEntropyLoss(H, V, dtype=torch.float64, **{k: v for k, v in kwargs.items()
-                                                                          if k != "weight"})
+    module = fused_ce.LinearCrossEntropyLoss(
+        H, V, dtype=torch.float64, **{k: v for k, v in kwargs.items() if k != "weight"}
+    )
     x, t = torch.randn(9, H, dtype=torch.float64), torch.randint(0, V, (9,))
     logits = module.linear(x)
-    ref = torch.nn.functional.cross_entropy(logits, t, reduction=module.reduction,
-                                            ignore_index=-100 if module.ignore_index is None else module.ignore_index,
-                                            label_smoothing=module.label_smoothing)
+    ref = torch.nn.functional.cross_entropy(
+        logits,
+        t,
+        reduction=module.reduction,
+        ignore_index=-100 if module.ignore_index is None else module.ignore_index,
+        label_smoothing=module.label_smoothing,
+    )
     assert_close(module(x, t), ref)

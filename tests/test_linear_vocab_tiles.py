@@ -3,6 +3,7 @@ logits, so each tile holds fewer classes: _vocab/tiles.py): fp64 parity with tor
 for every combination of reduction, smoothing, bias, class weights and ignored rows; the language-model
 options against the fp64 reference on each device (the CPU kernels and the CUDA kernels under emulation);
 bf16 and fp16 errors no larger than torch's eager ones; gradcheck; torch's IndexError for a target out of range; and the tile shapes the workspace knob gives."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,9 +60,12 @@ def _losses_and_grads(fn, x, w, b, unit_scalar=False):
 def test_fp64_parity_every_option(vocab_tiles, ignore, weighted, bias, smoothing, reduction):
     x, w, b, t, cw = _problem(bias=bias, weighted=weighted, ignore=ignore)
     kwargs = {"weight": cw, "reduction": reduction, "label_smoothing": smoothing, "ignore_index": 3 if ignore else None}
-    ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs),
-                             x, w, b)
-    ref = _losses_and_grads(lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs), x, w, b)
+    ours = _losses_and_grads(
+        lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs), x, w, b
+    )
+    ref = _losses_and_grads(
+        lambda *a: torch_compat.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], **kwargs), x, w, b
+    )
     for name, o, r in zip(["loss", "grad input", "grad linear_weight", "grad linear_bias"], ours, ref):
         assert o.dtype == x.dtype, name
         assert_close(o, r, msg=f"{name} ({reduction}, eps={smoothing})", input_scale=10.0, terms=N)
@@ -77,15 +81,29 @@ def test_lm_options_match_the_reference(vocab_tiles, device, scale, cap, zscale,
     leaves = [a.clone().requires_grad_() for a in (x, w, b)]
     ref_leaves = [a.clone().requires_grad_() for a in (x, w, b)]
     loss, z_loss, lse = fused_ce.linear_cross_entropy(
-        *leaves[:2], t, linear_bias=leaves[2], weight=cw, reduction=reduction, ignore_index=3, label_smoothing=0.2,
-        logit_scale=scale, softcap=cap, lse_square_scale=zscale, return_z_loss=True, return_lse=True)
+        *leaves[:2],
+        t,
+        linear_bias=leaves[2],
+        weight=cw,
+        reduction=reduction,
+        ignore_index=3,
+        label_smoothing=0.2,
+        logit_scale=scale,
+        softcap=cap,
+        lse_square_scale=zscale,
+        return_z_loss=True,
+        return_lse=True,
+    )
     ref_loss, ref_z, ref_lse = lm_reference(F.linear(*ref_leaves), t, cw, reduction, 0.2, scale, cap, zscale, 3)
     counted = t != 3
     assert rel_err(loss, ref_loss) < 1e-9 and rel_err(lse[counted], ref_lse[counted]) < 1e-9
     assert rel_err(z_loss, ref_z) < 1e-9 if zscale else bool((z_loss == 0).all())
     g = torch.rand(ref_loss.shape, dtype=torch.float64).to(device) + 0.5
-    for name, a, r in zip(("input", "linear_weight", "linear_bias"), torch.autograd.grad(loss, leaves, g),
-                          torch.autograd.grad(ref_loss, ref_leaves, g)):
+    for name, a, r in zip(
+        ("input", "linear_weight", "linear_bias"),
+        torch.autograd.grad(loss, leaves, g),
+        torch.autograd.grad(ref_loss, ref_leaves, g),
+    ):
         assert rel_err(a, r) < 1e-9, name
 
 
@@ -102,10 +120,16 @@ def test_low_precision_error_no_larger_than_torch(vocab_tiles, reduction, dtype)
 
         def ref(xi, wi, bi):
             return F.cross_entropy(F.linear(xi, wi, bi), t, reduction=reduction)
+
         exact = _losses_and_grads(ref, x.double(), w.double(), b.double(), unit_scalar=True)
         eager = _losses_and_grads(ref, x, w, b, unit_scalar=True)
-        ours = _losses_and_grads(lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2],
-                                                                           reduction=reduction), x, w, b, unit_scalar=True)
+        ours = _losses_and_grads(
+            lambda *a: fused_ce.linear_cross_entropy(a[0], a[1], t, linear_bias=a[2], reduction=reduction),
+            x,
+            w,
+            b,
+            unit_scalar=True,
+        )
         for i, (o, e, r) in enumerate(zip(ours, eager, exact)):
             assert o.dtype == dtype
             ours_total[i] += ((o.double() - r).abs().max() / r.abs().max()).item()
@@ -119,13 +143,22 @@ def test_gradcheck(monkeypatch):
     monkeypatch.setattr(fused_ce.linear, "MIN_CHUNK_ROWS", 2)
     x, w, b, t, cw = _problem(n=5, v=5, weighted=True)
     t[1] = -100
-    for reduction, kwargs in [("mean", {"weight": cw, "label_smoothing": 0.2, "lse_square_scale": 0.1}),
-                              ("none", {"softcap": 1.5}), ("sum", {"logit_scale": 0.5})]:
+    for reduction, kwargs in [
+        ("mean", {"weight": cw, "label_smoothing": 0.2, "lse_square_scale": 0.1}),
+        ("none", {"softcap": 1.5}),
+        ("sum", {"logit_scale": 0.5}),
+    ]:
+
         def fn(xi, wi, bi):
             return fused_ce.linear_cross_entropy(xi, wi, t, linear_bias=bi, reduction=reduction, **kwargs)
+
         assert fused_ce.linear.tile_shape(5, 5, torch.float64) == (2, 2)
-        assert torch.autograd.gradcheck(fn, (x[:, :3].clone().requires_grad_(), w[:, :3].clone().requires_grad_(),
-                                             b.clone().requires_grad_()), eps=1e-6, atol=1e-8)
+        assert torch.autograd.gradcheck(
+            fn,
+            (x[:, :3].clone().requires_grad_(), w[:, :3].clone().requires_grad_(), b.clone().requires_grad_()),
+            eps=1e-6,
+            atol=1e-8,
+        )
 
 
 def test_target_out_of_range_raises_torchs_index_error(vocab_tiles):
@@ -147,5 +180,6 @@ def test_tile_shape_follows_the_workspace(monkeypatch):
     assert fused_ce.linear.tile_shape(2, 10**5, torch.float32) == (2, 10**5)
     assert fused_ce.linear.tile_shape(3, 10**5, torch.float32) == (3, 2**20 // 24)
     # An explicit batch_chunk_size keeps whole rows.
-    assert fused_ce.linear.tile_shape(100, 10**6, torch.float32,
-                                      torch_compat.LinearCrossEntropyOptions(batch_chunk_size=7)) == (7, 10**6)
+    assert fused_ce.linear.tile_shape(
+        100, 10**6, torch.float32, torch_compat.LinearCrossEntropyOptions(batch_chunk_size=7)
+    ) == (7, 10**6)

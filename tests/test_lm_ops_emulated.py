@@ -5,6 +5,7 @@ of the emulated CUDA library on CPU tensors, against a float64 reference written
 on the kernels' tiling paths (one thread per row, rows split into chunks and merged, the N-D layout split
 into chunks). The in-place gradient must equal the out-of-place one bit for bit, in the logits' storage.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,10 @@ from test_emulated_cuda import assert_matches, class_targets, logits, positive
 import fused_ce.testing
 
 pytestmark = [
-    pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
-                       reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)"),
+    pytest.mark.skipif(
+        not fused_ce.testing.emulated_cuda_available(),
+        reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)",
+    ),
     pytest.mark.emulated_cuda,  # conftest.py: FUSED_CE_CUDA_CHECK_TARGETS=1
 ]
 
@@ -48,8 +51,7 @@ def reference(x, target, weight, smoothing, reduction, scale, softcap, lse_squar
     lse = torch.logsumexp(z, dim=1)
     counted = target != IGNORE
     z_rows = torch.where(counted, lse_square_scale * lse * lse, torch.zeros_like(lse))
-    ce = F.cross_entropy(z, target, weight=weight, ignore_index=IGNORE, label_smoothing=smoothing,
-                         reduction=reduction)
+    ce = F.cross_entropy(z, target, weight=weight, ignore_index=IGNORE, label_smoothing=smoothing, reduction=reduction)
     if reduction == "none":
         z_loss = z_rows
     elif reduction == "sum":
@@ -88,8 +90,9 @@ def check_lm_ops(layout, reduction, options, dtype):
     loss, lse, z_loss = torch.ops.fused_ce_emulated_cuda.cross_entropy_lm_fwd(x, t, w, *lm)
 
     x64 = x.double().requires_grad_()
-    ref_loss, ref_lse, ref_z = reference(x64, t, None if w is None else w.double(), smoothing, reduction, scale,
-                                         softcap, lss)
+    ref_loss, ref_lse, ref_z = reference(
+        x64, t, None if w is None else w.double(), smoothing, reduction, scale, softcap, lss
+    )
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert (loss.dtype, lse.dtype, z_loss.dtype) == (dtype, torch.float64, acc)  # lse: the saved one, fp64
     assert_matches(loss, ref_loss, dtype, "loss")
@@ -115,8 +118,9 @@ def check_lm_ops(layout, reduction, options, dtype):
     assert torch.equal(bitwise(x_inplace), bitwise(grad)), "in-place gradient differs from the out-of-place one"
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "scale{}-cap{}-z{}-eps{}-{}".format(
-    *o[:4], "weighted" if o[4] else "unweighted"))
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: "scale{}-cap{}-z{}-eps{}-{}".format(*o[:4], "weighted" if o[4] else "unweighted")
+)
 @pytest.mark.parametrize("reduction", list(REDUCTION))
 @pytest.mark.parametrize("layout", list(SHAPES))
 def test_lm_options_fp64(layout, reduction, options):
@@ -169,9 +173,11 @@ def test_errors():
         ops.cross_entropy_lm_fwd(x, t, None, IGNORE, 0.0, 0, 1.0, -1.0, 0.0)
     with pytest.raises(RuntimeError, match=r"fused_ce: softcap must be >= 0 \(0 turns it off\), got -1"):
         ops.cross_entropy_lm_bwd(g, x, t, None, lse, IGNORE, 0.0, 0, 1.0, -1.0, 0.0)
-    wide = torch.cat([x, x], 1)[:, :x.shape[1]]
-    with pytest.raises(RuntimeError, match="fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, "
-                                           "which must be contiguous"):
+    wide = torch.cat([x, x], 1)[:, : x.shape[1]]
+    with pytest.raises(
+        RuntimeError,
+        match="fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous",
+    ):
         ops.cross_entropy_lm_bwd_(g, wide, t, None, lse, IGNORE, 0.0, 0, 1.0, 0.0, 0.0)
     with pytest.raises(IndexError, match="Target 7 is out of bounds."):
         ops.cross_entropy_lm_fwd(x, torch.tensor([0, 7, 1, 2, 3]), None, IGNORE, 0.0, 1, 0.7, 5.0, 1e-2)

@@ -1,5 +1,6 @@
 """The language-model options of fused_ce.cross_entropy (logit_scale, softcap, lse_square_scale,
 return_z_loss, return_lse) against the float64 reference of tests/lm_reference.py (plain PyTorch)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,18 @@ def test_options_match_fp64_reference(reduction, scale, cap, zscale, weighted, s
     target = torch.randint(0, c, (n, 3))
     target[1, 0] = target[4, 2] = -100
     weight = torch.rand(c, dtype=torch.float64) + 0.5 if weighted else None
-    loss, z_loss, lse = fused_ce.cross_entropy(x, target, weight, reduction=reduction, label_smoothing=smoothing,
-                                               logit_scale=scale, softcap=cap, lse_square_scale=zscale,
-                                               return_z_loss=True, return_lse=True)
+    loss, z_loss, lse = fused_ce.cross_entropy(
+        x,
+        target,
+        weight,
+        reduction=reduction,
+        label_smoothing=smoothing,
+        logit_scale=scale,
+        softcap=cap,
+        lse_square_scale=zscale,
+        return_z_loss=True,
+        return_lse=True,
+    )
     xr = x.detach().clone().requires_grad_()
     ref_loss, ref_z, ref_lse = reference(xr, target, weight, reduction, smoothing, scale, cap, zscale)
     assert lse.dtype == torch.float64 and lse.shape == target.shape
@@ -51,8 +61,9 @@ def test_only_requested_parts_and_fp32_lse_for_half():
 def test_gradcheck_softcap_and_z_loss():
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0, 2, -100, 1])
-    torch.autograd.gradcheck(lambda x: fused_ce.cross_entropy(x, t, logit_scale=1.5, softcap=2.0,
-                                                              lse_square_scale=0.1), (x,))
+    torch.autograd.gradcheck(
+        lambda x: fused_ce.cross_entropy(x, t, logit_scale=1.5, softcap=2.0, lse_square_scale=0.1), (x,)
+    )
 
 
 def test_negative_softcap_is_refused():
@@ -63,8 +74,9 @@ def test_negative_softcap_is_refused():
 def test_module_passes_the_options():
     x = torch.randn(5, 4, dtype=torch.float64)
     t = torch.tensor([0, 3, -100, 1, 2])
-    module = fused_ce.CrossEntropyLoss(reduction="sum", logit_scale=0.5, softcap=3.0, lse_square_scale=0.2,
-                                       return_lse=True)
+    module = fused_ce.CrossEntropyLoss(
+        reduction="sum", logit_scale=0.5, softcap=3.0, lse_square_scale=0.2, return_lse=True
+    )
     loss, lse = module(x, t)
     ref_loss, _, ref_lse = reference(x, t, None, "sum", 0.0, 0.5, 3.0, 0.2)
     assert rel_err(loss, ref_loss) < 1e-9 and rel_err(lse[t != -100], ref_lse[t != -100]) < 1e-9
@@ -85,8 +97,8 @@ def test_probability_targets_count_every_row():
     loss, z_loss = fused_ce.cross_entropy(x, p, softcap=2.0, lse_square_scale=0.3, return_z_loss=True)
     z = 2.0 * torch.tanh(x / 2.0)
     lse = torch.logsumexp(z, 1)
-    ref = F.cross_entropy(z, p) + 0.3 * (lse ** 2).mean()
-    assert rel_err(loss, ref) < 1e-9 and rel_err(z_loss, 0.3 * (lse ** 2).mean()) < 1e-9
+    ref = F.cross_entropy(z, p) + 0.3 * (lse**2).mean()
+    assert rel_err(loss, ref) < 1e-9 and rel_err(z_loss, 0.3 * (lse**2).mean()) < 1e-9
     assert rel_err(torch.autograd.grad(loss, x)[0], torch.autograd.grad(ref, x)[0]) < 1e-9
 
 
@@ -109,8 +121,9 @@ def test_gradgradcheck_with_every_option(reduction):
     w = torch.rand(4, dtype=torch.float64) + 0.5
 
     def f(x):
-        return fused_ce.cross_entropy(x, t, w, reduction=reduction, label_smoothing=0.1, logit_scale=1.2,
-                                      softcap=1.5, lse_square_scale=0.2)
+        return fused_ce.cross_entropy(
+            x, t, w, reduction=reduction, label_smoothing=0.1, logit_scale=1.2, softcap=1.5, lse_square_scale=0.2
+        )
 
     torch.autograd.gradgradcheck(f, (x,))
 

@@ -4,6 +4,7 @@ probability targets and for class-index targets inside torch.func transforms, on
 every option (logit_scale, softcap, lse_square_scale, label smoothing, class weight, ignore_index) and every
 reduction, the loss, z_loss and lse and the gradients, against the fp64 reference of tests/lm_reference.py,
 judged by the suite's error bound. The 2-D cases alone cannot tell the class dimension (1) from the last one."""
+
 import pytest
 import torch
 from helpers import DEVICES, assert_close, input_magnitude, random_grad_output
@@ -14,15 +15,21 @@ from fused_ce._lm import options as _lm_options
 
 SHAPE = (3, 7, 4, 2)  # N, C, d1, d2: no two of the dims after N are equal
 OPTIONS = [  # (logit_scale, softcap, lse_square_scale, label_smoothing, weighted)
-    (1.3, 0.0, 1e-2, 0.0, False), (0.8, 4.0, 0.0, 0.1, True), (1.0, 2.5, 1e-3, 0.2, True), (1.0, 0.0, 0.0, 0.1, False)]
+    (1.3, 0.0, 1e-2, 0.0, False),
+    (0.8, 4.0, 0.0, 0.1, True),
+    (1.0, 2.5, 1e-3, 0.2, True),
+    (1.0, 0.0, 0.0, 0.1, False),
+]
 REDUCTIONS = ["none", "mean", "sum"]
 
 
 @pytest.fixture
 def composite_only(monkeypatch):
     """The fused LM kernels refuse to run, so that every call below takes the composite path."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the fused LM kernels ran where the composite path should")
+
     monkeypatch.setattr(_lm_options.lm_ops, "cross_entropy_lm", refuse)
 
 
@@ -47,8 +54,9 @@ def _judge(ours, expected, x, what):
 @pytest.mark.parametrize("scale,cap,zscale,smoothing,weighted", OPTIONS, ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("soft", [True, False], ids=["probability_targets", "class_indices_under_vjp"])
-def test_nd_composite_matches_the_reference(composite_only, device, soft, reduction, scale, cap, zscale, smoothing,
-                                            weighted):
+def test_nd_composite_matches_the_reference(
+    composite_only, device, soft, reduction, scale, cap, zscale, smoothing, weighted
+):
     """Probability targets run the composite in eager mode (with the target's gradient too); class indices,
     with ignored rows, run it inside torch.func.vjp. The lse of every counted row, the z-loss and the loss,
     and the gradients under a random upstream gradient."""
@@ -56,8 +64,17 @@ def test_nd_composite_matches_the_reference(composite_only, device, soft, reduct
 
     def ours(x, target):
         loss, z_loss, lse = fused_ce.cross_entropy(
-            x, target, weight, reduction=reduction, label_smoothing=smoothing, logit_scale=scale, softcap=cap,
-            lse_square_scale=zscale, return_z_loss=True, return_lse=True)
+            x,
+            target,
+            weight,
+            reduction=reduction,
+            label_smoothing=smoothing,
+            logit_scale=scale,
+            softcap=cap,
+            lse_square_scale=zscale,
+            return_z_loss=True,
+            return_lse=True,
+        )
         return loss, (z_loss, lse)
 
     def ref(x, target):

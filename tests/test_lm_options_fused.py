@@ -1,6 +1,7 @@
 """The fused kernels of the language-model options (cross_entropy_lm_* ops: logit_scale, softcap, z-loss,
 in-place backward) on every device (the CPU kernels, and the CUDA kernels through the emulated build),
 against the float64 reference of tests/lm_reference.py (plain PyTorch)."""
+
 import itertools
 
 import pytest
@@ -11,7 +12,12 @@ from lm_reference import reference, rel_err
 import fused_ce
 
 OPTIONS = [  # (logit_scale, softcap, lse_square_scale)
-    (1.0, 0.0, 1e-2), (0.7, 0.0, 0.0), (1.3, 2.5, 0.0), (0.9, 4.0, 1e-3), (1.0, 50.0, 1e-4)]
+    (1.0, 0.0, 1e-2),
+    (0.7, 0.0, 0.0),
+    (1.3, 2.5, 0.0),
+    (0.9, 4.0, 1e-3),
+    (1.0, 50.0, 1e-4),
+]
 REDUCTIONS = ["none", "mean", "sum"]
 
 
@@ -39,9 +45,18 @@ def test_fp64_values_and_gradients_match_the_reference(device, shape, scale, cap
     counted = target != -100
     for reduction in REDUCTIONS:
         xf = x.clone().requires_grad_()
-        loss, z_loss, lse = fused_ce.cross_entropy(xf, target, weight, reduction=reduction, label_smoothing=smoothing,
-                                                   logit_scale=scale, softcap=cap, lse_square_scale=zscale,
-                                                   return_z_loss=True, return_lse=True)
+        loss, z_loss, lse = fused_ce.cross_entropy(
+            xf,
+            target,
+            weight,
+            reduction=reduction,
+            label_smoothing=smoothing,
+            logit_scale=scale,
+            softcap=cap,
+            lse_square_scale=zscale,
+            return_z_loss=True,
+            return_lse=True,
+        )
         xr = x.clone().requires_grad_()
         ref_loss, ref_z, ref_lse = reference(xr, target, weight, reduction, smoothing, scale, cap, zscale)
         assert loss.dtype == torch.float64 and lse.shape == target.shape and z_loss.shape == ref_z.shape
@@ -62,8 +77,9 @@ def test_low_precision_within_rounding_of_the_fp64_answer(device, dtype, tol):
     x, target = make_case((5, 300), dtype, device)
     for scale, cap, zscale in OPTIONS:
         xf = x.clone().requires_grad_()
-        loss = fused_ce.cross_entropy(xf, target, logit_scale=scale, softcap=cap, lse_square_scale=zscale,
-                                      reduction="sum")
+        loss = fused_ce.cross_entropy(
+            xf, target, logit_scale=scale, softcap=cap, lse_square_scale=zscale, reduction="sum"
+        )
         xr = x.double().requires_grad_()
         ref = reference(xr, target, None, "sum", 0.0, scale, cap, zscale)[0]
         assert rel_err(loss, ref) < (2e-6 if dtype == torch.float32 else 1e-2)
@@ -85,8 +101,15 @@ def test_in_place_gradient_lands_in_the_logits_and_equals_out_of_place(device, s
     for inplace in (False, True):
         leaf = x.clone().requires_grad_()
         logits = leaf * 1.0  # not a leaf: an activation, as an LM head's output is
-        loss = fused_ce.cross_entropy(logits, target, reduction=reduction, softcap=4.0, lse_square_scale=1e-2,
-                                      logit_scale=0.8, inplace_backward=inplace)
+        loss = fused_ce.cross_entropy(
+            logits,
+            target,
+            reduction=reduction,
+            softcap=4.0,
+            lse_square_scale=1e-2,
+            logit_scale=0.8,
+            inplace_backward=inplace,
+        )
         version = logits._version
         loss.backward(torch.ones_like(loss))
         grads.append(leaf.grad)
@@ -101,7 +124,7 @@ def test_in_place_gradient_raises_where_the_logits_are_saved_elsewhere():
     w = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([1, 2, -100, 9, 0, 3])
     logits = h @ w.t()
-    squares = (logits ** 2).sum()  # pow saves the logits themselves
+    squares = (logits**2).sum()  # pow saves the logits themselves
     loss = fused_ce.cross_entropy(logits, target, inplace_backward=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (loss + squares).backward()
@@ -141,8 +164,16 @@ def test_gradcheck_and_gradgradcheck(scale, cap, zscale, reduction):
     weight = torch.rand(5, dtype=torch.float64) + 0.5
 
     def f(x):
-        return fused_ce.cross_entropy(x, target, weight, reduction=reduction, label_smoothing=0.1, logit_scale=scale,
-                                      softcap=cap, lse_square_scale=zscale)
+        return fused_ce.cross_entropy(
+            x,
+            target,
+            weight,
+            reduction=reduction,
+            label_smoothing=0.1,
+            logit_scale=scale,
+            softcap=cap,
+            lse_square_scale=zscale,
+        )
 
     torch.autograd.gradcheck(f, (x,))
     torch.autograd.gradgradcheck(f, (x,))
@@ -153,8 +184,9 @@ def test_compile_fullgraph_forward_and_backward(backend):
     x, target = make_case((6, 37), torch.float32, "cpu")
 
     def f(x, t):
-        loss, z_loss, lse = fused_ce.cross_entropy(x, t, logit_scale=0.8, softcap=4.0, lse_square_scale=1e-2,
-                                                   return_z_loss=True, return_lse=True)
+        loss, z_loss, lse = fused_ce.cross_entropy(
+            x, t, logit_scale=0.8, softcap=4.0, lse_square_scale=1e-2, return_z_loss=True, return_lse=True
+        )
         return loss, z_loss, lse
 
     torch._dynamo.reset()
@@ -171,8 +203,9 @@ def test_compile_fullgraph_forward_and_backward(backend):
 def test_function_class_takes_the_options_as_one_node():
     x, target = make_case((5, 7), torch.float64, "cpu")
     x.requires_grad_()
-    loss = fused_ce.CrossEntropyFunction.apply(x, target, None, -100, "sum", 0.1, softcap=2.0, logit_scale=1.2,
-                                               lse_square_scale=0.1)
+    loss = fused_ce.CrossEntropyFunction.apply(
+        x, target, None, -100, "sum", 0.1, softcap=2.0, logit_scale=1.2, lse_square_scale=0.1
+    )
     assert "cross_entropy_lm_fwd" in type(loss.grad_fn).__name__
     ref = reference(x, target, None, "sum", 0.1, 1.2, 2.0, 0.1)[0]
     assert rel_err(loss, ref) < 1e-9
@@ -197,5 +230,7 @@ def test_defaults_run_the_plain_kernels_bit_for_bit(device):
     loss, lse, z_loss = ops.cross_entropy_lm_fwd(x, target, None, -100, 0.1, 1, 1.0, 0.0, 0.0)
     assert torch.equal(loss, plain) and torch.equal(lse, plain_lse) and float(z_loss) == 0.0
     g = torch.tensor(0.7)
-    assert torch.equal(ops.cross_entropy_lm_bwd(g, x, target, None, lse, -100, 0.1, 1, 1.0, 0.0, 0.0),
-                       ops.cross_entropy_bwd(g, x, target, None, lse, -100, 0.1, 1))
+    assert torch.equal(
+        ops.cross_entropy_lm_bwd(g, x, target, None, lse, -100, 0.1, 1, 1.0, 0.0, 0.0),
+        ops.cross_entropy_bwd(g, x, target, None, lse, -100, 0.1, 1),
+    )

@@ -1,6 +1,7 @@
 """README, "Differences from PyTorch": fp16/bf16 losses are computed in fp32 and rounded once, so each is the
 exact loss correctly rounded up to fp32's own error (far below half an fp16/bf16 ulp except where the formula's
 terms cancel), and an fp16 mean stays finite where torch's, summed in fp16, overflows."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ def assert_correctly_rounded(actual, exact, scale=0.0):
     """Each entry of `actual` (fp16/bf16) is within half an ulp of the exact value, plus the error of fp32
     arithmetic on values of size |exact| + scale (scale: the inputs' size where the formula's terms cancel)."""
     err = (actual.double() - exact).abs()
-    allowed = half_ulp(exact, actual.dtype) + 16 * 2.0 ** -24 * (exact.abs() + scale)
+    allowed = half_ulp(exact, actual.dtype) + 16 * 2.0**-24 * (exact.abs() + scale)
     bad = err > allowed
     assert not bad.any(), f"{int(bad.sum())} entries not correctly rounded, e.g. {actual[bad][:3]} vs {exact[bad][:3]}"
 

@@ -23,6 +23,7 @@ first class (a block boundary), inside the third block (after 2 B + 5 L), and in
 kChunkSteps classes: C = 320 classes with the jump after 3, 128 and 261 classes, positions taking those in
 turn so that each vector mixes them, and S = 19 ending in a partial vector of positions.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,8 +84,9 @@ def check_prefix_rows(x, target, dtype, device):
     dtype; every value finite."""
     x = x.to(dtype).to(device)
     target = target.to(device)
-    out, (grad,) = compare_with_torch(fused_ce.cross_entropy, F.cross_entropy, (x, target), grad_args=(0,),
-                                      kwargs={"reduction": "none"})
+    out, (grad,) = compare_with_torch(
+        fused_ce.cross_entropy, F.cross_entropy, (x, target), grad_args=(0,), kwargs={"reduction": "none"}
+    )
     _, lse = fused_ce.cross_entropy(x, target, reduction="none", return_lse=True)
     ref_lse = torch.logsumexp(x.double(), dim=1)
     assert_close(lse, ref_lse, msg="log-sum-exp", input_scale=input_magnitude(x))
@@ -101,8 +103,10 @@ def test_first_logits_far_below_the_max(dtype, layout, jump, isa_device):
     check_prefix_rows(x, target, dtype, device)
 
 
-@pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
-                    reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)")
+@pytest.mark.skipif(
+    not fused_ce.testing.emulated_cuda_available(),
+    reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)",
+)
 @pytest.mark.emulated_cuda  # conftest.py: runs inside fused_ce.testing.emulated_cuda()
 @pytest.mark.parametrize("jump", JUMPS, ids=lambda j: f"first_{j:g}_below")
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -1,6 +1,7 @@
 """fused_ce.CrossEntropyLoss / BCEWithLogitsLoss against torch's modules: constructor arguments, legacy
 size_average/reduce with the same deprecation warning, buffers, state_dict keys, loading a torch
 module's state_dict, repr, and outputs."""
+
 import warnings
 
 import pytest
@@ -67,8 +68,9 @@ def test_weight_buffer_only_when_given(kind):
     assert "weight" in ours.state_dict() and "weight" in ref.state_dict()
 
 
-@pytest.mark.parametrize("kind,kwargs", [("ce", {"weight": torch.ones(5)}),
-                                         ("bce", {"weight": torch.ones(5), "pos_weight": torch.ones(5)})])
+@pytest.mark.parametrize(
+    "kind,kwargs", [("ce", {"weight": torch.ones(5)}), ("bce", {"weight": torch.ones(5), "pos_weight": torch.ones(5)})]
+)
 def test_load_torch_state_dict(kind, kwargs):
     ours, ref = _pair(kind, kwargs)
     trained = {k: torch.rand_like(v) + 0.1 for k, v in ref.state_dict().items()}
@@ -85,8 +87,10 @@ def test_load_torch_state_dict(kind, kwargs):
 
 
 @pytest.mark.parametrize("kind", ["ce", "bce"])
-@pytest.mark.parametrize("size_average,reduce,expected", [(False, None, "sum"), (None, False, "none"),
-                                                          (True, True, "mean"), (False, True, "sum")])
+@pytest.mark.parametrize(
+    "size_average,reduce,expected",
+    [(False, None, "sum"), (None, False, "none"), (True, True, "mean"), (False, True, "sum")],
+)
 def test_legacy_size_average_and_reduce(kind, size_average, reduce, expected):
     with warnings.catch_warnings(record=True) as ref_warnings:
         warnings.simplefilter("always")
@@ -94,7 +98,8 @@ def test_legacy_size_average_and_reduce(kind, size_average, reduce, expected):
     with warnings.catch_warnings(record=True) as our_warnings:
         warnings.simplefilter("always")
         ours = (fused_ce.CrossEntropyLoss if kind == "ce" else fused_ce.BCEWithLogitsLoss)(
-            size_average=size_average, reduce=reduce)
+            size_average=size_average, reduce=reduce
+        )
     assert [str(w.message) for w in our_warnings] == [str(w.message) for w in ref_warnings]
     assert [w.category for w in our_warnings] == [w.category for w in ref_warnings]
     assert ref_warnings and "deprecated" in str(ref_warnings[0].message)
@@ -106,7 +111,9 @@ def test_legacy_size_average_and_reduce(kind, size_average, reduce, expected):
 def test_module_validation_errors_as_torch():
     with pytest.raises(ValueError, match="avg is not a valid value for reduction"):
         fused_ce.CrossEntropyLoss(reduction="avg")(torch.randn(2, 3), torch.tensor([0, 1]))
-    with pytest.raises(RuntimeError, match="label_smoothing must be between 0.0 and 1.0. Got: 2$"):  # as torch prints 2.0
+    with pytest.raises(
+        RuntimeError, match="label_smoothing must be between 0.0 and 1.0. Got: 2$"
+    ):  # as torch prints 2.0
         fused_ce.CrossEntropyLoss(label_smoothing=2.0)(torch.randn(2, 3), torch.tensor([0, 1]))
 
 

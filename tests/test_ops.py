@@ -1,6 +1,7 @@
 """torch.library.opcheck on every op of torch.ops.fused_ce (schema, fake kernel, autograd registration,
 aot_dispatch) over dtypes and reductions (the families of fused_ce.testing._opcheck_cases, which python -m
 fused_ce.check runs too), and the fake kernels' shapes, strides and dtypes under FakeTensorMode."""
+
 import re
 
 import pytest
@@ -82,7 +83,10 @@ def test_fake_kernels_reject_bad_shapes():
         x = torch.empty(4, 7)
         with pytest.raises(RuntimeError, match=re.escape("Expected target size [4], got [3]")):
             ops().cross_entropy_fwd(x, torch.empty(3, dtype=torch.long), None, -100, 0.0, 1)
-        with pytest.raises(RuntimeError, match=re.escape("fused_ce: probability targets must have the logits' shape and dtype, got [4, 6] Float")):
+        with pytest.raises(
+            RuntimeError,
+            match=re.escape("fused_ce: probability targets must have the logits' shape and dtype, got [4, 6] Float"),
+        ):
             ops().cross_entropy_soft_fwd(x, torch.empty(4, 6), None, 0.0, 1)
         with pytest.raises(RuntimeError, match=re.escape("Target size ([7]) must be the same as input size ([4, 7])")):
             ops().bce_with_logits_fwd(x, torch.empty(7), None, None, 1)
@@ -90,21 +94,23 @@ def test_fake_kernels_reject_bad_shapes():
 
 def test_public_api_traces_to_the_ops():
     """The functional API reaches the registered ops (what torch.compile sees), not a Python fallback."""
-    gm = torch.fx.experimental.proxy_tensor.make_fx(
-        lambda x, y: fused_ce.cross_entropy(x, y, label_smoothing=0.1))(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    gm = torch.fx.experimental.proxy_tensor.make_fx(lambda x, y: fused_ce.cross_entropy(x, y, label_smoothing=0.1))(
+        torch.randn(3, 4), torch.tensor([0, 1, 2])
+    )
     assert any(n.target is ops().cross_entropy_fwd.default for n in gm.graph.nodes)
-
 
 
 def _backward_ops(x, y, t, g, lse):
     """Every backward op of the class-index, probability-target, BCE and LM losses on the same arguments."""
     lm_args = (-100, 0.0, 1, 1.3, 2.0, 0.1)
-    return [ops().cross_entropy_bwd(g, x, y, None, lse, -100, 0.0, 1),
-            ops().cross_entropy_soft_bwd(g, x, t, None, lse, 0.0, 1),
-            ops().cross_entropy_soft_target_bwd(g, x, None, lse, 0.0, 1),
-            ops().bce_with_logits_bwd(g, x, t, None, None, 1),
-            ops().bce_with_logits_target_bwd(g, x, t, None, None, 1),
-            ops().cross_entropy_lm_bwd(g, x, y, None, lse, *lm_args)]
+    return [
+        ops().cross_entropy_bwd(g, x, y, None, lse, -100, 0.0, 1),
+        ops().cross_entropy_soft_bwd(g, x, t, None, lse, 0.0, 1),
+        ops().cross_entropy_soft_target_bwd(g, x, None, lse, 0.0, 1),
+        ops().bce_with_logits_bwd(g, x, t, None, None, 1),
+        ops().bce_with_logits_target_bwd(g, x, t, None, None, 1),
+        ops().cross_entropy_lm_bwd(g, x, y, None, lse, *lm_args),
+    ]
 
 
 def test_fake_gradients_have_the_real_strides():

@@ -12,6 +12,7 @@ Left out here, because other tests own them: soft caps 30 and above, the composi
 targets, or torch.func transforms, with the options) on N-D inputs, vmap of probability targets with both a weight
 and smoothing, fp16/bf16 in fused_ce.parallel.
 """
+
 import contextlib
 
 import pytest
@@ -30,11 +31,18 @@ from fused_ce.testing._parity_cases import make_hard_target, make_logits, make_s
 
 F64 = torch.float64
 LOW = (torch.bfloat16, torch.float16)
-PATHS = [f"cpu-{isa}" for isa in SUPPORTED_ISAS] + \
-    (["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else [])
+PATHS = [f"cpu-{isa}" for isa in SUPPORTED_ISAS] + (
+    ["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else []
+)
 # (logit_scale, softcap, lse_square_scale) of each value of the language-model axis
-LM = {"off": (1.0, 0.0, 0.0), "scale": (0.8, 0.0, 0.0), "softcap": (1.0, 3.0, 0.0), "z_loss": (1.0, 0.0, 1e-2),
-      "all": (1.3, 4.0, 1e-2), "softcap_z": (1.0, 3.0, 1e-2)}
+LM = {
+    "off": (1.0, 0.0, 0.0),
+    "scale": (0.8, 0.0, 0.0),
+    "softcap": (1.0, 3.0, 0.0),
+    "z_loss": (1.0, 0.0, 1e-2),
+    "all": (1.3, 4.0, 1e-2),
+    "softcap_z": (1.0, 3.0, 1e-2),
+}
 SHAPES = {"1d": (7,), "2d": (6, 7), "nd": (3, 7, 2)}
 SMOOTHING = {"off": 0.0, "on": 0.2}
 TRANSFORMS = ["autograd", "double_backward", "vmap", "grad", "compile", "autocast"]
@@ -83,8 +91,10 @@ def lm_kwargs(lm):
 # ---- the judges of each transform ----------------------------------------------------------------------------
 def _sum_if_rows(fn):
     """fn's loss as a scalar (torch.func.grad needs one)."""
+
     def scalar(*args, **kwargs):
         return fn(*args, **kwargs).sum()
+
     return scalar
 
 
@@ -101,6 +111,7 @@ def judge_double_backward(ours_fn, torch_fn, args, kwargs, wrt=0):
     def run(fn, dtype):
         def cast(t):
             return t.to(dtype) if dtype is not None and isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
         leaves = [cast(a) for a in args]
         leaves[wrt] = leaves[wrt].detach().requires_grad_()
         out = fn(*leaves, **{k: cast(t) for k, t in kwargs.items()})
@@ -120,19 +131,31 @@ def judge(transform, ours_fn, torch_fn, args, grad_args, kwargs, in_dims=None):
     if transform == "double_backward":
         judge_double_backward(ours_fn, torch_fn, args, kwargs)
     elif transform == "vmap":
-        compare_with_torch(torch.vmap(ours_fn, in_dims=in_dims), torch.vmap(torch_fn, in_dims=in_dims), args,
-                           grad_args=grad_args, kwargs=kwargs)
+        compare_with_torch(
+            torch.vmap(ours_fn, in_dims=in_dims),
+            torch.vmap(torch_fn, in_dims=in_dims),
+            args,
+            grad_args=grad_args,
+            kwargs=kwargs,
+        )
     elif transform == "grad":
-        compare_with_torch(torch.func.grad(_sum_if_rows(ours_fn)), torch.func.grad(_sum_if_rows(torch_fn)), args,
-                           kwargs=kwargs)
+        compare_with_torch(
+            torch.func.grad(_sum_if_rows(ours_fn)), torch.func.grad(_sum_if_rows(torch_fn)), args, kwargs=kwargs
+        )
     elif transform == "compile":
         compiled = torch.compile(ours_fn, fullgraph=True, backend="aot_eager")
         compare_with_torch(compiled, torch_fn, args, grad_args=grad_args, kwargs=kwargs)
     elif transform == "autocast":
         low = args[0].dtype in LOW
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            compare_with_torch(ours_fn, torch_fn, args, grad_args=grad_args, kwargs=kwargs,
-                               expected_dtype=torch.float32 if low else None)
+            compare_with_torch(
+                ours_fn,
+                torch_fn,
+                args,
+                grad_args=grad_args,
+                kwargs=kwargs,
+                expected_dtype=torch.float32 if low else None,
+            )
     else:
         compare_with_torch(ours_fn, torch_fn, args, grad_args=grad_args, kwargs=kwargs)
 
@@ -147,9 +170,18 @@ def batched(make, transform):
 
 # ---- cross_entropy, CrossEntropyLoss, CrossEntropyFunction ---------------------------------------------------
 CE_AXES = {
-    "api": ["functional", "module", "function"], "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS,
-    "target": ["index", "probs"], "weight": [False, True], "smoothing": list(SMOOTHING), "reduction": ["mean", "sum", "none"],
-    "ignore": ["absent", "some"], "lm": ["off", "scale", "softcap", "z_loss", "all"], "rank": list(SHAPES), "transform": TRANSFORMS}
+    "api": ["functional", "module", "function"],
+    "dtype": [F64, torch.float32, torch.bfloat16, torch.float16],
+    "path": PATHS,
+    "target": ["index", "probs"],
+    "weight": [False, True],
+    "smoothing": list(SMOOTHING),
+    "reduction": ["mean", "sum", "none"],
+    "ignore": ["absent", "some"],
+    "lm": ["off", "scale", "softcap", "z_loss", "all"],
+    "rank": list(SHAPES),
+    "transform": TRANSFORMS,
+}
 
 
 def ce_allowed(row):
@@ -159,9 +191,13 @@ def ce_allowed(row):
         or (g("transform") == "compile" and g("api") == "function")  # a graph break by design (README)
         # the composite language-model path on N-D inputs, and vmap of probabilities with weight and smoothing:
         # other tests' (the module docstring)
-        or (g("lm") not in (None, "off") and g("rank") == "nd"
-            and (g("target") == "probs" or g("transform") in ("vmap", "grad")))
-        or (g("transform") == "vmap" and g("target") == "probs" and g("weight") is True and g("smoothing") == "on"))
+        or (
+            g("lm") not in (None, "off")
+            and g("rank") == "nd"
+            and (g("target") == "probs" or g("transform") in ("vmap", "grad"))
+        )
+        or (g("transform") == "vmap" and g("target") == "probs" and g("weight") is True and g("smoothing") == "on")
+    )
 
 
 CE_ROWS = covering_rows(CE_AXES, ce_allowed)
@@ -172,14 +208,25 @@ def _ce_functions(row, weight):
     options = lm_kwargs(row["lm"])
 
     def reference(x, t, weight=None):
-        return lm_reference(x, t, weight, reduction=kwargs["reduction"], smoothing=kwargs["label_smoothing"],
-                            ignore_index=-100, lm=row["lm"])
+        return lm_reference(
+            x,
+            t,
+            weight,
+            reduction=kwargs["reduction"],
+            smoothing=kwargs["label_smoothing"],
+            ignore_index=-100,
+            lm=row["lm"],
+        )
+
     if row["api"] == "module":
         module = fused_ce.CrossEntropyLoss(weight=weight, **kwargs, **options)
         return (lambda x, t, weight=None: module(x, t)), reference
     if row["api"] == "function":
-        return (lambda x, t, weight=None: fused_ce.CrossEntropyFunction.apply(
-            x, t, weight, -100, kwargs["reduction"], kwargs["label_smoothing"], **options)), reference
+        return (
+            lambda x, t, weight=None: fused_ce.CrossEntropyFunction.apply(
+                x, t, weight, -100, kwargs["reduction"], kwargs["label_smoothing"], **options
+            )
+        ), reference
     return (lambda x, t, weight=None: fused_ce.cross_entropy(x, t, weight, **kwargs, **options)), reference
 
 
@@ -190,9 +237,13 @@ def test_cross_entropy_pairs(row, monkeypatch):
 
     def make():
         x = make_logits(shape, dtype, "cpu")
-        t = make_soft_target(shape, dtype, "cpu") if probs else \
-            make_hard_target(shape, "cpu", -100 if row["ignore"] == "some" else None)
+        t = (
+            make_soft_target(shape, dtype, "cpu")
+            if probs
+            else make_hard_target(shape, "cpu", -100 if row["ignore"] == "some" else None)
+        )
         return x, t
+
     x, t = batched(make, transform)
     w = make_weight(shape[0 if len(shape) == 1 else 1], dtype, "cpu") if row["weight"] else None
     ours, reference = _ce_functions(row, w)
@@ -203,9 +254,16 @@ def test_cross_entropy_pairs(row, monkeypatch):
 # ---- binary_cross_entropy_with_logits, BCEWithLogitsLoss, BCEWithLogitsFunction -------------------------------
 BCE_SHAPES = {"0d": (), "1d": (7,), "2d": (5, 7), "nd": (2, 3, 7)}
 BCE_AXES = {
-    "api": ["functional", "module", "function"], "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS,
-    "target_dtype": ["same", "other"], "weight": ["none", "last_dim", "full"], "pos_weight": [False, True],
-    "reduction": ["mean", "sum", "none"], "rank": list(BCE_SHAPES), "transform": TRANSFORMS}
+    "api": ["functional", "module", "function"],
+    "dtype": [F64, torch.float32, torch.bfloat16, torch.float16],
+    "path": PATHS,
+    "target_dtype": ["same", "other"],
+    "weight": ["none", "last_dim", "full"],
+    "pos_weight": [False, True],
+    "reduction": ["mean", "sum", "none"],
+    "rank": list(BCE_SHAPES),
+    "transform": TRANSFORMS,
+}
 
 
 def bce_allowed(row):
@@ -224,6 +282,7 @@ def test_bce_with_logits_pairs(row, monkeypatch):
     def make():
         x = (torch.randn(shape, dtype=F64) * 4).to(dtype)
         return x, torch.rand(shape, dtype=F64).to(target_dtype)
+
     x, t = batched(make, transform)
     last = shape[-1:]
     positive = {"none": None, "last_dim": last, "full": shape}
@@ -236,14 +295,17 @@ def test_bce_with_logits_pairs(row, monkeypatch):
         def ours(x, t, weight=None, pos_weight=None):
             return module(x, t)
     elif row["api"] == "function":
+
         def ours(x, t, weight=None, pos_weight=None):
             return fused_ce.BCEWithLogitsFunction.apply(x, t, weight, reduction, pos_weight)
     else:
+
         def ours(x, t, weight=None, pos_weight=None):
             return fused_ce.binary_cross_entropy_with_logits(x, t, weight, reduction=reduction, pos_weight=pos_weight)
 
     def reference(x, t, weight=None, pos_weight=None):
         return F.binary_cross_entropy_with_logits(x, t, weight, reduction=reduction, pos_weight=pos_weight)
+
     with kernel_path(row["path"], monkeypatch):
         judge(transform, ours, reference, (x, t), (0, 1), {"weight": w, "pos_weight": pw}, in_dims=(0, 0))
 
@@ -253,10 +315,19 @@ LINEAR_N, LINEAR_H, LINEAR_V = 9, 6, 29
 # A workspace too small for 32 (MIN_CHUNK_ROWS) whole rows: tiles of a few classes (_vocab/tiles.py).
 TINY_WORKSPACE_MIB = 1000 / 2**20
 LINEAR_AXES = {
-    "api": ["functional", "module"], "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS,
-    "bias": [False, True], "weight": [False, True], "smoothing": list(SMOOTHING), "reduction": ["mean", "sum", "none"],
-    "ignore": ["absent", "some"], "lm": ["off", "softcap", "z_loss", "all"], "rank": ["1d", "2d"],
-    "tiles": ["row_chunks", "vocab_tiles"], "transform": ["autograd", "grad", "compile", "autocast"]}
+    "api": ["functional", "module"],
+    "dtype": [F64, torch.float32, torch.bfloat16, torch.float16],
+    "path": PATHS,
+    "bias": [False, True],
+    "weight": [False, True],
+    "smoothing": list(SMOOTHING),
+    "reduction": ["mean", "sum", "none"],
+    "ignore": ["absent", "some"],
+    "lm": ["off", "softcap", "z_loss", "all"],
+    "rank": ["1d", "2d"],
+    "tiles": ["row_chunks", "vocab_tiles"],
+    "transform": ["autograd", "grad", "compile", "autocast"],
+}
 
 
 def linear_allowed(row):
@@ -285,17 +356,23 @@ def _judge_linear_low_precision(ours, reference, args, grad_args, kwargs, transf
     baseline of the fp64 reference with the logits and their gradient rounded so (reference(..., tile_dtype)),
     the bound being at least torch_multiple times that baseline's error (tests/test_linear_cross_entropy.py holds
     the sharper rule: summed errors no larger than torch's eager ones)."""
+
     def results(fn, cast, *extra):
-        leaves = [a.to(cast) if cast is not None and isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                  for a in args]
-        leaves = [a.detach().requires_grad_(i in grad_args) if isinstance(a, torch.Tensor) else a
-                  for i, a in enumerate(leaves)]
+        leaves = [
+            a.to(cast) if cast is not None and isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args
+        ]
+        leaves = [
+            a.detach().requires_grad_(i in grad_args) if isinstance(a, torch.Tensor) else a
+            for i, a in enumerate(leaves)
+        ]
         kw = {k: v.to(cast) if cast is not None and isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         if transform == "grad":
             return [torch.func.grad(_sum_if_rows(fn))(*leaves, *extra, **kw)]
         out = fn(*leaves, *extra, **kw)
         go = (torch.rand(out.shape, generator=torch.Generator().manual_seed(3), dtype=F64) + 0.5).to(out.dtype)
         return [out] + list(torch.autograd.grad(out, [leaves[i] for i in grad_args], go))
+
     context = torch.autocast("cpu", dtype=torch.bfloat16) if transform == "autocast" else contextlib.nullcontext()
     with context:
         if transform == "compile":
@@ -304,8 +381,9 @@ def _judge_linear_low_precision(ours, reference, args, grad_args, kwargs, transf
         exact, rounded = results(reference, F64), results(reference, F64, tile_dtype)
     scale = input_magnitude(*args, *kwargs.values())
     for i, (o, e, b) in enumerate(zip(mine, exact, rounded)):
-        assert_close(o, e, msg=f"result {i}", input_scale=scale, torch_error=relative_error(b, e)[0],
-                     terms=args[0].numel())
+        assert_close(
+            o, e, msg=f"result {i}", input_scale=scale, torch_error=relative_error(b, e)[0], terms=args[0].numel()
+        )
 
 
 def _linear_call(row, monkeypatch):
@@ -325,8 +403,16 @@ def _linear_call(row, monkeypatch):
         else:  # the operands (cast by autocast), the tile and its gradient rounded as the kernels see them
             x, lw, b = (None if a is None else a.to(tile_dtype).to(F64) for a in (x, lw, b))
             logits = F.linear(x, lw, b).to(tile_dtype).to(F64)
-        return lm_reference(logits, t, weight, reduction=row["reduction"], smoothing=kwargs["label_smoothing"],
-                            ignore_index=-100, lm=row["lm"])
+        return lm_reference(
+            logits,
+            t,
+            weight,
+            reduction=row["reduction"],
+            smoothing=kwargs["label_smoothing"],
+            ignore_index=-100,
+            lm=row["lm"],
+        )
+
     return (x, lw, b, t, w), kwargs, options, reference
 
 
@@ -334,13 +420,15 @@ def _linear_call(row, monkeypatch):
 def test_linear_cross_entropy_pairs(row, monkeypatch):
     (x, lw, b, t, w), kwargs, options, reference = _linear_call(row, monkeypatch)
     if row["api"] == "module":
-        module = fused_ce.LinearCrossEntropyLoss(LINEAR_H, LINEAR_V, bias=row["bias"], weight=w, options=options,
-                                                 dtype=row["dtype"], **kwargs)
+        module = fused_ce.LinearCrossEntropyLoss(
+            LINEAR_H, LINEAR_V, bias=row["bias"], weight=w, options=options, dtype=row["dtype"], **kwargs
+        )
 
         def ours(x, lw, b, t, weight=None):
             params = {"linear.weight": lw, **({"linear.bias": b} if b is not None else {})}
             return torch.func.functional_call(module, params, (x, t))
     else:
+
         def ours(x, lw, b, t, weight=None):
             return fused_ce.linear_cross_entropy(x, lw, t, linear_bias=b, weight=weight, options=options, **kwargs)
 
@@ -348,17 +436,24 @@ def test_linear_cross_entropy_pairs(row, monkeypatch):
     with kernel_path(row["path"], monkeypatch):
         if row["dtype"] in LOW:
             tile_dtype = torch.bfloat16 if row["transform"] == "autocast" else row["dtype"]
-            _judge_linear_low_precision(ours, reference, (x, lw, b, t), grad_args, {"weight": w}, row["transform"],
-                                        tile_dtype)
+            _judge_linear_low_precision(
+                ours, reference, (x, lw, b, t), grad_args, {"weight": w}, row["transform"], tile_dtype
+            )
         else:
             judge(row["transform"], ours, reference, (x, lw, b, t), grad_args, {"weight": w})
 
 
 # ---- fused_ce.parallel, on one rank --------------------------------------------------------------------------
 PARALLEL_AXES = {
-    "dtype": [F64, torch.float32], "path": PATHS, "weight": [False, True], "smoothing": list(SMOOTHING),
-    "reduction": ["mean", "sum", "none"], "ignore": ["absent", "some"], "lm": ["off", "scale", "softcap", "z_loss", "all"],
-    "rank": list(SHAPES)}
+    "dtype": [F64, torch.float32],
+    "path": PATHS,
+    "weight": [False, True],
+    "smoothing": list(SMOOTHING),
+    "reduction": ["mean", "sum", "none"],
+    "ignore": ["absent", "some"],
+    "lm": ["off", "scale", "softcap", "z_loss", "all"],
+    "rank": list(SHAPES),
+}
 
 
 def parallel_allowed(row):
@@ -367,9 +462,17 @@ def parallel_allowed(row):
 
 PARALLEL_ROWS = covering_rows(PARALLEL_AXES, parallel_allowed)
 PARALLEL_LINEAR_AXES = {
-    "dtype": [F64, torch.float32], "path": PATHS, "bias": [False, True], "weight": [False, True], "smoothing": list(SMOOTHING),
-    "reduction": ["mean", "sum", "none"], "ignore": ["absent", "some"], "lm": ["off", "softcap", "z_loss", "all"],
-    "rank": ["1d", "2d"], "tiles": ["row_chunks", "vocab_tiles"]}
+    "dtype": [F64, torch.float32],
+    "path": PATHS,
+    "bias": [False, True],
+    "weight": [False, True],
+    "smoothing": list(SMOOTHING),
+    "reduction": ["mean", "sum", "none"],
+    "ignore": ["absent", "some"],
+    "lm": ["off", "softcap", "z_loss", "all"],
+    "rank": ["1d", "2d"],
+    "tiles": ["row_chunks", "vocab_tiles"],
+}
 PARALLEL_LINEAR_ROWS = covering_rows(PARALLEL_LINEAR_AXES, linear_allowed)
 
 
@@ -383,12 +486,21 @@ def test_parallel_cross_entropy_pairs(row, monkeypatch, one_rank_group):
     scale, cap, zscale = LM[row["lm"]]
 
     def ours(x, t, weight=None):
-        return fused_ce.parallel.cross_entropy(x, t, weight=weight, logit_scale=scale, softcap=cap,
-                                               lse_square_scale=zscale, **kwargs)
+        return fused_ce.parallel.cross_entropy(
+            x, t, weight=weight, logit_scale=scale, softcap=cap, lse_square_scale=zscale, **kwargs
+        )
 
     def reference(x, t, weight=None):
-        return lm_reference(x, t, weight, reduction=kwargs["reduction"], smoothing=kwargs["label_smoothing"],
-                            ignore_index=-100, lm=row["lm"])
+        return lm_reference(
+            x,
+            t,
+            weight,
+            reduction=kwargs["reduction"],
+            smoothing=kwargs["label_smoothing"],
+            ignore_index=-100,
+            lm=row["lm"],
+        )
+
     with kernel_path(row["path"], monkeypatch):
         compare_with_torch(ours, reference, (x, t), grad_args=(0,), kwargs={"weight": w})
 
@@ -398,18 +510,22 @@ def test_parallel_linear_cross_entropy_pairs(row, monkeypatch, one_rank_group):
     (x, lw, b, t, w), kwargs, options, reference = _linear_call(row, monkeypatch)
 
     def ours(x, lw, b, t, weight=None):
-        return fused_ce.parallel.linear_cross_entropy(x, lw, t, linear_bias=b, weight=weight, options=options,
-                                                      **kwargs)
+        return fused_ce.parallel.linear_cross_entropy(x, lw, t, linear_bias=b, weight=weight, options=options, **kwargs)
+
     with kernel_path(row["path"], monkeypatch):
-        compare_with_torch(ours, reference, (x, lw, b, t), grad_args=(0, 1, 2) if b is not None else (0, 1),
-                           kwargs={"weight": w})
+        compare_with_torch(
+            ours, reference, (x, lw, b, t), grad_args=(0, 1, 2) if b is not None else (0, 1), kwargs={"weight": w}
+        )
 
 
 # ---- the transformers integration (use_fused_ce) --------------------------------------------------------------
 HF_AXES = {
     "loss": ["ForCausalLM", "ForMaskedLM", "ForTokenClassification", "single_label", "multi_label"],
-    "dtype": [F64, torch.float32, torch.bfloat16, torch.float16], "path": PATHS, "autocast": [False, True],
-    "options": ["none", "smoothing", "lm"]}
+    "dtype": [F64, torch.float32, torch.bfloat16, torch.float16],
+    "path": PATHS,
+    "autocast": [False, True],
+    "options": ["none", "smoothing", "lm"],
+}
 HF_OPTIONS = {"none": {}, "smoothing": {"label_smoothing": 0.2}, "lm": {"softcap": 3.0, "lse_square_scale": 1e-2}}
 HF_ROWS = covering_rows(HF_AXES)
 
@@ -418,8 +534,11 @@ def _hf_losses():
     """{loss type: fused_ce's loss function}, as use_fused_ce gives them to models."""
     pytest.importorskip("transformers")
     from fused_ce.integrations.transformers import fused_loss_function
-    return {kind: fused_loss_function(kind) for kind in ("ForCausalLM", "ForMaskedLM", "ForTokenClassification",
-                                                          "ForSequenceClassification")}
+
+    return {
+        kind: fused_loss_function(kind)
+        for kind in ("ForCausalLM", "ForMaskedLM", "ForTokenClassification", "ForSequenceClassification")
+    }
 
 
 @pytest.mark.parametrize("row", HF_ROWS, ids=describe)
@@ -436,8 +555,11 @@ def test_transformers_losses_pairs(row, monkeypatch):
     if kind.endswith("label"):
         config.problem_type = f"{kind}_classification"
         logits = (torch.randn(3, 5, generator=gen, dtype=F64) * 3).to(dtype)
-        labels = torch.randint(0, 5, (3,), generator=gen) if kind == "single_label" else \
-            torch.rand(3, 5, generator=gen, dtype=F64).to(dtype)
+        labels = (
+            torch.randint(0, 5, (3,), generator=gen)
+            if kind == "single_label"
+            else torch.rand(3, 5, generator=gen, dtype=F64).to(dtype)
+        )
 
         def ours(logits):
             return fused.fused({**options}, labels=labels, pooled_logits=logits, config=config)
@@ -445,8 +567,14 @@ def test_transformers_losses_pairs(row, monkeypatch):
         def reference(logits):
             if kind == "multi_label":  # the options are cross-entropy options: BCE takes none
                 return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-            return lm_reference(logits, labels, smoothing=options.get("label_smoothing", 0.0), reduction="mean",
-                                ignore_index=-100, lm=lm)
+            return lm_reference(
+                logits,
+                labels,
+                smoothing=options.get("label_smoothing", 0.0),
+                reduction="mean",
+                ignore_index=-100,
+                lm=lm,
+            )
     else:
         logits = (torch.randn(2, 4, 5, generator=gen, dtype=F64) * 3).to(dtype)
         labels = torch.randint(0, 5, (2, 4), generator=gen)
@@ -460,14 +588,25 @@ def test_transformers_losses_pairs(row, monkeypatch):
             return fused.fused({**options}, logits, labels, vocab_size=5)
 
         def reference(logits):
-            return lm_reference(logits.reshape(-1, 5), flat, smoothing=options.get("label_smoothing", 0.0),
-                                reduction="mean", ignore_index=-100, lm=lm)
+            return lm_reference(
+                logits.reshape(-1, 5),
+                flat,
+                smoothing=options.get("label_smoothing", 0.0),
+                reduction="mean",
+                ignore_index=-100,
+                lm=lm,
+            )
+
     x = logits.detach().requires_grad_()
     with kernel_path(row["path"], monkeypatch), torch.autocast("cpu", dtype=torch.bfloat16, enabled=row["autocast"]):
         loss = ours(x)
-        expected = fused.stock(labels, logits, config) if kind.endswith("label") else \
-            fused.stock(logits, labels, config) if kind == "ForTokenClassification" else \
-            fused.stock(logits, labels, vocab_size=5)
+        expected = (
+            fused.stock(labels, logits, config)
+            if kind.endswith("label")
+            else fused.stock(logits, labels, config)
+            if kind == "ForTokenClassification"
+            else fused.stock(logits, labels, vocab_size=5)
+        )
     assert loss.dtype == expected.dtype, f"loss dtype {loss.dtype}, the stock loss gives {expected.dtype}"
     (grad,) = torch.autograd.grad(loss, x)
     exact = logits.double().requires_grad_()
@@ -476,19 +615,27 @@ def test_transformers_losses_pairs(row, monkeypatch):
     scale = input_magnitude(logits)
     # fp16/bf16: each row's loss is rounded to the logits' dtype (autocast or not), then summed in fp32; fp64: the
     # loss is returned in fp32, as transformers returns it.
-    assert_close(loss, ref, dtype=dtype if dtype in LOW else loss.dtype, msg="loss", input_scale=scale,
-                 terms=logits.numel())
+    assert_close(
+        loss, ref, dtype=dtype if dtype in LOW else loss.dtype, msg="loss", input_scale=scale, terms=logits.numel()
+    )
     # One rounding of the gradient, as the stock loss on an fp32 copy of the logits: the rows' fp32 upstream
     # gradient reaches the kernels unrounded (fused_ce/_lm/row_loss_sum.py).
     assert_close(grad, ref_grad, msg="gradient", input_scale=scale, terms=logits.numel())
 
 
 # ---- the arrays themselves ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("axes,allowed,rows", [
-    (CE_AXES, ce_allowed, CE_ROWS), (BCE_AXES, bce_allowed, BCE_ROWS), (LINEAR_AXES, linear_allowed, LINEAR_ROWS),
-    (PARALLEL_AXES, parallel_allowed, PARALLEL_ROWS), (PARALLEL_LINEAR_AXES, linear_allowed, PARALLEL_LINEAR_ROWS),
-    (HF_AXES, lambda row: True, HF_ROWS)],
-    ids=["cross_entropy", "bce", "linear", "parallel", "parallel_linear", "transformers"])
+@pytest.mark.parametrize(
+    "axes,allowed,rows",
+    [
+        (CE_AXES, ce_allowed, CE_ROWS),
+        (BCE_AXES, bce_allowed, BCE_ROWS),
+        (LINEAR_AXES, linear_allowed, LINEAR_ROWS),
+        (PARALLEL_AXES, parallel_allowed, PARALLEL_ROWS),
+        (PARALLEL_LINEAR_AXES, linear_allowed, PARALLEL_LINEAR_ROWS),
+        (HF_AXES, lambda row: True, HF_ROWS),
+    ],
+    ids=["cross_entropy", "bce", "linear", "parallel", "parallel_linear", "transformers"],
+)
 def test_rows_cross_every_allowed_pair(axes, allowed, rows):
     """Each array holds every pair of values of two axes that the constraints allow, and only allowed rows."""
     assert all(allowed(row) for row in rows)

@@ -8,6 +8,7 @@ collectives (2 with class_offsets) and backward none; bad arguments raise torch'
 
 One process group per world size runs every case, to keep the spawns (the slow part) few.
 """
+
 import os
 import socket
 
@@ -26,10 +27,15 @@ import fused_ce.testing
 
 CASES = [
     # (reduction, label_smoothing, weighted, lse_square_scale, logit_scale, softcap)
-    ("mean", 0.0, False, 0.0, 1.0, None), ("sum", 0.1, True, 0.0, 1.0, None), ("none", 0.2, True, 0.0, 1.0, None),
-    ("mean", 0.1, True, 0.0, 1.0, None), ("mean", 0.0, False, 1e-2, 1.0, None), ("none", 0.0, True, 1e-2, 1.0, None),
+    ("mean", 0.0, False, 0.0, 1.0, None),
+    ("sum", 0.1, True, 0.0, 1.0, None),
+    ("none", 0.2, True, 0.0, 1.0, None),
+    ("mean", 0.1, True, 0.0, 1.0, None),
+    ("mean", 0.0, False, 1e-2, 1.0, None),
+    ("none", 0.0, True, 1e-2, 1.0, None),
     # every option at once (the cap bends the logits, about 5 +- 9, without flattening them), and a scale alone
-    ("mean", 0.1, True, 1e-2, 1.3, 6.0), ("none", 0.0, False, 0.0, 0.7, None),
+    ("mean", 0.1, True, 1e-2, 1.3, 6.0),
+    ("none", 0.0, False, 0.0, 0.7, None),
 ]
 # The options of the LM-options case, for the fused statistics of each slice.
 LM_TRANSFORM = (1.3, 6.0)
@@ -49,8 +55,11 @@ def _problem(layout, C):
     last class, ignored rows and the middle class."""
     g = torch.Generator().manual_seed(0)
     if layout == "unbatched":
-        return torch.randn(C, dtype=torch.float64, generator=g) * 3 + 5, torch.rand(C, dtype=torch.float64, generator=g) + 0.5, \
-            torch.tensor(C - 1)
+        return (
+            torch.randn(C, dtype=torch.float64, generator=g) * 3 + 5,
+            torch.rand(C, dtype=torch.float64, generator=g) + 0.5,
+            torch.tensor(C - 1),
+        )
     shape = (7, C) if layout == "rows" else (3, C, 2)
     logits = torch.randn(shape, dtype=torch.float64, generator=g) * 3 + 5
     weight = torch.rand(C, dtype=torch.float64, generator=g) + 0.5
@@ -77,16 +86,17 @@ def _errors(call):
 def _bad_calls(ce, logits, target, weight_slice):
     """The same bad arguments for a cross-entropy function: ce(logits, target, **kwargs)."""
     return [
-        lambda: ce(logits, target.int()),                                   # target dtype
-        lambda: ce(logits, target[:5]),                                     # batch size
-        lambda: ce(logits, target, reduction="avg"),                        # reduction string
-        lambda: ce(logits, torch.where(target == 0, 10 ** 3, target)),      # out-of-range global target
+        lambda: ce(logits, target.int()),  # target dtype
+        lambda: ce(logits, target[:5]),  # batch size
+        lambda: ce(logits, target, reduction="avg"),  # reduction string
+        lambda: ce(logits, torch.where(target == 0, 10**3, target)),  # out-of-range global target
         lambda: ce(logits, target, weight=torch.cat([weight_slice, weight_slice[:1]])),  # weight size per slice
     ]
 
 
 def _worker(rank, world, port, sizes, out_dir):
     from fused_ce import parallel
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     calls = {"n": 0}
@@ -96,10 +106,12 @@ def _worker(rank, world, port, sizes, out_dir):
         def wrapped(*a, **k):
             calls["n"] += 1
             return fn(*a, **k)
+
         return wrapped
+
     dist.all_reduce, dist.all_gather = count(orig_ar), count(orig_ag)
     C = sum(sizes)
-    lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     offsets = [sum(sizes[:r]) for r in range(world + 1)]
     backends = ["cpu"] + (["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else [])
     results = {}
@@ -114,37 +126,54 @@ def _worker(rank, world, port, sizes, out_dir):
                         shard = _slice(logits, lo, hi, layout).to(dtype).clone().requires_grad_()
                         w = weight[lo:hi].to(dtype) if weighted else None
                         calls["n"] = 0
-                        loss = parallel.cross_entropy(shard, target, weight=w, reduction=reduction,
-                                                      label_smoothing=eps, lse_square_scale=z, logit_scale=scale,
-                                                      softcap=cap)
+                        loss = parallel.cross_entropy(
+                            shard,
+                            target,
+                            weight=w,
+                            reduction=reduction,
+                            label_smoothing=eps,
+                            lse_square_scale=z,
+                            logit_scale=scale,
+                            softcap=cap,
+                        )
                         n_forward = calls["n"]
                         # A non-uniform upstream gradient: backward must scale each row by its own.
                         loss.backward(random_grad_output(loss).to(dtype))
-                        results[backend, layout, dtype, case] = (loss.detach(), shard.grad, n_forward,
-                                                                 calls["n"] - n_forward)
+                        results[backend, layout, dtype, case] = (
+                            loss.detach(),
+                            shard.grad,
+                            n_forward,
+                            calls["n"] - n_forward,
+                        )
                 # The fused statistics of this rank's slice against the torch-op ones.
                 x = _slice(logits, lo, hi, layout)
                 x, t = (x, target) if layout != "unbatched" else (x.unsqueeze(0), target.unsqueeze(0))
-                results[backend, layout, "stats"] = (ops.ce_partial_stats(x, t, weight[lo:hi], lo, -100, True),
-                                                     partial_stats(x, t, weight[lo:hi], lo, -100, True))
+                results[backend, layout, "stats"] = (
+                    ops.ce_partial_stats(x, t, weight[lo:hi], lo, -100, True),
+                    partial_stats(x, t, weight[lo:hi], lo, -100, True),
+                )
                 results[backend, layout, "lm_stats"] = (
                     ops.ce_partial_stats(x, t, weight[lo:hi], lo, -100, True, *LM_TRANSFORM),
-                    partial_stats(x, t, weight[lo:hi], lo, -100, True, *LM_TRANSFORM))
+                    partial_stats(x, t, weight[lo:hi], lo, -100, True, *LM_TRANSFORM),
+                )
         logits, _, target = _problem("rows", C)
         calls["n"] = 0
         parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target, class_offsets=offsets)
         results[backend, "collectives_with_offsets"] = calls["n"]
     logits, weight, target = _problem("rows", C)
-    results["errors"] = _errors(_bad_calls(parallel.cross_entropy, _slice(logits, lo, hi, "rows"), target,
-                                           weight[lo:hi]))
+    results["errors"] = _errors(
+        _bad_calls(parallel.cross_entropy, _slice(logits, lo, hi, "rows"), target, weight[lo:hi])
+    )
     ignored = _slice(logits, lo, hi, "rows").clone().requires_grad_()
     all_ignored_loss = parallel.cross_entropy(ignored, torch.full_like(target, -100), label_smoothing=0.1)
     all_ignored_loss.backward()
     results["all_ignored"] = (all_ignored_loss.detach(), ignored.grad)
-    results["offsets_error"] = _errors([lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target,
-                                                                       class_offsets=offsets[:-1])])
-    results["softcap_error"] = _errors([lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target,
-                                                                       softcap=-1.0)])
+    results["offsets_error"] = _errors(
+        [lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target, class_offsets=offsets[:-1])]
+    )
+    results["softcap_error"] = _errors(
+        [lambda: parallel.cross_entropy(_slice(logits, lo, hi, "rows"), target, softcap=-1.0)]
+    )
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
 
@@ -163,8 +192,16 @@ def _torch_reference(logits, target, weight, reduction, eps, z, scale, cap):
 def _fused_reference(logits, target, weight, reduction, eps, z, scale, cap):
     """Loss and gradient of single-process fused_ce.cross_entropy on the full logits."""
     x = logits.clone().requires_grad_()
-    loss = fused_ce.cross_entropy(x, target, weight=weight, reduction=reduction, label_smoothing=eps,
-                                  lse_square_scale=z, logit_scale=scale, softcap=cap)
+    loss = fused_ce.cross_entropy(
+        x,
+        target,
+        weight=weight,
+        reduction=reduction,
+        label_smoothing=eps,
+        lse_square_scale=z,
+        logit_scale=scale,
+        softcap=cap,
+    )
     loss.backward(random_grad_output(loss))
     return loss.detach(), x.grad
 
@@ -187,7 +224,7 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
     torch_errors = _errors(_bad_calls(reference, logits, target, weight))
     for rank in range(world):
         results = torch.load(os.path.join(tmp_path, f"{rank}.pt"))
-        lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
         backends = sorted({k[0] for k in results if isinstance(k, tuple)})
         assert backends == (["cpu", "emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else ["cpu"])
         for backend in backends:
@@ -214,8 +251,11 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
             assert results[backend, "collectives_with_offsets"] == 2
         parallel_errors = results["errors"]
         assert parallel_errors[:4] == torch_errors[:4]
-        assert parallel_errors[4] == ("RuntimeError", "weight tensor should be defined either for all "
-                                      f"{hi - lo} classes or no classes but got weight tensor of shape: [{hi - lo + 1}]")
+        assert parallel_errors[4] == (
+            "RuntimeError",
+            "weight tensor should be defined either for all "
+            f"{hi - lo} classes or no classes but got weight tensor of shape: [{hi - lo + 1}]",
+        )
         rows_logits, _, rows_target = _problem("rows", C)
         x = rows_logits.clone().requires_grad_()
         F.cross_entropy(x, torch.full_like(rows_target, -100), label_smoothing=0.1).backward()
@@ -223,6 +263,7 @@ def test_parallel_cross_entropy_matches_torch(sizes, tmp_path):
         assert loss.isnan() and torch.equal(grad, x.grad[:, lo:hi]), "mean over no counted row: NaN, gradient 0"
         ((kind, message),) = results["offsets_error"]
         assert kind == "ValueError" and message.startswith(f"class_offsets must hold {world + 1} increasing offsets")
-        assert results["softcap_error"] == _errors([lambda: fused_ce.cross_entropy(rows_logits, rows_target,
-                                                                                   softcap=-1.0)])
+        assert results["softcap_error"] == _errors(
+            [lambda: fused_ce.cross_entropy(rows_logits, rows_target, softcap=-1.0)]
+        )
         assert results["softcap_error"][0][0] == "ValueError"

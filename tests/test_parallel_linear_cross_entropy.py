@@ -7,6 +7,7 @@ class weights, bias, z-loss, logit scale and soft-capping, with targets in the f
 rows, on the CPU kernels and on the emulated CUDA kernels. Forward runs 3 collectives (2 with class_offsets),
 backward one (the input's gradient).
 """
+
 import os
 import socket
 
@@ -24,8 +25,10 @@ import fused_ce.testing
 N, H = 37, 6
 CASES = [
     # (reduction, label_smoothing, weighted, bias, lse_square_scale, logit_scale, softcap)
-    ("mean", 0.0, False, False, 0.0, 1.0, None), ("sum", 0.1, True, True, 0.0, 1.0, None),
-    ("none", 0.2, True, True, 1e-2, 1.0, None), ("mean", 0.1, True, True, 1e-3, 0.7, 2.5),
+    ("mean", 0.0, False, False, 0.0, 1.0, None),
+    ("sum", 0.1, True, True, 0.0, 1.0, None),
+    ("none", 0.2, True, True, 1e-2, 1.0, None),
+    ("mean", 0.1, True, True, 1e-3, 0.7, 2.5),
     ("none", 0.0, False, True, 0.0, 1.3, 4.0),
 ]
 # Error relative to the largest magnitude of the fp64 answer.
@@ -59,14 +62,26 @@ def _run(case, x, w, b, cw, t, grad, fn, **kwargs):
     """Loss and the gradients of (x, w, b) under fn (a linear cross-entropy)."""
     reduction, eps, weighted, bias, z, scale, cap = case
     leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()] + ([b.clone().requires_grad_()] if bias else [])
-    loss = fn(leaves[0], leaves[1], t, linear_bias=leaves[2] if bias else None, weight=cw if weighted else None,
-              reduction=reduction, label_smoothing=eps, lse_square_scale=z, logit_scale=scale, softcap=cap, **kwargs)
+    loss = fn(
+        leaves[0],
+        leaves[1],
+        t,
+        linear_bias=leaves[2] if bias else None,
+        weight=cw if weighted else None,
+        reduction=reduction,
+        label_smoothing=eps,
+        lse_square_scale=z,
+        logit_scale=scale,
+        softcap=cap,
+        **kwargs,
+    )
     loss.backward(grad.to(loss.dtype) if reduction == "none" else None)
     return [loss.detach()] + [leaf.grad for leaf in leaves]
 
 
 def _worker(rank, world, port, sizes, out_dir):
     from fused_ce import parallel
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     fused_ce.linear.workspace_mib = WORKSPACE_MIB
@@ -77,9 +92,11 @@ def _worker(rank, world, port, sizes, out_dir):
         def wrapped(*a, **k):
             calls["n"] += 1
             return fn(*a, **k)
+
         return wrapped
+
     dist.all_reduce, dist.all_gather = count(orig_ar), count(orig_ag)
-    lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     x, w, b, cw, t, grad = _problem(sum(sizes))
     backends = ["cpu"] + (["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else [])
     results = {}
@@ -87,14 +104,17 @@ def _worker(rank, world, port, sizes, out_dir):
         with fused_ce.testing.emulated_cuda() if backend == "emulated_cuda" else torch.enable_grad():
             for dtype in (torch.float64, torch.float32):
                 for case in CASES:
+
                     def fn(*a, **k):
                         calls["n"] = 0
                         loss = parallel.linear_cross_entropy(*a, **k)
                         results[backend, dtype, case, "forward collectives"] = calls["n"]
                         calls["n"] = 0
                         return loss
-                    out = _run(case, x.to(dtype), w[lo:hi].to(dtype), b[lo:hi].to(dtype), cw[lo:hi].to(dtype), t,
-                               grad, fn)
+
+                    out = _run(
+                        case, x.to(dtype), w[lo:hi].to(dtype), b[lo:hi].to(dtype), cw[lo:hi].to(dtype), t, grad, fn
+                    )
                     results[backend, dtype, case] = out
                     results[backend, dtype, case, "backward collectives"] = calls["n"]
         calls["n"] = 0
@@ -117,8 +137,17 @@ def test_parallel_linear_cross_entropy_matches_the_reference(sizes, tmp_path):
     x, w, b, cw, t, grad = _problem(V)
 
     def ref_fn(xi, wi, ti, linear_bias, weight, reduction, label_smoothing, lse_square_scale, logit_scale, softcap):
-        return reference(F.linear(xi, wi, linear_bias), ti, weight, reduction, label_smoothing, logit_scale,
-                         softcap or 0.0, lse_square_scale)[0]
+        return reference(
+            F.linear(xi, wi, linear_bias),
+            ti,
+            weight,
+            reduction,
+            label_smoothing,
+            logit_scale,
+            softcap or 0.0,
+            lse_square_scale,
+        )[0]
+
     expected = {case: _run(case, x, w, b, cw, t, grad, ref_fn) for case in CASES}
     single = {case: _run(case, x, w, b, cw, t, grad, fused_ce.linear_cross_entropy) for case in CASES}
     ref_unbatched = [x[5].clone().requires_grad_()]
@@ -126,7 +155,7 @@ def test_parallel_linear_cross_entropy_matches_the_reference(sizes, tmp_path):
     ref_loss.backward()
     for rank in range(world):
         results = torch.load(os.path.join(tmp_path, f"{rank}.pt"))
-        lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
         backends = sorted({k[0] for k in results if isinstance(k, tuple)})
         assert backends == (["cpu", "emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else ["cpu"])
         for backend in backends:
@@ -136,8 +165,9 @@ def test_parallel_linear_cross_entropy_matches_the_reference(sizes, tmp_path):
                     ours = results[backend, dtype, case]
                     assert results[backend, dtype, case, "forward collectives"] == 3, what
                     assert results[backend, dtype, case, "backward collectives"] == 1, what
-                    for name, o, r, s in zip(["loss", "dX", "dW slice", "db slice"], ours, expected[case],
-                                             single[case]):
+                    for name, o, r, s in zip(
+                        ["loss", "dX", "dW slice", "db slice"], ours, expected[case], single[case]
+                    ):
                         if name != "loss" and name != "dX":
                             r, s = r[lo:hi], s[lo:hi]
                         assert o.dtype == dtype and o.shape == r.shape, f"{name} {what}"

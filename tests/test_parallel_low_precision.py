@@ -14,6 +14,7 @@ hidden feature 0 is 0 while the weight's column 0 is 8 plus a little: the logits
 share of the input's gradient in that column is about 8 times the whole (the shares cancel), so one rounding of
 the shares to the dtype is several times the bound.
 """
+
 import os
 import socket
 
@@ -32,8 +33,10 @@ N, H = 37, 7
 DTYPES = (torch.float16, torch.bfloat16)
 CASES = [
     # (reduction, label_smoothing, weighted, lse_square_scale, logit_scale, softcap)
-    ("mean", 0.0, False, 0.0, 1.0, None), ("sum", 0.1, True, 0.0, 1.0, None),
-    ("none", 0.1, True, 1e-2, 1.3, 4.0), ("mean", 0.2, True, 1e-3, 0.7, 3.0),
+    ("mean", 0.0, False, 0.0, 1.0, None),
+    ("sum", 0.1, True, 0.0, 1.0, None),
+    ("none", 0.1, True, 1e-2, 1.3, 4.0),
+    ("mean", 0.2, True, 1e-3, 0.7, 3.0),
 ]
 # 4 KiB: the linear loss's slices are cut into several vocabulary tiles.
 WORKSPACE_MIB = 4096 / 2**20
@@ -78,10 +81,11 @@ def _upstream(reduction, dtype):
 
 def _worker(rank, world, port, out_dir):
     from fused_ce import parallel
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     fused_ce.linear.workspace_mib = WORKSPACE_MIB
-    lo, hi = sum(SIZES[:rank]), sum(SIZES[:rank + 1])
+    lo, hi = sum(SIZES[:rank]), sum(SIZES[: rank + 1])
     logits, weight, target, x, w, b = _problem()
     backends = ["cpu"] + (["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else [])
     results = {}
@@ -90,16 +94,21 @@ def _worker(rank, world, port, out_dir):
             for dtype in DTYPES:
                 for case in CASES:
                     reduction, eps, weighted, z, scale, cap = case
-                    options = {"reduction": reduction, "label_smoothing": eps, "lse_square_scale": z, "logit_scale": scale,
-                                   "softcap": cap, "weight": weight[lo:hi].to(dtype) if weighted else None}
+                    options = {
+                        "reduction": reduction,
+                        "label_smoothing": eps,
+                        "lse_square_scale": z,
+                        "logit_scale": scale,
+                        "softcap": cap,
+                        "weight": weight[lo:hi].to(dtype) if weighted else None,
+                    }
                     for kind, full in logits.items():
                         shard = full[:, lo:hi].to(dtype).requires_grad_()
                         loss = parallel.cross_entropy(shard, target, **options)
                         loss.backward(_upstream(reduction, dtype))
                         results[backend, dtype, case, kind] = (loss.detach(), shard.grad)
                     leaves = [t.to(dtype).requires_grad_() for t in (x, w[lo:hi], b[lo:hi])]
-                    loss = parallel.linear_cross_entropy(leaves[0], leaves[1], target, linear_bias=leaves[2],
-                                                         **options)
+                    loss = parallel.linear_cross_entropy(leaves[0], leaves[1], target, linear_bias=leaves[2], **options)
                     loss.backward(_upstream(reduction, dtype))
                     results[backend, dtype, case, "linear"] = [loss.detach()] + [t.grad for t in leaves]
     torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
@@ -124,7 +133,7 @@ def test_fp16_and_bf16_match_the_fp64_reference(tmp_path):
             assert torch.equal(t.to(dtype).double(), t), f"a value of the problem is not exact in {dtype}"
     for rank in range(len(SIZES)):
         results = torch.load(os.path.join(tmp_path, f"{rank}.pt"))
-        lo, hi = sum(SIZES[:rank]), sum(SIZES[:rank + 1])
+        lo, hi = sum(SIZES[:rank]), sum(SIZES[: rank + 1])
         backends = sorted({k[0] for k in results})
         assert backends == (["cpu", "emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else ["cpu"])
         for backend in backends:

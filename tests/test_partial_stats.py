@@ -4,6 +4,7 @@ references of partial_stats_reference.py: every layout the CUDA tiling distingui
 row, rows split into chunks and merged, the N-D layout, also split), one-class and class-less slices, rows that
 start at any offset of a wider tensor, targets below, in and above the slice, and ignored ones; also with the
 language-model options (logit_scale, softcap), whose statistics are those of the transformed logits."""
+
 import pytest
 import torch
 from helpers import DEVICES, parametrize_grid
@@ -47,12 +48,12 @@ def _problem(layout, dtype, device):
     # Far from zero, so that sums of x taken against 0 instead of a value of the row lose digits.
     if strided:
         wide = torch.randn(shape[0], C + 5, generator=g, dtype=torch.float64) * 3 + 30
-        logits = wide.to(dtype).to(device)[:, 3:3 + C]
+        logits = wide.to(dtype).to(device)[:, 3 : 3 + C]
     else:
         logits = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 30).to(dtype).to(device)
     rows = (shape[0],) + tuple(shape[2:])
     # below the slice, ignored, first, middle and last class of the slice, above it, out of every range
-    choices = torch.tensor([0, -100, OFFSET, OFFSET + C // 2, OFFSET + max(C - 1, 0), OFFSET + C, 10 ** 6])
+    choices = torch.tensor([0, -100, OFFSET, OFFSET + C // 2, OFFSET + max(C - 1, 0), OFFSET + C, 10**6])
     target = choices[torch.randint(0, len(choices), rows, generator=g)]
     target.view(-1)[: min(target.numel(), len(choices))] = choices[: min(target.numel(), len(choices))]
     weight = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(dtype).to(device)
@@ -77,7 +78,12 @@ def _assert_rows_close(actual, expected, tol, what):
 def test_partial_stats_match_fp64_reference(layout, dtype, device):
     logits, target, weight = _problem(layout, dtype, device)
     # The last: an ignore_index that is the slice's first class, whose rows then have no target term.
-    for w, smoothing, ignore in [(weight, True, -100), (None, True, -100), (weight, False, -100), (weight, True, OFFSET)]:
+    for w, smoothing, ignore in [
+        (weight, True, -100),
+        (None, True, -100),
+        (weight, False, -100),
+        (weight, True, OFFSET),
+    ]:
         stats = ops().ce_partial_stats(logits, target, w, OFFSET, ignore, smoothing)
         assert stats.dtype == fused_ce._core.library.lse_dtype(dtype)
         expected = partial_stats(logits.cpu(), target.cpu(), None if w is None else w.cpu(), OFFSET, ignore, smoothing)
@@ -167,8 +173,12 @@ def test_partial_ops_bitwise_identical_at_any_thread_count(shape):
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            results.append((torch.ops.fused_ce.ce_partial_stats(x, y, w, shape[1] // 2, -100, True),
-                            torch.ops.fused_ce.ce_partial_grad(x, y, w, coefs, shape[1] // 2, -100)))
+            results.append(
+                (
+                    torch.ops.fused_ce.ce_partial_stats(x, y, w, shape[1] // 2, -100, True),
+                    torch.ops.fused_ce.ce_partial_grad(x, y, w, coefs, shape[1] // 2, -100),
+                )
+            )
     finally:
         torch.set_num_threads(before)
     for stats, grad in results[1:]:

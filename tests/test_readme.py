@@ -1,5 +1,6 @@
 """README.md stays a short front page (the rest is the docs site), keeps the test command CI reads, and its links
 into the repository resolve."""
+
 import pathlib
 import re
 

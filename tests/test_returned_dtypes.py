@@ -3,6 +3,7 @@ a public entry point, made here with each reduction, whose returned loss, z_loss
 page gives, and whose loss must have the dtype of torch's counterpart (the same call to torch's loss, module or
 transformers' stock loss function). The page is the one list: a row added there is checked here, and an entry point
 that returns something the page does not name fails."""
+
 import pathlib
 
 import pytest
@@ -103,8 +104,11 @@ def _cross_entropy(api, probabilities):
     def call(ops, reduction):
         g = _gen()
         x = _randn((N, C), ops["input"], g)
-        t = _probabilities((N, C), ops.get("target", ops["input"]), g) if probabilities else \
-            torch.randint(0, C, (N,), generator=g)
+        t = (
+            _probabilities((N, C), ops.get("target", ops["input"]), g)
+            if probabilities
+            else torch.randint(0, C, (N,), generator=g)
+        )
         w = _optional(ops, "weight", lambda d: _positive(C, d, g))
         if api == "module":
             plain = fused_ce.CrossEntropyLoss(weight=w, reduction=reduction)(x, t)
@@ -119,6 +123,7 @@ def _cross_entropy(api, probabilities):
             options = fused_ce.cross_entropy(x, t, w, reduction=reduction, **LM)
             theirs = F.cross_entropy(x, t, w, reduction=reduction)
         return _named(plain, options), theirs
+
     return call
 
 
@@ -127,8 +132,11 @@ def _bce(api):
         g = _gen()
         x = _randn((N, C), ops["input"], g)
         t = torch.rand((N, C), generator=g, dtype=torch.float64).to(ops.get("target", ops["input"]))
-        kwargs = {"weight": _optional(ops, "weight", lambda d: _positive(C, d, g)),
-                      "pos_weight": _optional(ops, "pos_weight", lambda d: _positive(C, d, g)), "reduction": reduction}
+        kwargs = {
+            "weight": _optional(ops, "weight", lambda d: _positive(C, d, g)),
+            "pos_weight": _optional(ops, "pos_weight", lambda d: _positive(C, d, g)),
+            "reduction": reduction,
+        }
         if api == "module":
             ours = fused_ce.BCEWithLogitsLoss(**kwargs)(x, t)
             theirs = torch.nn.BCEWithLogitsLoss(**kwargs)(x, t)
@@ -139,6 +147,7 @@ def _bce(api):
             ours = fused_ce.binary_cross_entropy_with_logits(x, t, **kwargs)
             theirs = F.binary_cross_entropy_with_logits(x, t, **kwargs)
         return [("loss", ours)], theirs
+
     return call
 
 
@@ -152,24 +161,31 @@ def _torch_linear_cross_entropy(x, linear_weight, target, weight, reduction):
 def _linear_problem(ops, gen):
     x = _randn((N, H), ops["input"], gen)
     linear_weight = _randn((C, H), ops.get("linear_weight", ops["input"]), gen)
-    return x, linear_weight, torch.randint(0, C, (N,), generator=gen), \
-        _optional(ops, "weight", lambda d: _positive(C, d, gen))
+    return (
+        x,
+        linear_weight,
+        torch.randint(0, C, (N,), generator=gen),
+        _optional(ops, "weight", lambda d: _positive(C, d, gen)),
+    )
 
 
 def _linear(api):
     def call(ops, reduction):
         x, lw, y, w = _linear_problem(ops, _gen())
         if api == "module":
+
             def module(**options):
                 m = fused_ce.LinearCrossEntropyLoss(H, C, weight=w, reduction=reduction, dtype=lw.dtype, **options)
                 with torch.no_grad():
                     m.linear.weight.copy_(lw)
                 return m(x, y)
+
             plain, options = module(), module(**LM)
         else:
             plain = fused_ce.linear_cross_entropy(x, lw, y, weight=w, reduction=reduction)
             options = fused_ce.linear_cross_entropy(x, lw, y, weight=w, reduction=reduction, **LM)
         return _named(plain, options), _torch_linear_cross_entropy(x, lw, y, w, reduction)
+
     return call
 
 
@@ -178,18 +194,29 @@ def _parallel_cross_entropy(ops, reduction):
     x = _randn((N, C), ops["input"], g)
     y = torch.randint(0, C, (N,), generator=g)
     w = _optional(ops, "weight", lambda d: _positive(C, d, g))
-    ours = [("loss", fused_ce.parallel.cross_entropy(x, y, weight=w, reduction=reduction, **_on_one_rank())),
-            ("loss", fused_ce.parallel.cross_entropy(x, y, weight=w, reduction=reduction, lse_square_scale=1e-3,
-                                                     **_on_one_rank()))]
+    ours = [
+        ("loss", fused_ce.parallel.cross_entropy(x, y, weight=w, reduction=reduction, **_on_one_rank())),
+        (
+            "loss",
+            fused_ce.parallel.cross_entropy(
+                x, y, weight=w, reduction=reduction, lse_square_scale=1e-3, **_on_one_rank()
+            ),
+        ),
+    ]
     return ours, F.cross_entropy(x, y, w, reduction=reduction)
 
 
 def _parallel_linear_cross_entropy(ops, reduction):
     x, lw, y, w = _linear_problem(ops, _gen())
-    ours = [("loss", fused_ce.parallel.linear_cross_entropy(x, lw, y, weight=w, reduction=reduction,
-                                                            **_on_one_rank())),
-            ("loss", fused_ce.parallel.linear_cross_entropy(x, lw, y, weight=w, reduction=reduction,
-                                                            lse_square_scale=1e-3, **_on_one_rank()))]
+    ours = [
+        ("loss", fused_ce.parallel.linear_cross_entropy(x, lw, y, weight=w, reduction=reduction, **_on_one_rank())),
+        (
+            "loss",
+            fused_ce.parallel.linear_cross_entropy(
+                x, lw, y, weight=w, reduction=reduction, lse_square_scale=1e-3, **_on_one_rank()
+            ),
+        ),
+    ]
     return ours, _torch_linear_cross_entropy(x, lw, y, w, reduction)
 
 
@@ -205,6 +232,7 @@ def _hugging_face(loss_type, multi_label=False):
         from transformers.loss import loss_utils
 
         from fused_ce.integrations.transformers import fused_loss_function
+
         stock = loss_utils.LOSS_MAPPING[loss_type]
         fused = fused_loss_function(loss_type)
         g = _gen()
@@ -212,8 +240,11 @@ def _hugging_face(loss_type, multi_label=False):
             config = transformers.PretrainedConfig(num_labels=C)
             config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
             logits = _randn((2, C), ops["input"], g)
-            labels = torch.rand((2, C), generator=g, dtype=torch.float64).to(ops.get("target", ops["input"])) \
-                if multi_label else torch.randint(0, C, (2,), generator=g)
+            labels = (
+                torch.rand((2, C), generator=g, dtype=torch.float64).to(ops.get("target", ops["input"]))
+                if multi_label
+                else torch.randint(0, C, (2,), generator=g)
+            )
             return [("loss", fused(labels, logits, config))], stock(labels, logits, config)
         logits = _randn((2, 3, C), ops["input"], g)
         labels = torch.randint(0, C, (2, 3), generator=g)
@@ -221,6 +252,7 @@ def _hugging_face(loss_type, multi_label=False):
             config = transformers.PretrainedConfig(num_labels=C)
             return [("loss", fused(logits, labels, config))], stock(logits, labels, config)
         return [("loss", fused(logits, labels, vocab_size=C))], stock(logits, labels, vocab_size=C)
+
     call.reductions = ["mean"]  # transformers' losses take no reduction
     return call
 
@@ -260,8 +292,9 @@ def test_returned_dtypes_as_documented(call, one_rank_group):
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             returned, theirs = make(ops, reduction)
         where = f"{entry} with {reduction!r}"
-        assert {name for name, _ in returned} == set(expected), \
+        assert {name for name, _ in returned} == set(expected), (
             f"{where} returns {sorted({n for n, _ in returned})}, the page names {sorted(expected)}"
+        )
         for name, tensor in returned:
             assert tensor.dtype == expected[name], f"{where}: {name} is {tensor.dtype}, the page says {expected[name]}"
         if theirs is not None:

@@ -1,5 +1,6 @@
 """python -m fused_ce.check, as a user runs it on the installed package: --quick passes here and writes its
 record; a wrong gradient makes it fail, naming the group; a device that is not there is refused."""
+
 import json
 import math
 import subprocess
@@ -18,8 +19,11 @@ def _run(args, tmp_path, script=None):
 
 
 def _expected_devices():
-    return ["cpu"] + (["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else []) + \
-        [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return (
+        ["cpu"]
+        + (["emulated_cuda"] if fused_ce.testing.emulated_cuda_available() else [])
+        + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    )
 
 
 def test_quick_meets_every_value_and_full_is_the_whole_grid():
@@ -59,8 +63,12 @@ def test_quick_check_passes_and_writes_the_record(tmp_path):
     # --quick still meets every value of every parameter: the 50257-class vocabulary, every dtype
     shapes = [c["case"] for g in record["groups"] if g["group"] == "ce_shapes" for c in g["cases"]]
     assert any("shape=(4, 50257)" in c for c in shapes)
-    hard = [c["case"] for g in record["groups"] if g["group"] == "ce_class_index" and g["device"] == "cpu"
-            for c in g["cases"]]
+    hard = [
+        c["case"]
+        for g in record["groups"]
+        if g["group"] == "ce_class_index" and g["device"] == "cpu"
+        for c in g["cases"]
+    ]
     assert all(any(f"dtype={d}" in c for c in hard) for d in ("fp64", "fp32", "bf16", "fp16"))
     cpu_speed = record["speed"]["cpu"]
     assert cpu_speed["torch_ms"] > 0 and cpu_speed["fused_ce_ms"] > 0 and cpu_speed["speedup"] > 0
@@ -95,8 +103,7 @@ def test_a_wrong_gradient_fails_the_check_and_names_its_group(tmp_path):
 
 
 def test_a_device_that_is_not_there_is_refused(tmp_path):
-    name = "emulated_cuda" if not fused_ce.testing.emulated_cuda_available() else \
-        f"cuda:{torch.cuda.device_count()}"
+    name = "emulated_cuda" if not fused_ce.testing.emulated_cuda_available() else f"cuda:{torch.cuda.device_count()}"
     proc = _run(["--device", name], tmp_path)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stderr.startswith("fused_ce.check: ") and proc.stdout == "", proc.stderr

@@ -38,12 +38,14 @@ Z_ULPS = 2.5
 @pytest.fixture
 def run_on(monkeypatch):
     """run_on(path, fn): fn() with the CPU kernels of that instruction set, or (path None) the emulated CUDA."""
+
     def run(path, fn):
         if path is None:
             with fused_ce.testing.emulated_cuda():
                 return fn()
         monkeypatch.setenv("FUSED_CE_CPU_CAPABILITY", path)
         return fn()
+
     return run
 
 
@@ -59,17 +61,22 @@ def test_capped_logits_within_ulps_of_fp64(path, cap, run_on):
     u = torch.linspace(-12.0, 12.0, 40001, dtype=torch.float64)
     x = (u * cap).float()
     rows = x[:, None]
-    _, lse = run_on(path, lambda: fused_ce.cross_entropy(rows, torch.zeros(len(x), dtype=torch.int64),
-                                                         reduction="none", softcap=cap, return_lse=True))
+    _, lse = run_on(
+        path,
+        lambda: fused_ce.cross_entropy(
+            rows, torch.zeros(len(x), dtype=torch.int64), reduction="none", softcap=cap, return_lse=True
+        ),
+    )
     # The kernel's argument is x / cap rounded to fp32, as torch's: the tanh and the product by cap are judged.
     arg = (x / cap).double()
     exact = cap * torch.tanh(arg)
     ulp = torch.from_numpy(np.spacing(exact.float().abs().numpy()).astype(np.float64))
-    ulps = ((lse.double() - exact).abs() / ulp)
+    ulps = (lse.double() - exact).abs() / ulp
     worst = ulps.argmax()
     assert ulps.max().item() <= Z_ULPS, (
         f"capped logit off by {ulps.max().item():.1f} ulp at x = {x[worst].item()!r} (cap {cap}): "
-        f"{lse[worst].item()!r}, fp64 {exact[worst].item()!r}")
+        f"{lse[worst].item()!r}, fp64 {exact[worst].item()!r}"
+    )
 
 
 def _issue_inputs():
@@ -105,11 +112,14 @@ def test_fp32_softcap_as_accurate_as_torch(path, cap, layout, run_on):
 
     ref_loss, ref_grad = _loss_and_grad(composite, x64)
     torch_loss, torch_grad = _loss_and_grad(composite, x)
-    loss, grad = run_on(path, lambda: _loss_and_grad(
-        lambda z: fused_ce.cross_entropy(z, target, reduction="none", softcap=cap), x))
+    loss, grad = run_on(
+        path, lambda: _loss_and_grad(lambda z: fused_ce.cross_entropy(z, target, reduction="none", softcap=cap), x)
+    )
     loss_error, torch_loss_error = _max_relative(loss, ref_loss), _max_relative(torch_loss, ref_loss)
     assert loss_error <= torch_loss_error, (
-        f"cap {cap}: loss {loss_error:.2e} from fp64, torch's fp32 composite {torch_loss_error:.2e}")
+        f"cap {cap}: loss {loss_error:.2e} from fp64, torch's fp32 composite {torch_loss_error:.2e}"
+    )
     grad_error, torch_grad_error = _max_relative(grad, ref_grad), _max_relative(torch_grad, ref_grad)
     assert grad_error <= torch_grad_error, (
-        f"cap {cap}: gradient {grad_error:.2e} from fp64, torch's fp32 composite {torch_grad_error:.2e}")
+        f"cap {cap}: gradient {grad_error:.2e} from fp64, torch's fp32 composite {torch_grad_error:.2e}"
+    )

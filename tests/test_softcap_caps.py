@@ -13,6 +13,7 @@ its own kind of rows, judged on its own (the error is relative to the largest va
   mixed         x = 2 c * N(0, 1): both signs, many saturated;
   moderate      x = 3 * N(0, 1), far inside the cap (z ~ x): the tanh's own accuracy, times c, shows here.
 """
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -61,8 +62,9 @@ def capped_lse(x, cap):
 
 def check_cross_entropy(x, target, cap):
     """fused_ce.cross_entropy with the cap: loss per row, gradient and log-sum-exp against float64."""
-    compare_with_torch(fused_ce.cross_entropy, torch_capped, (x, target), grad_args=(0,),
-                       kwargs={"reduction": "none", "softcap": cap})
+    compare_with_torch(
+        fused_ce.cross_entropy, torch_capped, (x, target), grad_args=(0,), kwargs={"reduction": "none", "softcap": cap}
+    )
     _, lse = fused_ce.cross_entropy(x, target, reduction="none", softcap=cap, return_lse=True)
     assert_close(lse, capped_lse(x, cap), msg="log-sum-exp", input_scale=input_magnitude(x))
 
@@ -79,8 +81,10 @@ def test_cpu_kernels(dtype, cap, kind, layout, isa_device):
     check_cross_entropy(x, class_targets(x.shape).to(device), cap)
 
 
-@pytest.mark.skipif(not fused_ce.testing.emulated_cuda_available(),
-                    reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)")
+@pytest.mark.skipif(
+    not fused_ce.testing.emulated_cuda_available(),
+    reason="the emulated CUDA extension is not built (FUSED_CE_EMULATED_CUDA=1)",
+)
 @pytest.mark.emulated_cuda  # conftest.py: runs inside fused_ce.testing.emulated_cuda()
 @pytest.mark.parametrize("layout", ["rows", "nd"])
 @pytest.mark.parametrize("dtype,cap,kind", cases(DTYPES))
@@ -141,8 +145,13 @@ def test_parallel_cross_entropy(dtype, cap, kind, device, world_of_one):
     """fused_ce.parallel.cross_entropy's slice ops (their own scalar scan, csrc/cpu/partial_stats_cpu.cpp)."""
     x = capped_logits((ROWS, CLASSES), cap, kind).to(dtype).to(device)
     ours = lambda x, t, **kw: fused_ce.parallel.cross_entropy(x, t, class_offsets=[0, CLASSES], **kw)  # noqa: E731
-    compare_with_torch(ours, torch_capped, (x, class_targets(x.shape).to(device)), grad_args=(0,),
-                       kwargs={"reduction": "none", "softcap": cap})
+    compare_with_torch(
+        ours,
+        torch_capped,
+        (x, class_targets(x.shape).to(device)),
+        grad_args=(0,),
+        kwargs={"reduction": "none", "softcap": cap},
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -150,7 +159,13 @@ def test_parallel_cross_entropy(dtype, cap, kind, device, world_of_one):
 def test_probability_targets(dtype, cap, kind, device):
     """The composite path (fused_ce._lm.options: z materialized by torch, then the plain fused loss)."""
     x = capped_logits((ROWS, CLASSES), cap, kind).to(dtype).to(device)
-    p = torch.softmax(torch.randn(ROWS, CLASSES, generator=torch.Generator().manual_seed(4), dtype=torch.float64),
-                      dim=1).to(dtype).to(device)
-    compare_with_torch(fused_ce.cross_entropy, torch_capped, (x, p), grad_args=(0, 1),
-                       kwargs={"reduction": "none", "softcap": cap})
+    p = (
+        torch.softmax(
+            torch.randn(ROWS, CLASSES, generator=torch.Generator().manual_seed(4), dtype=torch.float64), dim=1
+        )
+        .to(dtype)
+        .to(device)
+    )
+    compare_with_torch(
+        fused_ce.cross_entropy, torch_capped, (x, p), grad_args=(0, 1), kwargs={"reduction": "none", "softcap": cap}
+    )

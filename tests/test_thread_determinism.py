@@ -3,6 +3,7 @@ set: the kernels split work across threads but reduce in an order fixed by the s
 blocks of 4096, BCE in chunks of 8192 elements), never by the number of threads (pytorch#17350), and
 round the same way in every thread. The shapes give each op more parallel tasks than threads: rows of
 2-D inputs go 32768 elements to a task, N-D positions in vectors of them."""
+
 import pytest
 import torch
 from cpu_isas import isa_device  # noqa: F401  (isa_device: the fixture)
@@ -41,10 +42,13 @@ def _assert_bitwise_equal(results, case):
     for threads, res in results.items():
         for i, (a, b) in enumerate(zip(first, res)):
             # bitwise: compare the bytes, so that NaN payloads and -0.0 count too
-            same = torch.equal(a.view(-1).view(torch.uint8) if a.numel() else a,
-                               b.view(-1).view(torch.uint8) if b.numel() else b)
-            assert same, f"{case}: output {i} with {threads} threads differs from {THREADS[0]} thread: " \
-                         f"max |diff| {(a.double() - b.double()).abs().max().item():.3g}"
+            same = torch.equal(
+                a.view(-1).view(torch.uint8) if a.numel() else a, b.view(-1).view(torch.uint8) if b.numel() else b
+            )
+            assert same, (
+                f"{case}: output {i} with {threads} threads differs from {THREADS[0]} thread: "
+                f"max |diff| {(a.double() - b.double()).abs().max().item():.3g}"
+            )
 
 
 # Every option that changes the kernels' code path: class weights and label smoothing, each alone and together.
@@ -71,9 +75,16 @@ def test_cross_entropy(shape, soft, reduction, dtype, isa_device, restore_thread
         t.view(-1)[::7] = -100
         t = t.to(device)
     for options in CE_OPTIONS:
+
         def run(x, t):
-            return fused_ce.cross_entropy(x, t, weight=w if options.get("weight") else None, reduction=reduction,
-                                          label_smoothing=options.get("label_smoothing", 0.0))
+            return fused_ce.cross_entropy(
+                x,
+                t,
+                weight=w if options.get("weight") else None,
+                reduction=reduction,
+                label_smoothing=options.get("label_smoothing", 0.0),
+            )
+
         _assert_bitwise_equal(_results_per_thread_count(run, [x, t]), options)
 
 
@@ -88,6 +99,8 @@ def test_bce_with_logits(reduction, dtype, isa_device, restore_threads):
     w = (torch.rand(BCE_SHAPE[1], generator=gen, dtype=torch.float64) + 0.5).to(dtype).to(device)
     pw = (torch.rand(BCE_SHAPE[0], 1, generator=gen, dtype=torch.float64) * 2 + 0.5).to(dtype).to(device)
     for weights in ({}, {"weight": w, "pos_weight": pw}):
+
         def run(x, y):
             return fused_ce.binary_cross_entropy_with_logits(x, y, reduction=reduction, **weights)
+
         _assert_bitwise_equal(_results_per_thread_count(run, [x, y]), sorted(weights))

@@ -4,6 +4,7 @@ inputs and error inputs of nn.CrossEntropyLoss and nn.BCEWithLogitsLoss (torch.t
 wheel; it needs the `expecttest` package). They are the cases PyTorch itself tests these losses with, so
 each must give the same value, gradients, dtype and shape, or the same exception type and message.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,9 @@ def test_torch_knows_both_losses():
 
 
 def _grad_positions(args):
-    return tuple(i for i, a in enumerate(args)
-                 if isinstance(a, torch.Tensor) and a.is_floating_point() and a.requires_grad)
+    return tuple(
+        i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.requires_grad
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -49,11 +51,14 @@ def test_opinfo_sample_inputs(name, dtype, device):
     assert samples, "torch gave no sample inputs"
     for k, s in enumerate(samples):
         args = (s.input, *s.args)
-        where = f"sample {k}: input {tuple(s.input.shape)}, args {[getattr(a, 'shape', a) for a in s.args]}, " \
-                f"kwargs {s.kwargs}"
+        where = (
+            f"sample {k}: input {tuple(s.input.shape)}, args {[getattr(a, 'shape', a) for a in s.args]}, "
+            f"kwargs {s.kwargs}"
+        )
         try:
-            compare_with_torch(OURS[name], getattr(F, name.split(".")[-1]), args, _grad_positions(args),
-                               dtype=dtype, kwargs=s.kwargs)
+            compare_with_torch(
+                OURS[name], getattr(F, name.split(".")[-1]), args, _grad_positions(args), dtype=dtype, kwargs=s.kwargs
+            )
         except AssertionError as e:
             raise AssertionError(f"{where}\n{e}") from None
 
@@ -70,11 +75,12 @@ def test_moduleinfo_inputs(info, dtype, device):
         ours = MODULES[info.module_cls](*ctor.args, **ctor.kwargs).to(device)
         assert ours.state_dict().keys() == theirs.state_dict().keys()
         args = tuple(mi.forward_input.args)
-        where = f"module input {k} ({getattr(mi, 'desc', '')}): constructor {ctor.kwargs}, " \
-                f"forward {[getattr(a, 'shape', a) for a in args]}"
+        where = (
+            f"module input {k} ({getattr(mi, 'desc', '')}): constructor {ctor.kwargs}, "
+            f"forward {[getattr(a, 'shape', a) for a in args]}"
+        )
         try:
-            compare_with_torch(ours, theirs, args, _grad_positions(args), dtype=dtype,
-                               kwargs=mi.forward_input.kwargs)
+            compare_with_torch(ours, theirs, args, _grad_positions(args), dtype=dtype, kwargs=mi.forward_input.kwargs)
         except AssertionError as e:
             raise AssertionError(f"{where}\n{e}") from None
 
@@ -86,8 +92,7 @@ ERROR_INFOS = [m for m in MODULEINFOS if m.module_error_inputs_func is not None]
 @pytest.mark.parametrize("info", ERROR_INFOS, ids=lambda m: m.module_cls.__name__)
 def test_moduleinfo_error_inputs(info, device):
     """torch's own bad-input cases raise the same exception type with a message matching torch's regex."""
-    errors = info.module_error_inputs_func(info, device=device, dtype=torch.float32, requires_grad=False,
-                                           training=True)
+    errors = info.module_error_inputs_func(info, device=device, dtype=torch.float32, requires_grad=False, training=True)
     assert errors, "torch gave no error inputs"
     for e in errors:
         mi = e.module_error_input

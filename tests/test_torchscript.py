@@ -1,5 +1,6 @@
 """TorchScript (issue 9, item 7): modules holding fused_ce's losses script, trace, save and load, and give
 eager fused_ce's and torch's values and gradients; bad input raises a clear error."""
+
 import io
 
 import pytest
@@ -13,8 +14,10 @@ DT = torch.float64
 # Tracing records the eager validation's shape checks as constants (expected: a trace is specialized to
 # its example's shapes), and torch 2.13 marks torch.jit's script, trace, save and load deprecated: both
 # warn on every case.
-pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
-              pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"),
+]
 
 
 class Holder(torch.nn.Module):
@@ -136,8 +139,9 @@ def _error(fn):
     return info.value
 
 
-@pytest.mark.parametrize("bad", ["reduction", "smoothing", "batch", "target_dtype", "weight", "bce_shape",
-                                 "soft_ignore"])
+@pytest.mark.parametrize(
+    "bad", ["reduction", "smoothing", "batch", "target_dtype", "weight", "bce_shape", "soft_ignore"]
+)
 @torch_compat.needs_current_torch_semantics
 def test_scripted_errors_carry_torchs_message(bad):
     """Where eager torch raises, a scripted module raises, with a message that names torch's exception type
@@ -154,7 +158,9 @@ def test_scripted_errors_carry_torchs_message(bad):
         "soft_ignore": lambda m: m.CrossEntropyLoss(ignore_index=1),
     }[bad]
     args = {
-        "batch": (x, y[:4]), "target_dtype": (x, y.int()), "bce_shape": (x, torch.rand(6, 4, dtype=DT)),
+        "batch": (x, y[:4]),
+        "target_dtype": (x, y.int()),
+        "bce_shape": (x, torch.rand(6, 4, dtype=DT)),
         "soft_ignore": (x, torch.softmax(x, 1)),
     }.get(bad, (x, y))
     if bad == "reduction":  # torch's modules check reduction only when called
@@ -172,6 +178,7 @@ def test_scripted_module_does_not_switch_to_emulated_cuda():
     """Documented: fused_ce.testing.emulated_cuda() does not apply to scripted modules (they call the
     fused_ce ops directly); the eager module inside the block does switch."""
     from test_func_transforms import CountOps
+
     x, y = ce_inputs("hard")
     scripted = torch.jit.script(fused_ce.CrossEntropyLoss())
     with fused_ce.testing.emulated_cuda(), CountOps() as count:

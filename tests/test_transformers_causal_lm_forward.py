@@ -2,6 +2,7 @@
 benchmarks/hf_families.py): in training with labels its loss and every parameter's gradient equal the stock
 model's (fp32, relative 1e-5 for the loss) while it keeps no N x V tensor for the backward and returns no logits;
 elsewhere (evaluation, generation, logits_to_keep, keep_logits) it is the model's own forward."""
+
 import copy
 import inspect
 import os
@@ -85,9 +86,13 @@ def test_loss_kwargs_and_tuple_outputs(family):
     stock, fused = _twins(family)
     batch = _batch()
     gen = torch.Generator().manual_seed(5)
-    extra = {"num_items_in_batch": torch.tensor(97), "return_dict": False,
-                 "shift_labels": torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen).masked_fill(
-                     torch.rand(BATCH, SEQ, generator=gen) < 0.3, -100)}
+    extra = {
+        "num_items_in_batch": torch.tensor(97),
+        "return_dict": False,
+        "shift_labels": torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen).masked_fill(
+            torch.rand(BATCH, SEQ, generator=gen) < 0.3, -100
+        ),
+    }
     expected = stock(**batch, **extra)
     actual = fused(**batch, **extra)
     assert isinstance(actual, tuple) and len(actual) == len(expected) - 1  # the same, less the logits
@@ -110,8 +115,10 @@ def test_logits_where_asked_for():
     assert torch.equal(actual.logits, expected.logits)
     _assert_near(actual.loss, expected.loss, "eval loss", LOSS_TOL)
     prompt = batch["input_ids"][:, :5]
-    assert torch.equal(fused.generate(prompt, max_new_tokens=3, do_sample=False),
-                       stock.generate(prompt, max_new_tokens=3, do_sample=False))
+    assert torch.equal(
+        fused.generate(prompt, max_new_tokens=3, do_sample=False),
+        stock.generate(prompt, max_new_tokens=3, do_sample=False),
+    )
     fused.train()
     use_fused_ce(fused, keep_logits=True)
     assert torch.equal(fused(**batch).logits, stock.train()(**batch).logits)

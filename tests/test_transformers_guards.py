@@ -1,6 +1,7 @@
 """fused_ce.integrations.transformers refuses what it cannot do right, with a message that names the model and
 what to do: a soft-cap or logit scale that the model's config already applies (Gemma 2's cap twice), models
 whose loss it cannot replace (computed inline), and objects that are not transformers models."""
+
 import os
 import sys
 
@@ -23,12 +24,27 @@ def _batch():
     return {"input_ids": ids, "labels": ids}
 
 
-@pytest.mark.parametrize("family, option, match", [
-    ("gemma2", {"softcap": 30.0}, "Gemma2ForCausalLM's config already applies a softcap of 5 .*final_logit_softcapping"),
-    ("gemma3", {"softcap": 30.0}, "Gemma3ForCausalLM's config already applies a softcap of 7"),
-    ("cohere", {"logit_scale": 2.0}, "CohereForCausalLM's config already applies a logit_scale of 0.5 .*logit_scale"),
-    ("granite", {"logit_scale": 2.0}, "GraniteForCausalLM's config already applies a logit_scale of 0.25 .*logits_scaling"),
-])
+@pytest.mark.parametrize(
+    "family, option, match",
+    [
+        (
+            "gemma2",
+            {"softcap": 30.0},
+            "Gemma2ForCausalLM's config already applies a softcap of 5 .*final_logit_softcapping",
+        ),
+        ("gemma3", {"softcap": 30.0}, "Gemma3ForCausalLM's config already applies a softcap of 7"),
+        (
+            "cohere",
+            {"logit_scale": 2.0},
+            "CohereForCausalLM's config already applies a logit_scale of 0.5 .*logit_scale",
+        ),
+        (
+            "granite",
+            {"logit_scale": 2.0},
+            "GraniteForCausalLM's config already applies a logit_scale of 0.25 .*logits_scaling",
+        ),
+    ],
+)
 def test_transform_the_config_applies_cannot_be_given_again(family, option, match):
     if family not in hf_families.FAMILIES:
         pytest.skip(f"transformers {transformers.__version__} has no {family}")
@@ -58,15 +74,21 @@ def test_transform_on_a_model_without_one_is_applied():
 
 
 def _bert():
-    return transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    return transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+    )
 
 
 def test_inline_loss_models_are_refused_by_name():
-    with pytest.raises(ValueError, match="BertForMaskedLM computes its loss inside its forward.*fused_ce.cross_entropy"):
+    with pytest.raises(
+        ValueError, match="BertForMaskedLM computes its loss inside its forward.*fused_ce.cross_entropy"
+    ):
         use_fused_ce(_bert())
-    gpt2 = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=1, n_head=2, num_labels=3, pad_token_id=0))
+    gpt2 = transformers.GPT2ForSequenceClassification(
+        transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=1, n_head=2, num_labels=3, pad_token_id=0)
+    )
     with pytest.raises(ValueError, match="GPT2ForSequenceClassification computes its loss inside its forward"):
         use_fused_ce(gpt2)
 

@@ -1,5 +1,6 @@
 """fused_ce.integrations.transformers: tiny randomly initialized transformers models (no downloads) whose losses
 fused_ce computes must give the stock model's loss, dtype and every parameter's gradient, and train alike."""
+
 import copy
 import importlib.metadata
 import os
@@ -24,16 +25,32 @@ TOL = 2e-5
 
 # initializer_range=0.5: logits spread far from uniform, so that a loss on the wrong labels is far from the right one.
 def _llama_config(**extra):
-    return transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                    pad_token_id=0, initializer_range=0.5, **extra)
+    return transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        initializer_range=0.5,
+        **extra,
+    )
 
 
 def _modernbert_config():
     # BERT itself computes its masked-LM loss inline, without transformers' loss mapping; ModernBERT uses it.
-    return transformers.ModernBertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=2, max_position_embeddings=64, pad_token_id=0,
-                                         initializer_range=0.5)
+    return transformers.ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        initializer_range=0.5,
+    )
 
 
 def _ids(gen):
@@ -63,7 +80,10 @@ def _causal_shift_labels(gen):
 
 def _masked(gen):
     ids = _ids(gen)
-    return transformers.ModernBertForMaskedLM(_modernbert_config()), {"input_ids": ids, "labels": _with_ignored(ids, gen)}
+    return transformers.ModernBertForMaskedLM(_modernbert_config()), {
+        "input_ids": ids,
+        "labels": _with_ignored(ids, gen),
+    }
 
 
 def _single_label(gen):
@@ -82,9 +102,15 @@ def _token_classification(gen):
     return model, {"input_ids": _ids(gen), "labels": labels}
 
 
-CASES = {"causal": _causal, "causal_num_items": _causal_num_items, "causal_shift_labels": _causal_shift_labels,
-         "masked": _masked, "single_label": _single_label, "multi_label": _multi_label,
-         "token_classification": _token_classification}
+CASES = {
+    "causal": _causal,
+    "causal_num_items": _causal_num_items,
+    "causal_shift_labels": _causal_shift_labels,
+    "masked": _masked,
+    "single_label": _single_label,
+    "multi_label": _multi_label,
+    "token_classification": _token_classification,
+}
 
 
 def _twins(case, dtype, keep_logits=False):
@@ -113,10 +139,16 @@ def _assert_near(actual, expected, what, tol=TOL):
 @pytest.fixture
 def fused_calls(monkeypatch):
     """The dtypes fused_ce's losses compute in (autocast would make them fp32), from logits or hidden states."""
-    return spy_on(monkeypatch, ((fused_ce.functional, "cross_entropy"),
-                                (fused_ce.functional, "binary_cross_entropy_with_logits"),
-                                (fused_ce._lm.row_loss_sum, "summed_row_losses"), (fused_ce.linear, "summed_in_fp32")),
-                  lambda name, args: fused_ce._core.validation.autocast_fp32(args[0])[0].dtype)
+    return spy_on(
+        monkeypatch,
+        (
+            (fused_ce.functional, "cross_entropy"),
+            (fused_ce.functional, "binary_cross_entropy_with_logits"),
+            (fused_ce._lm.row_loss_sum, "summed_row_losses"),
+            (fused_ce.linear, "summed_in_fp32"),
+        ),
+        lambda name, args: fused_ce._core.validation.autocast_fp32(args[0])[0].dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -185,8 +217,9 @@ def test_options_reach_fused_ce():
     _stock, fused, batch = _twins("causal", torch.float64)
     use_fused_ce(fused, label_smoothing=0.25)
     logits = fused(input_ids=batch["input_ids"]).logits.detach()
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), batch["labels"][:, 1:].reshape(-1),
-                                                 label_smoothing=0.25)
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, VOCAB), batch["labels"][:, 1:].reshape(-1), label_smoothing=0.25
+    )
     _assert_near(fused(**batch).loss, expected, "label-smoothed loss", tol=1e-6)
     with pytest.raises(ValueError, match="'reduction' is set by transformers"):
         use_fused_ce(fused, reduction="sum")
@@ -257,6 +290,7 @@ def test_missing_or_old_transformers_is_a_clear_import_error(monkeypatch, instal
         if installed is None:
             raise importlib.metadata.PackageNotFoundError(name)
         return installed
+
     monkeypatch.setattr(importlib.metadata, "version", version)
     message = rf"needs transformers {MIN_TRANSFORMERS_VERSION} or newer \(pip install 'transformers>=4.50'\)"
     with pytest.raises(ImportError, match=message + ("" if installed is None else "; found transformers 4.49.2")):
@@ -271,17 +305,23 @@ def test_bf16_loss_keeps_fp32_precision(num_items):
     logits = (3 * torch.randn(4096, VOCAB, generator=gen)).bfloat16()
     labels = _with_ignored(torch.randint(0, VOCAB, (4096,), generator=gen), gen)
     loss_function = use_fused_ce(transformers.LlamaForCausalLM(_llama_config())).loss_function
-    actual = loss_function(logits=logits.view(2, 2048, VOCAB), labels=labels.view(2, 2048), vocab_size=VOCAB,
-                           num_items_in_batch=num_items)
-    rows = torch.nn.functional.cross_entropy(logits.double().view(2, 2048, VOCAB)[:, :-1].reshape(-1, VOCAB),
-                                             labels.view(2, 2048)[:, 1:].reshape(-1), reduction="none")
+    actual = loss_function(
+        logits=logits.view(2, 2048, VOCAB), labels=labels.view(2, 2048), vocab_size=VOCAB, num_items_in_batch=num_items
+    )
+    rows = torch.nn.functional.cross_entropy(
+        logits.double().view(2, 2048, VOCAB)[:, :-1].reshape(-1, VOCAB),
+        labels.view(2, 2048)[:, 1:].reshape(-1),
+        reduction="none",
+    )
     expected = rows.sum() / (num_items or (labels.view(2, 2048)[:, 1:] != -100).sum())
     assert actual.dtype == torch.float32
     _assert_near(actual, expected, "loss", tol=1e-4)
 
 
 @pytest.mark.parametrize("num_items", [None, 3000])
-@pytest.mark.parametrize("options", [{}, {"softcap": 4.0}, {"lse_square_scale": 1e-3}], ids=["plain", "softcap", "z_loss"])
+@pytest.mark.parametrize(
+    "options", [{}, {"softcap": 4.0}, {"lse_square_scale": 1e-3}], ids=["plain", "softcap", "z_loss"]
+)
 def test_bf16_loss_error_within_ten_times_stock(num_items, options):
     """On bf16 logits, the loss's error against the exact loss of those logits is within 10x of that of
     transformers' own loss (which upcasts the logits to fp32), or of one fp32 rounding of the loss where stock's
@@ -291,21 +331,25 @@ def test_bf16_loss_error_within_ten_times_stock(num_items, options):
     labels = _with_ignored(torch.randint(0, VOCAB, (2, 2048), generator=gen), gen)
     cap, z_scale = options.get("softcap"), options.get("lse_square_scale", 0.0)
     model = transformers.LlamaForCausalLM(_llama_config())
-    actual = use_fused_ce(model, **options).loss_function(logits=logits, labels=labels, vocab_size=VOCAB,
-                                                          num_items_in_batch=num_items)
+    actual = use_fused_ce(model, **options).loss_function(
+        logits=logits, labels=labels, vocab_size=VOCAB, num_items_in_batch=num_items
+    )
 
     def loss_of(values):  # the loss of the transformed logits in values' dtype, the z-loss as fused_ce defines it
         z = cap * torch.tanh(values / cap) if cap else values
         rows, shifted = z[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1)
         counted = shifted != -100
-        total = (torch.nn.functional.cross_entropy(rows, shifted, reduction="sum")
-                 + z_scale * (torch.logsumexp(rows, -1)[counted] ** 2).sum())
+        total = (
+            torch.nn.functional.cross_entropy(rows, shifted, reduction="sum")
+            + z_scale * (torch.logsumexp(rows, -1)[counted] ** 2).sum()
+        )
         return total / (num_items or counted.sum())
+
     exact = loss_of(logits.double())
     stock_error = (loss_of(logits.float()).double() - exact).abs() / exact  # transformers' upcast of the logits
     error = (actual.double() - exact).abs() / exact
     assert actual.dtype == torch.float32
-    assert error <= 10 * max(stock_error, 2.0 ** -24), f"error {error:.3g}, stock's {stock_error:.3g}"
+    assert error <= 10 * max(stock_error, 2.0**-24), f"error {error:.3g}, stock's {stock_error:.3g}"
 
 
 def test_fused_loss_compiles_fullgraph():
@@ -325,9 +369,10 @@ def test_language_model_options_reach_fused_ce():
     z = 2.0 * torch.tanh(logits[:, :-1].reshape(-1, VOCAB) / 2.0)
     labels = batch["labels"][:, 1:].reshape(-1)
     counted = labels != -100
-    expected = (torch.nn.functional.cross_entropy(z, labels)
-                + 1e-2 * (torch.logsumexp(z, 1)[counted] ** 2).mean())
-    _assert_near(fused(**batch).loss, expected, "soft-capped loss with z-loss", tol=1e-6)  # returned in fp32, as transformers does
+    expected = torch.nn.functional.cross_entropy(z, labels) + 1e-2 * (torch.logsumexp(z, 1)[counted] ** 2).mean()
+    _assert_near(
+        fused(**batch).loss, expected, "soft-capped loss with z-loss", tol=1e-6
+    )  # returned in fp32, as transformers does
     for name in ("return_z_loss", "return_lse"):
         with pytest.raises(ValueError, match=f"'{name}' would make the loss a tuple"):
             use_fused_ce(fused, **{name: True})

@@ -3,6 +3,7 @@ as current transformers does, or an int, as custom training loops may) and witho
 logits: against transformers' own ForCausalLMLoss evaluated in fp64, judged by the suite's error bound. The
 counts include one above fp16's largest finite value (65504), as gradient accumulation over many micro-batches
 gives: the count must not be rounded to the logits' dtype."""
+
 import os
 
 import pytest
@@ -18,13 +19,22 @@ from fused_ce.integrations.transformers import use_fused_ce  # noqa: E402
 VOCAB, BATCH, SEQ = 101, 2, 64
 # None (a mean over the batch's tokens), a small count and one beyond fp16's range, each as an int and as a tensor
 NUM_ITEMS = [pytest.param(None, id="none")] + [
-    pytest.param(make(count), id=f"{kind}_{count}") for count in (97, 70001)
-    for kind, make in (("int", int), ("tensor", torch.tensor))]
+    pytest.param(make(count), id=f"{kind}_{count}")
+    for count in (97, 70001)
+    for kind, make in (("int", int), ("tensor", torch.tensor))
+]
 
 
 def _loss_function():
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+    )
     return use_fused_ce(transformers.LlamaForCausalLM(config)).loss_function
 
 
@@ -41,8 +51,9 @@ def _transformers_in_fp64(monkeypatch, logits, labels, num_items):
     fp64 values of the same logits: the exact loss of those logits, reduced as transformers reduces it."""
     with monkeypatch.context() as patch:
         patch.setattr(torch.Tensor, "float", torch.Tensor.double)
-        return transformers.loss.loss_utils.ForCausalLMLoss(logits=logits.double(), labels=labels, vocab_size=VOCAB,
-                                                            num_items_in_batch=num_items)
+        return transformers.loss.loss_utils.ForCausalLMLoss(
+            logits=logits.double(), labels=labels, vocab_size=VOCAB, num_items_in_batch=num_items
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -54,8 +65,14 @@ def test_causal_lm_loss_with_num_items_in_batch(monkeypatch, dtype, num_items):
     loss = _loss_function()(logits=logits, labels=labels, vocab_size=VOCAB, num_items_in_batch=num_items)
     expected = _transformers_in_fp64(monkeypatch, logits, labels, num_items)
     assert loss.dtype == torch.float32 and expected.dtype == torch.float64
-    assert_close(loss, expected, dtype=dtype, input_scale=input_magnitude(logits), terms=logits.numel(),
-                 msg=f"loss, num_items_in_batch={num_items!r}")
+    assert_close(
+        loss,
+        expected,
+        dtype=dtype,
+        input_scale=input_magnitude(logits),
+        terms=logits.numel(),
+        msg=f"loss, num_items_in_batch={num_items!r}",
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -72,5 +89,10 @@ def test_causal_lm_gradient_with_num_items_in_batch(monkeypatch, dtype, num_item
     exact = logits.double().requires_grad_()
     _transformers_in_fp64(monkeypatch, exact, labels, num_items).backward()
     assert leaf.grad.dtype == dtype
-    assert_close(leaf.grad, exact.grad, input_scale=input_magnitude(logits), terms=logits.numel(),
-                 msg=f"logits' gradient, num_items_in_batch={num_items!r}")
+    assert_close(
+        leaf.grad,
+        exact.grad,
+        input_scale=input_magnitude(logits),
+        terms=logits.numel(),
+        msg=f"logits' gradient, num_items_in_batch={num_items!r}",
+    )

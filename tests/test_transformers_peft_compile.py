@@ -2,6 +2,7 @@
 get_peft_model then use_fused_ce on the PEFT model), with a LoRA-wrapped head (the head's weight is no longer a
 plain matrix: the loss comes from the logits), and under torch.compile: the loss and the trained parameters'
 gradients equal the stock model's."""
+
 import copy
 import os
 
@@ -22,9 +23,19 @@ VOCAB = 211
 
 def _llama():
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.5)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.5,
+    )
     return transformers.LlamaForCausalLM(config).train()
 
 

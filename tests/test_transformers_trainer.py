@@ -3,6 +3,7 @@ sees with stock transformers: each micro-batch's training loss (label shift, num
 the shifted labels across gradient-accumulation micro-batches), eval_loss, the trained parameters, and
 label_smoothing_factor. Tiny Llama from a config, a few SGD steps (SGD keeps parameter differences proportional
 to gradient differences; Adam would turn a rounding-sized gradient into a full step)."""
+
 import copy
 import os
 
@@ -24,9 +25,19 @@ FP32_TOL = 1e-5  # the issue's bar for fp32: relative to the loss
 
 def _model(dtype):
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.5)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.5,
+    )
     return transformers.LlamaForCausalLM(config).to(dtype)
 
 
@@ -38,7 +49,7 @@ def _examples(seed):
     for i in range(EXAMPLES):
         ids = torch.randint(3, VOCAB, (SEQ,), generator=gen)
         labels = ids.clone()
-        labels[SEQ - 1 - (i * 3) % 9:] = -100
+        labels[SEQ - 1 - (i * 3) % 9 :] = -100
         examples.append({"input_ids": ids, "labels": labels})
     return examples
 
@@ -59,10 +70,23 @@ class _RecordingTrainer(transformers.Trainer):
 
 def _train(model, tmp_path, **arguments):
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=2, per_device_eval_batch_size=4,
-        gradient_accumulation_steps=2, max_steps=2, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0,
-        dataloader_num_workers=0, **arguments)
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        **arguments,
+    )
     trainer = _RecordingTrainer(model=model, args=args, train_dataset=_examples(1), eval_dataset=_examples(2))
     trainer.train()
     eval_loss = trainer.evaluate()["eval_loss"]
@@ -70,8 +94,9 @@ def _train(model, tmp_path, **arguments):
 
 
 def _assert_near(actual, expected, what, tol):
-    error, problem = relative_error(torch.as_tensor(actual, dtype=torch.float64),
-                                    torch.as_tensor(expected, dtype=torch.float64))
+    error, problem = relative_error(
+        torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    )
     assert problem is None and error <= tol, f"{what}: relative error {error:.3g} > {tol:g} {problem or ''}"
 
 
@@ -94,8 +119,15 @@ def _fused_run(form, tmp_path, dtype=torch.float32, **arguments):
 @pytest.fixture
 def fused_losses(monkeypatch):
     """Which of fused_ce's loss functions ran (from logits or from hidden states)."""
-    return spy_on(monkeypatch, ((fused_ce.functional, "cross_entropy"), (fused_ce.linear, "summed_in_fp32"),
-                                (fused_ce._lm.row_loss_sum, "summed_row_losses")), lambda name, args: name)
+    return spy_on(
+        monkeypatch,
+        (
+            (fused_ce.functional, "cross_entropy"),
+            (fused_ce.linear, "summed_in_fp32"),
+            (fused_ce._lm.row_loss_sum, "summed_row_losses"),
+        ),
+        lambda name, args: name,
+    )
 
 
 @pytest.mark.parametrize("form", ["model", "global"])
@@ -150,8 +182,11 @@ def test_trainer_lora_model_equals_stock(tmp_path, fused_losses):
 
     def lora(model):
         torch.manual_seed(3)
-        return peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                          task_type="CAUSAL_LM", init_lora_weights=False))
+        return peft.get_peft_model(
+            model,
+            peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False),
+        )
+
     expected_losses, expected_eval, _ = _train(lora(_model(torch.float32)), tmp_path / "stock")
     actual_losses, actual_eval, trainer = _train(use_fused_ce(lora(_model(torch.float32))), tmp_path / "fused")
     assert fused_losses.count("summed_in_fp32") == 4

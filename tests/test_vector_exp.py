@@ -6,6 +6,7 @@ the fp64 exp(fl(x - hi) - lo) sees the exp's own error and the rounding of the f
 AVX-512 exp is fused_ce's own degree-6 one; AVX2 uses at::vec's 1-ulp exp (Sleef), the default build the C
 library's lane by lane.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_exp_relative_error_against_fp64(isa_device):
     diff = (x.detach()[:, :-1] - lse.detach()[:, None]).numpy()  # fp32 subtraction, as in the kernel
     exact = np.exp(diff.astype(np.float64) - lo)
     got = x.grad[:, :-1].numpy().astype(np.float64)
-    ulps = np.abs(got - exact) / (exact * 2.0 ** -24)
+    ulps = np.abs(got - exact) / (exact * 2.0**-24)
     assert ulps.max() <= ULPS[isa], f"{isa}: exp off by {ulps.max():.1f} ulp at x - lse = {diff.flat[ulps.argmax()]}"
 
 

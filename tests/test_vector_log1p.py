@@ -4,6 +4,7 @@ is exactly max(-x, 0) + log1p(exp(-|x|)), a sum of two non-negative terms, so it
 the exp under it, with no cancellation. Compared with fp64 of the same fp32 logits. The AVX-512 form is fused_ce's
 own (a degree-6 exp, then log1p(e) = 2 atanh(e / (2 + e)) by a polynomial); the other instruction sets use
 at::vec's exp and log1p."""
+
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ def _loss_ulps(x):
     got = fused_ce.binary_cross_entropy_with_logits(x, y, reduction="none").numpy().astype(np.float64)
     xd = x.numpy().astype(np.float64)
     exact = np.maximum(-xd, 0.0) + np.log1p(np.exp(-np.abs(xd)))
-    return np.abs(got - exact) / (exact * 2.0 ** -24), exact
+    return np.abs(got - exact) / (exact * 2.0**-24), exact
 
 
 def test_softplus_relative_error_against_fp64(isa_device):
@@ -43,8 +44,13 @@ def test_softplus_limits(isa_device):
         pytest.skip("the CPU kernels' log1p")
     x = torch.tensor([0.0, float("inf"), -float("inf"), float("nan"), 200.0, -200.0] + [0.5] * 10)
     got = fused_ce.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
-    assert got[0].item() == pytest.approx(float(np.log(2.0)), rel=2 ** -23)
+    assert got[0].item() == pytest.approx(float(np.log(2.0)), rel=2**-23)
     assert torch.isnan(got[1:4]).all()
-    torch.testing.assert_close(got, torch.nn.functional.binary_cross_entropy_with_logits(
-        x, torch.ones_like(x), reduction="none"), rtol=ULPS[isa] * 2 ** -24, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        got,
+        torch.nn.functional.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none"),
+        rtol=ULPS[isa] * 2**-24,
+        atol=0,
+        equal_nan=True,
+    )
     assert got[4].item() == 0.0 and got[5].item() == 200.0

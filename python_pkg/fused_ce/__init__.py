@@ -1,9 +1,10 @@
 """fused_ce: fused softmax cross-entropy and BCE-with-logits for PyTorch (C++ and CUDA kernels).
 
-    import fused_ce
-    loss_fn = fused_ce.CrossEntropyLoss()      # instead of torch.nn.CrossEntropyLoss()
-    loss = fused_ce.cross_entropy(logits, y)   # instead of torch.nn.functional.cross_entropy
+import fused_ce
+loss_fn = fused_ce.CrossEntropyLoss()      # instead of torch.nn.CrossEntropyLoss()
+loss = fused_ce.cross_entropy(logits, y)   # instead of torch.nn.functional.cross_entropy
 """
+
 from ._core import backward, build_check, fakes, vmap  # noqa: F401  (register the ops' fakes, autograd, vmap rules)
 from ._vocab import partial_stats_ops  # noqa: F401  (fake kernels of the vocabulary-parallel slice ops)
 from .autograd import BCEWithLogitsFunction, CrossEntropyFunction

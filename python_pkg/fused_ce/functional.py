@@ -1,4 +1,5 @@
 """The functional API: same signatures, defaults and behaviour as torch.nn.functional's losses."""
+
 import torch
 import torch.nn.functional as F
 
@@ -19,9 +20,23 @@ def _fail_as_torch_under_compile(refusal, torch_loss, *args):
     raise refusal
 
 
-def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0, *, logit_scale=1.0, softcap=None, lse_square_scale=0.0,
-                  return_z_loss=False, return_lse=False, inplace_backward=False):
+def cross_entropy(
+    input,
+    target,
+    weight=None,
+    size_average=None,
+    ignore_index=-100,
+    reduce=None,
+    reduction="mean",
+    label_smoothing=0.0,
+    *,
+    logit_scale=1.0,
+    softcap=None,
+    lse_square_scale=0.0,
+    return_z_loss=False,
+    return_lse=False,
+    inplace_backward=False,
+):
     """Drop-in for torch.nn.functional.cross_entropy, computed by fused kernels. The keyword-only options
     (language models; lm_options.py has the math) scale and soft-cap the logits, add the z-loss
     lse_square_scale * lse**2, and return (loss, z_loss, lse) with only the requested parts (z_loss and lse
@@ -29,12 +44,26 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     gradient over the logits' storage (_lm/ops.py says when, and what it saves)."""
     softcap = 0.0 if softcap is None else softcap
     if lm_options.has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward):
+
         def plain(z, weight=weight):
             return cross_entropy(z, target, weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+
         red = reductions.reduction_enum(reduction, size_average, reduce)
-        return lm_options.cross_entropy_with_options(plain, input, target, weight, ignore_index, red, label_smoothing,
-                                                      logit_scale, softcap, lse_square_scale, return_z_loss,
-                                                      return_lse, inplace_backward)
+        return lm_options.cross_entropy_with_options(
+            plain,
+            input,
+            target,
+            weight,
+            ignore_index,
+            red,
+            label_smoothing,
+            logit_scale,
+            softcap,
+            lse_square_scale,
+            return_z_loss,
+            return_lse,
+            inplace_backward,
+        )
     refusal = None
     try:
         red = reductions.reduction_enum(reduction, size_average, reduce)
@@ -46,8 +75,18 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise
         refusal = error
     if refusal is not None:
-        _fail_as_torch_under_compile(refusal, F.cross_entropy, input, target, weight, size_average, ignore_index,
-                                     reduce, reduction, label_smoothing)
+        _fail_as_torch_under_compile(
+            refusal,
+            F.cross_entropy,
+            input,
+            target,
+            weight,
+            size_average,
+            ignore_index,
+            reduce,
+            reduction,
+            label_smoothing,
+        )
     ops = kernel_ops()
     if c.soft:
         loss, _ = ops.cross_entropy_soft_fwd(c.logits, c.target, c.weight, c.label_smoothing, c.reduction)
@@ -58,8 +97,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     return loss
 
 
-def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
-                                     reduction="mean", pos_weight=None):
+def binary_cross_entropy_with_logits(
+    input, target, weight=None, size_average=None, reduce=None, reduction="mean", pos_weight=None
+):
     """Drop-in for torch.nn.functional.binary_cross_entropy_with_logits, computed by fused kernels."""
     refusal = None
     try:
@@ -72,9 +112,20 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
             raise
         refusal = error
     if refusal is not None:
-        _fail_as_torch_under_compile(refusal, F.binary_cross_entropy_with_logits, input, target, weight, size_average,
-                                     reduce, reduction, pos_weight)
-    return validation.bce_output(kernel_ops().bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c)
+        _fail_as_torch_under_compile(
+            refusal,
+            F.binary_cross_entropy_with_logits,
+            input,
+            target,
+            weight,
+            size_average,
+            reduce,
+            reduction,
+            pos_weight,
+        )
+    return validation.bce_output(
+        kernel_ops().bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c
+    )
 
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]

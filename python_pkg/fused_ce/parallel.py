@@ -13,6 +13,7 @@ work the same way: both slice ops apply the logits transform z = softcap * tanh(
 they read the logits (and the chain rule's dz/dx in backward), so the statistics, the loss and the z-loss are
 those of z, with no extra collective.
 """
+
 import torch
 import torch.distributed as dist
 
@@ -40,7 +41,8 @@ def _checked_offsets(class_offsets, local_classes, rank, size):
     if len(offsets) != size + 1 or offsets[rank + 1] - offsets[rank] != local_classes:
         raise ValueError(
             f"class_offsets must hold {size + 1} increasing offsets, of which offsets[{rank + 1}] - offsets[{rank}] "
-            f"is this rank's number of classes ({local_classes}), got {offsets}")
+            f"is this rank's number of classes ({local_classes}), got {offsets}"
+        )
     return offsets
 
 
@@ -62,13 +64,26 @@ class _VocabParallelCE(torch.autograd.Function):
         logits, target, weight, coefs = ctx.saved_tensors
         offset, ignore_index, transform, ops = ctx.args
         g = grad_out.to(coefs.dtype).expand_as(coefs[0])
-        grad = ops.ce_partial_grad(logits, target, weight, torch.cat([coefs[:1], coefs[1:] * g]), offset,
-                                   ignore_index, *transform)
+        grad = ops.ce_partial_grad(
+            logits, target, weight, torch.cat([coefs[:1], coefs[1:] * g]), offset, ignore_index, *transform
+        )
         return grad, None, None, None, None, None, None, None, None, None, None
 
 
-def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, logit_scale=1.0, softcap=None, lse_square_scale=0.0, class_offsets=None):
+def cross_entropy(
+    logits_shard,
+    target,
+    *,
+    group=None,
+    weight=None,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    logit_scale=1.0,
+    softcap=None,
+    lse_square_scale=0.0,
+    class_offsets=None,
+):
     """Cross-entropy over logits whose class dimension is split over the ranks of ``group``.
 
     ``logits_shard`` has the shapes torch.nn.functional.cross_entropy accepts, (N, C_local, d1..dk) or
@@ -84,22 +99,50 @@ def cross_entropy(logits_shard, target, *, group=None, weight=None, ignore_index
     red = reductions.reduction_enum(reduction)
     c = validation.prepare_cross_entropy(logits_shard, target, weight, ignore_index, red, label_smoothing)
     if c.soft:
-        raise NotImplementedError("fused_ce.parallel.cross_entropy: class-probability targets are not supported; "
-                                  "pass class indices")
+        raise NotImplementedError(
+            "fused_ce.parallel.cross_entropy: class-probability targets are not supported; pass class indices"
+        )
     local_classes = c.logits.shape[1]
     rank, size = dist.get_rank(group), dist.get_world_size(group)
-    offsets = (_checked_offsets(class_offsets, local_classes, rank, size) if class_offsets is not None
-               else _class_offsets(local_classes, group, c.logits.device))
+    offsets = (
+        _checked_offsets(class_offsets, local_classes, rank, size)
+        if class_offsets is not None
+        else _class_offsets(local_classes, group, c.logits.device)
+    )
     S.check_targets(c.target, c.ignore_index, offsets[-1])
-    loss = _VocabParallelCE.apply(c.logits, c.target, c.weight, c.ignore_index, red, c.label_smoothing,
-                                  (float(logit_scale), float(softcap)), float(lse_square_scale), group, offsets,
-                                  kernel_ops())
+    loss = _VocabParallelCE.apply(
+        c.logits,
+        c.target,
+        c.weight,
+        c.ignore_index,
+        red,
+        c.label_smoothing,
+        (float(logit_scale), float(softcap)),
+        float(lse_square_scale),
+        group,
+        offsets,
+        kernel_ops(),
+    )
     return loss.squeeze(0) if c.unbatched and red == NONE else loss
 
 
-def linear_cross_entropy(input, linear_weight_shard, target, *, group=None, linear_bias=None, weight=None,
-                         reduction="mean", ignore_index=None, label_smoothing=0.0, options=None, logit_scale=1.0,
-                         softcap=None, lse_square_scale=0.0, class_offsets=None):
+def linear_cross_entropy(
+    input,
+    linear_weight_shard,
+    target,
+    *,
+    group=None,
+    linear_bias=None,
+    weight=None,
+    reduction="mean",
+    ignore_index=None,
+    label_smoothing=0.0,
+    options=None,
+    logit_scale=1.0,
+    softcap=None,
+    lse_square_scale=0.0,
+    class_offsets=None,
+):
     """fused_ce.linear_cross_entropy for an LM head whose classes are split over the ranks of ``group``.
 
     ``input`` (N, H) or (H,) is the same on every rank; ``linear_weight_shard`` (V_local, H), ``linear_bias``
@@ -115,8 +158,10 @@ def linear_cross_entropy(input, linear_weight_shard, target, *, group=None, line
     """
     _, probabilities = linear._check_shapes(input, linear_weight_shard, target, linear_bias, ignore_index)
     if probabilities or linear_weight_shard.dim() != 2:
-        raise NotImplementedError("fused_ce.parallel.linear_cross_entropy: class-probability targets and "
-                                  "K-dimensional linear weights are not supported; pass class indices")
+        raise NotImplementedError(
+            "fused_ce.parallel.linear_cross_entropy: class-probability targets and "
+            "K-dimensional linear weights are not supported; pass class indices"
+        )
     ignore_index = -100 if ignore_index is None else ignore_index
     red = reductions.reduction_enum(reduction)
     softcap = 0.0 if softcap is None else float(softcap)
@@ -130,14 +175,28 @@ def linear_cross_entropy(input, linear_weight_shard, target, *, group=None, line
         x, target = x.unsqueeze(0), target.unsqueeze(0)
     local_classes = w.shape[0]
     rank, size = dist.get_rank(group), dist.get_world_size(group)
-    offsets = (_checked_offsets(class_offsets, local_classes, rank, size) if class_offsets is not None
-               else _class_offsets(local_classes, group, x.device))
+    offsets = (
+        _checked_offsets(class_offsets, local_classes, rank, size)
+        if class_offsets is not None
+        else _class_offsets(local_classes, group, x.device)
+    )
     S.check_targets(target, ignore_index, offsets[-1])
     rows, classes = linear.tile_shape(x.shape[0], local_classes, x.dtype, options)
     loss = VocabParallelLinearCE.apply(
-        x, w, b, target, weight, ignore_index, red, float(label_smoothing),
-        (float(logit_scale), softcap, float(lse_square_scale)), group, offsets, (rows, max(1, classes)),
-        kernel_ops())
+        x,
+        w,
+        b,
+        target,
+        weight,
+        ignore_index,
+        red,
+        float(label_smoothing),
+        (float(logit_scale), softcap, float(lse_square_scale)),
+        group,
+        offsets,
+        (rows, max(1, classes)),
+        kernel_ops(),
+    )
     if unbatched and red == NONE:
         loss = loss.squeeze(0)
     return loss if autocast else loss.to(input.dtype)

@@ -2,6 +2,7 @@
 changes of issue 27 touch apart from the large-vocabulary rows: many short rows (21 classes), 1000-class rows,
 plain and soft-capped, and N-D positions (64, 1024, 64) plain and capped, and a segmentation-like (16, 21, 128, 128).
 Run with each build's venv: THP_MEM_ALLOC_ENABLE=1 python shapes_check.py."""
+
 import time
 
 import torch
@@ -10,8 +11,14 @@ import fused_ce
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
-CASES = [((262144, 21), None), ((65536, 1000), None), ((65536, 1000), 30.0),
-         ((64, 1024, 64), None), ((64, 1024, 64), 30.0), ((16, 21, 128, 128), None)]
+CASES = [
+    ((262144, 21), None),
+    ((65536, 1000), None),
+    ((65536, 1000), 30.0),
+    ((64, 1024, 64), None),
+    ((64, 1024, 64), 30.0),
+    ((16, 21, 128, 128), None),
+]
 out = []
 for shape, cap in CASES:
     x = torch.randn(*shape).requires_grad_()

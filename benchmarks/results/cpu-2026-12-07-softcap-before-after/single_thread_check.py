@@ -2,6 +2,7 @@
 randn logits times SCALE): run with each build's venv, e.g. THP_MEM_ALLOC_ENABLE=1 python single_thread_check.py 20.
 SCALE 1 keeps every |x| / 30 below the tanh polynomial's bound 0.625; SCALE 20 puts a lane above it in nearly every
 vector, where the kernels compute both forms of the tanh."""
+
 import sys
 import time
 

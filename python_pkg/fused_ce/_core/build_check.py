@@ -6,6 +6,7 @@ symbol, or worse, loads and crashes. setup.py records the build's torch in fused
 compares it with the running torch before loading fused_ce._C, and turns a failed load into an ImportError
 that names both versions and the fix.
 """
+
 import importlib
 import re
 
@@ -48,11 +49,15 @@ def _message(info, reason):
     if info is not None:
         head = f"fused_ce {info.VERSION} was built for {describe_build(info)}, but {found} is installed ({reason})."
     else:
-        head = (f"fused_ce cannot be loaded beside {found} ({reason}); its build did not record which torch it was "
-                f"made for.")
-    return (f"{head} Install the fused_ce wheel made for this torch (its version label names it: "
-            f"+pt<torch version><cpu|cuXYZ>), or build fused_ce from source against this torch: "
-            f"pip install --no-cache-dir --force-reinstall <fused_ce source folder or sdist>.")
+        head = (
+            f"fused_ce cannot be loaded beside {found} ({reason}); its build did not record which torch it was "
+            f"made for."
+        )
+    return (
+        f"{head} Install the fused_ce wheel made for this torch (its version label names it: "
+        f"+pt<torch version><cpu|cuXYZ>), or build fused_ce from source against this torch: "
+        f"pip install --no-cache-dir --force-reinstall <fused_ce source folder or sdist>."
+    )
 
 
 def load_extension(name="_C"):

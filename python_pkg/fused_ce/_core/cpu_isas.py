@@ -3,6 +3,7 @@ the kernels use now, worked out as csrc/cpu/kernel_choice.cpp does (from the CPU
 FUSED_CE_CPU_CAPABILITY, which is read at every call). setup.py compiles the kernels once per instruction
 set, always all three.
 """
+
 import os
 
 ALL_ISAS = ["default", "avx2", "avx512"]

@@ -7,6 +7,7 @@ torch's message depends on its kernels' argument order (for a CPU input, a meta 
 device meta is not on the expected device cpu!", a meta target the reverse), so on a mix of devices
 the same torch loss is called on one-element stand-ins on the same devices: it raises what torch raises
 for the user's call, at the cost of a few tiny tensors, only on that error path."""
+
 import torch
 
 

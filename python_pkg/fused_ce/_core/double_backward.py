@@ -4,6 +4,7 @@ backward pass itself (create_graph=True), so that double backward works.
 They follow the same formulas as csrc/rowmath.h (whose kernels serve every other backward) and, unlike
 the kernels, materialize N x C intermediates: double backward of a loss is rare and small.
 """
+
 import torch
 
 NONE, MEAN = 0, 1
@@ -58,8 +59,9 @@ def cross_entropy_grad(grad_loss, logits, target, weight, ignore_index, label_sm
     return (g * grad).to(logits.dtype)
 
 
-def cross_entropy_lm_grad(grad_loss, logits, target, weight, ignore_index, label_smoothing, reduction, logit_scale,
-                          softcap, lse_square_scale):
+def cross_entropy_lm_grad(
+    grad_loss, logits, target, weight, ignore_index, label_smoothing, reduction, logit_scale, softcap, lse_square_scale
+):
     """The gradient of cross_entropy_lm_fwd's loss: that of plain cross-entropy for z = f(x), plus the z-loss's
     2 * lse_square_scale * lse * softmax(z) per counted row, times dz/dx (rowmath.h, LogitTransform)."""
     x = ignored_rows_zeroed(_acc(logits), target, ignore_index)
@@ -80,8 +82,7 @@ def cross_entropy_lm_grad(grad_loss, logits, target, weight, ignore_index, label
     return g_z.to(logits.dtype)
 
 
-def cross_entropy_soft_grads(grad_loss, logits, target, weight, label_smoothing, reduction,
-                             need_logits, need_target):
+def cross_entropy_soft_grads(grad_loss, logits, target, weight, label_smoothing, reduction, need_logits, need_target):
     x = _acc(logits)
     num_classes, dims = x.shape[1], x.dim()
     eps = max(float(label_smoothing), 0.0)
@@ -111,6 +112,7 @@ def bce_grads(grad_loss, input, target, weight, pos_weight, reduction, need_inpu
         g_input = (g * w * ((1.0 + (pw - 1.0) * y) * torch.sigmoid(x) - pw * y)).to(input.dtype)
     if need_target:
         # (pw - 1) softplus(-x) - x, written as in rowmath.h's bce_grad_target (finite-safe at x = +-inf)
-        g_target = (g * w * ((pw - 1.0) * torch.log1p(torch.exp(-x.abs())) - x.clamp_min(0)
-                             + pw * (-x).clamp_min(0))).to(target.dtype)
+        g_target = (
+            g * w * ((pw - 1.0) * torch.log1p(torch.exp(-x.abs())) - x.clamp_min(0) + pw * (-x).clamp_min(0))
+        ).to(target.dtype)
     return g_input, g_target

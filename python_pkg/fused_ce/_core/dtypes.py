@@ -1,22 +1,45 @@
 """Dtypes in torch's words: the ScalarType names its messages use, and the dtype errors that torch's own
 arithmetic raises for the less common dtypes (unsigned 16-64 bit, float8, bool, complex)."""
+
 import torch
 
 # Floating dtypes that the kernels compute in (the loss' and logits' dtypes).
 KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _NAMES = {
-    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
-    torch.complex32: "ComplexHalf", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
-    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-    torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64", torch.bool: "Bool",
-    torch.qint8: "QInt8", torch.quint8: "QUInt8", torch.qint32: "QInt32", torch.quint4x2: "QUInt4x2",
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.complex32: "ComplexHalf",
+    torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble",
+    torch.int64: "Long",
+    torch.int32: "Int",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.uint16: "UInt16",
+    torch.uint32: "UInt32",
+    torch.uint64: "UInt64",
+    torch.bool: "Bool",
+    torch.qint8: "QInt8",
+    torch.quint8: "QUInt8",
+    torch.qint32: "QInt32",
+    torch.quint4x2: "QUInt4x2",
     torch.quint2x4: "QUInt2x4",
 }
 
 # Dtypes whose subtraction works on every device; torch's BCE subtracts its target and pos_weight.
-_SUBTRACTABLE = KERNEL_DTYPES + (torch.complex64, torch.complex128, torch.int64, torch.int32, torch.int16,
-                                 torch.int8, torch.uint8)
+_SUBTRACTABLE = KERNEL_DTYPES + (
+    torch.complex64,
+    torch.complex128,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+)
 
 
 def dtype_name(dtype):
@@ -52,5 +75,6 @@ def _can_cast(src, dst):
 def check_castable(result, desired):
     """torch's error for an in-place op whose result type cannot be written to a tensor of `desired` dtype."""
     if result != desired and not _can_cast(result, desired):
-        raise RuntimeError(f"result type {dtype_name(result)} can't be cast to the desired output type "
-                           f"{dtype_name(desired)}")
+        raise RuntimeError(
+            f"result type {dtype_name(result)} can't be cast to the desired output type {dtype_name(desired)}"
+        )

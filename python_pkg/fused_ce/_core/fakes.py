@@ -1,4 +1,5 @@
 """Fake (meta) kernels of the plain cross-entropy and BCE ops (csrc/op_schemas.h), for every op library."""
+
 import torch
 
 from .fake_checks import (

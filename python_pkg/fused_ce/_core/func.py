@@ -5,6 +5,7 @@ has the old forward(ctx, ...) form that functorch refuses ("must override the se
 staticmethod"). Inside a transform the functional API therefore runs the public Function classes, which
 have the functorch form, a generated vmap rule over the ops' own vmap rules, and a jvp.
 """
+
 import torch
 
 from .functions import BCEWithLogitsFunction, CrossEntropyWithLse
@@ -17,8 +18,7 @@ def transforms_active():
 
 
 def cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
-    return CrossEntropyWithLse.apply(input, target, weight, ignore_index, reduction_name(reduction),
-                                     label_smoothing)[0]
+    return CrossEntropyWithLse.apply(input, target, weight, ignore_index, reduction_name(reduction), label_smoothing)[0]
 
 
 def binary_cross_entropy_with_logits(input, target, weight, reduction, pos_weight):

@@ -7,6 +7,7 @@ that form); generate_vmap_rule lets torch.vmap run forward, backward and jvp ove
 every op call hits the ops' own vmap rules (vmap.py: one kernel call per op, not one per sample); jvp
 serves forward-mode AD (torch.func.jvp, jacfwd, hessian = jacfwd(jacrev)).
 """
+
 import dataclasses
 
 import torch
@@ -45,8 +46,9 @@ class CrossEntropyWithLse(torch.autograd.Function):
         if c.soft:
             loss, lse = ops.cross_entropy_soft_fwd(c.logits, c.target, c.weight, c.label_smoothing, c.reduction)
         else:
-            loss, lse = ops.cross_entropy_fwd(c.logits, c.target, c.weight, c.ignore_index, c.label_smoothing,
-                                              c.reduction)
+            loss, lse = ops.cross_entropy_fwd(
+                c.logits, c.target, c.weight, c.ignore_index, c.label_smoothing, c.reduction
+            )
         if c.unbatched and c.reduction == NONE:
             loss = loss.squeeze(0)
         return loss, lse
@@ -82,13 +84,23 @@ class CrossEntropyWithLse(torch.autograd.Function):
         g_input = g_target = None
         if c.soft:
             g_input, g_target = backward.cross_entropy_soft_backward(
-                ctx.ops, grad_loss, logits, target, weight, lse, c.label_smoothing, c.reduction,
-                need_logits=need_input, need_target=need_target)
+                ctx.ops,
+                grad_loss,
+                logits,
+                target,
+                weight,
+                lse,
+                c.label_smoothing,
+                c.reduction,
+                need_logits=need_input,
+                need_target=need_target,
+            )
             if g_target is not None:
                 g_target = g_target.reshape(ctx.target_shape).to(ctx.target_dtype)
         elif need_input:
             g_input = backward.cross_entropy_backward(
-                ctx.ops, grad_loss, logits, target, weight, lse, c.ignore_index, c.label_smoothing, c.reduction)
+                ctx.ops, grad_loss, logits, target, weight, lse, c.ignore_index, c.label_smoothing, c.reduction
+            )
         if g_input is not None:
             g_input = g_input.reshape(ctx.input_shape).to(ctx.input_dtype)
         return g_input, g_target
@@ -96,7 +108,8 @@ class CrossEntropyWithLse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_lse):
         g_input, g_target = CrossEntropyWithLse._grads(
-            ctx, ctx.saved_tensors, grad_loss, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            ctx, ctx.saved_tensors, grad_loss, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
         return g_input, g_target, None, None, None, None
 
     @staticmethod
@@ -133,8 +146,9 @@ class BCEWithLogitsFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, target, weight=None, reduction="mean", pos_weight=None):
         c = _prepare_bce((input, target, weight, reduction, pos_weight))
-        return validation.bce_output(kernel_ops().bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight,
-                                                                       c.reduction), c)
+        return validation.bce_output(
+            kernel_ops().bce_with_logits_fwd(c.input, c.target, c.weight, c.pos_weight, c.reduction), c
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -154,8 +168,8 @@ class BCEWithLogitsFunction(torch.autograd.Function):
         x, y, weight, pos_weight = saved
         x, y = x.to(ctx.kernel_dtype), y.to(ctx.kernel_dtype)
         g_input, g_target = backward.bce_backward(
-            ctx.ops, grad_loss, x, y, weight, pos_weight, ctx.reduction,
-            need_input=need_input, need_target=need_target)
+            ctx.ops, grad_loss, x, y, weight, pos_weight, ctx.reduction, need_input=need_input, need_target=need_target
+        )
         if g_input is not None:
             g_input = g_input.to(ctx.dtypes[0])
         if g_target is not None:
@@ -165,7 +179,8 @@ class BCEWithLogitsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         g_input, g_target = BCEWithLogitsFunction._grads(
-            ctx, ctx.saved_tensors, grad_loss, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+            ctx, ctx.saved_tensors, grad_loss, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
         return g_input, g_target, None, None, None
 
     @staticmethod

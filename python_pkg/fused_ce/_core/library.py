@@ -5,6 +5,7 @@ The schemas and the CPU/CUDA kernels live in C++ (csrc/). The same Python regist
 library when the emulated CUDA extension is installed (`fused_ce_emulated_cuda`: the CUDA glue and kernels run
 on CPU tensors by an emulator, see fused_ce.testing). kernel_ops() says which library the public API calls.
 """
+
 import importlib
 import os
 

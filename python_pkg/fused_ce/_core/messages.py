@@ -2,6 +2,7 @@
 matches fused_ce's: every path that makes the same check (the public API's validation, the fake kernels, the
 vocabulary-parallel checks, the vmap rules) takes its text from here. The TorchScript path (script.py) keeps
 literal copies: TorchScript compiles only what it can see, and these helpers are plain Python."""
+
 from .dtypes import dtype_name
 
 
@@ -18,8 +19,10 @@ def label_smoothing_range(label_smoothing):
 
 
 def weight_size(num_classes, shape, prefix=""):
-    return (f"{prefix}weight tensor should be defined either for all {num_classes} classes or no classes but got "
-            f"weight tensor of shape: {list(shape)}")
+    return (
+        f"{prefix}weight tensor should be defined either for all {num_classes} classes or no classes but got "
+        f"weight tensor of shape: {list(shape)}"
+    )
 
 
 def weight_dtype(logits_dtype, weight_dtype):

@@ -1,4 +1,5 @@
 """The reduction codes the ops take: at::Reduction's values, which csrc/op_schemas.h documents too."""
+
 from torch.nn import _reduction
 
 NONE, MEAN, SUM = 0, 1, 2

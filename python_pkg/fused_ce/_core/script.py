@@ -16,6 +16,7 @@ What differs from eager, by design (docs/losses.md, "TorchScript"):
 - Autocast is not applied (scripted modules run the loss in the inputs' dtype): reading the autocast
   state from TorchScript (torch.is_autocast_cpu_enabled()) crashed torch 2.13 (segmentation fault).
 """
+
 from typing import Optional
 
 import torch
@@ -23,9 +24,17 @@ from torch import Tensor
 from torch.nn._reduction import get_enum as reduction_enum  # scriptable; what torch's losses use
 
 
-def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int, reduction: str,
-                  label_smoothing: float, logit_scale: float = 1.0, softcap: float = 0.0,
-                  lse_square_scale: float = 0.0) -> Tensor:
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    logit_scale: float = 1.0,
+    softcap: float = 0.0,
+    lse_square_scale: float = 0.0,
+) -> Tensor:
     red = reduction_enum(reduction)
     lm_options = logit_scale != 1.0 or softcap != 0.0 or lse_square_scale != 0.0
     if label_smoothing > 1.0:
@@ -40,25 +49,32 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignor
         target = target.unsqueeze(0)
     if soft:
         if lm_options:
-            raise RuntimeError("fused_ce: logit_scale, softcap and lse_square_scale with probability targets are not "
-                               "supported under TorchScript")
+            raise RuntimeError(
+                "fused_ce: logit_scale, softcap and lse_square_scale with probability targets are not "
+                "supported under TorchScript"
+            )
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
         dtype = torch.promote_types(input.dtype, target.dtype)
         if weight is not None:
             dtype = torch.promote_types(dtype, weight.dtype)
             weight = weight.to(dtype)
-        loss, lse = torch.ops.fused_ce.cross_entropy_soft_fwd(input.to(dtype), target.to(dtype), weight,
-                                                              smoothing, red)
+        loss, lse = torch.ops.fused_ce.cross_entropy_soft_fwd(input.to(dtype), target.to(dtype), weight, smoothing, red)
     else:
         if not unbatched and target.dim() >= 1 and target.shape[0] != input.shape[0]:
-            raise ValueError("Expected input batch_size (" + str(input.shape[0]) + ") to match target batch_size ("
-                             + str(target.shape[0]) + ").")
+            raise ValueError(
+                "Expected input batch_size ("
+                + str(input.shape[0])
+                + ") to match target batch_size ("
+                + str(target.shape[0])
+                + ")."
+            )
         if lm_options:
             if softcap < 0:
                 raise ValueError("cross_entropy: softcap must be >= 0 (0 turns it off), got " + str(softcap))
-            loss, lse, _z_loss = torch.ops.fused_ce.cross_entropy_lm_fwd(input, target, weight, ignore_index, smoothing,
-                                                                        red, logit_scale, softcap, lse_square_scale)
+            loss, lse, _z_loss = torch.ops.fused_ce.cross_entropy_lm_fwd(
+                input, target, weight, ignore_index, smoothing, red, logit_scale, softcap, lse_square_scale
+            )
         else:
             loss, _lse = torch.ops.fused_ce.cross_entropy_fwd(input, target, weight, ignore_index, smoothing, red)
     if unbatched and red == 0:
@@ -66,12 +82,15 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor], ignor
     return loss
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Optional[Tensor],
-                                     pos_weight: Optional[Tensor], reduction: str) -> Tensor:
+def binary_cross_entropy_with_logits(
+    input: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor], reduction: str
+) -> Tensor:
     red = reduction_enum(reduction)
     if input.shape != target.shape:
-        raise ValueError("Target size (torch.Size(" + str(target.shape) + ")) must be the same as input size "
-                         "(torch.Size(" + str(input.shape) + "))")
+        raise ValueError(
+            "Target size (torch.Size(" + str(target.shape) + ")) must be the same as input size "
+            "(torch.Size(" + str(input.shape) + "))"
+        )
     dtype = torch.promote_types(input.dtype, target.dtype)
     loss = torch.ops.fused_ce.bce_with_logits_fwd(input.to(dtype), target.to(dtype), weight, pos_weight, red)
     return loss.to(target.dtype)

@@ -4,6 +4,7 @@ fused_ce supports torch from the floor in pyproject.toml up (docs/support.md). F
 are used only where they exist; where one is missing, what depends on it degrades as documented there.
 Importing fused_ce never fails for want of one.
 """
+
 import torch
 import torch.nn.functional as F
 

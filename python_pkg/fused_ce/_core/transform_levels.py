@@ -9,6 +9,7 @@ levels; a wrapper of a grad or jvp level below the current one (hessian = jacfwd
 jacrev(jacrev), ...) means an outer transform differentiates this backward, so it needs the graph.
 Batching (vmap) wrappers do not: the ops' vmap rules batch the kernels.
 """
+
 import torch
 from torch._C import _functorch
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
@@ -43,4 +44,5 @@ def check_jvp_not_nested():
         raise NotImplementedError(
             "fused_ce: forward-mode AD of forward-mode AD (e.g. jacfwd(jacfwd(f)) or jvp of jvp) is not "
             "supported: torch.func does not differentiate an autograd.Function's jvp rule. Use reverse mode "
-            "for one of the two: torch.func.hessian (jacfwd(jacrev(f))), jacrev(jacrev(f)) or jacrev(jacfwd(f)).")
+            "for one of the two: torch.func.hessian (jacfwd(jacrev(f))), jacrev(jacrev(f)) or jacrev(jacfwd(f))."
+        )

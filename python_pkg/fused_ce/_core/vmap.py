@@ -14,6 +14,7 @@ indices the rule then folds it into a probability target, t[b, i, c] = w[b, c] *
 which the probability-target kernels compute the same loss and gradient with no weight; for probability
 targets the weight multiplies the smoothed target alike.
 """
+
 import os
 
 import torch
@@ -121,8 +122,7 @@ def _hard_as_soft(ops, logits, target, weight, ignore_index, label_smoothing):
     t = one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
     w = weight.to(logits.dtype).reshape(weight.shape[:2] + (1,) * (logits.dim() - 3))
     t = t * w.unsqueeze(1) * keep.unsqueeze(2).to(logits.dtype)
-    return (torch.where(keep.unsqueeze(2), logits, logits.new_zeros(())),
-            t.masked_fill(bad.unsqueeze(2), float("nan")))
+    return (torch.where(keep.unsqueeze(2), logits, logits.new_zeros(())), t.masked_fill(bad.unsqueeze(2), float("nan")))
 
 
 def _ce_fwd_vmap(ops):
@@ -139,9 +139,9 @@ def _ce_fwd_vmap(ops):
             loss, lse = ops.cross_entropy_fwd(_fold(x), _fold(y), w, ignore_index, label_smoothing, NONE)
         denominator = None
         if reduction == MEAN:
-            denominator = _mean_denominator(
-                _target_weights(y, w, batched_weight, ignore_index, x.shape[2]), batch)
+            denominator = _mean_denominator(_target_weights(y, w, batched_weight, ignore_index, x.shape[2]), batch)
         return (_reduce(loss, batch, reduction, denominator), _unfold(lse, batch)), (0, 0)
+
     return rule
 
 
@@ -167,6 +167,7 @@ def _ce_bwd_vmap(ops):
         else:
             out = ops.cross_entropy_bwd(g, _fold(x), _fold(y), w, lse_f, ignore_index, label_smoothing, NONE)
         return _unfold(out, batch), 0
+
     return rule
 
 
@@ -198,6 +199,7 @@ def _ce_soft_fwd_vmap(ops):
         else:
             loss, lse = ops.cross_entropy_soft_fwd(_fold(x), _fold(t), weight, label_smoothing, NONE)
         return (_reduce(loss, batch, reduction, _rows(x)), _unfold(lse, batch)), (0, 0)
+
     return rule
 
 
@@ -214,6 +216,7 @@ def _ce_soft_bwd_vmap(ops):
         else:
             out = ops.cross_entropy_soft_bwd(g, _fold(x), _fold(t), weight, lse_f, label_smoothing, NONE)
         return _unfold(out, batch), 0
+
     return rule
 
 
@@ -224,13 +227,15 @@ def _ce_soft_target_bwd_vmap(ops):
         lse_f = _fold(_front(lse, in_dims[3], batch))
         g = _fold(_row_grad(grad, in_dims[0], batch, x.shape[1:2] + x.shape[3:], reduction, _rows(x)))
         batched_weight = in_dims[2] is not None
-        out = ops.cross_entropy_soft_target_bwd(g, _fold(x), None if batched_weight else weight, lse_f,
-                                                label_smoothing, NONE)
+        out = ops.cross_entropy_soft_target_bwd(
+            g, _fold(x), None if batched_weight else weight, lse_f, label_smoothing, NONE
+        )
         out = _unfold(out, batch)
         if batched_weight:  # the gradient is linear in the class weight: g (1 - eps) w_c (-log p_c)
             w = _front(weight, in_dims[2], batch)
             out = out * w.reshape(w.shape[:2] + (1,) * (x.dim() - 3)).unsqueeze(1).to(out.dtype)
         return out, 0
+
     return rule
 
 
@@ -261,6 +266,7 @@ def _bce_fwd_vmap(ops):
         if reduction != NONE:
             loss = _reduce(loss, batch, reduction, float(x[0].numel()))
         return loss, 0
+
     return rule
 
 
@@ -270,6 +276,7 @@ def _bce_bwd_vmap(ops, name):
         x, y, w, pw = _bce_args(in_dims, batch, input, target, weight, pos_weight, 1)
         g = _row_grad(grad, in_dims[0], batch, x.shape[1:], reduction, float(x[0].numel())).contiguous()
         return getattr(ops, name)(g, x, y, w, pw, NONE), 0
+
     return rule
 
 
@@ -283,6 +290,7 @@ def _fp32_for_reductions(rule, logits_at, weight_at=None):
     call, which exceeded the suite's error bound (bf16 'mean' gradient 4.5e-3 relative error against a bound
     of 3.9e-3; fp16 'none' with a batched weight, loss and gradient 1.02 and 1.08 times the bound). The price
     is an fp32 copy of the logits in those cases."""
+
     def wrapped(info, in_dims, *args):
         dtype = args[logits_at].dtype
         folds_weight = weight_at is not None and in_dims[weight_at] is not None
@@ -293,6 +301,7 @@ def _fp32_for_reductions(rule, logits_at, weight_at=None):
         if isinstance(out, tuple):  # (loss, lse): the log-sum-exp is fp32 for fp16/bf16 logits anyway
             return (out[0].to(dtype),) + out[1:], out_dims
         return out.to(dtype), out_dims
+
     return wrapped
 
 

@@ -13,6 +13,7 @@ time with the per-row gradients (linear_cross_entropy_bwd), as does a second bac
 The ops are defined once per op library (fused_ce, and fused_ce_emulated_cuda when the emulated CUDA
 extension is installed, whose linear_ce_tile_ runs the CUDA kernels on CPU tensors).
 """
+
 from typing import Optional
 
 import torch
@@ -42,8 +43,25 @@ def _counted_rows(target, ignore_index):
     return _fixed_order_sum(target != ignore_index)
 
 
-def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, lm,
-                  chunk_rows, tile_classes, row_grad, denominator, z_denominator, need_input, need_weight, need_bias):
+def _chunked_pass(
+    ops,
+    input,
+    linear_weight,
+    linear_bias,
+    target,
+    weight,
+    ignore_index,
+    label_smoothing,
+    lm,
+    chunk_rows,
+    tile_classes,
+    row_grad,
+    denominator,
+    z_denominator,
+    need_input,
+    need_weight,
+    need_bias,
+):
     """One fixed-order pass over the row chunks. lm = (logit_scale, softcap, lse_square_scale), the
     language-model options. Returns the per-row cross-entropy losses, z-losses and log-sum-exps (accumulation
     dtype) and the gradients asked for (None otherwise) of sum_i g_i ce_i + g_z_i z_i, g_i = row_grad[i] /
@@ -53,9 +71,25 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
     N = input.shape[0]
     V = linear_weight.shape[0]
     if 0 < tile_classes < V:
-        return tiles.vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index,
-                                             label_smoothing, lm, chunk_rows, tile_classes, row_grad, denominator,
-                                             z_denominator, need_input, need_weight, need_bias)
+        return tiles.vocab_tiled_pass(
+            ops,
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            ignore_index,
+            label_smoothing,
+            lm,
+            chunk_rows,
+            tile_classes,
+            row_grad,
+            denominator,
+            z_denominator,
+            need_input,
+            need_weight,
+            need_bias,
+        )
     acc = acc_dtype(input.dtype)
     low_precision = input.dtype in (torch.float16, torch.bfloat16)
     grads = need_input or need_weight or need_bias
@@ -79,9 +113,18 @@ def _chunked_pass(ops, input, linear_weight, linear_bias, target, weight, ignore
             torch.mm(x, w_t, out=tile)
         else:
             torch.addmm(linear_bias, x, w_t, out=tile)
-        loss, lse, z = ops.linear_ce_tile_(tile, target[start:stop], weight, ignore_index, label_smoothing,
-                                           None if row_grad is None else row_grad[start:stop], denominator, grads,
-                                           *lm, z_denominator)
+        loss, lse, z = ops.linear_ce_tile_(
+            tile,
+            target[start:stop],
+            weight,
+            ignore_index,
+            label_smoothing,
+            None if row_grad is None else row_grad[start:stop],
+            denominator,
+            grads,
+            *lm,
+            z_denominator,
+        )
         row_loss[start:stop], lse_rows[start:stop], z_rows[start:stop] = loss, lse, z
         if not grads:
             continue
@@ -136,17 +179,43 @@ def _define(lib):
     ops = getattr(torch.ops, lib)
 
     @torch.library.register_fake(f"{lib}::linear_ce_tile_")
-    def _(tile, target, weight, ignore_index, label_smoothing, row_grad, denominator, write_grad, logit_scale=1.0,
-          softcap=0.0, lse_square_scale=0.0, z_denominator=None):
+    def _(
+        tile,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        row_grad,
+        denominator,
+        write_grad,
+        logit_scale=1.0,
+        softcap=0.0,
+        lse_square_scale=0.0,
+        z_denominator=None,
+    ):
         check_ce(tile, target, weight, soft=False)
         rows = tile.new_empty(tile.shape[:1], dtype=acc_dtype(tile.dtype))
         return rows, torch.empty_like(rows), torch.empty_like(rows)
 
     @torch.library.custom_op(f"{lib}::linear_cross_entropy_fwd", mutates_args=())
-    def fwd(input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
-            weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
-            need_input: bool, need_weight: bool, need_bias: bool, logit_scale: float = 1.0, softcap: float = 0.0,
-            lse_square_scale: float = 0.0, tile_classes: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def fwd(
+        input: Tensor,
+        linear_weight: Tensor,
+        linear_bias: Optional[Tensor],
+        target: Tensor,
+        weight: Optional[Tensor],
+        ignore_index: int,
+        label_smoothing: float,
+        reduction: int,
+        chunk_rows: int,
+        need_input: bool,
+        need_weight: bool,
+        need_bias: bool,
+        logit_scale: float = 1.0,
+        softcap: float = 0.0,
+        lse_square_scale: float = 0.0,
+        tile_classes: int = 0,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Loss in the accumulation dtype (the z-loss included), then d(loss)/d(input, linear_weight,
         linear_bias) for mean/sum when asked (empty tensors otherwise; the last two stay in the accumulation
         dtype until backward has scaled them, so that fp16/bf16 weights are rounded once), then the z-loss
@@ -158,9 +227,24 @@ def _define(lib):
             z_denominator = _counted_rows(target, ignore_index) if reduction == MEAN else None
             scalar = reduction != NONE
             row_loss, z_rows, lse, gx, gw, gb = _chunked_pass(
-                ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
-                (logit_scale, softcap, lse_square_scale), chunk_rows, tile_classes, None, denominator, z_denominator,
-                scalar and need_input, scalar and need_weight, scalar and need_bias and linear_bias is not None)
+                ops,
+                input,
+                linear_weight,
+                linear_bias,
+                target,
+                weight,
+                ignore_index,
+                label_smoothing,
+                (logit_scale, softcap, lse_square_scale),
+                chunk_rows,
+                tile_classes,
+                None,
+                denominator,
+                z_denominator,
+                scalar and need_input,
+                scalar and need_weight,
+                scalar and need_bias and linear_bias is not None,
+            )
             z_loss = _reduce(z_rows, reduction, z_denominator)
             if reduction == NONE:
                 loss = row_loss + z_rows
@@ -173,43 +257,112 @@ def _define(lib):
         return loss, *[g if g is not None else _empty(input) for g in (gx, gw, gb)], z_loss, lse
 
     @fwd.register_fake
-    def _(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
-          need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0, tile_classes=0):
+    def _(
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        reduction,
+        chunk_rows,
+        need_input,
+        need_weight,
+        need_bias,
+        logit_scale=1.0,
+        softcap=0.0,
+        lse_square_scale=0.0,
+        tile_classes=0,
+    ):
         check_reduction(reduction)
         scalar = reduction != NONE
         loss = input.new_empty(input.shape[:1] if reduction == NONE else (), dtype=acc_dtype(input.dtype))
         gx = torch.empty_like(input) if scalar and need_input else _empty(input)
         acc = acc_dtype(input.dtype)
         gw = linear_weight.new_empty(linear_weight.shape, dtype=acc) if scalar and need_weight else _empty(input)
-        gb = linear_bias.new_empty(linear_bias.shape, dtype=acc) \
-            if scalar and need_bias and linear_bias is not None else _empty(input)
+        gb = (
+            linear_bias.new_empty(linear_bias.shape, dtype=acc)
+            if scalar and need_bias and linear_bias is not None
+            else _empty(input)
+        )
         return loss, gx, gw, gb, torch.empty_like(loss), input.new_empty(input.shape[:1], dtype=acc)
 
     @torch.library.custom_op(f"{lib}::linear_cross_entropy_bwd", mutates_args=())
-    def bwd(grad: Tensor, input: Tensor, linear_weight: Tensor, linear_bias: Optional[Tensor], target: Tensor,
-            weight: Optional[Tensor], ignore_index: int, label_smoothing: float, reduction: int, chunk_rows: int,
-            need_input: bool, need_weight: bool, need_bias: bool, logit_scale: float = 1.0, softcap: float = 0.0,
-            lse_square_scale: float = 0.0, tile_classes: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    def bwd(
+        grad: Tensor,
+        input: Tensor,
+        linear_weight: Tensor,
+        linear_bias: Optional[Tensor],
+        target: Tensor,
+        weight: Optional[Tensor],
+        ignore_index: int,
+        label_smoothing: float,
+        reduction: int,
+        chunk_rows: int,
+        need_input: bool,
+        need_weight: bool,
+        need_bias: bool,
+        logit_scale: float = 1.0,
+        softcap: float = 0.0,
+        lse_square_scale: float = 0.0,
+        tile_classes: int = 0,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Gradients of the loss under the upstream gradient `grad` (per row for reduction='none', else one
         value), by the chunk loop again: the backward of 'none', and a second backward of 'mean'/'sum'."""
         check_reduction(reduction)
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
             acc = acc_dtype(input.dtype)
             row_grad = grad.to(acc) if reduction == NONE else grad.to(acc).reshape(1).expand(input.shape[0])
-            denominator = _target_weight_total(target, weight, ignore_index, linear_weight.shape[0]) \
-                if reduction == MEAN else None
+            denominator = (
+                _target_weight_total(target, weight, ignore_index, linear_weight.shape[0])
+                if reduction == MEAN
+                else None
+            )
             z_denominator = _counted_rows(target, ignore_index) if reduction == MEAN else None
             _, _, _, gx, gw, gb = _chunked_pass(
-                ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing,
-                (logit_scale, softcap, lse_square_scale), chunk_rows, tile_classes, row_grad.contiguous(), denominator,
-                z_denominator, need_input, need_weight, need_bias and linear_bias is not None)
+                ops,
+                input,
+                linear_weight,
+                linear_bias,
+                target,
+                weight,
+                ignore_index,
+                label_smoothing,
+                (logit_scale, softcap, lse_square_scale),
+                chunk_rows,
+                tile_classes,
+                row_grad.contiguous(),
+                denominator,
+                z_denominator,
+                need_input,
+                need_weight,
+                need_bias and linear_bias is not None,
+            )
         gw = gw.to(linear_weight.dtype) if gw is not None else None
         gb = gb.to(linear_bias.dtype) if gb is not None else None
         return tuple(g if g is not None else _empty(input) for g in (gx, gw, gb))
 
     @bwd.register_fake
-    def _(grad, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction,
-          chunk_rows, need_input, need_weight, need_bias, logit_scale=1.0, softcap=0.0, lse_square_scale=0.0, tile_classes=0):
+    def _(
+        grad,
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        reduction,
+        chunk_rows,
+        need_input,
+        need_weight,
+        need_bias,
+        logit_scale=1.0,
+        softcap=0.0,
+        lse_square_scale=0.0,
+        tile_classes=0,
+    ):
         check_reduction(reduction)
         gx = torch.empty_like(input) if need_input else _empty(input)
         gw = torch.empty_like(linear_weight) if need_weight else _empty(input)
@@ -217,8 +370,24 @@ def _define(lib):
         return gx, gw, gb
 
     def setup_context(ctx, inputs, output):
-        (input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, reduction, chunk_rows,
-         need_input, need_weight, need_bias, logit_scale, softcap, lse_square_scale, tile_classes) = inputs
+        (
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            ignore_index,
+            label_smoothing,
+            reduction,
+            chunk_rows,
+            need_input,
+            need_weight,
+            need_bias,
+            logit_scale,
+            softcap,
+            lse_square_scale,
+            tile_classes,
+        ) = inputs
         ctx.reduction = reduction
         ctx.args = (ignore_index, label_smoothing, reduction, chunk_rows)
         ctx.lm = (logit_scale, softcap, lse_square_scale, tile_classes)
@@ -226,25 +395,31 @@ def _define(lib):
         ctx.dtypes = (input.dtype, linear_weight.dtype, None if linear_bias is None else linear_bias.dtype)
         ctx.grads_spent = False
         ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(input, linear_weight, linear_bias, target, weight,
-                              *(output[1:4] if reduction != NONE else ()))
+        ctx.save_for_backward(
+            input, linear_weight, linear_bias, target, weight, *(output[1:4] if reduction != NONE else ())
+        )
 
     def backward(ctx, grad_loss, *_unused):
         if torch.is_grad_enabled():  # the gradients below are not differentiable functions of the inputs
             raise RuntimeError(
                 "fused_ce.linear_cross_entropy does not support double backward (create_graph=True); "
-                "use torch.nn.functional.linear_cross_entropy with options=None for higher-order gradients")
+                "use torch.nn.functional.linear_cross_entropy with options=None for higher-order gradients"
+            )
         need = ctx.needs_input_grad[:3]
         input, linear_weight, linear_bias, target, weight, *ready = ctx.saved_tensors
         if ctx.reduction == NONE or ctx.grads_spent:
-            grads = ops.linear_cross_entropy_bwd(grad_loss, input, linear_weight, linear_bias, target, weight,
-                                                 *ctx.args, *need, *ctx.lm)
+            grads = ops.linear_cross_entropy_bwd(
+                grad_loss, input, linear_weight, linear_bias, target, weight, *ctx.args, *need, *ctx.lm
+            )
         else:
-            missing = [name for name, n, c in zip(("input", "linear_weight", "linear_bias"), need, ctx.computed)
-                       if n and not c]
+            missing = [
+                name for name, n, c in zip(("input", "linear_weight", "linear_bias"), need, ctx.computed) if n and not c
+            ]
             if missing:
-                raise RuntimeError(f"fused_ce: linear_cross_entropy_fwd was called without computing the gradient "
-                                   f"of {', '.join(missing)}, which backward needs")
+                raise RuntimeError(
+                    f"fused_ce: linear_cross_entropy_fwd was called without computing the gradient "
+                    f"of {', '.join(missing)}, which backward needs"
+                )
             grads = _scale_ready_grads(ctx, ready, grad_loss)
         return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 13
 

@@ -18,6 +18,7 @@ In-place backward (inplace_backward=True) writes the gradient over the logits' o
   the kernels' layout: the gradient is then computed out of place, as without the option;
 - under torch.compile the option is ignored (the registered op's out-of-place backward is traced).
 """
+
 import torch
 
 from .._core import double_backward, transform_levels
@@ -34,8 +35,11 @@ def _register_fakes(lib):
         check_softcap(softcap)
         acc = lse_dtype(logits.dtype)
         z_shape = row_shape(logits) if reduction == NONE else ()
-        return (loss_like(logits, reduction), logits.new_empty(row_shape(logits), dtype=SAVED_LSE_DTYPE),
-                logits.new_empty(z_shape, dtype=acc))
+        return (
+            loss_like(logits, reduction),
+            logits.new_empty(row_shape(logits), dtype=SAVED_LSE_DTYPE),
+            logits.new_empty(z_shape, dtype=acc),
+        )
 
     def check_lm_backward(grad, logits, target, weight, lse, reduction, softcap):
         check_reduction(reduction)
@@ -44,17 +48,41 @@ def _register_fakes(lib):
         check_softcap(softcap)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_lm_bwd")
-    def _(grad, logits, target, weight, lse, ignore_index, label_smoothing, reduction, logit_scale, softcap,
-          lse_square_scale):
+    def _(
+        grad,
+        logits,
+        target,
+        weight,
+        lse,
+        ignore_index,
+        label_smoothing,
+        reduction,
+        logit_scale,
+        softcap,
+        lse_square_scale,
+    ):
         check_lm_backward(grad, logits, target, weight, lse, reduction, softcap)
         return grad_like(logits)
 
     @torch.library.register_fake(f"{lib}::cross_entropy_lm_bwd_")
-    def _(grad, logits, target, weight, lse, ignore_index, label_smoothing, reduction, logit_scale, softcap,
-          lse_square_scale):
+    def _(
+        grad,
+        logits,
+        target,
+        weight,
+        lse,
+        ignore_index,
+        label_smoothing,
+        reduction,
+        logit_scale,
+        softcap,
+        lse_square_scale,
+    ):
         check_lm_backward(grad, logits, target, weight, lse, reduction, softcap)
-        torch._check(logits.is_contiguous(), lambda: (
-            "fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous"))
+        torch._check(
+            logits.is_contiguous(),
+            lambda: ("fused_ce: cross_entropy_lm_bwd_ writes the gradient over the logits, which must be contiguous"),
+        )
 
 
 def lm_backward(ops, grad_loss, logits, target, weight, lse, args):
@@ -113,7 +141,8 @@ def check_inplace_backward(input):
         raise RuntimeError(
             "fused_ce: inplace_backward=True writes the gradient over the logits, but these logits are a leaf "
             "tensor that requires grad (a parameter or user data, whose gradient goes to .grad): pass logits "
-            "computed by the model (e.g. the LM head's output), or use inplace_backward=False")
+            "computed by the model (e.g. the LM head's output), or use inplace_backward=False"
+        )
 
 
 def cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward, input):
@@ -121,8 +150,13 @@ def cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward
     args = (c.ignore_index, c.label_smoothing, c.reduction, float(logit_scale), float(softcap), float(lse_square_scale))
     if inplace_backward:
         check_inplace_backward(input)
-    in_place = (inplace_backward and not torch.compiler.is_compiling() and c.logits.is_contiguous()
-                and c.logits.data_ptr() == input.data_ptr() and c.logits.dtype == input.dtype)
+    in_place = (
+        inplace_backward
+        and not torch.compiler.is_compiling()
+        and c.logits.is_contiguous()
+        and c.logits.data_ptr() == input.data_ptr()
+        and c.logits.dtype == input.dtype
+    )
     if in_place:
         return CrossEntropyLm.apply(c.logits, c.target, c.weight, args, True)
     return kernel_ops().cross_entropy_lm_fwd(c.logits, c.target, c.weight, *args)

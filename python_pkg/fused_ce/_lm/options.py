@@ -10,6 +10,7 @@ and the z-loss's log-sum-exp is computed by torch.logsumexp. Both follow the sam
     z_loss = lse_square_scale * lse**2 per counted row (not weighted by class weights; ignored rows 0),
              reduced like the loss: 'sum' sums, 'mean' divides by the number of counted rows.
     loss = cross_entropy(z, ...) + z_loss"""
+
 import torch
 
 from .._core import double_backward, func, messages, validation
@@ -19,8 +20,14 @@ from . import ops as lm_ops
 
 
 def has_options(logit_scale, softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward=False):
-    return logit_scale != 1.0 or softcap != 0.0 or lse_square_scale != 0.0 or return_z_loss or return_lse or \
-        inplace_backward
+    return (
+        logit_scale != 1.0
+        or softcap != 0.0
+        or lse_square_scale != 0.0
+        or return_z_loss
+        or return_lse
+        or inplace_backward
+    )
 
 
 def check_softcap(softcap):
@@ -44,8 +51,21 @@ def parts(loss, z_loss, lse, return_z_loss, return_lse):
     return (loss,) + ((z_loss,) if return_z_loss else ()) + ((lse,) if return_lse else ())
 
 
-def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, reduction, label_smoothing, logit_scale,
-                               softcap, lse_square_scale, return_z_loss, return_lse, inplace_backward):
+def cross_entropy_with_options(
+    loss_fn,
+    input,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    logit_scale,
+    softcap,
+    lse_square_scale,
+    return_z_loss,
+    return_lse,
+    inplace_backward,
+):
     """loss_fn(z, weight) is the plain cross-entropy of transformed logits z (the composite path); returns the
     loss with the z-loss added, or the tuple (loss, [z_loss], [lse]) of the requested parts. z_loss and lse are
     detached: values for logging (the loss already holds the z-loss)."""
@@ -53,8 +73,9 @@ def cross_entropy_with_options(loss_fn, input, target, weight, ignore_index, red
     if not func.transforms_active():
         c = validation.prepare_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
         if not c.soft:
-            loss, lse, z_loss = lm_ops.cross_entropy_lm(c, logit_scale, softcap, lse_square_scale, inplace_backward,
-                                                         input)
+            loss, lse, z_loss = lm_ops.cross_entropy_lm(
+                c, logit_scale, softcap, lse_square_scale, inplace_backward, input
+            )
             if c.unbatched:
                 lse = lse.squeeze(0)
                 if c.reduction == NONE:

@@ -16,6 +16,7 @@ the rows are rebuilt in fp32 from them and the target logits (one gathered value
 With label smoothing
 the row also needs the mean of the transformed logits, which only the kernel reads: those rows stay rounded.
 """
+
 import torch
 
 from .._core import validation
@@ -58,8 +59,9 @@ class SummedRowLosses(torch.autograd.Function):
         return lm_ops.lm_backward(ctx.ops, grad, logits, target, None, lse, ctx.args), None, None
 
 
-def summed_row_losses(input, target, ignore_index=-100, label_smoothing=0.0, logit_scale=1.0, softcap=None,
-                      lse_square_scale=0.0):
+def summed_row_losses(
+    input, target, ignore_index=-100, label_smoothing=0.0, logit_scale=1.0, softcap=None, lse_square_scale=0.0
+):
     """The fp32 sum of fused_ce.cross_entropy(input, target, reduction='none', ...) for class-index targets and
     no class weight, computed as the module docstring says."""
     softcap = 0.0 if softcap is None else softcap

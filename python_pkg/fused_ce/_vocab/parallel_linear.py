@@ -9,6 +9,7 @@ the gradients of this rank's linear_weight and linear_bias slices, which need no
 share of the input's gradient, which one all_reduce SUM (in fp32 for fp16/bf16) adds up over the ranks, since
 every rank's slice of the logits depends on the whole input.
 """
+
 import torch
 import torch.distributed as dist
 
@@ -34,12 +35,16 @@ def check_arguments(input, linear_weight, linear_bias, target, weight, label_smo
         raise RuntimeError(messages.target_dtype(target.dtype))
     tensors = [t for t in (input, linear_weight, linear_bias, weight) if t is not None]
     if input.dtype not in KERNEL_DTYPES or any(t.dtype != input.dtype for t in tensors):
-        raise RuntimeError(f"fused_ce.parallel.linear_cross_entropy: input, linear_weight, linear_bias and weight "
-                           f"must share one of the dtypes {', '.join(map(dtype_name, KERNEL_DTYPES))}, got "
-                           f"{', '.join(dtype_name(t.dtype) for t in tensors)}")
+        raise RuntimeError(
+            f"fused_ce.parallel.linear_cross_entropy: input, linear_weight, linear_bias and weight "
+            f"must share one of the dtypes {', '.join(map(dtype_name, KERNEL_DTYPES))}, got "
+            f"{', '.join(dtype_name(t.dtype) for t in tensors)}"
+        )
     if any(t.device != input.device for t in tensors + [target]):
-        raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices, "
-                           f"{input.device} and {next(t.device for t in tensors + [target] if t.device != input.device)}!")
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices, "
+            f"{input.device} and {next(t.device for t in tensors + [target] if t.device != input.device)}!"
+        )
 
 
 def reduce_rows(rows, reduction):
@@ -57,12 +62,37 @@ def reduce_rows(rows, reduction):
 
 class VocabParallelLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, linear_weight, linear_bias, target, weight, ignore_index, reduction, eps, lm, group,
-                offsets, tile, ops):
+    def forward(
+        ctx,
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        eps,
+        lm,
+        group,
+        offsets,
+        tile,
+        ops,
+    ):
         rank = dist.get_rank(group)
         logit_scale, softcap, z_scale = lm
-        stats = tiles.tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_index,
-                                         eps > 0, (logit_scale, softcap), *tile, class_offset=offsets[rank])
+        stats = tiles.tiled_stats(
+            ops,
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            ignore_index,
+            eps > 0,
+            (logit_scale, softcap),
+            *tile,
+            class_offset=offsets[rank],
+        )
         rows = S.RowTerms(S.all_reduce(stats, group), target, ignore_index, eps, offsets[-1], z_scale)
         out, ce_scale, z_scale_rows = reduce_rows(rows, reduction)
         coefs = rows.grad_coefs(ce_scale, z_scale_rows).to(rows.lse.dtype)
@@ -77,9 +107,22 @@ class VocabParallelLinearCE(torch.autograd.Function):
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         g = grad_out.to(coefs.dtype).expand_as(coefs[0])
         coefs = torch.cat([coefs[:1], coefs[1:] * g])
-        gx, gw, gb = tiles.tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs,
-                                              ignore_index, transform, *tile, need_input, need_weight,
-                                              need_bias and linear_bias is not None, class_offset=offset)
+        gx, gw, gb = tiles.tiled_grads(
+            ops,
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            coefs,
+            ignore_index,
+            transform,
+            *tile,
+            need_input,
+            need_weight,
+            need_bias and linear_bias is not None,
+            class_offset=offset,
+        )
         if need_input:
             dist.all_reduce(gx, op=dist.ReduceOp.SUM, group=group)
             gx = gx.to(input.dtype)

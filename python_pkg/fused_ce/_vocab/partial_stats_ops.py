@@ -2,6 +2,7 @@
 csrc/partial_stats_schema.h), for each op library. They have no autograd formula of their own:
 parallel.py's autograd.Function calls ce_partial_stats in forward and ce_partial_grad in backward.
 """
+
 import torch
 
 from .._core.dtypes import dtype_name
@@ -29,9 +30,13 @@ def _register_fakes(lib):
         check_devices(logits, coefs=coefs)
         shape = [GRAD_COEFS] + list(row_shape(logits))
         acc = lse_dtype(logits.dtype)
-        torch._check(coefs.dtype == acc and list(coefs.shape) == shape, lambda: (
-            f"fused_ce: coefs must have shape {shape} and dtype {dtype_name(acc)}, got {list(coefs.shape)} "
-            f"{dtype_name(coefs.dtype)}"))
+        torch._check(
+            coefs.dtype == acc and list(coefs.shape) == shape,
+            lambda: (
+                f"fused_ce: coefs must have shape {shape} and dtype {dtype_name(acc)}, got {list(coefs.shape)} "
+                f"{dtype_name(coefs.dtype)}"
+            ),
+        )
         return grad_like(logits)
 
 

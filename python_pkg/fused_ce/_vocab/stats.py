@@ -9,6 +9,7 @@ are taken against one common max: `summable` moves them there, `merge` adds two 
 parts of every rank with one MAX and one SUM all-reduce. `RowTerms` then gives each row's loss, z-loss,
 log-sum-exp, and the per-row coefficients of ce_partial_grad.
 """
+
 import torch
 import torch.distributed as dist
 
@@ -44,8 +45,15 @@ def summable(stats, common_max):
     """A part's (5, R) sums taken against common_max (R) instead of its own max: sum exp, target logit,
     target weight, D, W. These add up across the parts of a row."""
     s = shift(common_max)
-    return torch.stack([stats[SUM_EXP] * torch.exp(stats[MAX] - s), stats[TARGET_LOGIT], stats[TARGET_WEIGHT],
-                        stats[SMOOTHING] + stats[WEIGHT_SUM] * (s - shift(stats[MAX])), stats[WEIGHT_SUM]])
+    return torch.stack(
+        [
+            stats[SUM_EXP] * torch.exp(stats[MAX] - s),
+            stats[TARGET_LOGIT],
+            stats[TARGET_WEIGHT],
+            stats[SMOOTHING] + stats[WEIGHT_SUM] * (s - shift(stats[MAX])),
+            stats[WEIGHT_SUM],
+        ]
+    )
 
 
 def merge(a, b):
@@ -101,8 +109,10 @@ class RowTerms:
         self.weight_sum = stats[WEIGHT_SUM] if eps > 0 else torch.zeros_like(self.lse)
         ce = (1 - eps) * self.target_weight * (self.lse - stats[TARGET_LOGIT])
         if eps > 0:
-            ce = ce + (eps / classes) * (self.weight_sum * (self.lse - shift(stats[MAX]))
-                                         + stats[SMOOTHING]) * self.validf
+            ce = (
+                ce
+                + (eps / classes) * (self.weight_sum * (self.lse - shift(stats[MAX])) + stats[SMOOTHING]) * self.validf
+            )
         self.ce = self.counted(ce)
         self.z = self.counted(z_scale * self.lse * self.lse * self.validf)
 

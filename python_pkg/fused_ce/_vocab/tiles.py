@@ -12,6 +12,7 @@ Only one tile of logits and one of dlogits exist at a time. Pass 2 computes the 
 of never holding a whole row: with whole rows, linear_ce_tile_ does both in one pass (_linear/ops.py).
 dX and dW are accumulated in fp32 for fp16/bf16 (fp64 for fp64).
 """
+
 import torch
 
 from .._core.library import lse_dtype as acc_dtype
@@ -36,8 +37,20 @@ def _part(t, cs):
     return None if t is None else t[cs]
 
 
-def tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_index, smoothing, transform, rows,
-                cols, class_offset=0):
+def tiled_stats(
+    ops,
+    input,
+    linear_weight,
+    linear_bias,
+    target,
+    weight,
+    ignore_index,
+    smoothing,
+    transform,
+    rows,
+    cols,
+    class_offset=0,
+):
     """Pass 1: the (6, N) statistics of each row of input @ linear_weight^T (+ bias), whose classes start at
     global class `class_offset`. transform = (logit_scale, softcap)."""
     N, V = input.shape[0], linear_weight.shape[0]
@@ -47,15 +60,31 @@ def tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_i
         x, t, acc = input[rs], target[rs], None
         for cs in class_slices:
             tile = _logits(workspace, x, linear_weight, linear_bias, cs)
-            part = ops.ce_partial_stats(tile, t, _part(weight, cs), class_offset + cs.start, ignore_index, smoothing,
-                                        *transform)
+            part = ops.ce_partial_stats(
+                tile, t, _part(weight, cs), class_offset + cs.start, ignore_index, smoothing, *transform
+            )
             acc = part if acc is None else S.merge(acc, part)
         out[:, rs] = acc
     return out
 
 
-def tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, ignore_index, transform, rows, cols,
-                need_input, need_weight, need_bias, class_offset=0):
+def tiled_grads(
+    ops,
+    input,
+    linear_weight,
+    linear_bias,
+    target,
+    weight,
+    coefs,
+    ignore_index,
+    transform,
+    rows,
+    cols,
+    need_input,
+    need_weight,
+    need_bias,
+    class_offset=0,
+):
     """Pass 2: the gradients asked for (None otherwise) of the loss whose ce_partial_grad coefficients per row are
     `coefs` (4, N), in the accumulation dtype (rounded by the caller): the input's (of this slice's classes; the
     caller sums it over ranks), linear_weight's and linear_bias's."""
@@ -72,8 +101,9 @@ def tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, i
         gx = g_input[rs].zero_() if need_input else None
         for cs in class_slices:
             tile = _logits(workspace, x, linear_weight, linear_bias, cs)
-            dlogits = ops.ce_partial_grad(tile, t, _part(weight, cs), coefs[:, rs], class_offset + cs.start,
-                                          ignore_index, *transform).to(acc)
+            dlogits = ops.ce_partial_grad(
+                tile, t, _part(weight, cs), coefs[:, rs], class_offset + cs.start, ignore_index, *transform
+            ).to(acc)
             if need_input:
                 gx.addmm_(dlogits, linear_weight[cs].to(acc))
             if need_weight:
@@ -83,15 +113,43 @@ def tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, i
     return g_input, g_weight, g_bias
 
 
-def vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, lm,
-                     rows, cols, row_grad, denominator, z_denominator, need_input, need_weight, need_bias):
+def vocab_tiled_pass(
+    ops,
+    input,
+    linear_weight,
+    linear_bias,
+    target,
+    weight,
+    ignore_index,
+    label_smoothing,
+    lm,
+    rows,
+    cols,
+    row_grad,
+    denominator,
+    z_denominator,
+    need_input,
+    need_weight,
+    need_bias,
+):
     """_linear/ops.py's _chunked_pass in vocabulary tiles, with the same arguments and results: the per-row
     cross-entropy losses, z-losses and log-sum-exps (0 on ignored rows) and the gradients asked for of
     sum_i g_i ce_i + g_z_i z_i, g_i = row_grad[i] / denominator, g_z_i = row_grad[i] / z_denominator."""
     logit_scale, softcap, z_scale = lm
     S.check_targets(target, ignore_index, linear_weight.shape[0])
-    stats = tiled_stats(ops, input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing > 0,
-                        (logit_scale, softcap), rows, cols)
+    stats = tiled_stats(
+        ops,
+        input,
+        linear_weight,
+        linear_bias,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing > 0,
+        (logit_scale, softcap),
+        rows,
+        cols,
+    )
     terms = S.RowTerms(stats, target, ignore_index, label_smoothing, linear_weight.shape[0], z_scale)
     zero = torch.zeros_like(terms.lse)
     row_loss = torch.where(terms.valid, terms.ce, zero)
@@ -103,7 +161,21 @@ def vocab_tiled_pass(ops, input, linear_weight, linear_bias, target, weight, ign
         ce_scale = g if denominator is None else g / denominator
         z_scale_rows = g if z_denominator is None else g / z_denominator
         coefs = terms.grad_coefs(ce_scale, z_scale_rows).to(terms.lse.dtype)
-        gx, gw, gb = tiled_grads(ops, input, linear_weight, linear_bias, target, weight, coefs, ignore_index,
-                                 (logit_scale, softcap), rows, cols, need_input, need_weight, need_bias)
+        gx, gw, gb = tiled_grads(
+            ops,
+            input,
+            linear_weight,
+            linear_bias,
+            target,
+            weight,
+            coefs,
+            ignore_index,
+            (logit_scale, softcap),
+            rows,
+            cols,
+            need_input,
+            need_weight,
+            need_bias,
+        )
         grads = (None if gx is None else gx.to(input.dtype), gw, gb)
     return (row_loss, z_rows, lse_rows, *grads)

@@ -12,6 +12,7 @@ every value of every parameter is met at least once; --full runs the whole grids
 --json writes the full record: versions, build flags, devices, and every case's outcome.
 Needs only torch and fused_ce.
 """
+
 import argparse
 import json
 import sys
@@ -24,14 +25,24 @@ __all__ = ["main"]
 
 def _arguments(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m fused_ce.check", description=__doc__.split("\n\n")[0],
-        epilog="groups: " + "; ".join(f"{g.name}: {g.what}" for g in groups.GROUPS))
-    parser.add_argument("--device", default="all",
-                        help="all (default: every device present), cpu (with the emulated CUDA build when "
-                             "installed), emulated_cuda, cuda (the current GPU) or cuda:N")
+        prog="python -m fused_ce.check",
+        description=__doc__.split("\n\n")[0],
+        epilog="groups: " + "; ".join(f"{g.name}: {g.what}" for g in groups.GROUPS),
+    )
+    parser.add_argument(
+        "--device",
+        default="all",
+        help="all (default: every device present), cpu (with the emulated CUDA build when "
+        "installed), emulated_cuda, cuda (the current GPU) or cuda:N",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="every parameter value at least once (the default; about half a minute on 2 CPU cores)")
+    mode.add_argument(
+        "--quick",
+        dest="mode",
+        action="store_const",
+        const="quick",
+        help="every parameter value at least once (the default; about half a minute on 2 CPU cores)",
+    )
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="the test suite's whole grids")
     parser.add_argument("--json", metavar="PATH", help="write the full record as JSON to PATH")
     parser.set_defaults(mode="quick")
@@ -49,10 +60,12 @@ def _built_for(built):
 def _print_environment(env):
     v, b = env["versions"], env["build"]
     version = b["built_for"]["version"] if b["built_for"] else v["fused_ce"]
-    print(f"fused_ce {version} ({v['fused_ce_path']}; {_built_for(b['built_for'])}), torch {v['torch']} "
-          f"(CUDA {v['torch_cuda']}), python {v['python']}; CPU kernels built for {', '.join(b['cpu_isas_built'])}, using "
-          f"{b['cpu_isa_chosen']}; CUDA kernels: {'yes' if b['cuda_kernels'] else 'no'}; emulated CUDA build: "
-          f"{'yes' if b['emulated_cuda'] else 'no'}")
+    print(
+        f"fused_ce {version} ({v['fused_ce_path']}; {_built_for(b['built_for'])}), torch {v['torch']} "
+        f"(CUDA {v['torch_cuda']}), python {v['python']}; CPU kernels built for {', '.join(b['cpu_isas_built'])}, using "
+        f"{b['cpu_isa_chosen']}; CUDA kernels: {'yes' if b['cuda_kernels'] else 'no'}; emulated CUDA build: "
+        f"{'yes' if b['emulated_cuda'] else 'no'}"
+    )
     for label, device in env["devices"].items():
         print(f"  {label}: " + ", ".join(f"{k} {val}" for k, val in device.items()))
 
@@ -67,8 +80,11 @@ def main(argv=None):
         return 2
     quick = args.mode == "quick"
     start = time.perf_counter()
-    env = {"versions": environment.versions(), "build": environment.build_flags(),
-           "devices": {t.label: environment.describe_device(t) for t in chosen}}
+    env = {
+        "versions": environment.versions(),
+        "build": environment.build_flags(),
+        "devices": {t.label: environment.describe_device(t) for t in chosen},
+    }
     _print_environment(env)
     print(f"{args.mode} check", flush=True)
     table = report.Table([t.label for t in chosen], [g.name for g in groups.GROUPS])
@@ -86,7 +102,17 @@ def main(argv=None):
     print(report.verdict(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report.record(env, args.mode, results, speeds, time.perf_counter() - start,
-                                    {g.name: g.what for g in groups.GROUPS}), f, indent=1)
+            json.dump(
+                report.record(
+                    env,
+                    args.mode,
+                    results,
+                    speeds,
+                    time.perf_counter() - start,
+                    {g.name: g.what for g in groups.GROUPS},
+                ),
+                f,
+                indent=1,
+            )
         print(f"record written to {args.json}")
     return 0 if all(not r.failed for r in results) else 1

@@ -1,6 +1,7 @@
 """The record of where the self-check ran: versions, fused_ce's build, and each checked device (the GPU's
 name and driver). Everything here is read from the installed packages and the machine; nothing is assumed.
 """
+
 import platform
 import shutil
 import subprocess
@@ -55,8 +56,9 @@ def _nvidia_driver():
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=20)
+            out = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            )
             if out.returncode == 0 and out.stdout.strip():
                 return out.stdout.strip().splitlines()[0]
         except (OSError, subprocess.SubprocessError):
@@ -72,8 +74,12 @@ def describe_device(target):
     """Name and details of one checked target (a fused_ce.check.targets.Target)."""
     if target.device.type == "cuda":
         props = torch.cuda.get_device_properties(target.device)
-        return {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                "memory_gib": round(props.total_memory / 2**30, 1), "driver": _nvidia_driver()}
+        return {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "driver": _nvidia_driver(),
+        }
     record = {"name": cpu_name(), "threads": torch.get_num_threads()}
     if target.emulated:
         record["kernels"] = "fused_ce's CUDA kernels run by the CPU emulator (fused_ce.testing.emulated_cuda)"

@@ -1,5 +1,6 @@
 """The self-check's output: a table with one line per device and group, a speed line per device, a verdict
 line; and the full record for --json."""
+
 import dataclasses
 
 FAILURE_CHARS = 160
@@ -21,7 +22,7 @@ class Table:
         if r.failed:
             case = r.failed[0]
             first = f"{case.family} [{case.case}]: {case.error}"
-            first = first if len(first) <= FAILURE_CHARS else first[:FAILURE_CHARS - 3] + "..."
+            first = first if len(first) <= FAILURE_CHARS else first[: FAILURE_CHARS - 3] + "..."
         return f"{r.target:<{self.width}}  {r.group:<{self.group_width}}  {passed:>9}  {r.seconds:6.1f}s  {first}"
 
     def speed(self, label, speed):
@@ -30,8 +31,10 @@ class Table:
             return start + f"not timed ({speed['skipped']})"
         if "error" in speed:
             return start + f"failed: {speed['error']}"
-        return start + f"{speed['op']} {speed['dtype']} {tuple(speed['shape'])}: torch eager " \
-                       f"{speed['torch_ms']:.1f} ms, fused_ce {speed['fused_ce_ms']:.1f} ms: {speed['speedup']:.2f}x"
+        return (
+            start + f"{speed['op']} {speed['dtype']} {tuple(speed['shape'])}: torch eager "
+            f"{speed['torch_ms']:.1f} ms, fused_ce {speed['fused_ce_ms']:.1f} ms: {speed['speedup']:.2f}x"
+        )
 
 
 def verdict(results):
@@ -55,8 +58,16 @@ def record(environment, mode, results, speeds, seconds, descriptions):
         "passed": all(not r.failed for r in results),
         "verdict": verdict(results),
         "speed": speeds,
-        "groups": [{"device": r.target, "group": r.group, "passed": not r.failed, "cases_total": len(r.cases),
-                    "cases_failed": len(r.failed), "seconds": round(r.seconds, 3),
-                    "cases": [dataclasses.asdict(c) | {"seconds": round(c.seconds, 4)} for c in r.cases]}
-                   for r in results],
+        "groups": [
+            {
+                "device": r.target,
+                "group": r.group,
+                "passed": not r.failed,
+                "cases_total": len(r.cases),
+                "cases_failed": len(r.failed),
+                "seconds": round(r.seconds, 3),
+                "cases": [dataclasses.asdict(c) | {"seconds": round(c.seconds, 4)} for c in r.cases],
+            }
+            for r in results
+        ],
     }

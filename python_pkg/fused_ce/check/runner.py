@@ -1,5 +1,6 @@
 """Runs the groups' cases on one target and records each case's outcome (an exception of any kind is a
 failure, recorded with its type and message)."""
+
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -55,6 +56,5 @@ def _run_case(family, point, target):
         if not isinstance(e, AssertionError):
             where = traceback.extract_tb(e.__traceback__)[-1]
             message += f" (at {where.filename}:{where.lineno})"
-        return CaseResult(family.name, describe(point), False, time.perf_counter() - start,
-                          message[:MESSAGE_CHARS])
+        return CaseResult(family.name, describe(point), False, time.perf_counter() - start, message[:MESSAGE_CHARS])
     return CaseResult(family.name, describe(point), True, time.perf_counter() - start)

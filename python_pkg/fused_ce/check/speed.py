@@ -3,6 +3,7 @@ fp32, class-index targets, mean reduction, on one standard language-model shape 
 a GPU, where fewer would time kernel launches). The median of a few runs after a warm-up; CUDA events on a
 GPU, the wall clock on the CPU. The emulated CUDA build is not timed: the emulator's speed says nothing of a
 GPU's. A report, not a test: the verdict does not depend on it."""
+
 import statistics
 import time
 
@@ -49,5 +50,12 @@ def measure(target, quick):
     runs = RUNS["quick" if quick else "full"]
     torch_ms = _median_ms(F.cross_entropy, x, y, runs)
     ours_ms = _median_ms(functional.cross_entropy, x, y, runs)
-    return {"op": "cross_entropy forward+backward, mean", "shape": list(shape), "dtype": "float32", "runs": runs,
-            "torch_ms": round(torch_ms, 3), "fused_ce_ms": round(ours_ms, 3), "speedup": round(torch_ms / ours_ms, 2)}
+    return {
+        "op": "cross_entropy forward+backward, mean",
+        "shape": list(shape),
+        "dtype": "float32",
+        "runs": runs,
+        "torch_ms": round(torch_ms, 3),
+        "fused_ce_ms": round(ours_ms, 3),
+        "speedup": round(torch_ms / ours_ms, 2),
+    }

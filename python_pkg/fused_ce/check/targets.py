@@ -1,5 +1,6 @@
 """Where the self-check runs: the CPU kernels, the emulated CUDA build (fused_ce's CUDA kernels on CPU
 tensors, when it is installed) and each visible GPU, each reported as its own device."""
+
 import contextlib
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ EMULATED = "emulated_cuda"
 
 @dataclass(frozen=True)
 class Target:
-    label: str            # what the table shows: cpu, emulated_cuda, cuda:0
+    label: str  # what the table shows: cpu, emulated_cuda, cuda:0
     device: torch.device  # where the tensors live
     emulated: bool = False
 
@@ -41,8 +42,10 @@ def select(name):
         return emulated
     if name == "cuda" or name.startswith("cuda:"):
         if gpus == 0:
-            raise ValueError(f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} "
-                             f"(CUDA build: {torch.version.cuda})")
+            raise ValueError(
+                f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} "
+                f"(CUDA build: {torch.version.cuda})"
+            )
         index = torch.cuda.current_device() if name == "cuda" else int(name.split(":", 1)[1])
         if not 0 <= index < gpus:
             raise ValueError(f"--device {name}: torch sees {gpus} GPU(s)")

@@ -23,6 +23,7 @@ when FUSED_CE_CUDA_CHECK_TARGETS=1. The emulator is slow (it runs every GPU thre
 switch is process-wide, not per thread: it is meant for tests. docs/emulated_cuda.md says what the
 emulation checks and what it cannot.
 """
+
 import contextlib
 
 from .._core import library
@@ -53,7 +54,8 @@ def emulated_cuda():
     if not library.EMULATED_AVAILABLE:
         raise RuntimeError(
             "fused_ce.testing.emulated_cuda() needs the emulated CUDA extension: reinstall fused_ce with "
-            "FUSED_CE_EMULATED_CUDA=1 (pip install --no-build-isolation .)")
+            "FUSED_CE_EMULATED_CUDA=1 (pip install --no-build-isolation .)"
+        )
     library.emulated_depth += 1
     try:
         yield

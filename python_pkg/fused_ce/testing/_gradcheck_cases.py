@@ -3,6 +3,7 @@ the functional API and the public autograd.Function classes. One family per loss
 run by tests/test_autograd.py and by python -m fused_ce.check. A failure raises
 torch.autograd.gradcheck.GradcheckError.
 """
+
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
@@ -69,12 +70,16 @@ def hard_targets(device, api, shape, options, reduction):
     w = _weight(x.shape[0 if len(shape) == 1 else 1], device) if options.get("weighted") else None
     ls = options.get("label_smoothing", 0.0)
     if api == "functional":
+
         def fn(x):
-            return functional.cross_entropy(x, y, weight=w, ignore_index=ignore_index, reduction=reduction,
-                                            label_smoothing=ls)
+            return functional.cross_entropy(
+                x, y, weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=ls
+            )
     else:
+
         def fn(x):
             return CrossEntropyFunction.apply(x, y, w, ignore_index, reduction, ls)
+
     check_both(fn, (x,))
 
 
@@ -84,11 +89,14 @@ def soft_targets(device, api, shape, options, reduction):
     w = _weight(shape[0 if len(shape) == 1 else 1], device) if options.get("weighted") else None
     ls = options.get("label_smoothing", 0.0)
     if api == "functional":
+
         def fn(x, t):
             return functional.cross_entropy(x, t, weight=w, reduction=reduction, label_smoothing=ls)
     else:
+
         def fn(x, t):
             return CrossEntropyFunction.apply(x, t, w, -100, reduction, ls)
+
     check_both(fn, (x, t))
 
 
@@ -98,16 +106,25 @@ def bce(device, api, options, reduction):
     w = torch.rand(options["weight"], dtype=F64, device=device) + 0.2 if "weight" in options else None
     pw = torch.rand(options["pos_weight"], dtype=F64, device=device) + 0.2 if "pos_weight" in options else None
     if api == "functional":
+
         def fn(x, y):
             return functional.binary_cross_entropy_with_logits(x, y, w, reduction=reduction, pos_weight=pw)
     else:
+
         def fn(x, y):
             return BCEWithLogitsFunction.apply(x, y, w, reduction, pw)
+
     check_both(fn, (x, y))
 
 
-GRADCHECK_CE_HARD = Family("gradcheck_ce_hard_targets", hard_targets, {
-    "api": APIS, "shape": [(4, 5), (2, 4, 3), (5,)], "options": HARD_OPTIONS, "reduction": REDUCTIONS})
-GRADCHECK_CE_SOFT = Family("gradcheck_ce_soft_targets", soft_targets, {
-    "api": APIS, "shape": [(3, 4), (2, 3, 2), (4,)], "options": SOFT_OPTIONS, "reduction": REDUCTIONS})
+GRADCHECK_CE_HARD = Family(
+    "gradcheck_ce_hard_targets",
+    hard_targets,
+    {"api": APIS, "shape": [(4, 5), (2, 4, 3), (5,)], "options": HARD_OPTIONS, "reduction": REDUCTIONS},
+)
+GRADCHECK_CE_SOFT = Family(
+    "gradcheck_ce_soft_targets",
+    soft_targets,
+    {"api": APIS, "shape": [(3, 4), (2, 3, 2), (4,)], "options": SOFT_OPTIONS, "reduction": REDUCTIONS},
+)
 GRADCHECK_BCE = Family("gradcheck_bce", bce, {"api": APIS, "options": BCE_OPTIONS, "reduction": REDUCTIONS})

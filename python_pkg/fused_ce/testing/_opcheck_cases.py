@@ -4,6 +4,7 @@ aot_dispatch, over dtypes and reductions, with and without requires_grad. One fa
 (fused_ce._case_grid), run by tests/test_ops.py and by python -m fused_ce.check. A failure raises
 torch.testing._internal.optests.OpCheckError.
 """
+
 import torch
 
 from .._core.library import kernel_ops, lse_dtype
@@ -12,19 +13,35 @@ from .case_grid import Family
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 REDUCTIONS = {name: code for code, name in enumerate(NAMES)}
-ALL_OPS = {"cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_soft_fwd", "cross_entropy_soft_bwd",
-           "cross_entropy_lm_fwd", "cross_entropy_lm_bwd", "cross_entropy_lm_bwd_",
-           "linear_ce_tile_", "linear_cross_entropy_fwd", "linear_cross_entropy_bwd",
-           "cross_entropy_soft_target_bwd", "bce_with_logits_fwd", "bce_with_logits_bwd",
-           "bce_with_logits_target_bwd", "ce_partial_stats", "ce_partial_grad"}
+ALL_OPS = {
+    "cross_entropy_fwd",
+    "cross_entropy_bwd",
+    "cross_entropy_soft_fwd",
+    "cross_entropy_soft_bwd",
+    "cross_entropy_lm_fwd",
+    "cross_entropy_lm_bwd",
+    "cross_entropy_lm_bwd_",
+    "linear_ce_tile_",
+    "linear_cross_entropy_fwd",
+    "linear_cross_entropy_bwd",
+    "cross_entropy_soft_target_bwd",
+    "bce_with_logits_fwd",
+    "bce_with_logits_bwd",
+    "bce_with_logits_target_bwd",
+    "ce_partial_stats",
+    "ce_partial_grad",
+}
 SHAPES = [(4, 7), (2, 5, 3)]
 
 
 def registered_ops(library):
     """The public ops of `library` (private ones, like the emulator's self-test, start with '_'). The
     dispatcher's list, not dir(namespace): a namespace lists only the ops that some earlier code looked up."""
-    return {name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
-            if name.startswith(library + "::") and not name.split("::", 1)[1].startswith("_")}
+    return {
+        name.split("::", 1)[1]
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith(library + "::") and not name.split("::", 1)[1].startswith("_")
+    }
 
 
 def every_op_covered(device):
@@ -32,8 +49,10 @@ def every_op_covered(device):
     library = kernel_ops().name
     registered = registered_ops(library)
     if registered != ALL_OPS:
-        raise AssertionError(f"ops of {library} without an opcheck case: {sorted(registered - ALL_OPS)}; "
-                             f"covered but not registered: {sorted(ALL_OPS - registered)}")
+        raise AssertionError(
+            f"ops of {library} without an opcheck case: {sorted(registered - ALL_OPS)}; "
+            f"covered but not registered: {sorted(ALL_OPS - registered)}"
+        )
 
 
 def _grad(reduction, rows, device):
@@ -110,17 +129,24 @@ def linear_cross_entropy(device, reduction, dtype):
     x, w, b, t, cw = _linear_problem(dtype, device)
     x, w, b = (a.requires_grad_() for a in (x, w, b))
     torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (x, w, b, t, cw, 3, 0.1, red, 4, True, True, True))
-    torch.library.opcheck(ops.linear_cross_entropy_fwd.default,
-                          (x.detach(), w, None, t, None, -100, 0.0, red, 9, False, True, False))
-    g = torch.rand(9 if red == NONE else (), dtype=torch.float64 if dtype == torch.float64 else torch.float32,
-                   device=device)
-    torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
-                          (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True))
+    torch.library.opcheck(
+        ops.linear_cross_entropy_fwd.default, (x.detach(), w, None, t, None, -100, 0.0, red, 9, False, True, False)
+    )
+    g = torch.rand(
+        9 if red == NONE else (), dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device
+    )
+    torch.library.opcheck(
+        ops.linear_cross_entropy_bwd.default,
+        (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True),
+    )
     # The language-model options (logit_scale, softcap, z-loss).
-    torch.library.opcheck(ops.linear_cross_entropy_fwd.default,
-                          (x, w, b, t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01))
-    torch.library.opcheck(ops.linear_cross_entropy_bwd.default,
-                          (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01))
+    torch.library.opcheck(
+        ops.linear_cross_entropy_fwd.default, (x, w, b, t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01)
+    )
+    torch.library.opcheck(
+        ops.linear_cross_entropy_bwd.default,
+        (g, x.detach(), w.detach(), b.detach(), t, cw, 3, 0.1, red, 4, True, True, True, 0.8, 3.0, 0.01),
+    )
     tile = torch.nn.functional.linear(x, w, b).detach()
     den = torch.tensor(5.0, dtype=torch.float64, device=device)
     torch.library.opcheck(ops.linear_ce_tile_.default, (tile, t, cw, 3, 0.1, None, den, True))
@@ -146,14 +172,31 @@ def partial_stats(device, shape, smoothing, dtype):
 
 # requires_grad first: the --quick walk then alternates it, so it reaches the backward ops (False) early.
 OPS_COVERED = Family("every_op_has_an_opcheck_case", every_op_covered, {})
-OPCHECK_CE = Family("opcheck_cross_entropy", cross_entropy, {
-    "requires_grad": [False, True], "shape": SHAPES, "reduction": list(REDUCTIONS), "dtype": DTYPES})
-OPCHECK_CE_SOFT = Family("opcheck_cross_entropy_soft", cross_entropy_soft, {
-    "requires_grad": [False, True], "shape": SHAPES, "reduction": list(REDUCTIONS), "dtype": DTYPES})
-OPCHECK_BCE = Family("opcheck_bce", bce, {
-    "requires_grad": [False, True], "operands": ["none", "weight_col_pos_weight_row", "scalar_and_full"],
-    "reduction": list(REDUCTIONS), "dtype": DTYPES})
-OPCHECK_LINEAR_CE = Family("opcheck_linear_cross_entropy", linear_cross_entropy, {
-    "reduction": list(REDUCTIONS), "dtype": [torch.float32, torch.float64, torch.bfloat16]})
-OPCHECK_PARTIAL_STATS = Family("opcheck_partial_stats", partial_stats, {
-    "shape": SHAPES, "smoothing": [False, True], "dtype": DTYPES})
+OPCHECK_CE = Family(
+    "opcheck_cross_entropy",
+    cross_entropy,
+    {"requires_grad": [False, True], "shape": SHAPES, "reduction": list(REDUCTIONS), "dtype": DTYPES},
+)
+OPCHECK_CE_SOFT = Family(
+    "opcheck_cross_entropy_soft",
+    cross_entropy_soft,
+    {"requires_grad": [False, True], "shape": SHAPES, "reduction": list(REDUCTIONS), "dtype": DTYPES},
+)
+OPCHECK_BCE = Family(
+    "opcheck_bce",
+    bce,
+    {
+        "requires_grad": [False, True],
+        "operands": ["none", "weight_col_pos_weight_row", "scalar_and_full"],
+        "reduction": list(REDUCTIONS),
+        "dtype": DTYPES,
+    },
+)
+OPCHECK_LINEAR_CE = Family(
+    "opcheck_linear_cross_entropy",
+    linear_cross_entropy,
+    {"reduction": list(REDUCTIONS), "dtype": [torch.float32, torch.float64, torch.bfloat16]},
+)
+OPCHECK_PARTIAL_STATS = Family(
+    "opcheck_partial_stats", partial_stats, {"shape": SHAPES, "smoothing": [False, True], "dtype": DTYPES}
+)

@@ -6,6 +6,7 @@ self-check (python -m fused_ce.check) runs the same families, so there is one li
 Inputs are drawn from torch's global generator: seed it (torch.manual_seed) before each case to draw the
 same inputs as the tests.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -97,8 +98,13 @@ def _offset_storage(x):
     return torch.cat([torch.zeros(3, dtype=x.dtype, device=x.device), x.flatten()])[3:].view(x.shape)
 
 
-LAYOUTS_2D = {"transposed": _transposed, "row_stride_gt_C": _row_stride_gt_c, "every_other_row": _every_other_row,
-              "expanded": _expanded, "storage_offset": _offset_storage}
+LAYOUTS_2D = {
+    "transposed": _transposed,
+    "row_stride_gt_C": _row_stride_gt_c,
+    "every_other_row": _every_other_row,
+    "expanded": _expanded,
+    "storage_offset": _offset_storage,
+}
 
 
 # ---- cross-entropy --------------------------------------------------------------------------------
@@ -107,17 +113,26 @@ def ce_hard_targets(device, shape, weighted, ignore, label_smoothing, reduction,
     x = make_logits(shape, dtype, device)
     y = make_hard_target(shape, device, ignore_value)
     w = make_weight(num_classes_of(shape), dtype, device) if weighted else None
-    compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                       kwargs={"weight": w, "ignore_index": ignore_index, "reduction": reduction,
-                                   "label_smoothing": label_smoothing})
+    compare_with_torch(
+        CE,
+        F.cross_entropy,
+        (x, y),
+        grad_args=(0,),
+        kwargs={"weight": w, "ignore_index": ignore_index, "reduction": reduction, "label_smoothing": label_smoothing},
+    )
 
 
 def ce_soft_targets(device, shape, weighted, label_smoothing, reduction, dtype):
     x = make_logits(shape, dtype, device)
     t = make_soft_target(shape, dtype, device)
     w = make_weight(num_classes_of(shape), dtype, device) if weighted else None
-    compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1),
-                       kwargs={"weight": w, "reduction": reduction, "label_smoothing": label_smoothing})
+    compare_with_torch(
+        CE,
+        F.cross_entropy,
+        (x, t),
+        grad_args=(0, 1),
+        kwargs={"weight": w, "reduction": reduction, "label_smoothing": label_smoothing},
+    )
 
 
 def ce_odd_shapes(device, shape, soft, dtype):
@@ -135,10 +150,18 @@ def ce_odd_shapes(device, shape, soft, dtype):
 # Language-model sizes (they dominate the runtime: few cases). name -> (shape, dtype, soft, options)
 LM_SHAPES = {
     # Liger's B x T x V = 3 x 423 x 32000, flattened to (B*T, V) as language models do
-    "liger_fp32_weighted_mean": ((3 * 423, 32000), torch.float32, False,
-                                 {"weighted": True, "ignore_value": -100, "label_smoothing": 0.1, "reduction": "mean"}),
-    "liger_bf16_none": ((3 * 423, 32000), torch.bfloat16, False,
-                        {"weighted": False, "ignore_value": None, "label_smoothing": 0.0, "reduction": "none"}),
+    "liger_fp32_weighted_mean": (
+        (3 * 423, 32000),
+        torch.float32,
+        False,
+        {"weighted": True, "ignore_value": -100, "label_smoothing": 0.1, "reduction": "mean"},
+    ),
+    "liger_bf16_none": (
+        (3 * 423, 32000),
+        torch.bfloat16,
+        False,
+        {"weighted": False, "ignore_value": None, "label_smoothing": 0.0, "reduction": "none"},
+    ),
     "soft_fp32": ((48, 32000), torch.float32, True, {"weighted": True, "label_smoothing": 0.1, "reduction": "mean"}),
     "soft_fp16": ((48, 32000), torch.float16, True, {"weighted": True, "label_smoothing": 0.1, "reduction": "mean"}),
 }
@@ -166,8 +189,13 @@ def ce_non_contiguous_2d(device, layout, soft, dtype):
         compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1), kwargs={"weight": w, "label_smoothing": 0.1})
     else:
         y = make_hard_target((12, 37), device, ignore_value=-100)[::2]  # a strided target too
-        compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs={"weight": w, "label_smoothing": 0.1, "reduction": "none"})
+        compare_with_torch(
+            CE,
+            F.cross_entropy,
+            (x, y),
+            grad_args=(0,),
+            kwargs={"weight": w, "label_smoothing": 0.1, "reduction": "none"},
+        )
 
 
 def ce_non_contiguous_nd(device, soft, dtype):
@@ -178,26 +206,55 @@ def ce_non_contiguous_nd(device, soft, dtype):
         compare_with_torch(CE, F.cross_entropy, (x, t), grad_args=(0, 1))
     else:
         y = make_hard_target((2, 7, 5, 3), device, ignore_value=-100).transpose(1, 2)
-        compare_with_torch(CE, F.cross_entropy, (x, y), grad_args=(0,),
-                           kwargs={"label_smoothing": 0.2, "reduction": "sum"})
+        compare_with_torch(
+            CE, F.cross_entropy, (x, y), grad_args=(0,), kwargs={"label_smoothing": 0.2, "reduction": "sum"}
+        )
 
 
-CE_HARD = Family("ce_hard_targets", ce_hard_targets, {
-    "shape": SMALL_SHAPES, "weighted": [False, True], "ignore": list(IGNORE), "label_smoothing": SMOOTHINGS,
-    "reduction": REDUCTIONS, "dtype": FLOAT_DTYPES})
-CE_SOFT = Family("ce_soft_targets", ce_soft_targets, {
-    "shape": SMALL_SHAPES, "weighted": [False, True], "label_smoothing": SMOOTHINGS, "reduction": REDUCTIONS, "dtype": FLOAT_DTYPES})
+CE_HARD = Family(
+    "ce_hard_targets",
+    ce_hard_targets,
+    {
+        "shape": SMALL_SHAPES,
+        "weighted": [False, True],
+        "ignore": list(IGNORE),
+        "label_smoothing": SMOOTHINGS,
+        "reduction": REDUCTIONS,
+        "dtype": FLOAT_DTYPES,
+    },
+)
+CE_SOFT = Family(
+    "ce_soft_targets",
+    ce_soft_targets,
+    {
+        "shape": SMALL_SHAPES,
+        "weighted": [False, True],
+        "label_smoothing": SMOOTHINGS,
+        "reduction": REDUCTIONS,
+        "dtype": FLOAT_DTYPES,
+    },
+)
 # Liger's 9 x 7 x 41 (flat and N-D), a true N-D (3, 41, 7, 5), sizes around vector/block boundaries
 # (C = 4099, S = 65537 spatial positions), and a vocabulary above 32K (GPT-2's 50257: odd, > 2^15).
-CE_ODD_SHAPES = Family("ce_odd_shapes", ce_odd_shapes, {
-    "shape": [(63, 41), (9, 41, 7), (3, 41, 7, 5), (2, 1000, 33), (37, 4099), (2, 3, 65537), (4, 50257)],
-    "soft": [False, True], "dtype": FLOAT_DTYPES},
-    quick={"shape": [(9, 41, 7), (37, 4099), (4, 50257)]})
+CE_ODD_SHAPES = Family(
+    "ce_odd_shapes",
+    ce_odd_shapes,
+    {
+        "shape": [(63, 41), (9, 41, 7), (3, 41, 7, 5), (2, 1000, 33), (37, 4099), (2, 3, 65537), (4, 50257)],
+        "soft": [False, True],
+        "dtype": FLOAT_DTYPES,
+    },
+    quick={"shape": [(9, 41, 7), (37, 4099), (4, 50257)]},
+)
 CE_LM_SHAPES = Family("ce_lm_shapes", ce_lm_shapes, {"variant": list(LM_SHAPES)}, quick={"variant": []})
-CE_NON_CONTIGUOUS_2D = Family("ce_non_contiguous_2d", ce_non_contiguous_2d, {
-    "layout": list(LAYOUTS_2D), "soft": [False, True], "dtype": FLOAT_DTYPES})
-CE_NON_CONTIGUOUS_ND = Family("ce_non_contiguous_nd", ce_non_contiguous_nd, {
-    "soft": [False, True], "dtype": FLOAT_DTYPES})
+CE_NON_CONTIGUOUS_2D = Family(
+    "ce_non_contiguous_2d",
+    ce_non_contiguous_2d,
+    {"layout": list(LAYOUTS_2D), "soft": [False, True], "dtype": FLOAT_DTYPES},
+)
+CE_NON_CONTIGUOUS_ND = Family(
+    "ce_non_contiguous_nd", ce_non_contiguous_nd, {"soft": [False, True], "dtype": FLOAT_DTYPES}
+)
 
 
 # ---- BCE-with-logits ------------------------------------------------------------------------------
@@ -217,33 +274,58 @@ def bce_weight_and_pos_weight(device, case, which, reduction, dtype):
     op = None if op_shape is None else make_positive(op_shape, dtype, device)
     # "both": pos_weight along the last dim, weight of the case's shape
     pw_both = make_positive(shape[-1:] if shape else (), dtype, device)
-    kwargs = {"reduction": reduction,
-                  "weight": op if which in ("weight", "both") else None,
-                  "pos_weight": op if which == "pos_weight" else (pw_both if which == "both" else None)}
+    kwargs = {
+        "reduction": reduction,
+        "weight": op if which in ("weight", "both") else None,
+        "pos_weight": op if which == "pos_weight" else (pw_both if which == "both" else None),
+    }
     compare_with_torch(BCE, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1), kwargs=kwargs)
 
 
 def bce_larger_shapes(device, shape, reduction):
     """Sizes around the vector width and the 8192-element partial-sum chunk."""
     x, y = make_bce_input(shape, torch.float32, device), make_bce_target(shape, torch.float32, device)
-    compare_with_torch(BCE, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1),
-                       kwargs={"reduction": reduction, "weight": make_positive(shape[-1:], torch.float32, device),
-                                   "pos_weight": make_positive(shape[-1:], torch.float32, device)})
+    compare_with_torch(
+        BCE,
+        F.binary_cross_entropy_with_logits,
+        (x, y),
+        grad_args=(0, 1),
+        kwargs={
+            "reduction": reduction,
+            "weight": make_positive(shape[-1:], torch.float32, device),
+            "pos_weight": make_positive(shape[-1:], torch.float32, device),
+        },
+    )
 
 
 def bce_non_contiguous(device, reduction, dtype):
     base = make_bce_input((6, 10), dtype, device)
-    x = base.t()                                                # transposed
-    y = make_bce_target((20, 6), dtype, device)[::2]            # strided rows
-    w = make_positive((1, 6), dtype, device).expand(10, 6)      # expanded, stride 0
-    pw = make_positive((12,), dtype, device)[::2]               # strided vector
-    compare_with_torch(BCE, F.binary_cross_entropy_with_logits, (x, y), grad_args=(0, 1),
-                       kwargs={"weight": w, "pos_weight": pw, "reduction": reduction})
+    x = base.t()  # transposed
+    y = make_bce_target((20, 6), dtype, device)[::2]  # strided rows
+    w = make_positive((1, 6), dtype, device).expand(10, 6)  # expanded, stride 0
+    pw = make_positive((12,), dtype, device)[::2]  # strided vector
+    compare_with_torch(
+        BCE,
+        F.binary_cross_entropy_with_logits,
+        (x, y),
+        grad_args=(0, 1),
+        kwargs={"weight": w, "pos_weight": pw, "reduction": reduction},
+    )
 
 
-BCE_WEIGHTS = Family("bce_weight_and_pos_weight", bce_weight_and_pos_weight, {
-    "case": BCE_SHAPE_CASES, "which": ["weight", "pos_weight", "both"], "reduction": REDUCTIONS, "dtype": FLOAT_DTYPES})
-BCE_LARGER_SHAPES = Family("bce_larger_shapes", bce_larger_shapes, {
-    "shape": [(3, 1000, 7), (4099,), (8193, 3)], "reduction": REDUCTIONS})
-BCE_NON_CONTIGUOUS = Family("bce_non_contiguous", bce_non_contiguous, {
-    "reduction": ["mean", "none"], "dtype": FLOAT_DTYPES})
+BCE_WEIGHTS = Family(
+    "bce_weight_and_pos_weight",
+    bce_weight_and_pos_weight,
+    {
+        "case": BCE_SHAPE_CASES,
+        "which": ["weight", "pos_weight", "both"],
+        "reduction": REDUCTIONS,
+        "dtype": FLOAT_DTYPES,
+    },
+)
+BCE_LARGER_SHAPES = Family(
+    "bce_larger_shapes", bce_larger_shapes, {"shape": [(3, 1000, 7), (4099,), (8193, 3)], "reduction": REDUCTIONS}
+)
+BCE_NON_CONTIGUOUS = Family(
+    "bce_non_contiguous", bce_non_contiguous, {"reduction": ["mean", "none"], "dtype": FLOAT_DTYPES}
+)

@@ -2,6 +2,7 @@
 over its whole grid; python -m fused_ce.check runs the whole grid (--full) or a covering walk through it
 (--quick: every value of every parameter at least once, in max(len(values)) cases instead of the product).
 """
+
 import itertools
 from dataclasses import dataclass, field
 from typing import Callable
@@ -12,9 +13,9 @@ import torch
 @dataclass(frozen=True)
 class Family:
     name: str
-    run: Callable                                 # run(device, **one point of the grid)
-    grid: dict                                    # parameter -> its values
-    quick: dict = field(default_factory=dict)     # parameter -> the values --quick walks instead ([]: none)
+    run: Callable  # run(device, **one point of the grid)
+    grid: dict  # parameter -> its values
+    quick: dict = field(default_factory=dict)  # parameter -> the values --quick walks instead ([]: none)
 
     def points(self, quick=False):
         """The grid's points (dicts), all of them or the covering walk."""
@@ -35,8 +36,9 @@ def describe(point):
 def short_name(value):
     """A value's name in case descriptions and test ids: fp32 for torch.float32, (5, 4) for a shape."""
     if isinstance(value, torch.dtype):
-        return {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16",
-                torch.float16: "fp16"}.get(value, str(value).replace("torch.", ""))
+        return {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            value, str(value).replace("torch.", "")
+        )
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{short_name(v)}" for k, v in value.items()) + "}"
     return str(value)

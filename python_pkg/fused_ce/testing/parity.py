@@ -47,6 +47,7 @@ How a result is judged
     and rounds once.
   Both widenings are computed only for a result that exceeds the bound without them.
 """
+
 import copy
 import math
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ def _expect(condition, message):
 @dataclass(frozen=True)
 class Tol:
     """The parts of the error bound (see the module docstring)."""
-    rounding: float = 1.0        # multiples of the unit roundoff of the result's dtype
+
+    rounding: float = 1.0  # multiples of the unit roundoff of the result's dtype
     # Multiples of the accumulation dtype's unit roundoff, times the input magnitude M. Measured need: 6.2
     # (fp32 gradients at 1269 x 32000 with logits up to 15 are 5.5e-6 off: the LSE, near 25, carries
     # ulp / 2 = 9.5e-7 into every probability).
@@ -72,8 +74,8 @@ class Tol:
     # results 5.2 times the scaled error where terms cancel (the fp64 reference has its own rounding error
     # there, of the same size as fused_ce's, and the two use different formulas).
     torch_multiple: float = 8.0
-    summation: float = 1.0       # multiples of n * u(fp64), n the number of terms summed by a reduction
-    reference: float = 32        # multiples of u(fp64): the fp64 reference's own error (module docstring)
+    summation: float = 1.0  # multiples of n * u(fp64), n the number of terms summed by a reduction
+    reference: float = 32  # multiples of u(fp64): the fp64 reference's own error (module docstring)
 
 
 DEFAULT_TOL = Tol()
@@ -97,8 +99,11 @@ def error_bound(dtype, input_scale=1.0, tol=None, torch_error=None, terms=0, nat
     tol = tol or DEFAULT_TOL
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     compute = tol.compute * unit_roundoff(acc) * input_scale
-    bound = tol.rounding * unit_roundoff(dtype) + compute \
+    bound = (
+        tol.rounding * unit_roundoff(dtype)
+        + compute
         + (tol.summation * terms + tol.reference) * unit_roundoff(torch.float64)
+    )
     if bound > MAX_BOUND:
         raise ValueError(f"error bound {bound:.3g} is above {MAX_BOUND}: the check could not tell a result from zeros")
     bound += compute * (max(natural, 1.0) - 1.0)
@@ -132,8 +137,11 @@ def relative_error(actual, expected):
         bad = (a.isnan() != e.isnan()) | (torch.isinf(e) & (a != e)) | (torch.isinf(a) & (a != e))
         if bad.any():
             i = tuple(bad.nonzero()[0].tolist())
-            return math.inf, f"non-finite entries differ ({int(bad.sum())} of {bad.numel()}), first at {i}: " \
-                             f"got {a[i].item()}, expected {e[i].item()}"
+            return (
+                math.inf,
+                f"non-finite entries differ ({int(bad.sum())} of {bad.numel()}), first at {i}: "
+                f"got {a[i].item()}, expected {e[i].item()}",
+            )
         if not finite.any():
             return 0.0, None
         worst = max((a - e).abs().masked_fill(~finite, 0).max().item() - subnormal_slack, 0.0)
@@ -143,8 +151,9 @@ def relative_error(actual, expected):
     return worst / (scale or 1.0), None
 
 
-def assert_close(actual, expected, dtype=None, tol=None, msg="", input_scale=1.0, torch_error=None, terms=0,
-                 natural=1.0):
+def assert_close(
+    actual, expected, dtype=None, tol=None, msg="", input_scale=1.0, torch_error=None, terms=0, natural=1.0
+):
     """Asserts relative_error(actual, expected) <= error_bound(...) for a result of `dtype` (default
     actual's dtype). `expected` should be the float64 reference."""
     dtype = dtype or actual.dtype
@@ -156,12 +165,16 @@ def assert_close(actual, expected, dtype=None, tol=None, msg="", input_scale=1.0
         a, e = actual.detach().double(), expected.detach().double()
         finite = torch.isfinite(e)
         flat = ((a - e).abs().masked_fill(~finite, -1)).reshape(-1).argmax().item()
-        where = f"worst entry (flat index {flat}): got {a.reshape(-1)[flat].item():.9g}, " \
-                f"expected {e.reshape(-1)[flat].item():.9g}; max |expected| {e[finite].abs().max().item():.3g}"
+        where = (
+            f"worst entry (flat index {flat}): got {a.reshape(-1)[flat].item():.9g}, "
+            f"expected {e.reshape(-1)[flat].item():.9g}; max |expected| {e[finite].abs().max().item():.3g}"
+        )
         baseline = "" if torch_error is None else f", torch's own error {torch_error:.3g}"
-        raise AssertionError(f"{msg}: error {err:.3g} relative to the tensor's size exceeds the bound {bound:.3g} "
-                             f"({dtype}, input magnitude {input_scale:.3g}, natural size {natural:.3g}{baseline}); "
-                             f"{where}")
+        raise AssertionError(
+            f"{msg}: error {err:.3g} relative to the tensor's size exceeds the bound {bound:.3g} "
+            f"({dtype}, input magnitude {input_scale:.3g}, natural size {natural:.3g}{baseline}); "
+            f"{where}"
+        )
     return err
 
 
@@ -185,8 +198,9 @@ def random_grad_output(out, seed=1234):
 SMALL_INPUT = 256
 
 
-def compare_with_torch(ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs=None, grad_output=None,
-                       expected_dtype=None, tol=None):
+def compare_with_torch(
+    ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs=None, grad_output=None, expected_dtype=None, tol=None
+):
     """Runs ours_fn(*args, **kwargs) and asserts that its value and its gradients w.r.t. args[i] for i in
     grad_args match torch_fn's float64 result on the same inputs within error_bound (module docstring).
     `args` may be non-contiguous views (passed as they are, to exercise the kernels' strided paths);
@@ -198,8 +212,9 @@ def compare_with_torch(ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs
     gives for the same inputs). Returns (ours_out, ours_grads) for further checks.
     """
     kwargs = kwargs or {}
-    ours_args = [a.detach().requires_grad_(i in grad_args) if isinstance(a, torch.Tensor) else a
-                 for i, a in enumerate(args)]
+    ours_args = [
+        a.detach().requires_grad_(i in grad_args) if isinstance(a, torch.Tensor) else a for i, a in enumerate(args)
+    ]
     out = ours_fn(*ours_args, **kwargs)
     go = None
     grads = []
@@ -209,13 +224,18 @@ def compare_with_torch(ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs
         grads = torch.autograd.grad(out, leaves, go, allow_unused=True)
         for i, g, leaf in zip(grad_args, grads, leaves):
             if g is not None:
-                _expect(g.dtype == leaf.dtype and g.shape == leaf.shape,
-                        f"gradient of argument {i}: {g.dtype} {tuple(g.shape)}")
+                _expect(
+                    g.dtype == leaf.dtype and g.shape == leaf.shape,
+                    f"gradient of argument {i}: {g.dtype} {tuple(g.shape)}",
+                )
     ref, ref_grads = _torch_result(torch_fn, args, kwargs, grad_args, go, torch.float64)
     float_dtypes = {t.dtype for t in (*args, *kwargs.values()) if _is_float(t)}
     # torch's losses keep a single input dtype; mixed ones are promoted its own way: ask torch
-    native_dtype = next(iter(float_dtypes)) if len(float_dtypes) == 1 and not isinstance(torch_fn, torch.nn.Module) \
+    native_dtype = (
+        next(iter(float_dtypes))
+        if len(float_dtypes) == 1 and not isinstance(torch_fn, torch.nn.Module)
         else _torch_result(torch_fn, args, kwargs, (), go, None)[0].dtype
+    )
     _expect(out.dtype == (expected_dtype or native_dtype), f"output dtype {out.dtype}, torch gives {native_dtype}")
     _expect(out.shape == ref.shape, f"output shape {tuple(out.shape)}, torch gives {tuple(ref.shape)}")
     _expect(out.device == ref.device, f"output device {out.device}, torch gives {ref.device}")
@@ -236,13 +256,21 @@ def compare_with_torch(ours_fn, torch_fn, args, grad_args=(), dtype=None, kwargs
             wider[k] = (what, actual, expected)
     if wider:
         baselines = _baselines(torch_fn, args, kwargs, grad_args, go)
-        at_zero, at_zero_grads = _torch_result(torch_fn, [torch.zeros_like(args[0]), *args[1:]], kwargs, grad_args,
-                                               go, torch.float32)
+        at_zero, at_zero_grads = _torch_result(
+            torch_fn, [torch.zeros_like(args[0]), *args[1:]], kwargs, grad_args, go, torch.float32
+        )
         at_zero = [at_zero, *at_zero_grads]
     for k, (what, actual, expected) in wider.items():
-        assert_close(actual, expected, tol=tol, msg=what, input_scale=scale, terms=args[0].numel(),
-                     torch_error=max(relative_error(b[k], expected)[0] for b in baselines),
-                     natural=_largest(at_zero[k]) / (_largest(expected) or 1.0))
+        assert_close(
+            actual,
+            expected,
+            tol=tol,
+            msg=what,
+            input_scale=scale,
+            terms=args[0].numel(),
+            torch_error=max(relative_error(b[k], expected)[0] for b in baselines),
+            natural=_largest(at_zero[k]) / (_largest(expected) or 1.0),
+        )
     return out, grads
 
 
@@ -250,8 +278,9 @@ def _baselines(torch_fn, args, kwargs, grad_args, go):
     """The results (value, then gradients) of torch in fp32 on the inputs, and for small inputs of torch in
     fp64 with each floating input in turn moved one fp32 step (module docstring)."""
     nudges = _float_keys(args, kwargs, go) if args[0].numel() <= SMALL_INPUT else []
-    runs = [_torch_result(torch_fn, args, kwargs, grad_args, go, torch.float32)] + \
-        [_torch_result(torch_fn, args, kwargs, grad_args, go, torch.float64, nudge) for nudge in nudges]
+    runs = [_torch_result(torch_fn, args, kwargs, grad_args, go, torch.float32)] + [
+        _torch_result(torch_fn, args, kwargs, grad_args, go, torch.float64, nudge) for nudge in nudges
+    ]
     return [[value, *grads] for value, grads in runs]
 
 
@@ -272,14 +301,18 @@ def _is_float(t):
 
 def _float_keys(args, kwargs, go):
     """Where a call's floating tensors are: ("arg", position), ("kwarg", name) and ("go",)."""
-    return [("arg", i) for i, a in enumerate(args) if _is_float(a)] + \
-        [("kwarg", k) for k, v in kwargs.items() if _is_float(v)] + ([("go",)] if go is not None else [])
+    return (
+        [("arg", i) for i, a in enumerate(args) if _is_float(a)]
+        + [("kwarg", k) for k, v in kwargs.items() if _is_float(v)]
+        + ([("go",)] if go is not None else [])
+    )
 
 
 def _torch_result(torch_fn, args, kwargs, grad_args, go, to_dtype, nudge=None):
     """torch_fn's value and gradients w.r.t. args[i] for i in grad_args, with every floating tensor (and
     the upstream gradient, and a module's parameters and buffers) cast to to_dtype, or as given for None;
     the tensor at `nudge` (a _float_keys key) then scaled by 1 + eps(fp32), one fp32 step."""
+
     def cast(t, key):
         if not isinstance(t, torch.Tensor):
             return t
@@ -288,6 +321,7 @@ def _torch_result(torch_fn, args, kwargs, grad_args, go, to_dtype, nudge=None):
             return t
         t = t.to(to_dtype)
         return t * (1 + torch.finfo(torch.float32).eps) if key == nudge else t
+
     if to_dtype is not None and isinstance(torch_fn, torch.nn.Module):
         torch_fn = copy.deepcopy(torch_fn).to(to_dtype)
     ref_args = [cast(a, ("arg", i)) for i, a in enumerate(args)]
@@ -295,5 +329,6 @@ def _torch_result(torch_fn, args, kwargs, grad_args, go, to_dtype, nudge=None):
     ref = torch_fn(*ref_args, **{k: cast(v, ("kwarg", k)) for k, v in kwargs.items()})
     if not grad_args:
         return ref, []
-    return ref, list(torch.autograd.grad(ref, [ref_args[i] for i in grad_args], cast(go, ("go",)).to(ref.dtype),
-                                         allow_unused=True))
+    return ref, list(
+        torch.autograd.grad(ref, [ref_args[i] for i in grad_args], cast(go, ("go",)).to(ref.dtype), allow_unused=True)
+    )

@@ -11,6 +11,7 @@ forward that never builds the logits in training), head_transform.py (soft-cap a
 and the guard against applying them twice), inline_losses.py (models whose loss cannot be replaced),
 label_smoothing.py (the Trainer's label_smoothing_factor), patching.py (use_fused_ce and restore).
 """
+
 from ._requirements import MIN_TRANSFORMERS_VERSION
 from .losses import FusedLoss, fused_loss_function
 from .patching import restore, use_fused_ce

@@ -5,14 +5,17 @@ it) and whose causal-LM forwards take `logits_to_keep` as a tensor of positions 
 empty one, so the model's own forward computes no logits). The Trainer behaviour the tests pin down (labels
 counted after the shift for causal-LM losses) is that of the transformers installed with the tests.
 """
+
 import importlib
 import importlib.metadata
 import re
 
 MIN_TRANSFORMERS_VERSION = "4.50"
 
-MISSING_MESSAGE = (f"fused_ce.integrations.transformers needs transformers {MIN_TRANSFORMERS_VERSION} or newer "
-                   f"(pip install 'transformers>={MIN_TRANSFORMERS_VERSION}')")
+MISSING_MESSAGE = (
+    f"fused_ce.integrations.transformers needs transformers {MIN_TRANSFORMERS_VERSION} or newer "
+    f"(pip install 'transformers>={MIN_TRANSFORMERS_VERSION}')"
+)
 
 
 def _release(version):

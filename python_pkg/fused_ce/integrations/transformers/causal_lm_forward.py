@@ -14,6 +14,7 @@ head and transform applied here: a family that changes its logits some other way
 Outside training, without labels, with a `logits_to_keep`, with `keep_logits`, or with a head that is not a plain
 nn.Linear (a LoRA-wrapped head), the model's own forward runs and its loss is the fused loss of its logits.
 """
+
 import inspect
 
 import torch
@@ -45,10 +46,13 @@ def decoder_of(model):
 def supports(model):
     """Whether `model` has the layout the fused forward needs."""
     config = getattr(model, "config", None)
-    return (config is not None and not getattr(config, "is_encoder_decoder", False)
-            and decoder_of(model) is not None
-            and "logits_to_keep" in inspect.signature(type(model).forward).parameters
-            and head_of(model) is not None)
+    return (
+        config is not None
+        and not getattr(config, "is_encoder_decoder", False)
+        and decoder_of(model) is not None
+        and "logits_to_keep" in inspect.signature(type(model).forward).parameters
+        and head_of(model) is not None
+    )
 
 
 def _first_tensor(output):
@@ -89,8 +93,13 @@ class FusedCausalLMForward:
         own = self._own_forward()
         fused_loss = self._fused_loss()
         head = head_of(self.model)
-        if (fused_loss is None or self.keep_logits or not self.model.training or head is None
-                or not set(fused_loss.options) <= _LINEAR_OPTIONS | _DROPPED_OPTIONS):
+        if (
+            fused_loss is None
+            or self.keep_logits
+            or not self.model.training
+            or head is None
+            or not set(fused_loss.options) <= _LINEAR_OPTIONS | _DROPPED_OPTIONS
+        ):
             return own(*args, **kwargs)
         bound = inspect.signature(own).bind(*args, **kwargs)
         logits_to_keep = bound.arguments.get("logits_to_keep", 0)
@@ -101,8 +110,14 @@ class FusedCausalLMForward:
     def _fused(self, own, bound, head, options):
         arguments = bound.arguments
         labels = arguments["labels"]
-        loss_kwargs = next((value for name, value in arguments.items()
-                            if inspect.signature(own).parameters[name].kind == inspect.Parameter.VAR_KEYWORD), {})
+        loss_kwargs = next(
+            (
+                value
+                for name, value in arguments.items()
+                if inspect.signature(own).parameters[name].kind == inspect.Parameter.VAR_KEYWORD
+            ),
+            {},
+        )
         check = not self.checked and not torch.compiler.is_compiling()
         arguments["labels"] = None
         # No position's logits, or the last one's for the check.
@@ -115,16 +130,18 @@ class FusedCausalLMForward:
         finally:
             handle.remove()
         hidden = captured[-1]
-        options = head_transform.fused_options(self.model.config,
-                                               {k: v for k, v in options.items() if k in _LINEAR_OPTIONS})
+        options = head_transform.fused_options(
+            self.model.config, {k: v for k, v in options.items() if k in _LINEAR_OPTIONS}
+        )
         if check:
             _check_logits(self.model, hidden[:, -1:], head, _first_tensor(output))
             self.checked = True
         ignore_index = loss_kwargs.get("ignore_index", -100)
         target = losses.shifted_labels(labels, loss_kwargs.get("shift_labels"), ignore_index).to(hidden.device)
         rows = hidden.reshape(-1, hidden.shape[-1])
-        loss_sum = linear.summed_in_fp32(rows, head.weight, target, linear_bias=head.bias, ignore_index=ignore_index,
-                                         **options)
+        loss_sum = linear.summed_in_fp32(
+            rows, head.weight, target, linear_bias=head.bias, ignore_index=ignore_index, **options
+        )
         loss = losses.divide_by_items(loss_sum, loss_kwargs.get("num_items_in_batch"), target, ignore_index)
         return _without_logits(output, loss.to(torch.float32))
 
@@ -144,7 +161,8 @@ def _check_logits(model, hidden, head, model_logits):
             f"use_fused_ce: {type(model).__name__}'s logits are not its output embedding's projection of its "
             f"decoder's hidden states followed by the transform its config declares ({declared or 'none'}); "
             "fused_ce cannot compute its loss without the logits. Call use_fused_ce(model, keep_logits=True) to "
-            "compute the loss with fused_ce from the model's own logits.")
+            "compute the loss with fused_ce from the model's own logits."
+        )
 
 
 def install(model, keep_logits=False):

@@ -6,6 +6,7 @@ Gemma 2 and 3 soft-cap the logits (`final_logit_softcapping`: cap * tanh(logits 
 the same transform inside fused_ce's kernels; the logits a model returns are already transformed, so a softcap or
 logit_scale option on top of the config's would transform them twice.
 """
+
 import math
 
 
@@ -43,7 +44,8 @@ def check_options(model_name, config, options):
             raise ValueError(
                 f"use_fused_ce: {model_name}'s config already applies a {name} of {applied[name]:g} to its logits "
                 f"(through {_config_attribute(name, config)}); the {name}={options[name]!r} option would apply "
-                f"one again. Leave {name} out: fused_ce takes the model's own from its config.")
+                f"one again. Leave {name} out: fused_ce takes the model's own from its config."
+            )
 
 
 def _config_attribute(name, config):

@@ -4,6 +4,7 @@
 The test is on the forward's code: a forward that calls `self.loss_function` names it among its attribute
 lookups (`co_names`), through transformers' decorators (functools.wraps, so inspect.unwrap reaches it).
 """
+
 import inspect
 
 
@@ -20,6 +21,8 @@ def uses_loss_function(model_class):
 
 def message(model_class):
     name = model_class.__name__
-    return (f"use_fused_ce: {name} computes its loss inside its forward, not through model.loss_function, so "
-            f"fused_ce cannot replace it. Call {name} without labels and compute the loss from outputs.logits "
-            "with fused_ce.cross_entropy (or fused_ce.linear_cross_entropy from the hidden states).")
+    return (
+        f"use_fused_ce: {name} computes its loss inside its forward, not through model.loss_function, so "
+        f"fused_ce cannot replace it. Call {name} without labels and compute the loss from outputs.logits "
+        "with fused_ce.cross_entropy (or fused_ce.linear_cross_entropy from the hidden states)."
+    )

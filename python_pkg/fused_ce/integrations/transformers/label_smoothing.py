@@ -6,6 +6,7 @@ divided by num_items_in_batch or by the count of those labels, which fused_ce co
 copies of the logits. The logits themselves are still built (the model ran without labels): a warning says how to
 keep them out (use_fused_ce(model, label_smoothing=eps) with label_smoothing_factor=0).
 """
+
 import warnings
 
 import torch
@@ -27,8 +28,9 @@ def _smoothed_loss(smoother, model_output, labels, shift_labels=False, num_items
     if logits.dtype in (torch.float16, torch.bfloat16):
         loss_sum = row_loss_sum.summed_row_losses(logits, labels, ignore_index, label_smoothing=smoother.epsilon)
     else:
-        loss_sum = functional.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum",
-                                            label_smoothing=smoother.epsilon)
+        loss_sum = functional.cross_entropy(
+            logits, labels, ignore_index=ignore_index, reduction="sum", label_smoothing=smoother.epsilon
+        )
     # fp32 at least, as LabelSmoother's (its vocabulary sum is fp32); fp64 logits keep fp64.
     loss_sum = loss_sum.to(torch.promote_types(loss_sum.dtype, torch.float32))
     return losses.divide_by_items(loss_sum, num_items_in_batch, labels, ignore_index)
@@ -37,10 +39,14 @@ def _smoothed_loss(smoother, model_output, labels, shift_labels=False, num_items
 def _warn_once():
     if not _installed.get("warned"):
         _installed["warned"] = True
-        warnings.warn("fused_ce: TrainingArguments(label_smoothing_factor=...) makes the Trainer call the model "
-                      "without labels, so the logits are built; fused_ce computes the smoothed loss from them. To "
-                      "keep the logits out, set label_smoothing_factor=0 and call use_fused_ce(model, "
-                      "label_smoothing=...) instead.", UserWarning, stacklevel=3)
+        warnings.warn(
+            "fused_ce: TrainingArguments(label_smoothing_factor=...) makes the Trainer call the model "
+            "without labels, so the logits are built; fused_ce computes the smoothed loss from them. To "
+            "keep the logits out, set label_smoothing_factor=0 and call use_fused_ce(model, "
+            "label_smoothing=...) instead.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def install():
@@ -53,6 +59,7 @@ def install():
     def __call__(self, model_output, labels, shift_labels=False, num_items_in_batch=None):
         _warn_once()
         return _smoothed_loss(self, model_output, labels, shift_labels, num_items_in_batch)
+
     LabelSmoother.__call__ = __call__
 
 

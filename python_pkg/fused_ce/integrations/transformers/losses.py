@@ -7,6 +7,7 @@ Two differences in memory, none in value beyond fp32 rounding: fp16/bf16 logits 
 and fp64 logits are not downcast (the loss is computed in fp64). The loss is returned in fp32, as transformers
 returns it. Regression (sequence classification with problem_type 'regression') stays with transformers' MSE loss.
 """
+
 import torch
 
 from ... import functional
@@ -44,8 +45,11 @@ def _fixed_cross_entropy(source, target, options, num_items_in_batch=None, ignor
     if source.dtype in (torch.float16, torch.bfloat16) and "weight" not in options:
         with torch.autocast(source.device.type, enabled=False):  # no fp32 copy of the logits under autocast
             if func.transforms_active() or not set(options) <= _ROW_SUM_OPTIONS:
-                loss = functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none",
-                                                **options).float().sum()
+                loss = (
+                    functional.cross_entropy(source, target, ignore_index=ignore_index, reduction="none", **options)
+                    .float()
+                    .sum()
+                )
             else:
                 loss = row_loss_sum.summed_row_losses(source, target, ignore_index, **options)
         return divide_by_items(loss, num_items_in_batch, target, ignore_index)
@@ -61,18 +65,23 @@ def _as_transformers_upcast(loss):
     return loss.to(torch.float32)
 
 
-def causal_lm(options, logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100,
-              shift_labels=None, **kwargs):
+def causal_lm(
+    options, logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kwargs
+):
     target = shifted_labels(labels, shift_labels, ignore_index).to(logits.device)
-    return _as_transformers_upcast(_fixed_cross_entropy(logits.reshape(-1, vocab_size), target, options,
-                                                        num_items_in_batch, ignore_index, **kwargs))
+    return _as_transformers_upcast(
+        _fixed_cross_entropy(
+            logits.reshape(-1, vocab_size), target, options, num_items_in_batch, ignore_index, **kwargs
+        )
+    )
 
 
 def masked_lm(options, logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, **kwargs):
     logits = logits.reshape(-1, vocab_size)
     labels = labels.reshape(-1).to(logits.device)
     return _as_transformers_upcast(
-        _fixed_cross_entropy(logits, labels, options, num_items_in_batch, ignore_index, **kwargs))
+        _fixed_cross_entropy(logits, labels, options, num_items_in_batch, ignore_index, **kwargs)
+    )
 
 
 def token_classification(options, logits, labels, config, **kwargs):
@@ -99,8 +108,9 @@ def sequence_classification(options, labels, pooled_logits, config, **kwargs):
     if config.problem_type == "multi_label_classification":
         # The options are cross-entropy options; transformers' BCEWithLogitsLoss takes none.
         return functional.binary_cross_entropy_with_logits(pooled_logits, labels)
-    return _requirements.loss_utils().ForSequenceClassificationLoss(labels=labels, pooled_logits=pooled_logits,
-                                                                    config=config, **kwargs)
+    return _requirements.loss_utils().ForSequenceClassificationLoss(
+        labels=labels, pooled_logits=pooled_logits, config=config, **kwargs
+    )
 
 
 class FusedLoss:

@@ -7,6 +7,7 @@ touches LOSS_MAPPING: the per-model form sets the model's own `loss_function`, a
 `PreTrainedModel.loss_function` by a property that hands each model fused_ce's counterpart of what LOSS_MAPPING
 gives it, and `PreTrainedModel.post_init` by one that gives causal LMs built afterwards the fused forward.
 """
+
 import warnings
 
 from . import _requirements, causal_lm_forward, head_transform, inline_losses, label_smoothing, losses
@@ -23,8 +24,10 @@ def _check_options(options):
             raise ValueError(f"use_fused_ce: '{name}' is set by transformers' loss functions and cannot be an option")
     for name in ("return_z_loss", "return_lse"):
         if options.get(name):
-            raise ValueError(f"use_fused_ce: '{name}' would make the loss a tuple, which transformers' models cannot "
-                             "return; lse_square_scale adds the z-loss to the loss itself")
+            raise ValueError(
+                f"use_fused_ce: '{name}' would make the loss a tuple, which transformers' models cannot "
+                "return; lse_square_scale adds the z-loss to the loss itself"
+            )
 
 
 def _transformers_model(model):
@@ -32,9 +35,11 @@ def _transformers_model(model):
     pretrained = _requirements.pretrained_model_class()
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not isinstance(inner, pretrained):
-        raise TypeError(f"use_fused_ce: {type(model).__name__} is not a transformers PreTrainedModel (or a PEFT "
-                        f"model wrapping one); fused_ce.integrations.transformers needs transformers "
-                        f"{_requirements.MIN_TRANSFORMERS_VERSION} or newer")
+        raise TypeError(
+            f"use_fused_ce: {type(model).__name__} is not a transformers PreTrainedModel (or a PEFT "
+            f"model wrapping one); fused_ce.integrations.transformers needs transformers "
+            f"{_requirements.MIN_TRANSFORMERS_VERSION} or newer"
+        )
     return inner
 
 
@@ -56,9 +61,11 @@ def _use_on_model(model, options, keep_logits):
     fused = _fused_loss_for(inner, inner.loss_function, options)
     if fused is None:
         stock = losses.stock_and_fused(inner.loss_function)[0]
-        raise ValueError(f"use_fused_ce: fused_ce has no counterpart of {cls.__name__}'s loss "
-                         f"({getattr(stock, '__name__', stock)}); it covers causal LM, masked LM, sequence and "
-                         "token classification")
+        raise ValueError(
+            f"use_fused_ce: fused_ce has no counterpart of {cls.__name__}'s loss "
+            f"({getattr(stock, '__name__', stock)}); it covers causal LM, masked LM, sequence and "
+            "token classification"
+        )
     inner.loss_function = fused
     if fused.fused is losses.causal_lm and causal_lm_forward.supports(inner):
         causal_lm_forward.install(inner, keep_logits)
