@@ -8,6 +8,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 import torch.distributed as dist
+from cpu_isas import SUPPORTED_ISAS
 from helpers import TENSOR_DEVICES
 
 import fused_ce
@@ -54,3 +55,19 @@ def one_rank_group():
         yield
     finally:
         dist.destroy_process_group()
+
+
+# (device, isa): the CPU once per instruction set it runs; a GPU once, with isa None. (The CUDA kernels'
+# block boundaries under emulation are tests/test_emulated_cuda.py's tiling paths.)
+_ISA_PARAMS = [pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in SUPPORTED_ISAS] + [
+    pytest.param((d, None), id=d) for d in TENSOR_DEVICES if d != "cpu"
+]
+
+
+@pytest.fixture(params=_ISA_PARAMS)
+def isa_device(request, monkeypatch):
+    """(device, isa) with FUSED_CE_CPU_CAPABILITY set to isa for the test's duration (CPU only)."""
+    device, isa = request.param
+    if isa is not None:
+        monkeypatch.setenv("FUSED_CE_CPU_CAPABILITY", isa)
+    return device, isa

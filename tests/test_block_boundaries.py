@@ -15,7 +15,7 @@ AVX2 builds, 64-byte ones under AVX-512, so L is 8 or 16 for fp32 and 4 or 8 for
 import pytest
 import torch
 import torch.nn.functional as F
-from cpu_isas import VECTOR_BYTES, isa_device  # noqa: F401  (isa_device: the fixture)
+from cpu_isas import VECTOR_BYTES
 from helpers import compare_with_torch
 
 import fused_ce

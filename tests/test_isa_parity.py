@@ -7,7 +7,6 @@ vector and blocks. The rest of the suite runs the build this CPU picks by itself
 import pytest
 import torch
 import torch.nn.functional as F
-from cpu_isas import isa_device  # noqa: F401  (isa_device: the fixture)
 from helpers import FLOAT_DTYPES, compare_with_torch
 
 import fused_ce

@@ -27,7 +27,6 @@ turn so that each vector mixes them, and S = 19 ending in a partial vector of po
 import pytest
 import torch
 import torch.nn.functional as F
-from cpu_isas import isa_device  # noqa: F401  (the fixture)
 from helpers import assert_close, compare_with_torch, input_magnitude
 from test_block_boundaries import SCAN_STEPS, lanes
 

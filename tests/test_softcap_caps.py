@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from cpu_isas import isa_device  # noqa: F401  (the fixture)
 from helpers import DEVICES, assert_close, compare_with_torch, input_magnitude
 
 import fused_ce

@@ -6,7 +6,6 @@ round the same way in every thread. The shapes give each op more parallel tasks 
 
 import pytest
 import torch
-from cpu_isas import isa_device  # noqa: F401  (isa_device: the fixture)
 
 import fused_ce
 

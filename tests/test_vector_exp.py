@@ -10,7 +10,6 @@ library's lane by lane.
 import numpy as np
 import pytest
 import torch
-from cpu_isas import isa_device  # noqa: F401  (fixture)
 
 import fused_ce
 

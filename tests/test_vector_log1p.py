@@ -8,7 +8,6 @@ at::vec's exp and log1p."""
 import numpy as np
 import pytest
 import torch
-from cpu_isas import isa_device  # noqa: F401  (fixture)
 
 import fused_ce
 
