@@ -1,5 +1,5 @@
 """Fused linear cross-entropy: drop-ins for torch.nn.functional.linear_cross_entropy and
-torch.nn.LinearCrossEntropyLoss (torch 2.13) that never hold the N x V logits (see linear_ops.py).
+torch.nn.LinearCrossEntropyLoss (torch 2.13) that never hold the N x V logits (see _linear/ops.py).
 
 Memory knob: each row chunk's logits tile takes at most `workspace_mib` MiB (plus an fp32 copy of it for
 fp16/bf16 when linear_weight needs a gradient), so chunk rows = workspace / (V * bytes per logit), at least
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ._core import func, library, reductions
 from ._core.dtypes import KERNEL_DTYPES
 from ._core.reductions import NONE
+from ._linear import ops as _linear_ops  # noqa: F401  (defines and registers the linear cross-entropy's ops)
 from ._linear.loss_base import LinearCrossEntropyLossBase
 from ._lm import options as lm_options
 from .functional import cross_entropy
