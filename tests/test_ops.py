@@ -2,7 +2,10 @@
 aot_dispatch) over dtypes and reductions (the families of fused_ce.testing._opcheck_cases, which python -m
 fused_ce.check runs too), and the fake kernels' shapes, strides and dtypes under FakeTensorMode."""
 
+import ast
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -31,6 +34,18 @@ def test_every_op_is_covered():
     assert registered_ops("fused_ce") == ALL_OPS
     if fused_ce.testing.emulated_cuda_available():
         assert registered_ops("fused_ce_emulated_cuda") == ALL_OPS
+
+
+def test_importing_fused_ce_alone_defines_every_op():
+    """`import fused_ce`, and nothing else, defines every op: none waits for a module that some other import
+    happens to load (the linear cross-entropy's ops are defined from Python, by fused_ce._linear.ops)."""
+    code = (
+        "import torch, fused_ce\n"
+        "names = {n.split('::', 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith('fused_ce::')}\n"
+        "print(sorted(names))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ALL_OPS <= set(ast.literal_eval(proc.stdout.strip())), proc.stdout
 
 
 @parametrize_grid(OPCHECK_CE)
